@@ -82,6 +82,7 @@ export function buildSchedule(input: ScheduleInput): MulticastSchedule {
   };
   const groupOfDigest = new Uint16Array(index.digestCount + 1);
   for (let id = 1; id <= index.digestCount; id++) {
+    if (index.holderCount[id] === 0) continue; // an id no VM holds needs no group
     const c = sharing.classOfDigest[id]!;
     const set = c >= 0 ? setOfClass[c]! : setOfVm[index.holderVms[index.holderStart[id]!]!]!;
     groupOfDigest[id] = groupOfSet(set);

@@ -1,0 +1,41 @@
+import ora, { type Ora } from 'ora';
+import { formatBytes } from '../topology/units.js';
+import { PAGE_SIZE } from '../memory/page.js';
+
+/**
+ * Progress on stderr: a spinner with phase, bytes and rate when stderr is a terminal and the output is
+ * for people; silent otherwise, so --json output and scripts' logs stay clean.
+ */
+export class Progress {
+  private readonly spinner: Ora | undefined;
+  private phaseStart = performance.now();
+
+  constructor(enabled: boolean) {
+    this.spinner = enabled && process.stderr.isTTY ? ora({ stream: process.stderr }) : undefined;
+  }
+
+  phase(text: string): void {
+    this.phaseStart = performance.now();
+    if (this.spinner) this.spinner.start(text);
+  }
+
+  /** A scan's progress in pages: percent, bytes and rate. */
+  pages(label: string, done: number, total: number): void {
+    if (!this.spinner) return;
+    const seconds = (performance.now() - this.phaseStart) / 1000;
+    const rate = seconds > 0 ? (done * PAGE_SIZE) / seconds : 0;
+    const eta = rate > 0 ? ((total - done) * PAGE_SIZE) / rate : 0;
+    this.spinner.text =
+      `${label} ${((100 * done) / Math.max(1, total)).toFixed(0)}%  ` +
+      `${formatBytes(done * PAGE_SIZE)} of ${formatBytes(total * PAGE_SIZE)}  ` +
+      `${formatBytes(rate)}/s  ETA ${eta.toFixed(1)} s`;
+  }
+
+  succeed(text: string): void {
+    this.spinner?.succeed(text);
+  }
+
+  stop(): void {
+    this.spinner?.stop();
+  }
+}
