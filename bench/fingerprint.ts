@@ -20,7 +20,9 @@ import { parseSize } from '../src/topology/units.js';
 const CHUNK_PAGES = 1024;
 const GB = 1e9;
 
-const { values } = parseArgs({ options: { size: { type: 'string', default: '2GiB' }, json: { type: 'boolean' } } });
+const { values } = parseArgs({
+  options: { size: { type: 'string', default: '2GiB' }, json: { type: 'boolean' } },
+});
 const size = parseSize(values.size!);
 if (typeof size === 'string' || size % PAGE_SIZE !== 0) {
   process.stderr.write(`--size: expected a whole number of 4 KiB pages such as 2GiB, got '${values.size}'\n`);
@@ -94,7 +96,14 @@ function writeImage(file: string, pages: number): void {
   const vm = {
     name: 'guest',
     pageCount: pages,
-    spec: { seed: 42, family: 'debian', zeroShare: 0.3, osShare: 0.4, commonShare: 0.05, duplicateShare: 0.02 },
+    spec: {
+      seed: 42,
+      family: 'debian',
+      zeroShare: 0.3,
+      osShare: 0.4,
+      commonShare: 0.05,
+      duplicateShare: 0.02,
+    },
   };
   const ids = syntheticContentIds(vm);
   const buffer = new Uint8Array(CHUNK_PAGES * PAGE_SIZE);
@@ -149,9 +158,15 @@ function measureDigestChoice(): Record<string, number> {
   const out = new Uint8Array(DIGEST_BYTES);
   const candidates: Record<string, (page: Uint8Array, offset: number) => void> = {
     'keyed sha-256 (chosen)': (page, offset) => keyed.digestInto(page, offset, out, 0),
-    'hmac-sha-256': (page, offset) => createHmac('sha256', key).update(page.subarray(offset, offset + PAGE_SIZE)).digest(),
+    'hmac-sha-256': (page, offset) =>
+      createHmac('sha256', key)
+        .update(page.subarray(offset, offset + PAGE_SIZE))
+        .digest(),
     'blake2b-512': (page, offset) =>
-      createHash('blake2b512').update(key).update(page.subarray(offset, offset + PAGE_SIZE)).digest(),
+      createHash('blake2b512')
+        .update(key)
+        .update(page.subarray(offset, offset + PAGE_SIZE))
+        .digest(),
   };
   const rates: Record<string, number> = {};
   for (const [name, digest] of Object.entries(candidates)) {

@@ -55,7 +55,12 @@ export async function inspectCommand(images: string[], options: InspectOptions):
   ];
   if (templates.length > 0) {
     out.push('', `top ${templates.length} template pages (held by the most images):`);
-    out.push(renderTable(['digest', 'images', 'occurrences'], templates.map((t) => [t.digest, `${t.vms}`, `${t.occurrences}`])));
+    out.push(
+      renderTable(
+        ['digest', 'images', 'occurrences'],
+        templates.map((t) => [t.digest, `${t.vms}`, `${t.occurrences}`]),
+      ),
+    );
   }
   process.stdout.write(`${out.join('\n')}\n`);
 }

@@ -8,7 +8,8 @@ import { planCommand } from './plan-command.js';
 import { parseWholeNumber, runAction } from './run-action.js';
 
 const root = new URL('../../../', import.meta.url);
-const version = (JSON.parse(readFileSync(new URL('package.json', root), 'utf8')) as { version: string }).version;
+const version = (JSON.parse(readFileSync(new URL('package.json', root), 'utf8')) as { version: string })
+  .version;
 /** The embedded default topology: loopback, synthetic VMs, no root needed. */
 export const defaultTopology = fileURLToPath(new URL('topologies/local.yaml', root));
 
@@ -28,9 +29,24 @@ program
 program
   .command('plan')
   .description('scan the VMs of a topology, place them on targets and schedule multicast; moves nothing')
-  .addOption(new Option('--topology <file>', 'topology and job file (YAML)').default(defaultTopology, 'topologies/local.yaml'))
-  .option('--max-groups <count>', 'most multicast groups', parseWholeNumber(1, 65535), defaultPlanOptions.maxGroups)
-  .option('--seed <number>', 'placement seed (plans are reproducible)', parseWholeNumber(0, 2 ** 31), defaultPlanOptions.seed)
+  .addOption(
+    new Option('--topology <file>', 'topology and job file (YAML)').default(
+      defaultTopology,
+      'topologies/local.yaml',
+    ),
+  )
+  .option(
+    '--max-groups <count>',
+    'most multicast groups',
+    parseWholeNumber(1, 65535),
+    defaultPlanOptions.maxGroups,
+  )
+  .option(
+    '--seed <number>',
+    'placement seed (plans are reproducible)',
+    parseWholeNumber(0, 2 ** 31),
+    defaultPlanOptions.seed,
+  )
   .option('--json', 'print the plan as JSON')
   .action(runAction(planCommand));
 

@@ -5,7 +5,7 @@ import { buildScatterPlan, type ScatterPlan } from '../plan/scatter-plan.js';
 import { loadTopology } from '../topology/load.js';
 import { formatBytes } from '../topology/units.js';
 import { Progress } from './progress.js';
-import { percent, renderTable } from './table.js';
+import { displayPath, percent, renderTable } from './table.js';
 
 export interface PlanCommandOptions {
   readonly topology: string;
@@ -32,7 +32,9 @@ export async function planCommand(options: PlanCommandOptions): Promise<void> {
   });
   const planSeconds = (performance.now() - planStarted) / 1000;
   if (options.json) {
-    process.stdout.write(`${JSON.stringify(planReport(plan, topology.file, scanSeconds, planSeconds), null, 2)}\n`);
+    process.stdout.write(
+      `${JSON.stringify(planReport(plan, topology.file, scanSeconds, planSeconds), null, 2)}\n`,
+    );
   } else {
     process.stdout.write(`${renderPlan(plan, topology.file, scanSeconds, planSeconds)}\n`);
   }
@@ -84,14 +86,14 @@ function renderPlan(plan: ScatterPlan, file: string, scanSeconds: number, planSe
   ];
   const s = plan.sharing;
   return [
-    `Plan for ${file}: ${s.vms} VMs, ${formatBytes(s.pages * PAGE_SIZE)} of guest memory ` +
+    `Plan for ${displayPath(file)}: ${s.vms} VMs, ${formatBytes(s.pages * PAGE_SIZE)} of guest memory ` +
       `(scan ${scanSeconds.toFixed(2)} s, plan ${planSeconds.toFixed(2)} s)`,
     `zero pages ${percent(s.zero, s.pages)}; distinct non-zero ${formatBytes(s.distinct * PAGE_SIZE)} ` +
       `(${percent(s.distinct, s.nonZero)} of non-zero); held by 2+ VMs ${percent(s.sharedPages, s.nonZero)} of non-zero`,
     '',
-    renderTable(['target', 'VMs', 'memory used', 'pages to receive'], targetRows),
+    renderTable(['target', 'VMs', 'memory used', 'pages to receive'], targetRows, 'llrr'),
     '',
-    renderTable(['group', 'address', 'receivers', 'carries', 'discarded'], groupRows),
+    renderTable(['group', 'address', 'receivers', 'carries', 'discarded'], groupRows, 'rllrr'),
     '',
     renderTable(
       ['traffic', 'source link', 'vs naive', 'predicted time'],

@@ -5,7 +5,9 @@ import { VmscatterError } from '../errors.js';
  * Wraps a command's action: a VmscatterError is a user-facing failure (its message, its exit code, no
  * stack); anything else is a bug and keeps its stack so it can be reported.
  */
-export function runAction<A extends unknown[]>(action: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
+export function runAction<A extends unknown[]>(
+  action: (...args: A) => Promise<void>,
+): (...args: A) => Promise<void> {
   return async (...args: A) => {
     try {
       await action(...args);
@@ -15,7 +17,9 @@ export function runAction<A extends unknown[]>(action: (...args: A) => Promise<v
         process.exitCode = error.exitCode;
         return;
       }
-      process.stderr.write(`vmscatter: internal error (please report): ${(error as Error)?.stack ?? error}\n`);
+      process.stderr.write(
+        `vmscatter: internal error (please report): ${(error as Error)?.stack ?? error}\n`,
+      );
       process.exitCode = 70;
     }
   };

@@ -28,7 +28,11 @@ port.on('message', (message: WorkerInit | ChunkRequest | { type: 'close' }) => {
   try {
     port.postMessage(...fingerprintChunk(message));
   } catch (error) {
-    const reply: ChunkReply = { type: 'error', jobId: message.jobId, message: String((error as Error).message) };
+    const reply: ChunkReply = {
+      type: 'error',
+      jobId: message.jobId,
+      message: String((error as Error).message),
+    };
     port.postMessage(reply);
   }
 });

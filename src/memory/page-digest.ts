@@ -39,7 +39,10 @@ export class PageDigester {
 
   /** Writes the digest of the page at pages[offset..offset+PAGE_SIZE) into out[outOffset..+16). */
   digestInto(pages: Uint8Array, offset: number, out: Uint8Array, outOffset: number): void {
-    const digest = this.keyed.copy().update(pages.subarray(offset, offset + PAGE_SIZE)).digest();
+    const digest = this.keyed
+      .copy()
+      .update(pages.subarray(offset, offset + PAGE_SIZE))
+      .digest();
     out.set(digest.subarray(0, DIGEST_BYTES), outOffset);
   }
 }

@@ -30,7 +30,9 @@ export function pageCountOf(spec: PageSourceSpec): number {
     size = stat.size;
   } catch (error) {
     if (error instanceof InputError) throw error;
-    throw new InputError(`${spec.path}: cannot read memory image (${(error as NodeJS.ErrnoException).code ?? error})`);
+    throw new InputError(
+      `${spec.path}: cannot read memory image (${(error as NodeJS.ErrnoException).code ?? error})`,
+    );
   }
   if (size % PAGE_SIZE !== 0) {
     throw new InputError(

@@ -23,7 +23,10 @@ export function pageSourceOf(vm: Vm): PageSourceSpec {
 }
 
 /** Scans every VM of a topology (phase 3); checks first that each image matches its declared size. */
-export async function scanTopology(topology: Topology, options: FingerprintOptions): Promise<FingerprintResult> {
+export async function scanTopology(
+  topology: Topology,
+  options: FingerprintOptions,
+): Promise<FingerprintResult> {
   const inputs = topology.vms.map((vm) => ({ name: vm.name, source: pageSourceOf(vm) }));
   inputs.forEach((input, i) => {
     const vm = topology.vms[i]!;

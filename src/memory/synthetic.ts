@@ -118,7 +118,12 @@ export function writeSyntheticPage(namespace: number, index: number, out: Uint8A
 }
 
 /** Fills `out` with `count` pages of the VM starting at `firstPage`, from its content ids. */
-export function readSyntheticPages(ids: Uint32Array, firstPage: number, count: number, out: Uint8Array): void {
+export function readSyntheticPages(
+  ids: Uint32Array,
+  firstPage: number,
+  count: number,
+  out: Uint8Array,
+): void {
   for (let i = 0; i < count; i++) {
     const page = firstPage + i;
     writeSyntheticPage(ids[page * 2]!, ids[page * 2 + 1]!, out, i * PAGE_SIZE);

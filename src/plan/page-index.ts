@@ -74,7 +74,12 @@ export function buildPageIndex(vms: readonly VmPages[], digestCount: number): Pa
   };
 }
 
-function vmSharingStats(vm: VmPages, mark: number, holderCount: Uint32Array, seen: Uint32Array): VmSharingStats {
+function vmSharingStats(
+  vm: VmPages,
+  mark: number,
+  holderCount: Uint32Array,
+  seen: Uint32Array,
+): VmSharingStats {
   let zero = 0;
   let duplicateWithin = 0;
   let shared = 0;
@@ -127,7 +132,15 @@ export function setSharingStats(index: PageIndex): SetSharingStats {
       sharedPages += index.occurrences[id]!;
     }
   }
-  return { vms: index.vmNames.length, pages, zero, nonZero: pages - zero, distinct, sharedDistinct, sharedPages };
+  return {
+    vms: index.vmNames.length,
+    pages,
+    zero,
+    nonZero: pages - zero,
+    distinct,
+    sharedDistinct,
+    sharedPages,
+  };
 }
 
 export interface TemplatePage {

@@ -64,7 +64,9 @@ export function buildScatterPlan(
   const source = topology.hosts.find((h) => h.role === 'source');
   const targets = topology.hosts.filter((h) => h.role === 'target');
   if (!source || targets.length === 0) {
-    throw new InfeasiblePlacementError(`${topology.file}: a plan needs one source host and at least one target`);
+    throw new InfeasiblePlacementError(
+      `${topology.file}: a plan needs one source host and at least one target`,
+    );
   }
   const index = buildPageIndex(vms, digestCount);
   const sharingModel = buildSharingModel(index);
@@ -82,7 +84,13 @@ export function buildScatterPlan(
   };
   const { assignment } = placeVms(problem, { seed: options.seed });
   const maxGroups = Math.max(1, Math.min(options.maxGroups, topology.multicast.size));
-  const schedule = buildSchedule({ index, sharing: sharingModel, assignment, targetCount: targets.length, maxGroups });
+  const schedule = buildSchedule({
+    index,
+    sharing: sharingModel,
+    assignment,
+    targetCount: targets.length,
+    maxGroups,
+  });
   const traffic = modelTraffic({
     index,
     schedule,

@@ -45,7 +45,8 @@ interface ReceiverSet {
 
 export function buildSchedule(input: ScheduleInput): MulticastSchedule {
   const { index, sharing, assignment, targetCount } = input;
-  if (!(input.maxGroups >= 1 && input.maxGroups <= 0xffff)) throw new RangeError('maxGroups must be in 1..65535');
+  if (!(input.maxGroups >= 1 && input.maxGroups <= 0xffff))
+    throw new RangeError('maxGroups must be in 1..65535');
   const words = Math.ceil(targetCount / 32);
   const sets: ReceiverSet[] = [];
   const setByKey = new Map<string, number>();
@@ -101,7 +102,8 @@ export function buildSchedule(input: ScheduleInput): MulticastSchedule {
 function mergeUntil(sets: ReceiverSet[], live: number[], limit: number): void {
   while (live.length > limit) {
     let lightest = 0;
-    for (let i = 1; i < live.length; i++) if (sets[live[i]!]!.pages < sets[live[lightest]!]!.pages) lightest = i;
+    for (let i = 1; i < live.length; i++)
+      if (sets[live[i]!]!.pages < sets[live[lightest]!]!.pages) lightest = i;
     const s = sets[live[lightest]!]!;
     let best = -1;
     let bestCost = Infinity;

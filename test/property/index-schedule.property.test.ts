@@ -19,7 +19,10 @@ const fleet = fc
     digests,
     targets,
     maxGroups,
-    vms: vms.map((pages, v): VmPages => ({ name: `vm${v}`, pages: Uint32Array.from(pages, (p) => p % (digests + 1)) })),
+    vms: vms.map((pages, v): VmPages => ({
+      name: `vm${v}`,
+      pages: Uint32Array.from(pages, (p) => p % (digests + 1)),
+    })),
   }))
   .chain((f) =>
     fc.record({
@@ -36,7 +39,10 @@ test('property: index counts match a naive recount', () => {
         const holders = f.vms.flatMap((vm, v) => (vm.pages.includes(id) ? [v] : []));
         assert.deepEqual(Array.from(holdersOf(index, id)), holders);
         assert.equal(index.holderCount[id], holders.length);
-        assert.equal(index.occurrences[id], f.vms.reduce((n, vm) => n + vm.pages.filter((p) => p === id).length, 0));
+        assert.equal(
+          index.occurrences[id],
+          f.vms.reduce((n, vm) => n + vm.pages.filter((p) => p === id).length, 0),
+        );
       }
       index.vmStats.forEach((s, v) => {
         const pages = Array.from(f.vms[v]!.pages);
@@ -63,11 +69,13 @@ test('property: sharing classes price a placement exactly as the distinct pages 
       const index = buildPageIndex(f.vms, f.digests);
       const sharing = buildSharingModel(index);
       let modelled = sharing.privatePages.reduce((a, b) => a + b, 0);
-      for (const c of sharing.classes) modelled += c.weight * new Set(Array.from(c.vms, (v) => assignment[v])).size;
+      for (const c of sharing.classes)
+        modelled += c.weight * new Set(Array.from(c.vms, (v) => assignment[v])).size;
       let direct = 0;
       for (let t = 0; t < f.targets; t++) {
         const onTarget = f.vms.filter((_, v) => assignment[v] === t);
-        direct += new Set(onTarget.flatMap((vm) => Array.from(vm.pages)).filter((p) => p !== ZERO_PAGE_ID)).size;
+        direct += new Set(onTarget.flatMap((vm) => Array.from(vm.pages)).filter((p) => p !== ZERO_PAGE_ID))
+          .size;
       }
       assert.equal(modelled, direct);
     }),
@@ -80,7 +88,13 @@ test('property: the schedule delivers every unique page to every target that nee
       const index = buildPageIndex(f.vms, f.digests);
       const sharing = buildSharingModel(index);
       const placed = Int32Array.from(assignment);
-      const schedule = buildSchedule({ index, sharing, assignment: placed, targetCount: f.targets, maxGroups: f.maxGroups });
+      const schedule = buildSchedule({
+        index,
+        sharing,
+        assignment: placed,
+        targetCount: f.targets,
+        maxGroups: f.maxGroups,
+      });
       assert.ok(schedule.groups.length <= f.maxGroups);
       const carried = new Array<number>(schedule.groups.length).fill(0);
       for (let id = 1; id <= f.digests; id++) {
@@ -88,14 +102,18 @@ test('property: the schedule delivers every unique page to every target that nee
         const group = schedule.groups[schedule.groupOfDigest[id]!];
         assert.ok(group, `digest ${id} has a group`);
         carried[schedule.groupOfDigest[id]!]!++;
-        for (const v of holdersOf(index, id)) assert.ok(group.receivers.includes(placed[v]!), `digest ${id} reaches VM ${v}`);
+        for (const v of holdersOf(index, id))
+          assert.ok(group.receivers.includes(placed[v]!), `digest ${id} reaches VM ${v}`);
       }
       schedule.groups.forEach((g, i) => {
         assert.equal(g.pages, carried[i], 'a group carries exactly the pages mapped to it');
         assert.ok(g.extraDeliveries >= 0);
       });
       if (f.maxGroups >= 2 ** f.targets) {
-        assert.ok(schedule.groups.every((g) => g.extraDeliveries === 0), 'no merging needed, none done');
+        assert.ok(
+          schedule.groups.every((g) => g.extraDeliveries === 0),
+          'no merging needed, none done',
+        );
       }
     }),
   );
@@ -107,7 +125,13 @@ test('property: traffic model: naive matches QEMU records, plan never sends more
       const index = buildPageIndex(f.vms, f.digests);
       const sharing = buildSharingModel(index);
       const placed = Int32Array.from(assignment);
-      const schedule = buildSchedule({ index, sharing, assignment: placed, targetCount: f.targets, maxGroups: 64 });
+      const schedule = buildSchedule({
+        index,
+        sharing,
+        assignment: placed,
+        targetCount: f.targets,
+        maxGroups: 64,
+      });
       const traffic = modelTraffic({
         index,
         schedule,
@@ -117,10 +141,17 @@ test('property: traffic model: naive matches QEMU records, plan never sends more
       });
       const zero = f.vms.reduce((n, vm) => n + vm.pages.filter((p) => p === ZERO_PAGE_ID).length, 0);
       const pages = f.vms.reduce((n, vm) => n + vm.pages.length, 0);
-      assert.equal(traffic.naive.source, (pages - zero) * QEMU_PAGE_RECORD_BYTES + zero * QEMU_ZERO_RECORD_BYTES);
+      assert.equal(
+        traffic.naive.source,
+        (pages - zero) * QEMU_PAGE_RECORD_BYTES + zero * QEMU_ZERO_RECORD_BYTES,
+      );
       assert.ok(traffic.plan.source <= traffic.dedup.source);
       const distinct = setSharingStats(index).distinct;
-      assert.equal(traffic.plan.source - pages * 4, distinct * PAGE_SIZE, 'each unique page leaves the source once');
+      assert.equal(
+        traffic.plan.source - pages * 4,
+        distinct * PAGE_SIZE,
+        'each unique page leaves the source once',
+      );
     }),
   );
 });

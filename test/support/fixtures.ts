@@ -8,8 +8,20 @@ import type { SyntheticModelSpec } from '../../src/topology/model.js';
 /** Repository root, from the compiled test file's place in dist/test/<dir>/. */
 export const repoRoot = fileURLToPath(new URL('../../../', import.meta.url));
 
-export function spec(seed: number, family: string, overrides: Partial<SyntheticModelSpec> = {}): SyntheticModelSpec {
-  return { seed, family, zeroShare: 0.3, osShare: 0.4, commonShare: 0.05, duplicateShare: 0.02, ...overrides };
+export function spec(
+  seed: number,
+  family: string,
+  overrides: Partial<SyntheticModelSpec> = {},
+): SyntheticModelSpec {
+  return {
+    seed,
+    family,
+    zeroShare: 0.3,
+    osShare: 0.4,
+    commonShare: 0.05,
+    duplicateShare: 0.02,
+    ...overrides,
+  };
 }
 
 /** A temporary directory removed by the returned cleanup, failure or not (call it in t.after). */

@@ -9,7 +9,10 @@ test('interning gives dense ids, the same id for the same digest, and keeps the 
   const table = new DigestTable(4);
   const digests = Array.from({ length: 5000 }, () => new Uint8Array(randomBytes(DIGEST_BYTES)));
   const ids = digests.map((d) => table.intern(d, 0));
-  assert.deepEqual(ids, Array.from({ length: 5000 }, (_, i) => i + 1));
+  assert.deepEqual(
+    ids,
+    Array.from({ length: 5000 }, (_, i) => i + 1),
+  );
   assert.equal(table.size, 5000);
   digests.forEach((d, i) => {
     assert.equal(table.intern(d, 0), i + 1);

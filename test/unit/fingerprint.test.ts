@@ -55,17 +55,23 @@ test('a bad image is a clear error naming the file', async (t) => {
   const odd = join(dir, 'odd.raw');
   writeFileSync(odd, new Uint8Array(PAGE_SIZE + 100));
   const key = randomDigestKey();
-  await assert.rejects(fingerprintVms([{ name: 'odd', source: { kind: 'image', path: odd } }], { key }), (e) => {
-    assert.ok(e instanceof InputError);
-    assert.match(e.message, /odd\.raw: memory image is 4196 bytes, not a whole number of 4096-byte pages/);
-    return true;
-  });
+  await assert.rejects(
+    fingerprintVms([{ name: 'odd', source: { kind: 'image', path: odd } }], { key }),
+    (e) => {
+      assert.ok(e instanceof InputError);
+      assert.match(e.message, /odd\.raw: memory image is 4196 bytes, not a whole number of 4096-byte pages/);
+      return true;
+    },
+  );
   const missing = join(dir, 'missing.raw');
-  await assert.rejects(fingerprintVms([{ name: 'm', source: { kind: 'image', path: missing } }], { key }), (e) => {
-    assert.ok(e instanceof InputError);
-    assert.match(e.message, /missing\.raw: cannot read memory image \(ENOENT\)/);
-    return true;
-  });
+  await assert.rejects(
+    fingerprintVms([{ name: 'm', source: { kind: 'image', path: missing } }], { key }),
+    (e) => {
+      assert.ok(e instanceof InputError);
+      assert.match(e.message, /missing\.raw: cannot read memory image \(ENOENT\)/);
+      return true;
+    },
+  );
 });
 
 test('digests are keyed: the same page digests differently under another key, alike under the same', () => {

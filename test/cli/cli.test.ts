@@ -1,0 +1,116 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { repoRoot, tempDir, writeImage } from '../support/fixtures.js';
+
+const cli = join(repoRoot, 'dist/src/cli/main.js');
+
+function run(...args: string[]) {
+  const result = spawnSync(process.execPath, [cli, ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 120_000 });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+function assertNoStack(stderr: string): void {
+  assert.doesNotMatch(stderr, /\n\s+at /, `no stack trace for a user error:\n${stderr}`);
+}
+
+test('plan --json on the embedded default: every VM placed within its constraints, fewer bytes than naive', () => {
+  const { code, stdout, stderr } = run('plan', '--json');
+  assert.equal(code, 0, stderr);
+  const plan = JSON.parse(stdout);
+  const vms = ['web-1', 'web-2', 'web-3', 'db-1', 'cache-1', 'cache-2'];
+  assert.deepEqual(Object.keys(plan.placement).sort(), vms.slice().sort());
+  assert.equal(plan.placement['web-1'], 't1', 'web-1 is pinned to t1');
+  assert.notEqual(plan.placement['db-1'], 't3', 'db-1 excludes t3');
+  for (const target of plan.targets) assert.ok(target.vms.length <= 4, `${target.name} holds at most maxVms`);
+  assert.ok(plan.groups.length >= 1);
+  for (const group of plan.groups) assert.match(group.address, /^239\.255\.42\.\d+$/);
+  assert.ok(plan.traffic.planBytes < plan.traffic.naiveBytes);
+  assert.ok(plan.traffic.planBytes > 0);
+});
+
+test('plan on an invalid topology names file, line and field, exit code 2, no stack', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const file = join(dir, 'bad.yaml');
+  writeFileSync(
+    file,
+    [
+      'hosts:',
+      '  - { name: src, address: 127.0.0.1, role: source, link: 1Gbit }',
+      '  - { name: t1, address: 127.0.0.1, port: 7412, role: target, memory: 1GiB, link: 10 furlongs }',
+      'vms:',
+      '  - { name: a, memory: 64MiB, source: { synthetic: {} } }',
+      '',
+    ].join('\n'),
+  );
+  const { code, stderr } = run('plan', '--topology', file);
+  assert.equal(code, 2);
+  assert.match(stderr, /bad\.yaml:3: hosts\[1\]\.link: .*10 furlongs/);
+  assertNoStack(stderr);
+});
+
+test('plan on a missing file and an infeasible job: clear errors', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const missing = run('plan', '--topology', join(dir, 'nope.yaml'));
+  assert.notEqual(missing.code, 0);
+  assert.match(missing.stderr, /nope\.yaml/);
+  assertNoStack(missing.stderr);
+  const file = join(dir, 'big.yaml');
+  writeFileSync(
+    file,
+    [
+      'hosts:',
+      '  - { name: src, address: 127.0.0.1, role: source, link: 1Gbit }',
+      '  - { name: t1, address: 127.0.0.1, port: 7412, role: target, memory: 32MiB, link: 1Gbit }',
+      'vms:',
+      '  - { name: huge, memory: 64MiB, source: { synthetic: {} } }',
+      '',
+    ].join('\n'),
+  );
+  const infeasible = run('plan', '--topology', file);
+  assert.equal(infeasible.code, 3, infeasible.stderr);
+  assert.match(infeasible.stderr, /huge/);
+  assertNoStack(infeasible.stderr);
+});
+
+test('a bad option value is refused with the option named', () => {
+  const { code, stderr } = run('plan', '--max-groups', 'lots');
+  assert.notEqual(code, 0);
+  assert.match(stderr, /--max-groups/);
+  assertNoStack(stderr);
+});
+
+test('inspect --json reports the split of each image and the set', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const a = writeImage(dir, 'a.raw', [0, 1, 2, 2, 9]);
+  const b = writeImage(dir, 'b.raw', [1, 0, 0, 3]);
+  const { code, stdout, stderr } = run('inspect', '--json', a, b);
+  assert.equal(code, 0, stderr);
+  const report = JSON.parse(stdout);
+  assert.deepEqual(
+    report.vms.map((v: Record<string, unknown>) => [v.name, v.pages, v.zero, v.duplicateWithin, v.shared, v.unique]),
+    [
+      ['a.raw', 5, 1, 1, 1, 2],
+      ['b.raw', 4, 2, 0, 1, 1],
+    ],
+  );
+  assert.equal(report.set.distinct, 4);
+  assert.equal(report.templates.length, 1, 'content 1 is the only page both hold');
+  assert.equal(report.templates[0].vms, 2);
+});
+
+test('inspect on an image that is not whole pages: exit 2, file named', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const odd = join(dir, 'odd.raw');
+  writeFileSync(odd, new Uint8Array(5000));
+  const { code, stderr } = run('inspect', odd);
+  assert.equal(code, 2);
+  assert.match(stderr, /odd\.raw: memory image is 5000 bytes/);
+  assertNoStack(stderr);
+});
