@@ -33,27 +33,27 @@ export enum MessageType {
   Done = 10,
 }
 
-export interface ObjectInfo {
-  readonly objectId: number;
-  /** Length in bytes (up to 2^48). */
-  readonly length: number;
-}
-
 export interface AnnounceMessage {
   readonly type: MessageType.Announce;
   readonly symbolSize: number;
   /** Source symbols per block (1..255). */
   readonly blockSymbols: number;
-  readonly objects: readonly ObjectInfo[];
+  /** Objects in the session; their ids are 0..objectCount-1 (the application maps its own ids). */
+  readonly objectCount: number;
+  /** Sum of the objects' lengths in bytes (up to 2^48). */
+  readonly totalBytes: number;
 }
 
 export interface SymbolMessage {
   readonly type: MessageType.Data | MessageType.Parity;
+  /** Object index within the session, 0..objectCount-1. */
   readonly objectId: number;
+  /** Length of the object in bytes (up to 2^48): carried by every symbol, so no announce is needed first. */
+  readonly objectLength: number;
   readonly block: number;
   /** Index within the block: 0..k-1 for data, k.. for parity (Reed-Solomon row index). */
   readonly index: number;
-  /** Source symbols in this block (the last block of an object may have fewer than blockSymbols). */
+  /** Source symbols per full block in this session (K); an object's last block may hold fewer, as its length says. */
   readonly blockSymbols: number;
   readonly payload: Uint8Array;
 }

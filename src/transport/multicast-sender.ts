@@ -1,0 +1,410 @@
+import { MessageType, type Message } from './messages.js';
+import { layoutObject, sourceSymbol, symbolsInBlock, type ObjectLayout } from './object-layout.js';
+import { RateController } from './rate-controller.js';
+
+/**
+ * The sending side of one multicast session, as a pure state machine: time comes from `io.now()`,
+ * datagrams leave through `io.send()`, and the owner calls `poll()` when it returns a wake-up time and
+ * `handle()` for each message from a receiver. No sockets, no timers: tests drive it on a virtual clock.
+ *
+ * Order of work: repairs first (they unblock receivers and free their memory), then new data within the
+ * flow-control window, paced by a token bucket at the controller's rate. Repairs are Reed-Solomon parity
+ * symbols, as many per block as the neediest receiver reported missing, so one repair packet serves
+ * every receiver that lost any one symbol of that block.
+ */
+
+export type Destination = 'group' | number;
+
+export interface SenderIo {
+  /** Milliseconds, monotonic. */
+  now(): number;
+  send(message: Message, to: Destination): void;
+}
+
+/** Makes parity symbol `parityIndex` (>= k) of a block from its k source symbols. */
+export interface ParityEncoder {
+  encodeParity(sources: readonly Uint8Array[], parityIndex: number): Uint8Array;
+}
+
+export interface SenderOptions {
+  readonly symbolSize: number;
+  readonly blockSymbols: number;
+  readonly parity: ParityEncoder;
+  /** Parity symbols sent with every block on the first pass (before anyone asks). */
+  readonly proactiveParity?: number;
+  readonly rateCapBytesPerSecond: number;
+  readonly initialRateBytesPerSecond?: number;
+  readonly heartbeatIntervalMs?: number;
+  readonly announceIntervalMs?: number;
+  /** A receiver not heard from for this long is dropped. */
+  readonly receiverTimeoutMs?: number;
+  /** Most bytes sent beyond what every receiver has completed (bounds receivers' memory). */
+  readonly windowBytes?: number;
+  /** A receiver that alone holds the window shut this long is dropped. */
+  readonly lagTimeoutMs?: number;
+}
+
+/** An object to deliver; its id on the wire is its index in the list given to the sender. */
+export interface SendObject {
+  readonly bytes: Uint8Array;
+}
+
+export type DropReason = 'timeout' | 'too slow' | 'left';
+
+export interface SenderStats {
+  dataPackets: number;
+  parityPackets: number;
+  repairPackets: number;
+  controlPackets: number;
+  payloadBytes: number;
+  naksReceived: number;
+  ignoredMessages: number;
+}
+
+export interface SessionResult {
+  readonly completed: readonly number[];
+  readonly dropped: readonly { readonly receiver: number; readonly reason: DropReason }[];
+  readonly stats: SenderStats;
+}
+
+interface ReceiverState {
+  lastHeardMs: number;
+  /** Leading objects complete at the receiver. */
+  objectsComplete: number;
+  complete: boolean;
+  dropped?: DropReason;
+  /** Since when this receiver alone has held the window shut, or undefined. */
+  blockingSinceMs?: number;
+}
+
+interface RepairState {
+  readonly object: number;
+  readonly block: number;
+  pending: number;
+  nextIndex: number;
+  queued: boolean;
+}
+
+const DONE_REPEATS = 3;
+const SYMBOL_OVERHEAD_BYTES = 64; // headers, tag and IP/UDP, for pacing
+
+export class MulticastSender {
+  private readonly objects: { info: SendObject; objectId: number; layout: ObjectLayout; endOffset: number }[];
+  private readonly receivers = new Map<number, ReceiverState>();
+  private readonly repairs = new Map<string, RepairState>();
+  private readonly repairQueue: RepairState[] = [];
+  private readonly rate: RateController;
+  private readonly options: Required<Omit<SenderOptions, 'initialRateBytesPerSecond'>>;
+  private cursor = { object: 0, block: 0, index: 0 };
+  private tokens = 0;
+  private lastRefillMs: number;
+  private lastHeartbeatMs = -Infinity;
+  private lastAnnounceMs = -Infinity;
+  private doneSent = 0;
+  readonly stats: SenderStats = {
+    dataPackets: 0,
+    parityPackets: 0,
+    repairPackets: 0,
+    controlPackets: 0,
+    payloadBytes: 0,
+    naksReceived: 0,
+    ignoredMessages: 0,
+  };
+
+  constructor(
+    objects: readonly SendObject[],
+    receivers: readonly number[],
+    options: SenderOptions,
+    private readonly io: SenderIo,
+  ) {
+    if (options.blockSymbols < 1 || options.blockSymbols + (options.proactiveParity ?? 0) > 255) {
+      throw new RangeError('blockSymbols must be 1..255 with proactive parity included');
+    }
+    this.options = {
+      proactiveParity: 0,
+      heartbeatIntervalMs: 10,
+      announceIntervalMs: 200,
+      receiverTimeoutMs: 3000,
+      windowBytes: 64 * 2 ** 20,
+      lagTimeoutMs: 2000,
+      ...options,
+    };
+    let offset = 0;
+    this.objects = objects.map((info, objectId) => {
+      offset += info.bytes.length;
+      const layout = layoutObject(info.bytes.length, options.symbolSize, options.blockSymbols);
+      return { info, objectId, layout, endOffset: offset };
+    });
+    const now = io.now();
+    this.lastRefillMs = now;
+    for (const id of receivers) this.receivers.set(id, { lastHeardMs: now, objectsComplete: 0, complete: false });
+    this.rate = new RateController({
+      capBytesPerSecond: options.rateCapBytesPerSecond,
+      ...(options.initialRateBytesPerSecond === undefined ? {} : { initialBytesPerSecond: options.initialRateBytesPerSecond }),
+    });
+  }
+
+  /** Current send rate in bytes per second. */
+  get rateBytesPerSecond(): number {
+    return this.rate.rate;
+  }
+
+  get done(): boolean {
+    return this.doneSent >= DONE_REPEATS;
+  }
+
+  result(): SessionResult {
+    const completed: number[] = [];
+    const dropped: { receiver: number; reason: DropReason }[] = [];
+    for (const [id, r] of this.receivers) {
+      if (r.dropped) dropped.push({ receiver: id, reason: r.dropped });
+      else if (r.complete) completed.push(id);
+    }
+    return { completed, dropped, stats: { ...this.stats } };
+  }
+
+  /** Handles one message from receiver `from`. Unknown receivers and malformed requests are ignored. */
+  handle(from: number, message: Message): void {
+    const receiver = this.receivers.get(from);
+    if (!receiver || receiver.dropped) {
+      this.stats.ignoredMessages++;
+      return;
+    }
+    const now = this.io.now();
+    receiver.lastHeardMs = now;
+    switch (message.type) {
+      case MessageType.Join:
+        return;
+      case MessageType.Leave:
+        return this.drop(from, receiver, 'left');
+      case MessageType.Complete:
+        receiver.complete = true;
+        receiver.objectsComplete = this.objects.length;
+        return;
+      case MessageType.Status:
+        receiver.objectsComplete = Math.max(receiver.objectsComplete, Math.min(message.objectsComplete, this.objects.length));
+        this.rate.report(from, rttOf(now, message.echoMicros, message.echoDelayMicros), message.lossPpm / 1e6);
+        return;
+      case MessageType.Nak:
+        this.stats.naksReceived++;
+        this.rate.report(from, rttOf(now, message.echoMicros, message.echoDelayMicros), message.lossPpm / 1e6);
+        for (const gap of message.gaps) this.requestRepair(gap.objectId, gap.block, gap.missing);
+        return;
+      default:
+        this.stats.ignoredMessages++;
+    }
+  }
+
+  /**
+   * Sends what the rate allows now. Returns the milliseconds after which it wants to be polled again
+   * (0: at once), or -1 once the session is over.
+   */
+  poll(): number {
+    if (this.done) return -1;
+    const now = this.io.now();
+    this.rate.tick(now);
+    this.expireReceivers(now);
+    this.refill(now);
+    if (now - this.lastAnnounceMs >= this.options.announceIntervalMs) this.announce(now);
+    if (now - this.lastHeartbeatMs >= this.options.heartbeatIntervalMs) this.heartbeat(now);
+    const packetCost = this.options.symbolSize + SYMBOL_OVERHEAD_BYTES;
+    while (this.tokens >= packetCost) {
+      if (!this.sendRepair() && !this.sendFirstPass(now)) break;
+      this.tokens -= packetCost;
+    }
+    if (this.finished()) {
+      this.io.send({ type: MessageType.Done, dropped: this.result().dropped.map((d) => d.receiver) }, 'group');
+      this.stats.controlPackets++;
+      this.doneSent++;
+      return this.done ? -1 : this.options.heartbeatIntervalMs;
+    }
+    const nextControl = Math.min(
+      this.lastHeartbeatMs + this.options.heartbeatIntervalMs,
+      this.lastAnnounceMs + this.options.announceIntervalMs,
+    );
+    if (this.hasWork()) {
+      const untilTokens = ((packetCost - this.tokens) / this.rate.rate) * 1000;
+      return Math.max(0, Math.min(untilTokens, nextControl - now));
+    }
+    return Math.max(0, nextControl - now);
+  }
+
+  private requestRepair(object: number, block: number, missing: number): void {
+    if (!Number.isInteger(object) || object < 0 || object >= this.objects.length) return;
+    const { layout } = this.objects[object]!;
+    if (!Number.isInteger(block) || block < 0 || block >= layout.blockCount) return;
+    // Blocks not yet sent on the first pass need no repair: they are on their way.
+    if (object > this.cursor.object || (object === this.cursor.object && block >= this.cursor.block)) return;
+    const k = symbolsInBlock(layout, block);
+    const key = `${object}:${block}`;
+    let state = this.repairs.get(key);
+    if (!state) {
+      state = { object, block, pending: 0, nextIndex: k + this.options.proactiveParity, queued: false };
+      this.repairs.set(key, state);
+    }
+    state.pending = Math.max(state.pending, Math.min(missing, k));
+    if (!state.queued && state.pending > 0) {
+      state.queued = true;
+      this.repairQueue.push(state);
+    }
+  }
+
+  private sendRepair(): boolean {
+    while (this.repairQueue.length > 0) {
+      const state = this.repairQueue[0]!;
+      if (state.pending === 0) {
+        state.queued = false;
+        this.repairQueue.shift();
+        continue;
+      }
+      const { info, objectId, layout } = this.objects[state.object]!;
+      const k = symbolsInBlock(layout, state.block);
+      // Past the last parity row, fall back to resending source symbols in turn.
+      const index = state.nextIndex <= 254 ? state.nextIndex : (state.nextIndex - 255) % k;
+      state.nextIndex++;
+      state.pending--;
+      this.sendSymbol(objectId, info, layout, state.block, index, k);
+      this.stats.repairPackets++;
+      return true;
+    }
+    return false;
+  }
+
+  private sendFirstPass(now: number): boolean {
+    const c = this.cursor;
+    if (c.object >= this.objects.length) return false;
+    if (!this.windowOpen(now)) return false;
+    const { info, layout } = this.objects[c.object]!;
+    const k = symbolsInBlock(layout, c.block);
+    this.sendSymbol(c.object, info, layout, c.block, c.index, k);
+    if (c.index < k) this.stats.dataPackets++;
+    else this.stats.parityPackets++;
+    c.index++;
+    if (c.index >= k + this.options.proactiveParity) {
+      c.index = 0;
+      c.block++;
+      if (c.block >= layout.blockCount) {
+        c.block = 0;
+        c.object++;
+      }
+    }
+    return true;
+  }
+
+  private sendSymbol(
+    objectId: number,
+    info: SendObject,
+    layout: ObjectLayout,
+    block: number,
+    index: number,
+    k: number,
+  ): void {
+    const payload =
+      index < k
+        ? sourceSymbol(info.bytes, layout, block, index)
+        : this.options.parity.encodeParity(
+            Array.from({ length: k }, (_, i) => sourceSymbol(info.bytes, layout, block, i)),
+            index,
+          );
+    this.io.send(
+      {
+        type: index < k ? MessageType.Data : MessageType.Parity,
+        objectId,
+        objectLength: info.bytes.length,
+        block,
+        index,
+        blockSymbols: this.options.blockSymbols,
+        payload,
+      },
+      'group',
+    );
+    this.stats.payloadBytes += payload.length;
+  }
+
+  /** Flow control: the first pass may run at most windowBytes ahead of the slowest active receiver. */
+  private windowOpen(now: number): boolean {
+    const sentEnd = this.cursor.object > 0 ? this.objects[this.cursor.object - 1]!.endOffset : 0;
+    let slowest: ReceiverState | undefined;
+    let slowestId = -1;
+    for (const [id, r] of this.receivers) {
+      if (r.dropped || r.complete) continue;
+      if (!slowest || r.objectsComplete < slowest.objectsComplete) [slowest, slowestId] = [r, id];
+    }
+    if (!slowest) return true;
+    const doneEnd = slowest.objectsComplete > 0 ? this.objects[slowest.objectsComplete - 1]!.endOffset : 0;
+    if (sentEnd - doneEnd < this.options.windowBytes) {
+      slowest.blockingSinceMs = undefined;
+      return true;
+    }
+    slowest.blockingSinceMs ??= now;
+    if (now - slowest.blockingSinceMs > this.options.lagTimeoutMs) {
+      this.drop(slowestId, slowest, 'too slow');
+      return this.windowOpen(now);
+    }
+    return false;
+  }
+
+  private hasWork(): boolean {
+    return this.repairQueue.length > 0 || this.cursor.object < this.objects.length;
+  }
+
+  private finished(): boolean {
+    if (this.hasWork()) return false;
+    for (const r of this.receivers.values()) if (!r.dropped && !r.complete) return false;
+    return true;
+  }
+
+  private expireReceivers(now: number): void {
+    for (const [id, r] of this.receivers) {
+      if (!r.dropped && !r.complete && now - r.lastHeardMs > this.options.receiverTimeoutMs) this.drop(id, r, 'timeout');
+    }
+  }
+
+  private drop(id: number, receiver: ReceiverState, reason: DropReason): void {
+    receiver.dropped = reason;
+    this.rate.forget(id);
+  }
+
+  private refill(now: number): void {
+    const elapsed = Math.max(0, now - this.lastRefillMs);
+    this.lastRefillMs = now;
+    // The bucket holds at most 2 ms of sending, so a late poll bursts little.
+    const depth = Math.max(2 * (this.options.symbolSize + SYMBOL_OVERHEAD_BYTES), this.rate.rate * 0.002);
+    this.tokens = Math.min(depth, this.tokens + (this.rate.rate * elapsed) / 1000);
+  }
+
+  private announce(now: number): void {
+    this.io.send(
+      {
+        type: MessageType.Announce,
+        symbolSize: this.options.symbolSize,
+        blockSymbols: this.options.blockSymbols,
+        objectCount: this.objects.length,
+        totalBytes: this.objects.length > 0 ? this.objects[this.objects.length - 1]!.endOffset : 0,
+      },
+      'group',
+    );
+    this.stats.controlPackets++;
+    this.lastAnnounceMs = now;
+  }
+
+  private heartbeat(now: number): void {
+    this.io.send(
+      {
+        type: MessageType.Heartbeat,
+        sentAtMicros: Math.round(now * 1000),
+        objectsSent: this.cursor.object,
+        rateBytesPerSecond: Math.round(this.rate.rate),
+      },
+      'group',
+    );
+    this.stats.controlPackets++;
+    this.lastHeartbeatMs = now;
+  }
+}
+
+function rttOf(nowMs: number, echoMicros: number, delayMicros: number): number | undefined {
+  if (echoMicros <= 0) return undefined;
+  const rtt = nowMs - echoMicros / 1000 - delayMicros / 1000;
+  return rtt >= 0 ? rtt : undefined;
+}
