@@ -228,7 +228,8 @@ export class MulticastReceiver {
     for (let i = 0; i < k; i++) if (block.have[i] !== 1) missingSource = true;
     if (missingSource) {
       const symbols = new Map<number, Uint8Array>();
-      for (let i = 0; i < k; i++) if (block.have[i] === 1) symbols.set(i, sourceSymbol(object.bytes!, object.layout, b, i));
+      for (let i = 0; i < k; i++)
+        if (block.have[i] === 1) symbols.set(i, sourceSymbol(object.bytes!, object.layout, b, i));
       for (const [index, payload] of block.parity) {
         if (symbols.size >= k) break;
         symbols.set(index, payload);

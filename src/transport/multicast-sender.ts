@@ -137,10 +137,13 @@ export class MulticastSender {
     });
     const now = io.now();
     this.lastRefillMs = now;
-    for (const id of receivers) this.receivers.set(id, { lastHeardMs: now, objectsComplete: 0, complete: false });
+    for (const id of receivers)
+      this.receivers.set(id, { lastHeardMs: now, objectsComplete: 0, complete: false });
     this.rate = new RateController({
       capBytesPerSecond: options.rateCapBytesPerSecond,
-      ...(options.initialRateBytesPerSecond === undefined ? {} : { initialBytesPerSecond: options.initialRateBytesPerSecond }),
+      ...(options.initialRateBytesPerSecond === undefined
+        ? {}
+        : { initialBytesPerSecond: options.initialRateBytesPerSecond }),
     });
   }
 
@@ -182,12 +185,23 @@ export class MulticastSender {
         receiver.objectsComplete = this.objects.length;
         return;
       case MessageType.Status:
-        receiver.objectsComplete = Math.max(receiver.objectsComplete, Math.min(message.objectsComplete, this.objects.length));
-        this.rate.report(from, rttOf(now, message.echoMicros, message.echoDelayMicros), message.lossPpm / 1e6);
+        receiver.objectsComplete = Math.max(
+          receiver.objectsComplete,
+          Math.min(message.objectsComplete, this.objects.length),
+        );
+        this.rate.report(
+          from,
+          rttOf(now, message.echoMicros, message.echoDelayMicros),
+          message.lossPpm / 1e6,
+        );
         return;
       case MessageType.Nak:
         this.stats.naksReceived++;
-        this.rate.report(from, rttOf(now, message.echoMicros, message.echoDelayMicros), message.lossPpm / 1e6);
+        this.rate.report(
+          from,
+          rttOf(now, message.echoMicros, message.echoDelayMicros),
+          message.lossPpm / 1e6,
+        );
         for (const gap of message.gaps) this.requestRepair(gap.objectId, gap.block, gap.missing);
         return;
       default:
@@ -213,7 +227,10 @@ export class MulticastSender {
       this.tokens -= packetCost;
     }
     if (this.finished()) {
-      this.io.send({ type: MessageType.Done, dropped: this.result().dropped.map((d) => d.receiver) }, 'group');
+      this.io.send(
+        { type: MessageType.Done, dropped: this.result().dropped.map((d) => d.receiver) },
+        'group',
+      );
       this.stats.controlPackets++;
       this.doneSent++;
       return this.done ? -1 : this.options.heartbeatIntervalMs;
@@ -223,7 +240,8 @@ export class MulticastSender {
       this.lastAnnounceMs + this.options.announceIntervalMs,
     );
     if (this.hasWork()) {
-      const untilTokens = ((packetCost - this.tokens) / this.rate.rate) * 1000;
+      // At least a microsecond: a wait rounded to nothing would spin without time passing.
+      const untilTokens = Math.max(0.001, ((packetCost - this.tokens) / this.rate.rate) * 1000);
       return Math.max(0, Math.min(untilTokens, nextControl - now));
     }
     return Math.max(0, nextControl - now);
@@ -356,7 +374,8 @@ export class MulticastSender {
 
   private expireReceivers(now: number): void {
     for (const [id, r] of this.receivers) {
-      if (!r.dropped && !r.complete && now - r.lastHeardMs > this.options.receiverTimeoutMs) this.drop(id, r, 'timeout');
+      if (!r.dropped && !r.complete && now - r.lastHeardMs > this.options.receiverTimeoutMs)
+        this.drop(id, r, 'timeout');
     }
   }
 
