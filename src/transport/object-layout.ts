@@ -22,7 +22,12 @@ export function symbolsInBlock(layout: ObjectLayout, block: number): number {
 }
 
 /** The bytes of source symbol `index` of block `block`, zero-padded to symbolSize. */
-export function sourceSymbol(bytes: Uint8Array, layout: ObjectLayout, block: number, index: number): Uint8Array {
+export function sourceSymbol(
+  bytes: Uint8Array,
+  layout: ObjectLayout,
+  block: number,
+  index: number,
+): Uint8Array {
   const start = (block * layout.blockSymbols + index) * layout.symbolSize;
   const end = Math.min(start + layout.symbolSize, bytes.length);
   if (end - start === layout.symbolSize) return bytes.subarray(start, end);
