@@ -63,7 +63,14 @@ export function runPlacementScale(options: ScaleOptions = {}): ScaleResult {
   const vms = stage('page tables', () =>
     Array.from({ length: vmCount }, (_, v): VmPages => {
       const family = `family-${v % families}`;
-      const spec = { seed: seed * 100003 + v, family, zeroShare: 0.3, osShare: 0.4, commonShare: 0.05, duplicateShare: 0.02 };
+      const spec = {
+        seed: seed * 100003 + v,
+        family,
+        zeroShare: 0.3,
+        osShare: 0.4,
+        commonShare: 0.05,
+        duplicateShare: 0.02,
+      };
       return syntheticPageTable({ name: `vm-${v}`, pageCount, spec }, table);
     }),
   );
@@ -86,7 +93,13 @@ export function runPlacementScale(options: ScaleOptions = {}): ScaleResult {
   };
   const placement = stage('placement', () => placeVms(problem, { seed }));
   const schedule = stage('schedule', () =>
-    buildSchedule({ index, sharing, assignment: placement.assignment, targetCount, maxGroups: options.maxGroups ?? 64 }),
+    buildSchedule({
+      index,
+      sharing,
+      assignment: placement.assignment,
+      targetCount,
+      maxGroups: options.maxGroups ?? 64,
+    }),
   );
   const traffic = stage('traffic', () =>
     modelTraffic({

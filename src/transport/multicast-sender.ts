@@ -86,7 +86,8 @@ interface RepairState {
 }
 
 const DONE_REPEATS = 3;
-const SYMBOL_OVERHEAD_BYTES = 64; // headers, tag and IP/UDP, for pacing
+/** IPv4 + UDP + our header + symbol fields + GCM tag: what a symbol costs on the wire beyond its payload. */
+const SYMBOL_OVERHEAD_BYTES = 84;
 
 export class MulticastSender {
   private readonly objects: { info: SendObject; objectId: number; layout: ObjectLayout; endOffset: number }[];

@@ -47,7 +47,7 @@ function openMessage(
   if ('drop' in opened) return undefined;
   const message = decodeMessage(opened.header.type, opened.body);
   if (isDecodeFailure(message)) {
-    opener.drops.add('malformed' as never); // TODO-REMOVE
+    opener.drops.add('malformed');
     return undefined;
   }
   return { opened, message };

@@ -8,7 +8,11 @@ import { repoRoot, tempDir, writeImage } from '../support/fixtures.js';
 const cli = join(repoRoot, 'dist/src/cli/main.js');
 
 function run(...args: string[]) {
-  const result = spawnSync(process.execPath, [cli, ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 120_000 });
+  const result = spawnSync(process.execPath, [cli, ...args], {
+    cwd: repoRoot,
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
@@ -93,7 +97,14 @@ test('inspect --json reports the split of each image and the set', (t) => {
   assert.equal(code, 0, stderr);
   const report = JSON.parse(stdout);
   assert.deepEqual(
-    report.vms.map((v: Record<string, unknown>) => [v.name, v.pages, v.zero, v.duplicateWithin, v.shared, v.unique]),
+    report.vms.map((v: Record<string, unknown>) => [
+      v.name,
+      v.pages,
+      v.zero,
+      v.duplicateWithin,
+      v.shared,
+      v.unique,
+    ]),
     [
       ['a.raw', 5, 1, 1, 1, 2],
       ['b.raw', 4, 2, 0, 1, 1],

@@ -1,0 +1,343 @@
+import net from 'node:net';
+import { Packr } from 'msgpackr';
+import { VmscatterError } from '../errors.js';
+import { encodeFrame, FrameDecoder, FrameTooLargeError } from './frame-decoder.js';
+import {
+  agree,
+  decodeHello,
+  deriveChannelKeys,
+  deriveControlKey,
+  encodeHello,
+  FrameCipher,
+  generateEphemeral,
+  HANDSHAKE_VERSION,
+  newHello,
+  proofMatches,
+  proofOf,
+  transcriptOf,
+} from './secure-channel.js';
+
+/**
+ * The coordinator <-> agent control channel: TCP, length-prefixed frames, mutually authenticated and
+ * encrypted (secure-channel.ts), msgpackr-encoded messages, heartbeats and an idle timeout.
+ */
+export interface ControlOptions {
+  /** The deployment secret every host holds. */
+  readonly secret: Uint8Array | string;
+  /** Largest frame accepted (bytes); larger ones close the connection. */
+  readonly maxFrameBytes?: number;
+  /** A heartbeat goes out after this much quiet (ms). */
+  readonly heartbeatMs?: number;
+  /** The connection closes when the peer is silent this long (ms). */
+  readonly idleTimeoutMs?: number;
+  /** The handshake must finish within this (ms). */
+  readonly handshakeTimeoutMs?: number;
+}
+
+export class ControlError extends VmscatterError {
+  constructor(message: string) {
+    super('VMS_CONTROL', message, 4);
+  }
+}
+
+const HANDSHAKE_FRAME_LIMIT = 128;
+const KIND_MESSAGE = 0;
+/** Messages held for a channel whose handler is not set yet. */
+const MAX_UNHANDLED = 1024;
+const KIND_HEARTBEAT = 1;
+const packr = new Packr({ useRecords: false });
+
+type Role = 'client' | 'server';
+
+/** One authenticated connection. Messages are any msgpack-encodable values. */
+export class ControlChannel {
+  private messageHandler: ((message: unknown) => void) | undefined;
+  private readonly unhandled: unknown[] = [];
+  private closeHandlers: ((error?: ControlError) => void)[] = [];
+  private closedWith: { error?: ControlError } | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private idle: NodeJS.Timeout | undefined;
+
+  /** @internal use connectControl / listenControl */
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly decoder: FrameDecoder,
+    private readonly sealer: FrameCipher,
+    private readonly opener: FrameCipher,
+    private readonly options: Required<ControlOptions>,
+    readonly peer: string,
+  ) {
+    socket.on('data', (chunk) => this.receive(chunk));
+    socket.on('close', () =>
+      this.finish(this.closedWith?.error ?? new ControlError(`${peer}: connection closed`)),
+    );
+    socket.on('error', (error: NodeJS.ErrnoException) =>
+      this.finish(new ControlError(`${peer}: ${error.code ?? error.message}`)),
+    );
+    this.heartbeat = setInterval(
+      () => this.sendFrame(KIND_HEARTBEAT, new Uint8Array(0)),
+      options.heartbeatMs,
+    ).unref();
+    this.touch();
+    // Bytes that came in with the end of the handshake are already in the decoder.
+    this.receive(new Uint8Array(0));
+  }
+
+  get closed(): boolean {
+    return this.closedWith !== undefined;
+  }
+
+  /** Sets the message handler; messages that arrived before it are delivered to it first. */
+  onMessage(handler: (message: unknown) => void): void {
+    this.messageHandler = handler;
+    for (const message of this.unhandled.splice(0)) handler(message);
+  }
+
+  /** Called once when the channel closes: without an error for a close we asked for. */
+  onClose(handler: (error?: ControlError) => void): void {
+    if (this.closedWith) handler(this.closedWith.error);
+    else this.closeHandlers.push(handler);
+  }
+
+  /** Sends a message; false when the socket's buffer is full (wait for drain() before sending more). */
+  send(message: unknown): boolean {
+    return this.sendFrame(KIND_MESSAGE, packr.pack(message));
+  }
+
+  drain(): Promise<void> {
+    if (!this.socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => this.socket.once('drain', () => resolve()));
+  }
+
+  close(): void {
+    if (this.closedWith) return;
+    this.finish(undefined);
+    this.socket.end();
+  }
+
+  private sendFrame(kind: number, body: Uint8Array): boolean {
+    if (this.closedWith) return false;
+    const plain = new Uint8Array(1 + body.length);
+    plain[0] = kind;
+    plain.set(body, 1);
+    return this.socket.write(encodeFrame(this.sealer.seal(plain)));
+  }
+
+  private receive(chunk: Uint8Array): void {
+    let frames: Uint8Array[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (error) {
+      return this.fail(error instanceof FrameTooLargeError ? error.message : String(error));
+    }
+    this.handleFrames(frames);
+  }
+
+  private handleFrames(frames: readonly Uint8Array[]): void {
+    for (const frame of frames) {
+      if (this.closedWith) return;
+      const plain = this.opener.open(frame);
+      if (!plain || plain.length === 0) return this.fail('frame failed authentication');
+      this.touch();
+      if (plain[0] === KIND_HEARTBEAT) continue;
+      if (plain[0] !== KIND_MESSAGE) return this.fail(`unknown frame kind ${plain[0]}`);
+      let message: unknown;
+      try {
+        message = packr.unpack(plain.subarray(1));
+      } catch {
+        return this.fail('undecodable message');
+      }
+      if (this.messageHandler) this.messageHandler(message);
+      else if (this.unhandled.push(message) > MAX_UNHANDLED)
+        return this.fail('peer sent too much before being heard');
+    }
+  }
+
+  private touch(): void {
+    clearTimeout(this.idle);
+    this.idle = setTimeout(
+      () => this.fail(`peer silent for ${this.options.idleTimeoutMs} ms`),
+      this.options.idleTimeoutMs,
+    ).unref();
+  }
+
+  private fail(reason: string): void {
+    this.finish(new ControlError(`${this.peer}: ${reason}`));
+    this.socket.destroy();
+  }
+
+  private finish(error: ControlError | undefined): void {
+    if (this.closedWith) return;
+    this.closedWith = error ? { error } : {};
+    clearInterval(this.heartbeat);
+    clearTimeout(this.idle);
+    for (const handler of this.closeHandlers.splice(0)) handler(error);
+  }
+}
+
+function withDefaults(options: ControlOptions): Required<ControlOptions> {
+  return {
+    maxFrameBytes: 16 * 2 ** 20,
+    heartbeatMs: 2000,
+    idleTimeoutMs: 10_000,
+    handshakeTimeoutMs: 5000,
+    ...options,
+  };
+}
+
+/** Runs the handshake on a fresh socket; resolves with the channel or rejects (and destroys the socket). */
+function handshake(
+  socket: net.Socket,
+  role: Role,
+  options: Required<ControlOptions>,
+  peer: string,
+): Promise<ControlChannel> {
+  const psk = deriveControlKey(options.secret);
+  const decoder = new FrameDecoder(HANDSHAKE_FRAME_LIMIT);
+  const ephemeral = generateEphemeral();
+  const own = newHello(ephemeral);
+  return new Promise((resolve, reject) => {
+    let step = 0;
+    let transcript: Uint8Array | undefined;
+    let keys: ReturnType<typeof deriveChannelKeys> | undefined;
+    const timer = setTimeout(() => fail('handshake timed out'), options.handshakeTimeoutMs).unref();
+    const fail = (reason: string) => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.destroy();
+      reject(new ControlError(`${peer}: ${reason}`));
+    };
+    const done = () => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('close', onClose);
+      decoder.setLimit(options.maxFrameBytes);
+      const [sendKey, receiveKey] =
+        role === 'client'
+          ? [keys!.clientToServer, keys!.serverToClient]
+          : [keys!.serverToClient, keys!.clientToServer];
+      const sealer = new FrameCipher(sendKey);
+      resolve(new ControlChannel(socket, decoder, sealer, new FrameCipher(receiveKey), options, peer));
+    };
+    const onClose = () => fail('closed during the handshake (wrong secret?)');
+    const onData = (chunk: Uint8Array) => {
+      decoder.append(chunk);
+      for (;;) {
+        let frame: Uint8Array | undefined;
+        try {
+          frame = decoder.next();
+        } catch {
+          return fail('oversized handshake frame');
+        }
+        if (!frame) return;
+        if (role === 'server' && step === 0) {
+          const got = decodeHello(frame, false);
+          if (!got || got.hello.version !== HANDSHAKE_VERSION) return fail('bad client hello');
+          const shared = agree(ephemeral, got.hello.ephemeral);
+          if (!shared) return fail('bad client key');
+          transcript = transcriptOf(got.hello, own);
+          keys = deriveChannelKeys(psk, shared, transcript);
+          socket.write(encodeFrame(encodeHello(own, proofOf(keys.auth, 'server', transcript))));
+          step = 1;
+        } else if (role === 'server' && step === 1) {
+          if (!proofMatches(proofOf(keys!.auth, 'client', transcript!), frame))
+            return fail('client not authenticated');
+          return done();
+        } else if (role === 'client' && step === 1) {
+          const got = decodeHello(frame, true);
+          if (!got || got.hello.version !== HANDSHAKE_VERSION) return fail('bad server hello');
+          const shared = agree(ephemeral, got.hello.ephemeral);
+          if (!shared) return fail('bad server key');
+          transcript = transcriptOf(own, got.hello);
+          keys = deriveChannelKeys(psk, shared, transcript);
+          if (!proofMatches(proofOf(keys.auth, 'server', transcript), got.proof)) {
+            return fail('server not authenticated (wrong secret?)');
+          }
+          socket.write(encodeFrame(proofOf(keys.auth, 'client', transcript)));
+          return done();
+        } else {
+          return fail('unexpected handshake frame');
+        }
+      }
+    };
+    socket.on('data', onData);
+    socket.once('close', onClose);
+    if (role === 'client') {
+      socket.write(encodeFrame(encodeHello(own)));
+      step = 1;
+    }
+  });
+}
+
+export async function connectControl(
+  host: string,
+  port: number,
+  options: ControlOptions,
+): Promise<ControlChannel> {
+  const full = withDefaults(options);
+  const peer = `${host}:${port}`;
+  const socket = await new Promise<net.Socket>((resolve, reject) => {
+    const s = net.connect({ host, port });
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new ControlError(`${peer}: no answer within ${full.handshakeTimeoutMs} ms`));
+    }, full.handshakeTimeoutMs).unref();
+    s.once('connect', () => {
+      clearTimeout(timer);
+      resolve(s);
+    });
+    s.once('error', (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(new ControlError(`${peer}: cannot connect (${error.code ?? error.message})`));
+    });
+  });
+  socket.setNoDelay(true);
+  return handshake(socket, 'client', full, peer);
+}
+
+export interface ControlServer {
+  readonly port: number;
+  /** Connections refused because they failed the handshake. */
+  readonly rejected: number;
+  close(): Promise<void>;
+}
+
+export async function listenControl(
+  host: string,
+  port: number,
+  options: ControlOptions,
+  onChannel: (channel: ControlChannel) => void,
+): Promise<ControlServer> {
+  const full = withDefaults(options);
+  let rejected = 0;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.setNoDelay(true);
+    socket.on('error', () => undefined); // reported through the handshake or the channel
+    handshake(socket, 'server', full, `${socket.remoteAddress}:${socket.remotePort}`).then(
+      onChannel,
+      () => rejected++,
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) =>
+      reject(new ControlError(`cannot listen on ${host}:${port} (${error.code ?? error.message})`)),
+    );
+    server.listen(port, host, () => resolve());
+  });
+  const address = server.address() as net.AddressInfo;
+  return {
+    port: address.port,
+    get rejected() {
+      return rejected;
+    },
+    /** Stops listening and closes every connection it accepted. */
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const socket of sockets) socket.destroy();
+      }),
+  };
+}

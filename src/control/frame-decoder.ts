@@ -1,0 +1,98 @@
+/**
+ * Length-prefixed frames on a byte stream: be32 length, then that many bytes. The decoder takes chunks
+ * as they come (any split) and yields whole frames; a length over the limit is refused before anything
+ * is allocated for it, so a peer cannot make us buffer without bound.
+ */
+export const FRAME_HEADER_BYTES = 4;
+
+export class FrameTooLargeError extends Error {
+  constructor(
+    readonly length: number,
+    readonly limit: number,
+  ) {
+    super(`frame of ${length} bytes exceeds the limit of ${limit}`);
+  }
+}
+
+export function encodeFrame(payload: Uint8Array): Uint8Array {
+  const frame = new Uint8Array(FRAME_HEADER_BYTES + payload.length);
+  new DataView(frame.buffer).setUint32(0, payload.length);
+  frame.set(payload, FRAME_HEADER_BYTES);
+  return frame;
+}
+
+export class FrameDecoder {
+  private chunks: Uint8Array[] = [];
+  private buffered = 0;
+
+  constructor(private limit: number) {}
+
+  /** Changes the limit (a handshake allows small frames only; the session larger ones). */
+  setLimit(limit: number): void {
+    this.limit = limit;
+  }
+
+  /** Bytes held while waiting for the rest of a frame. */
+  get pendingBytes(): number {
+    return this.buffered;
+  }
+
+  /** Adds a chunk and returns every frame it completes. Throws FrameTooLargeError on an oversize length. */
+  push(chunk: Uint8Array): Uint8Array[] {
+    this.append(chunk);
+    const frames: Uint8Array[] = [];
+    for (let frame = this.next(); frame; frame = this.next()) frames.push(frame);
+    return frames;
+  }
+
+  append(chunk: Uint8Array): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+  }
+
+  /**
+   * The next whole frame, or undefined until more bytes arrive. One at a time, so a caller can change
+   * the limit between frames (the handshake's last frame may share a chunk with the first large one).
+   */
+  next(): Uint8Array | undefined {
+    if (this.buffered < FRAME_HEADER_BYTES) return undefined;
+    const length = this.peekLength();
+    if (length > this.limit) throw new FrameTooLargeError(length, this.limit);
+    if (this.buffered < FRAME_HEADER_BYTES + length) return undefined;
+    this.take(FRAME_HEADER_BYTES);
+    return this.take(length);
+  }
+
+  private peekLength(): number {
+    const head =
+      this.chunks[0]!.length >= FRAME_HEADER_BYTES ? this.chunks[0]! : this.gather(FRAME_HEADER_BYTES);
+    return new DataView(head.buffer, head.byteOffset, FRAME_HEADER_BYTES).getUint32(0);
+  }
+
+  /** Joins the first chunks so the first one holds at least n bytes. */
+  private gather(n: number): Uint8Array {
+    const joined = new Uint8Array(n);
+    let filled = 0;
+    while (filled < n) {
+      const chunk = this.chunks.shift()!;
+      const part = chunk.subarray(0, n - filled);
+      joined.set(part, filled);
+      filled += part.length;
+      if (part.length < chunk.length) this.chunks.unshift(chunk.subarray(part.length));
+    }
+    this.chunks.unshift(joined);
+    return joined;
+  }
+
+  /** Removes and returns (a copy of) the next n bytes; the caller has checked they are buffered. */
+  private take(n: number): Uint8Array {
+    if (n === 0) return new Uint8Array(0);
+    const first = this.chunks[0]!.length >= n ? this.chunks[0]! : this.gather(n);
+    const out = first.slice(0, n);
+    if (first.length === n) this.chunks.shift();
+    else this.chunks[0] = first.subarray(n);
+    this.buffered -= n;
+    return out;
+  }
+}

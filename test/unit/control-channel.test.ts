@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { connectControl, listenControl, type ControlChannel } from '../../src/control/control-channel.js';
+import { encodeFrame, FrameDecoder, FrameTooLargeError } from '../../src/control/frame-decoder.js';
+
+const secret = 'test deployment secret';
+
+function nextMessage(channel: ControlChannel): Promise<unknown> {
+  return new Promise((resolve) => channel.onMessage(resolve));
+}
+
+function closed(channel: ControlChannel): Promise<Error | undefined> {
+  return new Promise((resolve) => channel.onClose(resolve));
+}
+
+test('property: frames split at any points decode to the same frames', () => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.uint8Array({ maxLength: 300 }), { maxLength: 10 }),
+      fc.array(fc.nat(), { maxLength: 20 }),
+      (payloads, cuts) => {
+        const stream = Buffer.concat(payloads.map(encodeFrame));
+        const points = [...new Set(cuts.map((c) => c % (stream.length + 1)))].sort((a, b) => a - b);
+        const decoder = new FrameDecoder(1000);
+        const frames: Uint8Array[] = [];
+        let last = 0;
+        for (const p of [...points, stream.length]) {
+          frames.push(...decoder.push(stream.subarray(last, p)));
+          last = p;
+        }
+        assert.deepEqual(
+          frames.map((f) => Buffer.from(f)),
+          payloads.map((p) => Buffer.from(p)),
+        );
+        assert.equal(decoder.pendingBytes, 0);
+      },
+    ),
+  );
+});
+
+test('an oversized length is refused before anything is buffered for it', () => {
+  const decoder = new FrameDecoder(1024);
+  const header = new Uint8Array(4);
+  new DataView(header.buffer).setUint32(0, 0xffffffff);
+  assert.throws(() => decoder.push(header), FrameTooLargeError);
+});
+
+test('mutual authentication: messages flow both ways, with early and large messages', async (t) => {
+  const accepted: ControlChannel[] = [];
+  const server = await listenControl('127.0.0.1', 0, { secret }, (channel) => {
+    accepted.push(channel);
+    channel.onMessage((message) => channel.send({ echo: message }));
+  });
+  t.after(() => server.close());
+  const client = await connectControl('127.0.0.1', server.port, { secret });
+  t.after(() => client.close());
+  const big = new Uint8Array(3 * 2 ** 20).fill(7);
+  client.send({ hello: 'agent', n: 1 });
+  client.send({ blob: big });
+  const replies: unknown[] = [];
+  await new Promise<void>((resolve) =>
+    client.onMessage((m) => {
+      replies.push(m);
+      if (replies.length === 2) resolve();
+    }),
+  );
+  assert.deepEqual(replies[0], { echo: { hello: 'agent', n: 1 } });
+  const blob = (replies[1] as { echo: { blob: Uint8Array } }).echo.blob;
+  assert.equal(blob.length, big.length);
+  assert.ok(blob.every((b) => b === 7));
+  assert.equal(server.rejected, 0);
+});
+
+test('a peer with the wrong secret is refused on both sides', async (t) => {
+  const server = await listenControl('127.0.0.1', 0, { secret }, () => assert.fail('must not accept'));
+  t.after(() => server.close());
+  await assert.rejects(
+    connectControl('127.0.0.1', server.port, { secret: 'wrong' }),
+    /not authenticated|closed/,
+  );
+  // The server counts it once its side of the handshake has failed.
+  for (let i = 0; i < 100 && server.rejected === 0; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(server.rejected, 1);
+});
+
+test('an unauthenticated peer that sends junk or nothing is cut off without harm', async (t) => {
+  const server = await listenControl('127.0.0.1', 0, { secret, handshakeTimeoutMs: 300 }, () =>
+    assert.fail('must not accept'),
+  );
+  t.after(() => server.close());
+  const raw = (bytes: Uint8Array) =>
+    new Promise<void>((resolve) => {
+      const socket = net.connect(server.port, '127.0.0.1', () => socket.write(bytes));
+      socket.on('close', () => resolve());
+      socket.on('error', () => undefined);
+    });
+  await raw(new Uint8Array([0, 0, 0, 200, 1, 2, 3])); // oversized handshake frame
+  await raw(encodeFrame(new Uint8Array(65))); // a hello with an all-zero key
+  await raw(new Uint8Array(0)); // silence: the handshake times out
+  for (let i = 0; i < 100 && server.rejected < 3; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(server.rejected, 3);
+});
+
+test('a silent peer is detected by the idle timeout', async (t) => {
+  let serverSide: ControlChannel | undefined;
+  const server = await listenControl(
+    '127.0.0.1',
+    0,
+    { secret, heartbeatMs: 60_000, idleTimeoutMs: 200 },
+    (c) => {
+      serverSide = c;
+    },
+  );
+  t.after(() => server.close());
+  // The client never heartbeats within the server's idle timeout.
+  const client = await connectControl('127.0.0.1', server.port, {
+    secret,
+    heartbeatMs: 60_000,
+    idleTimeoutMs: 60_000,
+  });
+  t.after(() => client.close());
+  for (let i = 0; i < 100 && !serverSide; i++) await new Promise((r) => setImmediate(r));
+  const error = await closed(serverSide!);
+  assert.match(String(error), /silent/);
+});
+
+test('heartbeats keep a quiet but live connection open', async (t) => {
+  let serverSide: ControlChannel | undefined;
+  const options = { secret, heartbeatMs: 20, idleTimeoutMs: 100 };
+  const server = await listenControl('127.0.0.1', 0, options, (c) => (serverSide = c));
+  t.after(() => server.close());
+  const client = await connectControl('127.0.0.1', server.port, options);
+  t.after(() => client.close());
+  await new Promise((r) => setTimeout(r, 400)); // four idle timeouts of quiet, heartbeats only
+  assert.equal(client.closed, false);
+  assert.equal(serverSide?.closed, false);
+  const reply = nextMessage(client);
+  serverSide!.send('still here');
+  assert.equal(await reply, 'still here');
+});
