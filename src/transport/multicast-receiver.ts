@@ -119,6 +119,8 @@ export class MulticastReceiver {
           this.symbolSize = message.symbolSize;
           this.objectCount = message.objectCount;
         }
+        // Until data flows, every announce is answered, so a lost join does not stall the start.
+        if (this.stats.symbols === 0) this.io.send({ type: MessageType.Join });
         return this.checkComplete();
       case MessageType.Data:
       case MessageType.Parity:

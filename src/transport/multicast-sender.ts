@@ -42,6 +42,11 @@ export interface SenderOptions {
   readonly windowBytes?: number;
   /** A receiver that alone holds the window shut this long is dropped. */
   readonly lagTimeoutMs?: number;
+  /**
+   * Data waits until every receiver has joined, at most this long (ms); then the session starts with
+   * those present (the rest catch up by repair, or time out). Announces go out meanwhile.
+   */
+  readonly joinTimeoutMs?: number;
 }
 
 /** An object to deliver; its id on the wire is its index in the list given to the sender. */
@@ -68,6 +73,7 @@ export interface SessionResult {
 }
 
 interface ReceiverState {
+  joined: boolean;
   lastHeardMs: number;
   /** Leading objects complete at the receiver. */
   objectsComplete: number;
@@ -102,6 +108,8 @@ export class MulticastSender {
   private lastHeartbeatMs = -Infinity;
   private lastAnnounceMs = -Infinity;
   private doneSent = 0;
+  private readonly startedMs: number;
+  private dataStarted = false;
   readonly stats: SenderStats = {
     dataPackets: 0,
     parityPackets: 0,
@@ -128,6 +136,7 @@ export class MulticastSender {
       receiverTimeoutMs: 3000,
       windowBytes: 64 * 2 ** 20,
       lagTimeoutMs: 2000,
+      joinTimeoutMs: 2000,
       ...options,
     };
     let offset = 0;
@@ -139,7 +148,8 @@ export class MulticastSender {
     const now = io.now();
     this.lastRefillMs = now;
     for (const id of receivers)
-      this.receivers.set(id, { lastHeardMs: now, objectsComplete: 0, complete: false });
+      this.receivers.set(id, { joined: false, lastHeardMs: now, objectsComplete: 0, complete: false });
+    this.startedMs = now;
     this.rate = new RateController({
       capBytesPerSecond: options.rateCapBytesPerSecond,
       ...(options.initialRateBytesPerSecond === undefined
@@ -176,6 +186,7 @@ export class MulticastSender {
     }
     const now = this.io.now();
     receiver.lastHeardMs = now;
+    receiver.joined = true;
     switch (message.type) {
       case MessageType.Join:
         return;
@@ -220,7 +231,8 @@ export class MulticastSender {
     this.rate.tick(now);
     this.expireReceivers(now);
     this.refill(now);
-    if (now - this.lastAnnounceMs >= this.options.announceIntervalMs) this.announce(now);
+    const announceEvery = this.dataStarted ? this.options.announceIntervalMs : this.options.heartbeatIntervalMs;
+    if (now - this.lastAnnounceMs >= announceEvery) this.announce(now);
     if (now - this.lastHeartbeatMs >= this.options.heartbeatIntervalMs) this.heartbeat(now);
     const packetCost = this.options.symbolSize + SYMBOL_OVERHEAD_BYTES;
     while (this.tokens >= packetCost) {
@@ -238,9 +250,9 @@ export class MulticastSender {
     }
     const nextControl = Math.min(
       this.lastHeartbeatMs + this.options.heartbeatIntervalMs,
-      this.lastAnnounceMs + this.options.announceIntervalMs,
+      this.lastAnnounceMs + announceEvery,
     );
-    if (this.hasWork()) {
+    if (this.hasWork() && this.dataStarted) {
       // At least a microsecond: a wait rounded to nothing would spin without time passing.
       const untilTokens = Math.max(0.001, ((packetCost - this.tokens) / this.rate.rate) * 1000);
       return Math.max(0, Math.min(untilTokens, nextControl - now));
@@ -292,6 +304,11 @@ export class MulticastSender {
   private sendFirstPass(now: number): boolean {
     const c = this.cursor;
     if (c.object >= this.objects.length) return false;
+    if (!this.dataStarted) {
+      const everyone = [...this.receivers.values()].every((r) => r.joined || r.dropped);
+      if (!everyone && now - this.startedMs < this.options.joinTimeoutMs) return false;
+      this.dataStarted = true;
+    }
     if (!this.windowOpen(now)) return false;
     const { info, layout } = this.objects[c.object]!;
     const k = symbolsInBlock(layout, c.block);
