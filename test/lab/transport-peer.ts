@@ -1,0 +1,155 @@
+/**
+ * One end of a transport session, as a process for the network lab (tests and bench/transport).
+ *
+ *   node transport-peer.js send    --group G:P --iface A --port N --receivers 4 --size 64MiB [--object 4MiB]
+ *                                  [--rate 1Gbit] [--mtu 1500] [--seed 1] [--plaintext]
+ *   node transport-peer.js receive --group G:P --iface A --id I --sender A:N --size 64MiB [--object 4MiB]
+ *                                  [--mtu 1500] [--seed 1] [--plaintext]
+ *
+ * The session key comes in the environment (VMS_SESSION_KEY, hex): in a job the control channel
+ * carries it. The payload is a seeded, incompressible stream both ends can generate, so a receiver
+ * checks every object byte-exact without a copy being shipped. Prints one JSON line when done.
+ */
+import { createHash, createCipheriv } from 'node:crypto';
+import { cpuUsage } from 'node:process';
+import { parseArgs } from 'node:util';
+import { realScheduler } from '../../src/transport/datagram.js';
+import { DgramSocket } from '../../src/transport/dgram-socket.js';
+import { BlockCodec } from '../../src/transport/fec-codec.js';
+import { ReceiverSession, SenderSession, type SessionKey } from '../../src/transport/session.js';
+import { maxSymbolSize } from '../../src/transport/wire-codec.js';
+import { parseRate, parseSize } from '../../src/topology/units.js';
+
+const { positionals, values } = parseArgs({
+  allowPositionals: true,
+  options: {
+    group: { type: 'string' },
+    iface: { type: 'string' },
+    port: { type: 'string', default: '7430' },
+    receivers: { type: 'string', default: '1' },
+    id: { type: 'string', default: '1' },
+    sender: { type: 'string' },
+    size: { type: 'string', default: '64MiB' },
+    object: { type: 'string', default: '4MiB' },
+    rate: { type: 'string', default: '1Gbit' },
+    mtu: { type: 'string', default: '1500' },
+    seed: { type: 'string', default: '1' },
+    'block-symbols': { type: 'string', default: '64' },
+    'timeout-ms': { type: 'string', default: '300000' },
+    plaintext: { type: 'boolean', default: false },
+  },
+});
+
+function needString(value: string | undefined, what: string): string {
+  if (value === undefined) throw new Error(`${what} is required`);
+  return value;
+}
+
+/** A parsed unit value, or the parser's problem as an error naming the option. */
+function needNumber(value: number | string, what: string): number {
+  if (typeof value === 'string') throw new Error(`${what}: ${value}`);
+  return value;
+}
+
+/** Object i of the seeded payload: AES-CTR keystream of a key derived from the seed (fast, incompressible). */
+export function payloadObject(seed: number, index: number, length: number): Uint8Array {
+  const key = createHash('sha256').update(`vmscatter transport payload ${seed}`).digest();
+  const iv = Buffer.alloc(16);
+  iv.writeUInt32BE(index, 0);
+  return new Uint8Array(createCipheriv('aes-256-ctr', key, iv).update(Buffer.alloc(length)));
+}
+
+function objectLengths(total: number, objectBytes: number): number[] {
+  const lengths: number[] = [];
+  for (let done = 0; done < total; done += objectBytes) lengths.push(Math.min(objectBytes, total - done));
+  return lengths;
+}
+
+async function main(): Promise<void> {
+  const role = positionals[0];
+  const group = needString(values.group, '--group');
+  const iface = needString(values.iface, '--iface');
+  const total = needNumber(parseSize(values.size!), '--size');
+  const objectBytes = needNumber(parseSize(values.object!), '--object');
+  const seed = Number(values.seed);
+  const mtu = Number(values.mtu);
+  const key: SessionKey = values.plaintext
+    ? 'insecure-plaintext'
+    : new Uint8Array(Buffer.from(needString(process.env.VMS_SESSION_KEY, 'VMS_SESSION_KEY'), 'hex'));
+  const identity = { session: 1, key, group };
+  const codec = new BlockCodec();
+  const lengths = objectLengths(total, objectBytes);
+  const signal = AbortSignal.timeout(Number(values['timeout-ms']));
+  const cpuStart = cpuUsage();
+  const started = performance.now();
+  if (role === 'send') {
+    const socket = await DgramSocket.open({
+      bindAddress: iface,
+      port: Number(values.port),
+      multicastInterface: iface,
+    });
+    const objects = lengths.map((length, i) => ({ bytes: payloadObject(seed, i, length) }));
+    const receivers = Array.from({ length: Number(values.receivers) }, (_, i) => i + 1);
+    const session = new SenderSession(socket, realScheduler, identity, objects, receivers, {
+      symbolSize: maxSymbolSize(mtu),
+      blockSymbols: Number(values['block-symbols']),
+      parity: codec,
+      rateCapBytesPerSecond: needNumber(parseRate(values.rate!), '--rate') / 8,
+      joinTimeoutMs: 10_000,
+    });
+    const result = await session.run(signal);
+    report(
+      { role, ...result, bufferReport: socket.bufferReport, sendErrors: socket.sendErrors },
+      started,
+      cpuStart,
+      total,
+    );
+    await socket.close();
+    return;
+  }
+  if (role === 'receive') {
+    const port = Number(group.slice(group.lastIndexOf(':') + 1));
+    const socket = await DgramSocket.open({ port, multicastInterface: iface });
+    let corrupt = 0;
+    let objectsReceived = 0;
+    const session = new ReceiverSession(
+      socket,
+      realScheduler,
+      identity,
+      Number(values.id),
+      needString(values.sender, '--sender'),
+      { decoder: codec, senderTimeoutMs: 15_000, maxObjectBytes: objectBytes },
+      (id, bytes) => {
+        objectsReceived++;
+        const expected = payloadObject(seed, id, lengths[id] ?? -1);
+        if (Buffer.compare(Buffer.from(expected), Buffer.from(bytes)) !== 0) corrupt++;
+      },
+    );
+    const state = await session.run(signal);
+    const exact = state === 'complete' && corrupt === 0 && objectsReceived === lengths.length;
+    report(
+      { role, state, exact, corrupt, objectsReceived, stats: session.stats, drops: session.drops.snapshot() },
+      started,
+      cpuStart,
+      total,
+    );
+    await socket.close();
+    process.exitCode = exact ? 0 : 1;
+    return;
+  }
+  throw new Error(`role must be send or receive, got ${role}`);
+}
+
+function report(fields: object, started: number, cpu: NodeJS.CpuUsage, bytes: number): void {
+  const seconds = (performance.now() - started) / 1000;
+  const used = cpuUsage(cpu);
+  const cpuSeconds = (used.user + used.system) / 1e6;
+  process.stdout.write(
+    `${JSON.stringify({ ...fields, seconds, cpuSeconds, goodputBitsPerSecond: (bytes * 8) / seconds })}\n`,
+  );
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`transport-peer: ${(error as Error).stack ?? error}\n`);
+  process.exitCode = 2;
+});
