@@ -89,6 +89,9 @@ interface RepairState {
   pending: number;
   nextIndex: number;
   queued: boolean;
+  /** When the last repair for this block went out, and how many since the round began. */
+  lastRepairMs: number;
+  sentInRound: number;
 }
 
 const DONE_REPEATS = 3;
@@ -270,10 +273,22 @@ export class MulticastSender {
     const key = `${object}:${block}`;
     let state = this.repairs.get(key);
     if (!state) {
-      state = { object, block, pending: 0, nextIndex: k + this.options.proactiveParity, queued: false };
+      state = {
+        object,
+        block,
+        pending: 0,
+        nextIndex: k + this.options.proactiveParity,
+        queued: false,
+        lastRepairMs: -Infinity,
+        sentInRound: 0,
+      };
       this.repairs.set(key, state);
     }
-    state.pending = Math.max(state.pending, Math.min(missing, k));
+    // A NAK sent before our last repairs reached its receiver counts them as missing still: within a
+    // round trip of the last repair, only what exceeds the repairs already sent is new.
+    const holdoffMs = 1.5 * this.rate.slowestRttMs + 2;
+    if (this.io.now() - state.lastRepairMs > holdoffMs) state.sentInRound = 0;
+    state.pending = Math.max(state.pending, Math.min(missing, k) - state.sentInRound);
     if (!state.queued && state.pending > 0) {
       state.queued = true;
       this.repairQueue.push(state);
@@ -294,6 +309,8 @@ export class MulticastSender {
       const index = state.nextIndex <= 254 ? state.nextIndex : (state.nextIndex - 255) % k;
       state.nextIndex++;
       state.pending--;
+      state.sentInRound++;
+      state.lastRepairMs = this.io.now();
       this.sendSymbol(objectId, info, layout, state.block, index, k);
       this.stats.repairPackets++;
       return true;
