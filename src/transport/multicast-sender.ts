@@ -234,7 +234,9 @@ export class MulticastSender {
     this.rate.tick(now);
     this.expireReceivers(now);
     this.refill(now);
-    const announceEvery = this.dataStarted ? this.options.announceIntervalMs : this.options.heartbeatIntervalMs;
+    const announceEvery = this.dataStarted
+      ? this.options.announceIntervalMs
+      : this.options.heartbeatIntervalMs;
     if (now - this.lastAnnounceMs >= announceEvery) this.announce(now);
     if (now - this.lastHeartbeatMs >= this.options.heartbeatIntervalMs) this.heartbeat(now);
     const packetCost = this.options.symbolSize + SYMBOL_OVERHEAD_BYTES;

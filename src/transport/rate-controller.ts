@@ -29,6 +29,7 @@ interface ReceiverSignal {
 }
 
 const GROWTH = 1.25;
+const FLOOR_RISE = 0.0005;
 const CUT = 0.8;
 const MIN_INTERVAL_MS = 5;
 
@@ -68,7 +69,9 @@ export class RateController {
       s.srttMs = s.srttMs === 0 ? rttMs : 0.875 * s.srttMs + 0.125 * rttMs;
     }
     s.loss = 0.75 * s.loss + 0.25 * lossShare;
-    s.lossFloor = Math.min(s.lossFloor * 1.01 + 1e-5, s.loss);
+    // The usual loss falls at once with the loss, and rises only slowly (a time constant of some
+    // thousands of reports), so sustained congestion loss is not mistaken for the link's nature.
+    s.lossFloor = s.loss < s.lossFloor ? s.loss : s.lossFloor + (s.loss - s.lossFloor) * FLOOR_RISE;
     const queueing = s.srttMs - s.minRttMs > Math.max(this.queueDelayMs, s.minRttMs);
     if (queueing || s.loss > s.lossFloor + this.lossExcess) this.congestedSinceDecision = true;
   }

@@ -14,6 +14,7 @@ export interface HarnessOptions {
   readonly symbolSize?: number;
   readonly blockSymbols?: number;
   readonly rateBytesPerSecond?: number;
+  readonly windowBytes?: number;
 }
 
 /** A sender and receivers on an in-memory network with a virtual clock: one session, end to end. */
@@ -38,6 +39,7 @@ export function sessionHarness(options: HarnessOptions) {
     rateCapBytesPerSecond: options.rateBytesPerSecond ?? 50e6,
     receiverTimeoutMs: 500,
     lagTimeoutMs: 500,
+    ...(options.windowBytes === undefined ? {} : { windowBytes: options.windowBytes }),
   });
   const received = ids.map(() => new Map<number, Uint8Array>());
   const receiverSockets = ids.map((id) => network.socket(`10.0.0.${id + 1}:7001`));

@@ -118,3 +118,20 @@ test('forged, replayed and garbage datagrams are dropped and counted, and change
     assert.ok(drops.short + drops.magic + drops.version >= 19, `garbage counted: ${JSON.stringify(drops)}`);
   }
 });
+
+test('a receiver that cannot keep up is dropped after the lag timeout without stalling the others', () => {
+  const h = sessionHarness({
+    receivers: 3,
+    objectSizes: Array.from({ length: 16 }, () => 256 * 1024),
+    windowBytes: 1024 * 1024,
+  });
+  // Receiver 3 hears enough to stay alive (heartbeats, some data) but loses most of what it needs.
+  h.network.setConditions({ loss: 0.9 }, h.receiverSockets[2]!.address);
+  h.start();
+  assert.ok(
+    h.clock.runUntil(() => h.senderResult() !== undefined, 60_000),
+    'session ends',
+  );
+  assert.ok(h.holdsAll(0) && h.holdsAll(1), 'the others hold all');
+  assert.deepEqual(h.senderResult()!.dropped, [{ receiver: 3, reason: 'too slow' }]);
+});
