@@ -52,8 +52,8 @@ test('queueing delay at one receiver cuts the rate, and recovery follows when it
 
 test('a jump in loss well above the usual loss cuts the rate; the floor holds', () => {
   const c = new RateController({ capBytesPerSecond: cap, minBytesPerSecond: 1e6 });
-  let t = drive(c, 0, 300, () => [[0.3, 0.01]]);
-  t = drive(c, t, 500, () => [[0.3, 0.3]]);
+  const t = drive(c, 0, 300, () => [[0.3, 0.01]]);
+  drive(c, t, 500, () => [[0.3, 0.3]]);
   assert.equal(c.rate, 1e6, 'down to the floor, never below');
   assert.throws(() => new RateController({ capBytesPerSecond: 0 }), RangeError);
 });
