@@ -98,6 +98,7 @@ export function buildScatterPlan(
     sourceBitsPerSecond: source.linkBitsPerSecond,
     targetBitsPerSecond: targets.map((t) => t.linkBitsPerSecond),
   });
+  const needed = neededPagesPerTarget(sharingModel, assignment, targets.length);
   const placement: Record<string, string> = {};
   topology.vms.forEach((vm, v) => (placement[vm.name] = targets[assignment[v]!]!.name));
   return {
@@ -109,7 +110,7 @@ export function buildScatterPlan(
         vms: mine.map((vm) => vm.name),
         memoryBytes: mine.reduce((sum, vm) => sum + vm.memoryBytes, 0),
         capacityBytes: t.memoryBytes,
-        neededPages: neededPagesOf(index, assignment, i),
+        neededPages: needed[i]!,
       };
     }),
     groups: schedule.groups.map((g, i) => ({
@@ -125,17 +126,19 @@ export function buildScatterPlan(
   };
 }
 
-/** Distinct non-zero digests held by the VMs placed on target t. */
-function neededPagesOf(index: PageIndex, assignment: Int32Array, t: number): number {
-  let needed = 0;
-  for (let id = 1; id <= index.digestCount; id++) {
-    for (let k = index.holderStart[id]!; k < index.holderStart[id + 1]!; k++) {
-      if (assignment[index.holderVms[k]!] === t) {
-        needed++;
-        break;
-      }
+/** Distinct non-zero digests each target needs: its VMs' private pages plus every class it touches. */
+function neededPagesPerTarget(sharing: SharingModel, assignment: Int32Array, targetCount: number): number[] {
+  const needed = new Array<number>(targetCount).fill(0);
+  sharing.privatePages.forEach((pages, vm) => (needed[assignment[vm]!]! += pages));
+  const seen = new Int32Array(targetCount).fill(-1);
+  sharing.classes.forEach((c, i) => {
+    for (const vm of c.vms) {
+      const t = assignment[vm]!;
+      if (seen[t] === i) continue;
+      seen[t] = i;
+      needed[t]! += c.weight;
     }
-  }
+  });
   return needed;
 }
 
