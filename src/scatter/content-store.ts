@@ -1,0 +1,143 @@
+import {
+  closeSync,
+  fstatSync,
+  ftruncateSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  writeSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { VmscatterError } from '../errors.js';
+import { DigestTable } from '../memory/digest-table.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
+
+/**
+ * A target's content store: page contents keyed by digest, on disk, surviving restarts, so a resumed
+ * job does not send again what an agent holds. Memory holds only the digest index (about 21 bytes per
+ * page); page bytes live in one append-only file and are read back on demand.
+ *
+ * Two files: `pages.bin` (page i at i*4096) and `digests.bin` (digest i at i*16). A page is written
+ * before its digest, so after a crash the digest file is never ahead of the page file; on opening, the
+ * shorter of the two decides, and a torn tail is cut off. Nothing is ever reported as held that is not
+ * wholly on disk.
+ */
+export class DiskFullError extends VmscatterError {
+  constructor(dir: string) {
+    super('VMS_DISK_FULL', `${dir}: no space left on device while storing pages`, 5);
+  }
+}
+
+export class ContentStore {
+  private readonly index: DigestTable;
+  private count: number;
+
+  private constructor(
+    private readonly dir: string,
+    private readonly pagesFd: number,
+    private readonly digestsFd: number,
+  ) {
+    const pages = Math.floor(fstatSync(pagesFd).size / PAGE_SIZE);
+    const digests = Math.floor(fstatSync(digestsFd).size / DIGEST_BYTES);
+    this.count = Math.min(pages, digests);
+    ftruncateSync(pagesFd, this.count * PAGE_SIZE);
+    ftruncateSync(digestsFd, this.count * DIGEST_BYTES);
+    this.index = new DigestTable(Math.max(1024, this.count));
+    const chunk = new Uint8Array(DIGEST_BYTES * 65536);
+    for (let first = 0; first < this.count; first += 65536) {
+      const n = Math.min(65536, this.count - first);
+      readFully(digestsFd, chunk, n * DIGEST_BYTES, first * DIGEST_BYTES);
+      for (let i = 0; i < n; i++) this.index.intern(chunk, i * DIGEST_BYTES);
+    }
+  }
+
+  /** Opens (creating if needed) the store in `dir`. */
+  static open(dir: string): ContentStore {
+    try {
+      mkdirSync(dir, { recursive: true });
+      return new ContentStore(
+        dir,
+        openForUpdate(join(dir, 'pages.bin')),
+        openForUpdate(join(dir, 'digests.bin')),
+      );
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new VmscatterError('VMS_STORE', `${dir}: cannot open the content store (${code ?? error})`, 5);
+    }
+  }
+
+  /** Pages held. */
+  get size(): number {
+    return this.count;
+  }
+
+  has(digest: Uint8Array): boolean {
+    return this.index.lookup(digest) > 0;
+  }
+
+  /** The page with this digest, or undefined. */
+  get(digest: Uint8Array): Uint8Array | undefined {
+    const id = this.index.lookup(digest);
+    if (id <= 0) return undefined;
+    const page = new Uint8Array(PAGE_SIZE);
+    readFully(this.pagesFd, page, PAGE_SIZE, (id - 1) * PAGE_SIZE);
+    return page;
+  }
+
+  /** Stores a page; false when it was held already. Throws DiskFullError when the disk is full. */
+  put(digest: Uint8Array, page: Uint8Array): boolean {
+    if (digest.length !== DIGEST_BYTES || page.length !== PAGE_SIZE) {
+      throw new RangeError(`a page is ${PAGE_SIZE} bytes with a ${DIGEST_BYTES}-byte digest`);
+    }
+    if (this.has(digest)) return false;
+    try {
+      writeFully(this.pagesFd, page, this.count * PAGE_SIZE);
+      writeFully(this.digestsFd, digest, this.count * DIGEST_BYTES);
+    } catch (error) {
+      // Cut back to what is whole, so the store stays consistent, then say why.
+      ftruncateSync(this.pagesFd, this.count * PAGE_SIZE);
+      ftruncateSync(this.digestsFd, this.count * DIGEST_BYTES);
+      if ((error as NodeJS.ErrnoException).code === 'ENOSPC') throw new DiskFullError(this.dir);
+      throw error;
+    }
+    this.index.intern(digest, 0);
+    this.count++;
+    return true;
+  }
+
+  /** Every digest held, in the order stored (for announcing them to a coordinator). */
+  *digests(): Generator<Uint8Array> {
+    for (let id = 1; id <= this.count; id++) yield this.index.digestOf(id).slice();
+  }
+
+  /** Makes everything stored so far durable. */
+  flush(): void {
+    fsyncSync(this.pagesFd);
+    fsyncSync(this.digestsFd);
+  }
+
+  close(): void {
+    closeSync(this.pagesFd);
+    closeSync(this.digestsFd);
+  }
+}
+
+/** Opens for positioned reads and writes, creating the file (not append mode: it ignores positions). */
+function openForUpdate(path: string): number {
+  closeSync(openSync(path, 'a'));
+  return openSync(path, 'r+');
+}
+
+function readFully(fd: number, into: Uint8Array, length: number, position: number): void {
+  for (let done = 0; done < length;) {
+    const n = readSync(fd, into, done, length - done, position + done);
+    if (n === 0) throw new VmscatterError('VMS_STORE', 'content store file shorter than its index');
+    done += n;
+  }
+}
+
+function writeFully(fd: number, bytes: Uint8Array, position: number): void {
+  for (let done = 0; done < bytes.length;)
+    done += writeSync(fd, bytes, done, bytes.length - done, position + done);
+}

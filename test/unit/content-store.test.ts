@@ -1,0 +1,84 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { appendFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { DiskFullError, ContentStore } from '../../src/scatter/content-store.js';
+import { VmscatterError } from '../../src/errors.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../../src/memory/page.js';
+import { tempDir } from '../support/fixtures.js';
+
+const digest = () => new Uint8Array(randomBytes(DIGEST_BYTES));
+const page = () => new Uint8Array(randomBytes(PAGE_SIZE));
+
+test('pages go in and come out by digest; a second put of the same digest stores nothing', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const store = ContentStore.open(dir);
+  t.after(() => store.close());
+  const entries = Array.from({ length: 300 }, () => ({ d: digest(), p: page() }));
+  for (const e of entries) assert.equal(store.put(e.d, e.p), true);
+  assert.equal(store.put(entries[5]!.d, page()), false);
+  assert.equal(store.size, 300);
+  for (const e of entries) assert.deepEqual(store.get(e.d), e.p);
+  assert.equal(store.get(digest()), undefined);
+  assert.throws(() => store.put(digest(), new Uint8Array(100)), RangeError);
+});
+
+test('the store survives a restart, and a torn tail from a crash is cut off', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const entries = Array.from({ length: 50 }, () => ({ d: digest(), p: page() }));
+  const first = ContentStore.open(dir);
+  for (const e of entries) first.put(e.d, e.p);
+  first.flush();
+  first.close();
+  // A crash after writing half a page, and another after a page but before its digest.
+  appendFileSync(join(dir, 'pages.bin'), new Uint8Array(PAGE_SIZE + 1000));
+  const second = ContentStore.open(dir);
+  t.after(() => second.close());
+  assert.equal(second.size, 50);
+  assert.equal(statSync(join(dir, 'pages.bin')).size, 50 * PAGE_SIZE);
+  for (const e of entries) assert.deepEqual(second.get(e.d), e.p);
+  assert.deepEqual(
+    [...second.digests()].map((d) => Buffer.from(d).toString('hex')),
+    entries.map((e) => Buffer.from(e.d).toString('hex')),
+  );
+});
+
+test('a directory that cannot be used is a clear error', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const file = join(dir, 'not-a-dir');
+  writeFileSync(file, 'x');
+  assert.throws(
+    () => ContentStore.open(join(file, 'store')),
+    (e) => e instanceof VmscatterError && /not-a-dir\/store: cannot open the content store/.test(e.message),
+  );
+});
+
+test('a full disk is a clear error and leaves the store consistent', (t) => {
+  const { dir, cleanup } = tempDir();
+  // A 64 KiB filesystem of our own (tests run as root): the disk fills after a dozen pages.
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir]);
+  t.after(() => {
+    execFileSync('umount', [dir]);
+    cleanup();
+  });
+  const store = ContentStore.open(dir);
+  const held: { d: Uint8Array; p: Uint8Array }[] = [];
+  assert.throws(() => {
+    for (let i = 0; i < 100; i++) {
+      const e = { d: digest(), p: page() };
+      store.put(e.d, e.p);
+      held.push(e);
+    }
+  }, DiskFullError);
+  assert.ok(held.length > 0 && held.length < 16, `${held.length} pages fit`);
+  store.close();
+  const reopened = ContentStore.open(dir);
+  assert.equal(reopened.size, held.length, 'nothing half-written counts as held');
+  for (const e of held) assert.deepEqual(reopened.get(e.d), e.p);
+  reopened.close();
+});
