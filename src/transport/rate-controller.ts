@@ -46,9 +46,12 @@ export class RateController {
   constructor(config: RateControllerConfig) {
     if (!(config.capBytesPerSecond > 0)) throw new RangeError('rate cap must be positive (bytes per second)');
     this.cap = config.capBytesPerSecond;
-    this.floor = Math.min(this.cap, config.minBytesPerSecond ?? 64 * 1024);
+    // A floor of 1% of the cap: deep enough for real congestion, never the crawl a collapse would be.
+    this.floor = Math.min(this.cap, config.minBytesPerSecond ?? this.cap / 100);
     this.rateValue = Math.max(this.floor, Math.min(this.cap, config.initialBytesPerSecond ?? this.cap / 4));
-    this.queueDelayMs = config.queueDelayMs ?? 4;
+    // Queueing well beyond scheduling noise: on a busy host a receiver answers a few ms late without any
+    // network queue, and cutting for that starves the session (seen in bench/transport).
+    this.queueDelayMs = config.queueDelayMs ?? 20;
     this.lossExcess = config.lossExcess ?? 0.05;
   }
 
