@@ -13,9 +13,12 @@ export interface VmPages {
   readonly pages: Uint32Array;
 }
 
-const zeroPage = new Uint8Array(PAGE_SIZE);
+const zeroPage = Buffer.alloc(PAGE_SIZE);
 
-/** True when the PAGE_SIZE bytes at `offset` are all zero (memcmp against a zero page: ~16 GB/s here). */
+/**
+ * True when the PAGE_SIZE bytes at `offset` are all zero: a memcmp against a zero page (~16 GB/s
+ * here), with offsets rather than a subarray, so the hot loop allocates nothing.
+ */
 export function isZeroPage(bytes: Uint8Array, offset: number): boolean {
-  return Buffer.compare(zeroPage, bytes.subarray(offset, offset + PAGE_SIZE)) === 0;
+  return zeroPage.compare(bytes, offset, offset + PAGE_SIZE) === 0;
 }
