@@ -10,8 +10,8 @@ export interface WorkerInit {
 export interface ChunkRequest {
   readonly type: 'job';
   readonly jobId: number;
-  /** Stable name of the source, so a worker opens each source once. */
-  readonly sourceKey: string;
+  /** Index of the VM (its input) in the scan: the worker opens each source once, keyed by it. */
+  readonly vm: number;
   readonly source: PageSourceSpec;
   readonly firstPage: number;
   readonly count: number;

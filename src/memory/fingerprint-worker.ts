@@ -12,7 +12,7 @@ if (!parentPort) throw new Error('fingerprint-worker must run as a worker thread
 const port = parentPort;
 
 let digester: PageDigester | undefined;
-const readers = new Map<string, PageReader>();
+const readers = new Map<number, PageReader>();
 let buffer = new Uint8Array(0);
 
 port.on('message', (message: WorkerInit | ChunkRequest | { type: 'close' }) => {
@@ -39,7 +39,7 @@ port.on('message', (message: WorkerInit | ChunkRequest | { type: 'close' }) => {
 
 function fingerprintChunk(request: ChunkRequest): [ChunkReply, ArrayBuffer[]] {
   if (!digester) throw new Error('worker used before init');
-  const reader = readerFor(request.sourceKey, request.source);
+  const reader = readerFor(request.vm, request.source);
   const bytes = request.count * PAGE_SIZE;
   if (buffer.length < bytes) buffer = new Uint8Array(bytes);
   reader.read(request.firstPage, request.count, buffer);
@@ -54,7 +54,7 @@ function fingerprintChunk(request: ChunkRequest): [ChunkReply, ArrayBuffer[]] {
   return [reply, [digests.buffer as ArrayBuffer, zero.buffer as ArrayBuffer]];
 }
 
-function readerFor(key: string, spec: PageSourceSpec): PageReader {
+function readerFor(key: number, spec: PageSourceSpec): PageReader {
   let reader = readers.get(key);
   if (!reader) {
     reader = openPageReader(spec);

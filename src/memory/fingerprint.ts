@@ -53,7 +53,7 @@ export async function fingerprintVms(
       requests.push({
         type: 'job',
         jobId: requests.length,
-        sourceKey: `${vm}`,
+        vm,
         source: input.source,
         firstPage: first,
         count,
@@ -62,7 +62,6 @@ export async function fingerprintVms(
   });
   const workerCount = Math.max(1, Math.min(options.workers ?? availableParallelism(), requests.length));
   const pool = Array.from({ length: workerCount }, () => startWorker(options.key));
-  const vmOfJob = (request: ChunkRequest) => Number(request.sourceKey);
   let done = 0;
   try {
     await new Promise<void>((resolve, reject) => {
@@ -84,10 +83,10 @@ export async function fingerprintVms(
           outstanding--;
           if (reply.type === 'error') {
             const request = requests[reply.jobId]!;
-            return reject(new InputError(`${inputs[vmOfJob(request)]!.name}: ${reply.message}`));
+            return reject(new InputError(`${inputs[request.vm]!.name}: ${reply.message}`));
           }
           const request = requests[reply.jobId]!;
-          internChunk(table, vms[vmOfJob(request)]!.pages, request.firstPage, reply);
+          internChunk(table, vms[request.vm]!.pages, request.firstPage, reply);
           done += request.count;
           options.onProgress?.(done, totalPages);
           dispatch(worker);
