@@ -5,6 +5,7 @@ import { exactPlacement } from '../src/plan/exhaustive-placement.js';
 import { placementCost } from '../src/plan/placement-cost.js';
 import type { PlacementProblem, PlacementVm, SharingClass } from '../src/plan/placement-problem.js';
 import { placeVms, placementViolations } from '../src/plan/placement.js';
+import { mulberry32 } from '../src/memory/prng.js';
 
 /**
  * Placement quality on small random instances, against the exact optimum: placeVms beside two naive
@@ -389,17 +390,6 @@ export function randomLargeProblem(
     maxVms: 10,
   }));
   return { vms: vmList, targets: targetList, classes: out };
-}
-
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -45,3 +45,9 @@ export class Prng {
     return Math.floor(this.next() * n);
   }
 }
+
+/** The same generator as a function returning floats in [0, 1), for code that only draws. */
+export function mulberry32(seed: number): () => number {
+  const prng = new Prng(seed);
+  return () => prng.next();
+}

@@ -11,6 +11,7 @@ import { ClassMembership, PlacementEvaluator } from './placement-cost.js';
 import { checkPlacementFeasibility } from './placement-feasibility.js';
 import type { Placement, PlacementProblem } from './placement-problem.js';
 import { estimateSweepWork, kick, localSearch, mergeTargets, ruinAndRecreate } from './placement-search.js';
+import { mulberry32 } from '../memory/prng.js';
 
 export { checkPlacementFeasibility, placementViolations } from './placement-feasibility.js';
 
@@ -117,19 +118,7 @@ export function placeVms(problem: PlacementProblem, options: PlaceOptions = {}):
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Seeded randomness (own copy: this module may not import outside its allowed set)
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
+// Seeded shuffling
 function shuffled(n: number, rng: () => number): Int32Array {
   const out = Int32Array.from({ length: n }, (_, v) => v);
   for (let i = n - 1; i > 0; i--) {

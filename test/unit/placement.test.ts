@@ -15,6 +15,7 @@ import type {
   SharingClass,
 } from '../../src/plan/placement-problem.js';
 import { placeVms, placementViolations } from '../../src/plan/placement.js';
+import { mulberry32 } from '../../src/memory/prng.js';
 
 const GiB = 1024 ** 3;
 
@@ -40,17 +41,6 @@ function rejects(problem: PlacementProblem, message: string | RegExp): void {
       return true;
     },
   );
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Three families of four VMs (heavy in-family classes, light cross-family ones), three targets of four. */
