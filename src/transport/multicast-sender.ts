@@ -1,6 +1,7 @@
 import { MessageType, type Message } from './messages.js';
 import { layoutObject, sourceSymbol, symbolsInBlock, type ObjectLayout } from './object-layout.js';
 import { RateController } from './rate-controller.js';
+import { RepairQueue } from './repair-queue.js';
 
 /**
  * The sending side of one multicast session, as a pure state machine: time comes from `io.now()`,
@@ -83,17 +84,6 @@ interface ReceiverState {
   blockingSinceMs?: number;
 }
 
-interface RepairState {
-  readonly object: number;
-  readonly block: number;
-  pending: number;
-  nextIndex: number;
-  queued: boolean;
-  /** When the last repair for this block went out, and how many since the round began. */
-  lastRepairMs: number;
-  sentInRound: number;
-}
-
 const DONE_REPEATS = 3;
 /** IPv4 + UDP + our header + symbol fields + GCM tag: what a symbol costs on the wire beyond its payload. */
 const SYMBOL_OVERHEAD_BYTES = 84;
@@ -101,8 +91,7 @@ const SYMBOL_OVERHEAD_BYTES = 84;
 export class MulticastSender {
   private readonly objects: { info: SendObject; objectId: number; layout: ObjectLayout; endOffset: number }[];
   private readonly receivers = new Map<number, ReceiverState>();
-  private readonly repairs = new Map<string, RepairState>();
-  private readonly repairQueue: RepairState[] = [];
+  private readonly repairs = new RepairQueue();
   private readonly rate: RateController;
   private readonly options: Required<Omit<SenderOptions, 'initialRateBytesPerSecond'>>;
   private cursor = { object: 0, block: 0, index: 0 };
@@ -272,52 +261,25 @@ export class MulticastSender {
     // Blocks not yet sent on the first pass need no repair: they are on their way.
     if (object > this.cursor.object || (object === this.cursor.object && block >= this.cursor.block)) return;
     const k = symbolsInBlock(layout, block);
-    const key = `${object}:${block}`;
-    let state = this.repairs.get(key);
-    if (!state) {
-      state = {
-        object,
-        block,
-        pending: 0,
-        nextIndex: k + this.options.proactiveParity,
-        queued: false,
-        lastRepairMs: -Infinity,
-        sentInRound: 0,
-      };
-      this.repairs.set(key, state);
-    }
-    // A NAK sent before our last repairs reached its receiver counts them as missing still: within a
-    // round trip of the last repair, only what exceeds the repairs already sent is new.
     const holdoffMs = 1.5 * this.rate.slowestRttMs + 2;
-    if (this.io.now() - state.lastRepairMs > holdoffMs) state.sentInRound = 0;
-    state.pending = Math.max(state.pending, Math.min(missing, k) - state.sentInRound);
-    if (!state.queued && state.pending > 0) {
-      state.queued = true;
-      this.repairQueue.push(state);
-    }
+    this.repairs.request(
+      object,
+      block,
+      k,
+      missing,
+      k + this.options.proactiveParity,
+      this.io.now(),
+      holdoffMs,
+    );
   }
 
   private sendRepair(): boolean {
-    while (this.repairQueue.length > 0) {
-      const state = this.repairQueue[0]!;
-      if (state.pending === 0) {
-        state.queued = false;
-        this.repairQueue.shift();
-        continue;
-      }
-      const { info, objectId, layout } = this.objects[state.object]!;
-      const k = symbolsInBlock(layout, state.block);
-      // Past the last parity row, fall back to resending source symbols in turn.
-      const index = state.nextIndex <= 254 ? state.nextIndex : (state.nextIndex - 255) % k;
-      state.nextIndex++;
-      state.pending--;
-      state.sentInRound++;
-      state.lastRepairMs = this.io.now();
-      this.sendSymbol(objectId, info, layout, state.block, index, k);
-      this.stats.repairPackets++;
-      return true;
-    }
-    return false;
+    const repair = this.repairs.next(this.io.now());
+    if (!repair) return false;
+    const { info, objectId, layout } = this.objects[repair.object]!;
+    this.sendSymbol(objectId, info, layout, repair.block, repair.index, symbolsInBlock(layout, repair.block));
+    this.stats.repairPackets++;
+    return true;
   }
 
   private sendFirstPass(now: number): boolean {
@@ -400,7 +362,7 @@ export class MulticastSender {
   }
 
   private hasWork(): boolean {
-    return this.repairQueue.length > 0 || this.cursor.object < this.objects.length;
+    return this.repairs.owed || this.cursor.object < this.objects.length;
   }
 
   private finished(): boolean {
