@@ -1,0 +1,103 @@
+import { createHash } from 'node:crypto';
+import {
+  closeSync,
+  fsyncSync,
+  ftruncateSync,
+  openSync,
+  readSync,
+  renameSync,
+  rmSync,
+  writeSync,
+} from 'node:fs';
+import { VmscatterError } from '../errors.js';
+import { PAGE_SIZE } from '../memory/page.js';
+import { DiskFullError } from './content-store.js';
+import { ZERO_ENTRY } from './manifest.js';
+
+/**
+ * Rebuilds a VM's memory image at a target from its manifest and the pages the target holds, and
+ * verifies it. Zero pages are never written (the file is sparse), the image is hashed in page order as
+ * it is written, and it only takes its final name when its digest equals the source's: a half-written
+ * or wrong image is never left where a finished one would be.
+ */
+export interface RebuildRequest {
+  /** Where the finished image goes. */
+  readonly path: string;
+  /** Page entries from the manifest: a unique-page index, or ZERO_ENTRY. */
+  readonly entries: Int32Array;
+  /** The bytes of unique page `index`, or undefined when the target does not hold it. */
+  readonly pageFor: (index: number) => Uint8Array | undefined;
+  /** SHA-256 of the whole image at the source (hex). */
+  readonly expectedSha256: string;
+}
+
+export interface RebuildResult {
+  readonly sha256: string;
+  readonly zeroPages: number;
+  readonly writtenPages: number;
+}
+
+export class RebuildError extends VmscatterError {
+  constructor(message: string) {
+    super('VMS_REBUILD', message, 6);
+  }
+}
+
+const zeroPage = new Uint8Array(PAGE_SIZE);
+
+export function rebuildImage(request: RebuildRequest): RebuildResult {
+  const partial = `${request.path}.partial`;
+  const fd = openSync(partial, 'w');
+  let finished = false;
+  try {
+    ftruncateSync(fd, request.entries.length * PAGE_SIZE);
+    const hash = createHash('sha256');
+    let zeroPages = 0;
+    request.entries.forEach((entry, page) => {
+      if (entry === ZERO_ENTRY) {
+        zeroPages++;
+        hash.update(zeroPage);
+        return;
+      }
+      const bytes = request.pageFor(entry);
+      if (!bytes)
+        throw new RebuildError(`${request.path}: page ${page} needs unique page ${entry}, which is not held`);
+      hash.update(bytes);
+      writeAll(fd, bytes, page * PAGE_SIZE);
+    });
+    fsyncSync(fd);
+    const sha256 = hash.digest('hex');
+    if (sha256 !== request.expectedSha256) {
+      throw new RebuildError(
+        `${request.path}: rebuilt image digest ${sha256} differs from the source's ${request.expectedSha256}`,
+      );
+    }
+    closeSync(fd);
+    finished = true;
+    renameSync(partial, request.path);
+    return { sha256, zeroPages, writtenPages: request.entries.length - zeroPages };
+  } catch (error) {
+    if (!finished) closeSync(fd);
+    rmSync(partial, { force: true });
+    if ((error as NodeJS.ErrnoException).code === 'ENOSPC') throw new DiskFullError(request.path);
+    throw error;
+  }
+}
+
+/** SHA-256 of an image file, streamed (what the source computes to compare with the target's). */
+export function imageSha256(path: string): string {
+  const hash = createHash('sha256');
+  const buffer = new Uint8Array(1024 * PAGE_SIZE);
+  const fd = openSync(path, 'r');
+  try {
+    for (let n = readSync(fd, buffer); n > 0; n = readSync(fd, buffer)) hash.update(buffer.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest('hex');
+}
+
+function writeAll(fd: number, bytes: Uint8Array, position: number): void {
+  for (let done = 0; done < bytes.length;)
+    done += writeSync(fd, bytes, done, bytes.length - done, position + done);
+}

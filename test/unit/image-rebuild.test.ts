@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { PAGE_SIZE } from '../../src/memory/page.js';
+import { DiskFullError } from '../../src/scatter/content-store.js';
+import { imageSha256, RebuildError, rebuildImage } from '../../src/scatter/image-rebuild.js';
+import { ZERO_ENTRY } from '../../src/scatter/manifest.js';
+import { tempDir } from '../support/fixtures.js';
+
+/** A source image of `pages` pages (most zero, some repeated) and its manifest over unique pages. */
+function sourceImage(dir: string, pages: number) {
+  const unique = Array.from({ length: 8 }, () => new Uint8Array(randomBytes(PAGE_SIZE)));
+  const entries = Int32Array.from({ length: pages }, (_, i) =>
+    i % 5 === 0 ? i % unique.length : ZERO_ENTRY,
+  );
+  const image = new Uint8Array(pages * PAGE_SIZE);
+  entries.forEach((e, i) => e !== ZERO_ENTRY && image.set(unique[e]!, i * PAGE_SIZE));
+  const path = join(dir, 'source.raw');
+  writeFileSync(path, image);
+  return { path, unique, entries, sha256: imageSha256(path) };
+}
+
+test('an image rebuilt from its manifest is byte-identical, verified, and sparse', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const source = sourceImage(dir, 2048);
+  const out = join(dir, 'rebuilt.raw');
+  const result = rebuildImage({
+    path: out,
+    entries: source.entries,
+    pageFor: (i) => source.unique[i],
+    expectedSha256: source.sha256,
+  });
+  assert.equal(result.sha256, source.sha256);
+  assert.equal(result.writtenPages + result.zeroPages, 2048);
+  assert.ok(readFileSync(out).equals(readFileSync(source.path)));
+  const stat = statSync(out);
+  assert.ok(
+    stat.blocks * 512 < stat.size / 2,
+    `sparse: ${stat.blocks * 512} bytes allocated of ${stat.size}`,
+  );
+  assert.equal(existsSync(`${out}.partial`), false);
+});
+
+test('a digest mismatch or a page not held leaves no image behind', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const source = sourceImage(dir, 64);
+  const out = join(dir, 'rebuilt.raw');
+  const wrong = source.unique.map((p, i) => (i === 3 ? new Uint8Array(PAGE_SIZE).fill(1) : p));
+  assert.throws(
+    () =>
+      rebuildImage({
+        path: out,
+        entries: source.entries,
+        pageFor: (i) => wrong[i],
+        expectedSha256: source.sha256,
+      }),
+    (e) => e instanceof RebuildError && /differs from the source/.test(e.message),
+  );
+  assert.throws(
+    () =>
+      rebuildImage({
+        path: out,
+        entries: source.entries,
+        pageFor: (i) => (i === 5 ? undefined : source.unique[i]),
+        expectedSha256: source.sha256,
+      }),
+    (e) => e instanceof RebuildError && /not held/.test(e.message),
+  );
+  assert.equal(existsSync(out), false);
+  assert.equal(existsSync(`${out}.partial`), false);
+});
+
+test('a full disk is a clear error and leaves no partial image', (t) => {
+  const { dir, cleanup } = tempDir();
+  const small = join(dir, 'small');
+  execFileSync('mkdir', [small]);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', small]);
+  t.after(() => {
+    execFileSync('umount', [small]);
+    cleanup();
+  });
+  const entries = Int32Array.from({ length: 64 }, (_, i) => i);
+  const pages = Array.from({ length: 64 }, () => new Uint8Array(randomBytes(PAGE_SIZE)));
+  const out = join(small, 'vm.raw');
+  assert.throws(
+    () => rebuildImage({ path: out, entries, pageFor: (i) => pages[i], expectedSha256: 'x' }),
+    DiskFullError,
+  );
+  assert.equal(existsSync(out), false);
+  assert.equal(existsSync(`${out}.partial`), false);
+});
