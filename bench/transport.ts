@@ -927,9 +927,7 @@ async function runUdpcast(ctx: Context, v: Extract<Variant, { tool: 'udpcast' }>
       ...rx.flatMap((r, i) =>
         r.code === 0 ? [] : [`udp-receiver ${i + 1} exit ${String(r.code)}: ${tail(r.stderr, 400)}`],
       ),
-      ...hashes.flatMap((h, i) =>
-        h === ctx.payloadSha ? [] : [`receiver ${i + 1}: SHA-256 ${h ?? 'no file'} differs`],
-      ),
+      ...hashMismatches(hashes, ctx.payloadSha),
     ];
     return {
       setupStart,
@@ -1071,9 +1069,7 @@ async function runUftp(ctx: Context, v: Extract<Variant, { tool: 'uftp' }>): Pro
       ...rx.flatMap((r, i) =>
         r.doneAt !== undefined ? [] : [`uftpd ${i + 1} reported no result: ${tail(r.stderr, 400)}`],
       ),
-      ...hashes.flatMap((h, i) =>
-        h === ctx.payloadSha ? [] : [`receiver ${i + 1}: SHA-256 ${h ?? 'no file'} differs`],
-      ),
+      ...hashMismatches(hashes, ctx.payloadSha),
     ];
     return {
       setupStart,
@@ -1088,6 +1084,13 @@ async function runUftp(ctx: Context, v: Extract<Variant, { tool: 'uftp' }>): Pro
     await Promise.all([...rx, ...(tx === undefined ? [] : [tx])].map((t) => stop(t)));
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   }
+}
+
+/** One problem line per receiver whose file's SHA-256 is not the payload's. */
+function hashMismatches(hashes: readonly (string | undefined)[], expected: string): string[] {
+  return hashes.flatMap((h, i) =>
+    h === expected ? [] : [`receiver ${i + 1}: SHA-256 ${h ?? 'no file'} differs`],
+  );
 }
 
 async function verifyFiles(ctx: Context, files: readonly string[]): Promise<(string | undefined)[]> {

@@ -31,6 +31,19 @@ const fleet = fc
     }),
   );
 
+/** Index, classes and schedule of a generated fleet under a given assignment. */
+function scheduled(
+  f: { vms: VmPages[]; digests: number; targets: number },
+  assignment: number[],
+  maxGroups: number,
+) {
+  const index = buildPageIndex(f.vms, f.digests);
+  const sharing = buildSharingModel(index);
+  const placed = Int32Array.from(assignment);
+  const schedule = buildSchedule({ index, sharing, assignment: placed, targetCount: f.targets, maxGroups });
+  return { index, placed, schedule };
+}
+
 test('property: index counts match a naive recount', () => {
   fc.assert(
     fc.property(fleet, ({ f }) => {
@@ -85,16 +98,7 @@ test('property: sharing classes price a placement exactly as the distinct pages 
 test('property: the schedule delivers every unique page to every target that needs it, in exactly one group', () => {
   fc.assert(
     fc.property(fleet, ({ f, assignment }) => {
-      const index = buildPageIndex(f.vms, f.digests);
-      const sharing = buildSharingModel(index);
-      const placed = Int32Array.from(assignment);
-      const schedule = buildSchedule({
-        index,
-        sharing,
-        assignment: placed,
-        targetCount: f.targets,
-        maxGroups: f.maxGroups,
-      });
+      const { index, placed, schedule } = scheduled(f, assignment, f.maxGroups);
       assert.ok(schedule.groups.length <= f.maxGroups);
       const carried = new Array<number>(schedule.groups.length).fill(0);
       for (let id = 1; id <= f.digests; id++) {
@@ -122,16 +126,7 @@ test('property: the schedule delivers every unique page to every target that nee
 test('property: traffic model: naive matches QEMU records, plan never sends more than dedup from the source', () => {
   fc.assert(
     fc.property(fleet, ({ f, assignment }) => {
-      const index = buildPageIndex(f.vms, f.digests);
-      const sharing = buildSharingModel(index);
-      const placed = Int32Array.from(assignment);
-      const schedule = buildSchedule({
-        index,
-        sharing,
-        assignment: placed,
-        targetCount: f.targets,
-        maxGroups: 64,
-      });
+      const { index, placed, schedule } = scheduled(f, assignment, 64);
       const traffic = modelTraffic({
         index,
         schedule,
