@@ -3,9 +3,11 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { defaultPlanOptions } from '../plan/scatter-plan.js';
+import { agentCommand } from './agent-command.js';
 import { inspectCommand } from './inspect-command.js';
 import { planCommand } from './plan-command.js';
 import { parseWholeNumber, runAction } from './run-action.js';
+import { scatterCommand } from './scatter-command.js';
 
 const root = new URL('../../../', import.meta.url);
 const version = (JSON.parse(readFileSync(new URL('package.json', root), 'utf8')) as { version: string })
@@ -49,5 +51,64 @@ program
   )
   .option('--json', 'print the plan as JSON')
   .action(runAction(planCommand));
+
+program
+  .command('scatter')
+  .description(
+    'move the VMs of a topology to their targets: scan, plan, multicast, rebuild and verify each image',
+  )
+  .addOption(
+    new Option('--topology <file>', 'topology and job file (YAML)').default(
+      defaultTopology,
+      'topologies/local.yaml',
+    ),
+  )
+  .option(
+    '--max-groups <count>',
+    'most multicast groups',
+    parseWholeNumber(1, 65535),
+    defaultPlanOptions.maxGroups,
+  )
+  .option(
+    '--seed <number>',
+    'placement seed (plans are reproducible)',
+    parseWholeNumber(0, 2 ** 31),
+    defaultPlanOptions.seed,
+  )
+  .option(
+    '--mtu <bytes>',
+    'path MTU of the multicast network (default 1500; 9000 on loopback)',
+    parseWholeNumber(576, 65535),
+  )
+  .option('--resume', 'leave VMs already verified at their target alone; send only what agents lack')
+  .option(
+    '--secret-file <file>',
+    'deployment secret, the same file on every host (env VMSCATTER_SECRET_FILE)',
+  )
+  .option(
+    '--work-dir <dir>',
+    'where local state lives: generated images, local agents, the loopback secret',
+    '.vmscatter',
+  )
+  .option('--insecure-plaintext', 'send guest memory over multicast UNENCRYPTED (trusted test networks only)')
+  .option('--json', 'print the final report as JSON')
+  .action(runAction(scatterCommand));
+
+program
+  .command('agent')
+  .description('serve scatter jobs as one target host of a topology, until stopped')
+  .requiredOption('--host <name>', "this host's name in the topology")
+  .addOption(
+    new Option('--topology <file>', 'topology and job file (YAML)').default(
+      defaultTopology,
+      'topologies/local.yaml',
+    ),
+  )
+  .option('--dir <dir>', 'state directory: content store and rebuilt images (default .vmscatter/agents/HOST)')
+  .option(
+    '--secret-file <file>',
+    'deployment secret, the same file on every host (env VMSCATTER_SECRET_FILE)',
+  )
+  .action(runAction(agentCommand));
 
 await program.parseAsync(process.argv);

@@ -31,6 +31,11 @@ export class Progress {
       `${formatBytes(rate)}/s  ETA ${eta.toFixed(1)} s`;
   }
 
+  /** Progress counted in things (targets, VMs). */
+  count(label: string, done: number, total: number, unit: string): void {
+    if (this.spinner) this.spinner.text = `${label} ${done} of ${total} ${unit}`;
+  }
+
   succeed(text: string): void {
     this.spinner?.succeed(text);
   }

@@ -1,0 +1,131 @@
+import { VmscatterError } from '../errors.js';
+import { PAGE_SIZE } from '../memory/page.js';
+import { runScatter, type ScatterProgress, type ScatterReport } from '../scatter/coordinator.js';
+import { startLocalAgents } from '../scatter/local-agents.js';
+import {
+  allLoopback,
+  materialiseSyntheticImages,
+  readSecretFile,
+  resolveSecretFile,
+} from '../scatter/workspace.js';
+import { loadTopology } from '../topology/load.js';
+import { formatBytes } from '../topology/units.js';
+import { Progress } from './progress.js';
+import { displayPath, percent, renderTable } from './table.js';
+
+export interface ScatterCommandOptions {
+  readonly topology: string;
+  readonly maxGroups: number;
+  readonly seed: number;
+  readonly mtu?: number;
+  readonly resume?: boolean;
+  readonly secretFile?: string;
+  readonly workDir: string;
+  readonly insecurePlaintext?: boolean;
+  readonly json?: boolean;
+}
+
+/** Some VMs were not verified at their target: they keep running at the source. */
+export class ScatterIncompleteError extends VmscatterError {
+  constructor(message: string) {
+    super('VMS_INCOMPLETE', message, 6);
+  }
+}
+
+/** `vmscatter scatter`: the whole job, from the source host. */
+export async function scatterCommand(options: ScatterCommandOptions): Promise<void> {
+  const loaded = loadTopology(options.topology);
+  const progress = new Progress(!options.json);
+  const secretFile = resolveSecretFile(
+    options.secretFile ?? process.env.VMSCATTER_SECRET_FILE,
+    loaded,
+    options.workDir,
+  );
+  const secret = readSecretFile(secretFile);
+  progress.phase('Preparing images');
+  const topology = materialiseSyntheticImages(loaded, options.workDir, (name, done, total) =>
+    progress.pages(`Generating synthetic image ${name}`, done, total),
+  );
+  progress.phase('Starting agents');
+  const agents = await startLocalAgents(
+    topology.hosts.filter((h) => h.role === 'target'),
+    topology.file,
+    secretFile,
+    options.workDir,
+  );
+  let report: ScatterReport;
+  try {
+    report = await runScatter({
+      topology,
+      secret,
+      maxGroups: options.maxGroups,
+      seed: options.seed,
+      // Loopback carries 64 KiB datagrams; a real network gets the safe default unless told.
+      mtu: options.mtu ?? (allLoopback(topology.hosts) ? 9000 : 1500),
+      resume: options.resume ?? false,
+      insecurePlaintext: options.insecurePlaintext ?? false,
+      onProgress: (event) => showProgress(progress, event),
+    });
+  } finally {
+    progress.stop();
+    await agents.stop();
+  }
+  process.stdout.write(
+    options.json
+      ? `${JSON.stringify({ topology: topology.file, localAgents: agents.started, ...report }, null, 2)}\n`
+      : `${renderReport(report, topology.file)}\n`,
+  );
+  const failed = report.vms.filter((vm) => !vm.verified);
+  if (failed.length > 0)
+    throw new ScatterIncompleteError(
+      `${failed.length} of ${report.vms.length} VMs not verified (they keep running at the source): ` +
+        failed.map((vm) => `${vm.name} (${vm.error})`).join('; ') +
+        '; run again with --resume once the cause is fixed',
+    );
+}
+
+const phaseNames: Record<ScatterProgress['phase'], string> = {
+  connect: 'Connecting to agents',
+  scan: 'Scanning',
+  plan: 'Planning',
+  seed: 'Multicasting unique pages',
+  rebuild: 'Rebuilding and verifying images',
+};
+
+function showProgress(progress: Progress, event: ScatterProgress): void {
+  if (event.done === 0) progress.phase(phaseNames[event.phase]);
+  if (event.unit === 'pages') progress.pages(phaseNames[event.phase], event.done, event.total);
+  else progress.count(phaseNames[event.phase], event.done, event.total, event.unit);
+}
+
+function renderReport(report: ScatterReport, file: string): string {
+  const rows = report.vms.map((vm) => [
+    vm.name,
+    vm.target,
+    formatBytes(vm.pages * PAGE_SIZE),
+    percent(vm.zeroPages, vm.pages),
+    vm.verified ? (vm.alreadyVerified ? 'verified (earlier job)' : 'verified') : `FAILED: ${vm.error}`,
+  ]);
+  const targetRows = report.targets.map((t) => [
+    t.name,
+    formatBytes(t.heldPages * PAGE_SIZE),
+    formatBytes(t.multicastPages * PAGE_SIZE),
+    formatBytes(t.unicastPages * PAGE_SIZE),
+    t.lost ?? 'ok',
+  ]);
+  const s = report.seconds;
+  const memory = report.pages.total * PAGE_SIZE;
+  return [
+    `Scatter of ${displayPath(file)} (${report.job}): ${report.vms.filter((vm) => vm.verified).length} of ` +
+      `${report.vms.length} VMs verified at their targets`,
+    '',
+    renderTable(['VM', 'target', 'memory', 'zero', 'result'], rows, 'llrrl'),
+    '',
+    renderTable(['target', 'held already', 'by multicast', 'by unicast', 'agent'], targetRows, 'lrrrl'),
+    '',
+    `guest memory ${formatBytes(memory)}; on the source's link ${formatBytes(report.source.multicastWireBytes + report.source.unicastBytes)} ` +
+      `(${percent(report.source.multicastWireBytes + report.source.unicastBytes, memory)}) in ${report.source.rounds} multicast round(s)`,
+    `time ${s.total.toFixed(1)} s: connect ${s.connect.toFixed(1)}, scan ${s.scan.toFixed(1)}, plan ${s.plan.toFixed(1)}, ` +
+      `multicast ${s.seed.toFixed(1)}, rebuild ${s.rebuild.toFixed(1)}`,
+  ].join('\n');
+}

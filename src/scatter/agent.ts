@@ -1,0 +1,318 @@
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { listenControl, type ControlChannel, type ControlServer } from '../control/control-channel.js';
+import { VmscatterError } from '../errors.js';
+import { DIGEST_BYTES } from '../memory/page.js';
+import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
+import { realScheduler } from '../transport/datagram.js';
+import { DgramSocket } from '../transport/dgram-socket.js';
+import { BlockCodec } from '../transport/fec-codec.js';
+import { ReceiverSession } from '../transport/session.js';
+import { ContentStore } from './content-store.js';
+import { announceDigests } from './held-digests.js';
+import { rebuildImage } from './image-rebuild.js';
+import { decodeManifest } from './manifest.js';
+import { decodeBatch } from './page-batches.js';
+import {
+  parseToAgent,
+  PROTOCOL_VERSION,
+  type FromAgent,
+  type ToAgent,
+  type VerifiedImage,
+} from './protocol.js';
+
+/**
+ * `vmscatter agent`: one per target host. It answers one coordinator at a time on the control channel,
+ * joins the multicast rounds it is told (with the key the coordinator sends it there), checks each
+ * arriving page against its digest and stores it, rebuilds each VM image it is given a manifest for and
+ * verifies it against the source's SHA-256.
+ *
+ * State lives in `dir` and survives restarts: `store/` (pages by digest) so a resumed job is not sent
+ * what is held, and `images/` with a `.sha256` beside each verified image. An image is only ever named
+ * `<vm>.raw` once verified; if the coordinator goes away mid-job, the job's unfinished VMs are dropped
+ * and said to be dropped.
+ */
+export interface AgentOptions {
+  /** The host's name in the topology (reported back so a coordinator can tell agents apart). */
+  readonly name: string;
+  readonly listenAddress: string;
+  readonly port: number;
+  /** IPv4 address of the interface multicast is joined on. */
+  readonly multicastInterface: string;
+  readonly dir: string;
+  readonly secret: Uint8Array;
+  readonly log?: (line: string) => void;
+}
+
+const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+const RECEIVER_GIVE_UP_MS = 30_000;
+
+export class Agent {
+  /** Messages dropped because they were not well-formed protocol messages. */
+  malformed = 0;
+  private job: AgentJob | undefined;
+
+  private constructor(
+    private readonly options: AgentOptions,
+    readonly store: ContentStore,
+    private readonly digester: PageDigester,
+    private server?: ControlServer,
+  ) {}
+
+  static async start(options: AgentOptions): Promise<Agent> {
+    mkdirSync(imagesDir(options.dir), { recursive: true });
+    sweepPartialImages(options.dir);
+    const store = ContentStore.open(join(options.dir, 'store'));
+    const agent = new Agent(options, store, new PageDigester(deriveDigestKey(options.secret)));
+    agent.server = await listenControl(
+      options.listenAddress,
+      options.port,
+      { secret: options.secret },
+      (channel) => agent.accept(channel),
+    );
+    return agent;
+  }
+
+  get port(): number {
+    return this.server!.port;
+  }
+
+  get log(): (line: string) => void {
+    return this.options.log ?? (() => undefined);
+  }
+
+  async close(): Promise<void> {
+    this.job?.abandon('agent stopping');
+    await this.server?.close();
+    this.store.close();
+  }
+
+  private accept(channel: ControlChannel): void {
+    if (this.job) {
+      channel.send({ t: 'error', message: `${this.options.name} is busy with job ${this.job.id}` });
+      channel.close();
+      return;
+    }
+    const job = new AgentJob(this, this.options, this.digester, channel);
+    this.job = job;
+    channel.onClose((error) => {
+      if (error) job.abandon(`coordinator gone (${error.message})`);
+      if (this.job === job) this.job = undefined;
+    });
+    channel.onMessage((value) => {
+      const message = parseToAgent(value);
+      if (!message) {
+        this.malformed++;
+        return;
+      }
+      job.handle(message).catch((error: unknown) => {
+        const text = error instanceof VmscatterError ? error.message : String(error);
+        this.log(`job ${job.id}: ${text}`);
+        channel.send({ t: 'error', message: text } satisfies FromAgent);
+      });
+    });
+  }
+}
+
+interface PendingVm {
+  readonly entries: Int32Array;
+  readonly digests: Uint8Array;
+  readonly sha256: string;
+}
+
+/** One coordinator's job at this agent. */
+class AgentJob {
+  id = '(not started)';
+  private readonly sessions = new Map<number, AbortController>();
+  private readonly pending = new Map<string, PendingVm>();
+  private readonly check = new Uint8Array(DIGEST_BYTES);
+  private finished = false;
+
+  constructor(
+    private readonly agent: Agent,
+    private readonly options: AgentOptions,
+    private readonly digester: PageDigester,
+    private readonly channel: ControlChannel,
+  ) {}
+
+  private reply(message: FromAgent): void {
+    this.channel.send(message);
+  }
+
+  async handle(message: ToAgent): Promise<void> {
+    switch (message.t) {
+      case 'job':
+        return this.start(message.version, message.job);
+      case 'seed':
+        return this.seed(message);
+      case 'vm':
+        return this.receiveVm(message);
+      case 'pages':
+        this.storeRecords(message.records);
+        return;
+      case 'rebuild':
+        return this.rebuild(message.vm);
+      case 'end':
+        this.finished = true;
+        this.agent.store.flush();
+        this.agent.log(`job ${this.id}: done`);
+        this.channel.close();
+        return;
+    }
+  }
+
+  /** The coordinator went away, or the agent stops: nothing unverified survives, and we say so. */
+  abandon(why: string): void {
+    if (this.finished) return;
+    this.finished = true;
+    for (const controller of this.sessions.values()) controller.abort(new Error(why));
+    const dropped = [...this.pending.keys()];
+    this.pending.clear();
+    this.agent.store.flush();
+    this.agent.log(
+      `job ${this.id}: ${why}; ` +
+        (dropped.length > 0
+          ? `discarded ${dropped.length} incomplete VM image(s): ${dropped.join(', ')}`
+          : 'no incomplete VM images'),
+    );
+  }
+
+  private start(version: number, job: string): void {
+    if (version !== PROTOCOL_VERSION)
+      throw new VmscatterError(
+        'VMS_PROTOCOL',
+        `coordinator speaks protocol ${version}, this agent ${PROTOCOL_VERSION}: upgrade one of them`,
+      );
+    this.id = job;
+    const store = this.agent.store;
+    this.agent.log(`job ${job}: started; ${store.size} pages held`);
+    this.reply({
+      t: 'ready',
+      job,
+      host: this.options.name,
+      held: announceDigests(store.digests(), store.size),
+      heldCount: store.size,
+      verified: verifiedImages(this.options.dir),
+    });
+  }
+
+  private async seed(message: Extract<ToAgent, { t: 'seed' }>): Promise<void> {
+    const socket = await DgramSocket.open({
+      port: Number(message.group.slice(message.group.lastIndexOf(':') + 1)),
+      multicastInterface: this.options.multicastInterface,
+    });
+    const controller = new AbortController();
+    this.sessions.set(message.session, controller);
+    let stored = 0;
+    let rejected = 0;
+    const session = new ReceiverSession(
+      socket,
+      realScheduler,
+      {
+        session: message.session,
+        key: message.key.length === 0 ? 'insecure-plaintext' : new Uint8Array(message.key),
+        group: message.group,
+      },
+      message.receiver,
+      message.sender,
+      {
+        decoder: new BlockCodec(),
+        senderTimeoutMs: RECEIVER_GIVE_UP_MS,
+        maxObjectBytes: message.maxObjectBytes,
+      },
+      (_id, bytes) => {
+        const counts = this.storeRecords(bytes);
+        stored += counts.stored;
+        rejected += counts.rejected;
+      },
+    );
+    let state: 'complete' | 'failed' = 'failed';
+    try {
+      state = (await session.run(controller.signal)) === 'complete' ? 'complete' : 'failed';
+    } catch {
+      state = 'failed';
+    } finally {
+      this.sessions.delete(message.session);
+      await socket.close();
+    }
+    if (rejected > 0) this.agent.log(`job ${this.id}: ${rejected} page(s) failed their digest check`);
+    if (!this.finished) this.reply({ t: 'seeded', session: message.session, state, stored, rejected });
+  }
+
+  /** Stores a batch's pages that match their digests; a page that does not is dropped and counted. */
+  private storeRecords(bytes: Uint8Array): { stored: number; rejected: number } {
+    let stored = 0;
+    let rejected = 0;
+    for (const record of decodeBatch(bytes)) {
+      if (!record.page) {
+        rejected++;
+        continue;
+      }
+      this.digester.digestInto(record.page, 0, this.check, 0);
+      if (Buffer.compare(this.check, record.digest) !== 0) rejected++;
+      else if (this.agent.store.put(record.digest.slice(), record.page)) stored++;
+    }
+    return { stored, rejected };
+  }
+
+  private receiveVm(message: Extract<ToAgent, { t: 'vm' }>): void {
+    if (!VM_NAME.test(message.vm)) throw new VmscatterError('VMS_PROTOCOL', `bad VM name '${message.vm}'`);
+    if (message.digests.length % DIGEST_BYTES !== 0)
+      throw new VmscatterError('VMS_PROTOCOL', `VM ${message.vm}: digest list is not whole digests`);
+    const unique = message.digests.length / DIGEST_BYTES;
+    const entries = decodeManifest(message.manifest, message.pages, unique);
+    this.pending.set(message.vm, { entries, digests: message.digests, sha256: message.sha256 });
+    const missing: number[] = [];
+    for (let i = 0; i < unique; i++)
+      if (!this.agent.store.has(message.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)))
+        missing.push(i);
+    if (missing.length === 0) return this.rebuild(message.vm);
+    const indices = new Uint8Array(Uint32Array.from(missing).buffer);
+    this.reply({ t: 'missing', vm: message.vm, indices });
+  }
+
+  private rebuild(vm: string): void {
+    const pending = this.pending.get(vm);
+    if (!pending) throw new VmscatterError('VMS_PROTOCOL', `rebuild of VM ${vm}, which was never sent`);
+    this.pending.delete(vm);
+    const path = join(imagesDir(this.options.dir), `${vm}.raw`);
+    rmSync(`${path}.sha256`, { force: true });
+    try {
+      const result = rebuildImage({
+        path,
+        entries: pending.entries,
+        pageFor: (i) =>
+          this.agent.store.get(pending.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)),
+        expectedSha256: pending.sha256,
+      });
+      writeFileSync(`${path}.sha256`, `${result.sha256}\n`);
+      this.agent.log(`job ${this.id}: ${vm} rebuilt and verified (${path})`);
+      this.reply({ t: 'rebuilt', vm, ok: true, sha256: result.sha256, error: '' });
+    } catch (error) {
+      if (!(error instanceof VmscatterError)) throw error;
+      this.agent.log(`job ${this.id}: ${vm} failed: ${error.message}`);
+      this.reply({ t: 'rebuilt', vm, ok: false, sha256: '', error: error.message });
+    }
+  }
+}
+
+function imagesDir(dir: string): string {
+  return join(dir, 'images');
+}
+
+/** Images left half-written by a crash are never mistaken for finished ones. */
+function sweepPartialImages(dir: string): void {
+  for (const name of readdirSync(imagesDir(dir)))
+    if (name.endsWith('.partial')) rmSync(join(imagesDir(dir), name), { force: true });
+}
+
+/** Images verified by an earlier job (a `.sha256` beside the image), for `scatter --resume`. */
+function verifiedImages(dir: string): VerifiedImage[] {
+  const out: VerifiedImage[] = [];
+  for (const name of readdirSync(imagesDir(dir))) {
+    if (!name.endsWith('.raw.sha256')) continue;
+    const sha256 = readFileSync(join(imagesDir(dir), name), 'utf8').trim();
+    out.push({ vm: name.slice(0, -'.raw.sha256'.length), sha256 });
+  }
+  return out;
+}

@@ -1,0 +1,81 @@
+import { ZERO_PAGE_ID, type VmPages } from '../memory/page.js';
+import { holdersOf, type PageIndex } from '../plan/page-index.js';
+import type { MulticastSchedule } from '../plan/schedule.js';
+
+/**
+ * What a job still has to move, given the plan and what the targets already hold: the pure core of
+ * `scatter` (and of `--resume`, which is the same computation with more held).
+ *
+ * A unique page goes to target t when a VM placed on t still needs building and holds the page, and t
+ * has not announced the page. Pages nobody needs are not sent at all; each group's pages go out in
+ * rounds of a bounded size (one multicast session each), so the source never holds more than a round
+ * in memory and an agent that drops out loses at most a round's progress.
+ */
+export interface SendRound {
+  /** Index of the schedule group the round belongs to. */
+  readonly group: number;
+  /** Targets that need at least one page of the round, ascending. */
+  readonly receivers: readonly number[];
+  /** Digest ids carried, ascending. */
+  readonly ids: Uint32Array;
+}
+
+export interface JobWork {
+  readonly rounds: readonly SendRound[];
+  /** VMs to build in this job (not already verified at their target). */
+  readonly pendingVms: readonly number[];
+  /** Per target: pages its pending VMs need that it already holds (not sent). */
+  readonly heldPages: Int32Array;
+  /** Per target: pages it will receive by multicast that it needs. */
+  readonly neededPages: Int32Array;
+}
+
+export interface JobWorkInput {
+  readonly vms: readonly VmPages[];
+  readonly index: PageIndex;
+  readonly schedule: MulticastSchedule;
+  readonly assignment: Int32Array;
+  readonly targetCount: number;
+  /** Whether target t announced digest id. */
+  readonly held: (target: number, id: number) => boolean;
+  /** VMs already verified at their target (skipped). */
+  readonly done: readonly boolean[];
+  /** Most pages in one round. */
+  readonly roundPages: number;
+}
+
+export function planJobWork(input: JobWorkInput): JobWork {
+  const { index, schedule, assignment, targetCount, held, done } = input;
+  const pendingVms = input.vms.map((_, v) => v).filter((v) => !done[v]);
+  const heldPages = new Int32Array(targetCount);
+  const neededPages = new Int32Array(targetCount);
+  const groupIds: number[][] = schedule.groups.map(() => []);
+  const groupReceivers = schedule.groups.map(() => new Set<number>());
+  // Stamped per digest so a target holding the page in several VMs counts once.
+  const seen = new Int32Array(targetCount).fill(-1);
+  for (let id = 1; id < index.holderCount.length; id++) {
+    if (id === ZERO_PAGE_ID || index.holderCount[id] === 0) continue;
+    const group = schedule.groupOfDigest[id]!;
+    let wanted = false;
+    for (const v of holdersOf(index, id)) {
+      const t = assignment[v]!;
+      if (done[v] || seen[t] === id) continue;
+      seen[t] = id;
+      if (held(t, id)) {
+        heldPages[t]!++;
+        continue;
+      }
+      neededPages[t]!++;
+      groupReceivers[group]!.add(t);
+      wanted = true;
+    }
+    if (wanted) groupIds[group]!.push(id);
+  }
+  const rounds: SendRound[] = [];
+  groupIds.forEach((ids, group) => {
+    const receivers = [...groupReceivers[group]!].sort((a, b) => a - b);
+    for (let i = 0; i < ids.length; i += input.roundPages)
+      rounds.push({ group, receivers, ids: Uint32Array.from(ids.slice(i, i + input.roundPages)) });
+  });
+  return { rounds, pendingVms, heldPages, neededPages };
+}

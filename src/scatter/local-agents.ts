@@ -1,0 +1,117 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, openSync, closeSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { VmscatterError } from '../errors.js';
+import type { Host } from '../topology/model.js';
+import { isLoopback } from './workspace.js';
+
+/**
+ * Agents for the loopback targets of a topology that have none listening: started as child processes
+ * of the coordinator (no root needed), each with its own state directory and log, and stopped when the
+ * job ends. This is what makes `vmscatter scatter` on the embedded default a one-command job.
+ */
+export interface LocalAgents {
+  /** Names of the hosts whose agents were started here. */
+  readonly started: readonly string[];
+  stop(): Promise<void>;
+}
+
+const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+const START_TIMEOUT_MS = 15_000;
+
+export async function startLocalAgents(
+  targets: readonly Host[],
+  topologyFile: string,
+  secretFile: string,
+  workDir: string,
+): Promise<LocalAgents> {
+  const children: ChildProcess[] = [];
+  const started: string[] = [];
+  const stop = async () => {
+    await Promise.all(children.map((child) => stopChild(child)));
+  };
+  try {
+    for (const host of targets) {
+      if (!isLoopback(host.address) || (await listening(host))) continue;
+      const dir = join(workDir, 'agents', host.name);
+      mkdirSync(dir, { recursive: true });
+      const log = openSync(join(dir, 'agent.log'), 'a');
+      const child = spawn(
+        process.execPath,
+        [
+          CLI,
+          'agent',
+          '--topology',
+          topologyFile,
+          '--host',
+          host.name,
+          '--dir',
+          dir,
+          '--secret-file',
+          secretFile,
+        ],
+        { stdio: ['ignore', 'pipe', log] },
+      );
+      closeSync(log);
+      children.push(child);
+      await ready(child, host, join(dir, 'agent.log'));
+      started.push(host.name);
+    }
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { started, stop };
+}
+
+/** Whether something accepts connections at the host's control port. */
+function listening(host: Host): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: host.address, port: host.port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/** Resolves when the agent prints that it listens; rejects if it exits or stays silent. */
+function ready(child: ChildProcess, host: Host, logPath: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let output = '';
+    const fail = (why: string) => {
+      clearTimeout(timer);
+      reject(new VmscatterError('VMS_AGENT', `local agent for ${host.name} ${why}; see ${logPath}`, 4));
+    };
+    const timer = setTimeout(
+      () => fail(`did not start within ${START_TIMEOUT_MS / 1000} s`),
+      START_TIMEOUT_MS,
+    );
+    child.once('exit', (code) => fail(`exited with code ${code}`));
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (chunk: string) => {
+      output += chunk;
+      if (output.includes('listening')) {
+        clearTimeout(timer);
+        child.removeAllListeners('exit');
+        child.stdout!.resume();
+        resolve();
+      }
+    });
+  });
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const force = setTimeout(() => child.kill('SIGKILL'), 5000);
+    child.once('exit', () => {
+      clearTimeout(force);
+      resolve();
+    });
+    child.kill('SIGTERM');
+  });
+}

@@ -1,0 +1,143 @@
+/**
+ * The scatter job's control messages between the coordinator (`vmscatter scatter`, on the source) and
+ * each agent (`vmscatter agent`, on a target), carried by the authenticated control channel.
+ *
+ * A job, as the agent sees it:
+ *   job -> ready (what it holds: an announcement of digests, and images already verified)
+ *   seed* -> seeded* (one per multicast round it is a receiver of; the session key travels here)
+ *   vm -> missing? -> pages* -> rebuild -> rebuilt (one per VM placed on it)
+ *   end
+ *
+ * Messages come off the network, so every one is checked field by field (`parseToAgent`,
+ * `parseFromAgent`); anything else is dropped and counted by the receiving side, never trusted.
+ */
+
+export const PROTOCOL_VERSION = 1;
+
+export type ToAgent =
+  | { readonly t: 'job'; readonly version: number; readonly job: string; readonly host: string }
+  | {
+      readonly t: 'seed';
+      readonly session: number;
+      /** AES-256-GCM key of this round's multicast session, or empty for explicit plaintext. */
+      readonly key: Uint8Array;
+      /** Multicast group "address:port". */
+      readonly group: string;
+      /** The coordinator's unicast "address:port" for NAKs and reports. */
+      readonly sender: string;
+      /** This agent's receiver id in the session. */
+      readonly receiver: number;
+      readonly maxObjectBytes: number;
+    }
+  | {
+      readonly t: 'vm';
+      readonly vm: string;
+      readonly pages: number;
+      readonly sha256: string;
+      /** The VM's distinct non-zero page digests, 16 bytes each; the manifest indexes into them. */
+      readonly digests: Uint8Array;
+      /** How many VMs of the job hold each of those digests (u16 LE each): the template weight. */
+      readonly weights: Uint8Array;
+      readonly manifest: Uint8Array;
+    }
+  | { readonly t: 'pages'; readonly records: Uint8Array }
+  | { readonly t: 'rebuild'; readonly vm: string }
+  | { readonly t: 'end' };
+
+export interface VerifiedImage {
+  readonly vm: string;
+  readonly sha256: string;
+}
+
+export type FromAgent =
+  | {
+      readonly t: 'ready';
+      readonly job: string;
+      readonly host: string;
+      /** Digest announcement (digest-set.ts) of the pages the agent holds. */
+      readonly held: Uint8Array;
+      readonly heldCount: number;
+      readonly verified: readonly VerifiedImage[];
+    }
+  | {
+      readonly t: 'seeded';
+      readonly session: number;
+      readonly state: 'complete' | 'failed';
+      readonly stored: number;
+      readonly rejected: number;
+    }
+  /** Indices (u32 LE) into the VM's digest list of pages the agent lacks. */
+  | { readonly t: 'missing'; readonly vm: string; readonly indices: Uint8Array }
+  | {
+      readonly t: 'rebuilt';
+      readonly vm: string;
+      readonly ok: boolean;
+      readonly sha256: string;
+      readonly error: string;
+    }
+  | { readonly t: 'error'; readonly message: string };
+
+type Check = (value: unknown) => boolean;
+const isString: Check = (v) => typeof v === 'string' && v.length <= 4096;
+const isUint: Check = (v) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const isBytes: Check = (v) => v instanceof Uint8Array;
+const isBool: Check = (v) => typeof v === 'boolean';
+const isVerifiedList: Check = (v) =>
+  Array.isArray(v) &&
+  v.length <= 65536 &&
+  v.every((e) => typeof e === 'object' && e !== null && isString(e.vm) && isString(e.sha256));
+
+const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
+  job: { version: isUint, job: isString, host: isString },
+  seed: {
+    session: isUint,
+    key: isBytes,
+    group: isString,
+    sender: isString,
+    receiver: isUint,
+    maxObjectBytes: isUint,
+  },
+  vm: {
+    vm: isString,
+    pages: isUint,
+    sha256: isString,
+    digests: isBytes,
+    weights: isBytes,
+    manifest: isBytes,
+  },
+  pages: { records: isBytes },
+  rebuild: { vm: isString },
+  end: {},
+};
+
+const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
+  ready: { job: isString, host: isString, held: isBytes, heldCount: isUint, verified: isVerifiedList },
+  seeded: {
+    session: isUint,
+    state: (v) => v === 'complete' || v === 'failed',
+    stored: isUint,
+    rejected: isUint,
+  },
+  missing: { vm: isString, indices: isBytes },
+  rebuilt: { vm: isString, ok: isBool, sha256: isString, error: isString },
+  error: { message: isString },
+};
+
+function parseWith<T>(shapes: Record<string, Record<string, Check>>, value: unknown): T | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const record = value as Record<string, unknown>;
+  const shape = typeof record.t === 'string' ? shapes[record.t] : undefined;
+  if (!shape || !Object.hasOwn(shapes, record.t as string)) return undefined;
+  for (const [field, check] of Object.entries(shape)) if (!check(record[field])) return undefined;
+  return value as T;
+}
+
+/** A coordinator's message as an agent receives it, or undefined when it is not one. */
+export function parseToAgent(value: unknown): ToAgent | undefined {
+  return parseWith<ToAgent>(toAgentShapes, value);
+}
+
+/** An agent's message as the coordinator receives it, or undefined when it is not one. */
+export function parseFromAgent(value: unknown): FromAgent | undefined {
+  return parseWith<FromAgent>(fromAgentShapes, value);
+}

@@ -1,0 +1,45 @@
+import { closeSync, openSync, readSync } from 'node:fs';
+import { InputError } from '../errors.js';
+import type { DigestTable } from '../memory/digest-table.js';
+import { PAGE_SIZE, type VmPages } from '../memory/page.js';
+import { firstLocations, type PageLocations } from './page-batches.js';
+
+/**
+ * The source's unique pages, read on demand from the first image that holds each: nothing of the
+ * images is kept in memory beyond the round being sent.
+ */
+export class SourcePages {
+  private readonly locations: PageLocations;
+  private readonly fds: number[];
+
+  constructor(
+    vms: readonly VmPages[],
+    private readonly table: DigestTable,
+    private readonly paths: readonly string[],
+  ) {
+    this.locations = firstLocations(vms, table.size);
+    this.fds = paths.map((path) => openSync(path, 'r'));
+  }
+
+  /** The digest of unique page `id` (a copy). */
+  digestOf(id: number): Uint8Array {
+    return this.table.digestOf(id).slice();
+  }
+
+  /** The bytes of unique page `id`. */
+  read(id: number): Uint8Array {
+    const page = new Uint8Array(PAGE_SIZE);
+    const fd = this.fds[this.locations.vm[id]!]!;
+    const position = this.locations.page[id]! * PAGE_SIZE;
+    for (let done = 0; done < PAGE_SIZE;) {
+      const n = readSync(fd, page, done, PAGE_SIZE - done, position + done);
+      if (n === 0) throw new InputError(`${this.paths[this.locations.vm[id]!]}: image shrank during the job`);
+      done += n;
+    }
+    return page;
+  }
+
+  close(): void {
+    for (const fd of this.fds) closeSync(fd);
+  }
+}
