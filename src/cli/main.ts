@@ -80,6 +80,12 @@ program
     'path MTU of the multicast network (default 1500; 9000 on loopback)',
     parseWholeNumber(576, 65535),
   )
+  .option(
+    '--round-pages <count>',
+    'unique pages per multicast round (bounds the source memory in use and what a lost agent loses)',
+    parseWholeNumber(64, 2 ** 24),
+    16384,
+  )
   .option('--resume', 'leave VMs already verified at their target alone; send only what agents lack')
   .option(
     '--secret-file <file>',

@@ -18,6 +18,7 @@ export interface ScatterCommandOptions {
   readonly maxGroups: number;
   readonly seed: number;
   readonly mtu?: number;
+  readonly roundPages?: number;
   readonly resume?: boolean;
   readonly secretFile?: string;
   readonly workDir: string;
@@ -63,6 +64,7 @@ export async function scatterCommand(options: ScatterCommandOptions): Promise<vo
       // Loopback carries 64 KiB datagrams; a real network gets the safe default unless told.
       mtu: options.mtu ?? (allLoopback(topology.hosts) ? 9000 : 1500),
       resume: options.resume ?? false,
+      ...(options.roundPages === undefined ? {} : { roundPages: options.roundPages }),
       insecurePlaintext: options.insecurePlaintext ?? false,
       onProgress: (event) => showProgress(progress, event),
     });

@@ -1,0 +1,172 @@
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { repoRoot, tempDir } from '../support/fixtures.js';
+
+/**
+ * The scatter job as an operator runs it, on loopback (no root): the CLI coordinator, agents as real
+ * processes, synthetic images generated on first use, encrypted multicast, and every rebuilt image
+ * compared byte for byte with the source's.
+ */
+const cli = join(repoRoot, 'dist/src/cli/main.js');
+
+/** Three targets of two VMs each, so every agent gets work; ports apart from other tests'. */
+function writeTopology(dir: string, basePort: number, vmMiB = 16): string {
+  const families = ['debian', 'debian', 'debian', 'alpine', 'alpine', 'debian'];
+  const path = join(dir, 'topology.yaml');
+  writeFileSync(
+    path,
+    [
+      `multicast: { base: 239.255.${100 + (basePort % 100)}.0, size: 8, port: ${basePort + 10} }`,
+      'hosts:',
+      `  - { name: src, address: 127.0.0.1, port: ${basePort}, role: source, link: 1Gbit }`,
+      ...[1, 2, 3].map(
+        (n) =>
+          `  - { name: t${n}, address: 127.0.0.1, port: ${basePort + n}, role: target, memory: ${4 * vmMiB}MiB, maxVms: 2, link: 1Gbit }`,
+      ),
+      'vms:',
+      ...families.map(
+        (family, i) =>
+          `  - { name: vm${i + 1}, memory: ${vmMiB}MiB, source: { synthetic: { seed: ${i + 1}, family: ${family} } } }`,
+      ),
+    ].join('\n'),
+  );
+  return path;
+}
+
+function scatter(workDir: string, topology: string, ...args: string[]) {
+  const result = spawnSync(
+    process.execPath,
+    [cli, 'scatter', '--topology', topology, '--work-dir', workDir, '--json', ...args],
+    { encoding: 'utf8', timeout: 180_000 },
+  );
+  const report = result.stdout.trim().startsWith('{') ? JSON.parse(result.stdout) : undefined;
+  return { code: result.status, report, stderr: result.stderr };
+}
+
+/** The rebuilt image of each VM equals the source's, byte for byte. */
+function assertImagesIdentical(workDir: string, report: { vms: { name: string; target: string }[] }) {
+  const sources = readdirSync(join(workDir, 'images'));
+  for (const vm of report.vms) {
+    const source = sources.find((f) => f.startsWith(`${vm.name}-`) && f.endsWith('.raw'));
+    assert.ok(source, `source image of ${vm.name}`);
+    const rebuilt = join(workDir, 'agents', vm.target, 'images', `${vm.name}.raw`);
+    assert.ok(
+      readFileSync(rebuilt).equals(readFileSync(join(workDir, 'images', source))),
+      `${vm.name} rebuilt at ${vm.target} byte-identical`,
+    );
+  }
+}
+
+const basePort = 30_000 + (process.pid % 2000) * 10;
+
+test('scatter on loopback: 6 VMs to 3 agents byte-identical; a second job sends nothing already held', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const topology = writeTopology(dir, basePort);
+  const first = scatter(dir, topology);
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal(first.report.ok, true);
+  assert.deepEqual(first.report.localAgents, ['t1', 't2', 't3']);
+  assert.equal(first.report.vms.length, 6);
+  for (const target of ['t1', 't2', 't3'])
+    assert.equal(first.report.vms.filter((vm: { target: string }) => vm.target === target).length, 2);
+  assertImagesIdentical(dir, first.report);
+  const memory = first.report.pages.total * 4096;
+  const onLink = first.report.source.multicastWireBytes + first.report.source.unicastBytes;
+  assert.ok(onLink < 0.75 * memory, `source link ${onLink} bytes for ${memory} bytes of memory`);
+  assert.ok(first.report.pages.multicast > 0);
+
+  const second = scatter(dir, topology);
+  assert.equal(second.code, 0, second.stderr);
+  assert.equal(second.report.pages.multicast, 0, 'every page is held from the first job');
+  assert.equal(second.report.source.multicastWireBytes, 0);
+  const delivered = first.report.targets.reduce(
+    (n: number, x: { multicastPages: number }) => n + x.multicastPages,
+    0,
+  );
+  assert.equal(second.report.pages.held, delivered, 'each target holds every page it was sent');
+  assertImagesIdentical(dir, second.report);
+});
+
+function startAgent(workDir: string, topology: string, host: string): Promise<ChildProcess> {
+  const child = spawn(
+    process.execPath,
+    [
+      cli,
+      'agent',
+      '--topology',
+      topology,
+      '--host',
+      host,
+      '--dir',
+      join(workDir, 'agents', host),
+      '--secret-file',
+      join(workDir, 'secret'),
+    ],
+    { stdio: ['ignore', 'pipe', 'ignore'] },
+  );
+  return new Promise((resolve, reject) => {
+    child.stdout!.once('data', () => resolve(child));
+    child.once('exit', (code) => reject(new Error(`agent ${host} exited with ${code}`)));
+  });
+}
+
+test('an agent killed mid-multicast fails only its VMs (exit 6); --resume re-sends nothing it held', async (t) => {
+  const { dir, cleanup } = tempDir();
+  const agents = new Map<string, ChildProcess>();
+  t.after(() => {
+    for (const child of agents.values()) child.kill('SIGKILL');
+    cleanup();
+  });
+  const topology = writeTopology(dir, basePort + 5000, 32);
+  // A first job creates the secret; the agents run outside the coordinator so one can be killed.
+  writeFileSync(join(dir, 'secret'), 'a deployment secret of the test, 32+ bytes long', { mode: 0o600 });
+  for (const host of ['t1', 't2', 't3']) agents.set(host, await startAgent(dir, topology, host));
+
+  const job = spawn(
+    process.execPath,
+    [cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json', '--round-pages', '512'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stdout = '';
+  job.stdout!.on('data', (chunk) => (stdout += chunk));
+  // Kill t2's agent once it holds some pages, so it dies in the middle of the multicast phase.
+  const store = join(dir, 'agents', 't2', 'store', 'pages.bin');
+  const deadline = Date.now() + 120_000;
+  while (!(existsSync(store) && statSync(store).size > 2 * 2 ** 20)) {
+    assert.ok(Date.now() < deadline, 't2 receives pages');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  agents.get('t2')!.kill('SIGKILL');
+  const heldAtKill = Math.floor(statSync(store).size / 4096);
+  const code = await new Promise<number | null>((resolve) => job.once('exit', resolve));
+  assert.equal(code, 6, 'some VMs not verified');
+  const broken = JSON.parse(stdout);
+  const lost = broken.vms.filter((vm: { verified: boolean }) => !vm.verified);
+  assert.ok(
+    lost.length > 0 && lost.every((vm: { target: string }) => vm.target === 't2'),
+    'only t2 VMs fail',
+  );
+  for (const vm of lost) assert.match(vm.error, /t2/);
+  assert.equal(broken.vms.filter((vm: { verified: boolean }) => vm.verified).length, 6 - lost.length);
+
+  agents.set('t2', await startAgent(dir, topology, 't2'));
+  const resumed = scatter(dir, topology, '--resume');
+  assert.equal(resumed.code, 0, resumed.stderr);
+  assert.equal(resumed.report.ok, true);
+  assert.equal(
+    resumed.report.vms.filter((vm: { alreadyVerified: boolean }) => vm.alreadyVerified).length,
+    6 - lost.length,
+  );
+  assertImagesIdentical(dir, resumed.report);
+  // The restarted agent kept what it stored before the kill, and the resumed job sent it only the rest.
+  const t2 = resumed.report.targets.find((x: { name: string }) => x.name === 't2');
+  assert.ok(t2.heldPages >= heldAtKill, `t2 kept ${t2.heldPages} pages, ${heldAtKill} stored at the kill`);
+  assert.equal(resumed.report.pages.multicast, t2.multicastPages, 'only pages t2 lacked were multicast');
+  const sent = resumed.report.source.multicastWireBytes + resumed.report.source.unicastBytes;
+  const lacking = (t2.multicastPages + t2.unicastPages) * 4096;
+  assert.ok(sent < 1.2 * lacking + 2 ** 20, `resume sent ${sent} bytes for ${lacking} bytes t2 lacked`);
+});
