@@ -1,0 +1,93 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { ZERO_PAGE_ID, type VmPages } from '../../src/memory/page.js';
+import { buildPageIndex } from '../../src/plan/page-index.js';
+import { buildSchedule } from '../../src/plan/schedule.js';
+import { buildSharingModel } from '../../src/plan/sharing.js';
+import { planJobWork } from '../../src/scatter/job-work.js';
+
+/** Random jobs: small fleets over a small digest alphabet, random placement, holdings and finished VMs. */
+const job = fc
+  .record({
+    digests: fc.integer({ min: 1, max: 30 }),
+    vms: fc.array(fc.array(fc.nat(30), { minLength: 1, maxLength: 30 }), { minLength: 1, maxLength: 7 }),
+    targets: fc.integer({ min: 1, max: 4 }),
+    maxGroups: fc.integer({ min: 1, max: 6 }),
+    roundPages: fc.integer({ min: 1, max: 8 }),
+    seed: fc.nat(),
+  })
+  .chain((j) =>
+    fc.record({
+      j: fc.constant(j),
+      assignment: fc.array(fc.nat(j.targets - 1), { minLength: j.vms.length, maxLength: j.vms.length }),
+      done: fc.array(fc.boolean(), { minLength: j.vms.length, maxLength: j.vms.length }),
+      held: fc.array(fc.array(fc.boolean(), { minLength: 31, maxLength: 31 }), {
+        minLength: j.targets,
+        maxLength: j.targets,
+      }),
+    }),
+  );
+
+test('property: every page a pending VM lacks reaches its target exactly once; pages nobody lacks stay home', () => {
+  fc.assert(
+    fc.property(job, ({ j, assignment, done, held }) => {
+      const vms: VmPages[] = j.vms.map((pages, v) => ({
+        name: `vm${v}`,
+        pages: Uint32Array.from(pages, (p) => p % (j.digests + 1)),
+      }));
+      const index = buildPageIndex(vms, j.digests);
+      const placed = Int32Array.from(assignment);
+      const schedule = buildSchedule({
+        index,
+        sharing: buildSharingModel(index),
+        assignment: placed,
+        targetCount: j.targets,
+        maxGroups: j.maxGroups,
+      });
+      const work = planJobWork({
+        vms,
+        index,
+        schedule,
+        assignment: placed,
+        targetCount: j.targets,
+        held: (t, id) => held[t]![id]!,
+        done,
+        roundPages: j.roundPages,
+      });
+      const deliveries = new Map<string, number>();
+      for (const round of work.rounds) {
+        assert.ok(round.ids.length >= 1 && round.ids.length <= j.roundPages);
+        for (const id of round.ids)
+          for (const t of round.receivers)
+            deliveries.set(`${t}:${id}`, (deliveries.get(`${t}:${id}`) ?? 0) + 1);
+      }
+      const needed = new Set<string>();
+      vms.forEach((vm, v) => {
+        if (done[v]) return;
+        for (const id of vm.pages) if (id !== ZERO_PAGE_ID) needed.add(`${assignment[v]}:${id}`);
+      });
+      for (const key of needed) {
+        const [t, id] = key.split(':').map(Number) as [number, number];
+        // A held page may still pass a target that shares the group with one lacking it; never twice.
+        if (held[t]![id]) assert.ok((deliveries.get(key) ?? 0) <= 1, `held ${key} at most once`);
+        else assert.equal(deliveries.get(key), 1, `${key} arrives exactly once`);
+      }
+      // No page goes out that no pending VM's target lacks.
+      const sent = new Set(work.rounds.flatMap((r) => [...r.ids]));
+      for (const id of sent)
+        assert.ok([...needed].some((k) => k.endsWith(`:${id}`) && !held[Number(k.split(':')[0])]![id]));
+      assert.deepEqual(
+        work.pendingVms,
+        vms.map((_, v) => v).filter((v) => !done[v]),
+      );
+      const lacking = Array.from(
+        { length: j.targets },
+        (_, t) =>
+          [...needed].filter((k) => k.startsWith(`${t}:`) && !held[t]![Number(k.split(':')[1])]).length,
+      );
+      assert.deepEqual(Array.from(work.neededPages), lacking);
+    }),
+    { numRuns: 300 },
+  );
+});
