@@ -86,6 +86,14 @@ program
     parseWholeNumber(64, 2 ** 24),
     16384,
   )
+  .addOption(
+    new Option(
+      '--compression <mode>',
+      'page compression: adaptive decides from measured codec and link rates',
+    )
+      .choices(['adaptive', 'on', 'off'])
+      .default('adaptive'),
+  )
   .option('--resume', 'leave VMs already verified at their target alone; send only what agents lack')
   .option(
     '--secret-file <file>',

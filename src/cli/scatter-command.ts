@@ -2,6 +2,7 @@ import { VmscatterError } from '../errors.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { runScatter, type ScatterProgress, type ScatterReport } from '../scatter/coordinator.js';
 import { startLocalAgents } from '../scatter/local-agents.js';
+import type { CompressionMode } from '../scatter/page-codec.js';
 import {
   allLoopback,
   materialiseSyntheticImages,
@@ -19,6 +20,7 @@ export interface ScatterCommandOptions {
   readonly seed: number;
   readonly mtu?: number;
   readonly roundPages?: number;
+  readonly compression?: CompressionMode;
   readonly resume?: boolean;
   readonly secretFile?: string;
   readonly workDir: string;
@@ -66,7 +68,9 @@ export async function scatterCommand(options: ScatterCommandOptions): Promise<vo
       resume: options.resume ?? false,
       ...(options.roundPages === undefined ? {} : { roundPages: options.roundPages }),
       insecurePlaintext: options.insecurePlaintext ?? false,
+      compression: options.compression ?? 'adaptive',
       onProgress: (event) => showProgress(progress, event),
+      onWarning: (line) => process.stderr.write(`vmscatter: warning: ${line}\n`),
     });
   } finally {
     progress.stop();

@@ -8,11 +8,11 @@ import { realScheduler } from '../transport/datagram.js';
 import { DgramSocket } from '../transport/dgram-socket.js';
 import { BlockCodec } from '../transport/fec-codec.js';
 import { ReceiverSession } from '../transport/session.js';
-import { ContentStore } from './content-store.js';
-import { announceDigests } from './held-digests.js';
+import { chooseAnnouncement } from './digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
 import { decodeManifest } from './manifest.js';
 import { decodeBatch } from './page-batches.js';
+import { TemplateStore } from './template-store.js';
 import {
   parseToAgent,
   PROTOCOL_VERSION,
@@ -41,8 +41,18 @@ export interface AgentOptions {
   readonly multicastInterface: string;
   readonly dir: string;
   readonly secret: Uint8Array;
+  /** Pages the template store keeps between jobs (the most widely held ones). */
+  readonly templateCapacityPages?: number;
   readonly log?: (line: string) => void;
 }
+
+/** 2 GiB of pages by default. */
+export const DEFAULT_TEMPLATE_CAPACITY_PAGES = 2 ** 19;
+/**
+ * False-positive rate of the held-pages announcement: a false positive costs one page fetched over the
+ * control channel at rebuild time, so one in a million is plenty and keeps the announcement small.
+ */
+const ANNOUNCEMENT_FALSE_POSITIVES = 1e-6;
 
 const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const RECEIVER_GIVE_UP_MS = 30_000;
@@ -54,7 +64,7 @@ export class Agent {
 
   private constructor(
     private readonly options: AgentOptions,
-    readonly store: ContentStore,
+    readonly store: TemplateStore,
     private readonly digester: PageDigester,
     private server?: ControlServer,
   ) {}
@@ -62,7 +72,9 @@ export class Agent {
   static async start(options: AgentOptions): Promise<Agent> {
     mkdirSync(imagesDir(options.dir), { recursive: true });
     sweepPartialImages(options.dir);
-    const store = ContentStore.open(join(options.dir, 'store'));
+    const store = TemplateStore.open(join(options.dir, 'store'), {
+      capacityPages: options.templateCapacityPages ?? DEFAULT_TEMPLATE_CAPACITY_PAGES,
+    });
     const agent = new Agent(options, store, new PageDigester(deriveDigestKey(options.secret)));
     agent.server = await listenControl(
       options.listenAddress,
@@ -117,6 +129,8 @@ export class Agent {
 interface PendingVm {
   readonly entries: Int32Array;
   readonly digests: Uint8Array;
+  /** How many VMs of the job hold each digest (u16 LE): the template weight. */
+  readonly weights: Uint8Array;
   readonly sha256: string;
 }
 
@@ -152,12 +166,18 @@ class AgentJob {
         return;
       case 'rebuild':
         return this.rebuild(message.vm);
-      case 'end':
+      case 'end': {
         this.finished = true;
+        // Only between jobs: what was announced as held must stay until the job is over.
+        const dropped = this.agent.store.compact();
         this.agent.store.flush();
-        this.agent.log(`job ${this.id}: done`);
+        this.agent.log(
+          `job ${this.id}: done; template store holds ${this.agent.store.size} pages` +
+            (dropped > 0 ? ` (${dropped} least shared dropped)` : ''),
+        );
         this.channel.close();
         return;
+      }
     }
   }
 
@@ -190,7 +210,7 @@ class AgentJob {
       t: 'ready',
       job,
       host: this.options.name,
-      held: announceDigests(store.digests(), store.size),
+      held: chooseAnnouncement(store.packedDigests(), ANNOUNCEMENT_FALSE_POSITIVES).bytes,
       heldCount: store.size,
       verified: verifiedImages(this.options.dir),
     });
@@ -250,7 +270,8 @@ class AgentJob {
       }
       this.digester.digestInto(record.page, 0, this.check, 0);
       if (Buffer.compare(this.check, record.digest) !== 0) rejected++;
-      else if (this.agent.store.put(record.digest.slice(), record.page)) stored++;
+      // Weight 1 until the VM's manifest tells how widely the page is held.
+      else if (this.agent.store.offer(record.digest.slice(), record.page, 1)) stored++;
     }
     return { stored, rejected };
   }
@@ -261,10 +282,15 @@ class AgentJob {
       throw new VmscatterError('VMS_PROTOCOL', `VM ${message.vm}: digest list is not whole digests`);
     const unique = message.digests.length / DIGEST_BYTES;
     const entries = decodeManifest(message.manifest, message.pages, unique);
-    this.pending.set(message.vm, { entries, digests: message.digests, sha256: message.sha256 });
+    this.pending.set(message.vm, {
+      entries,
+      digests: message.digests,
+      weights: message.weights,
+      sha256: message.sha256,
+    });
     const missing: number[] = [];
     for (let i = 0; i < unique; i++)
-      if (!this.agent.store.has(message.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)))
+      if (!this.agent.store.holds(message.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)))
         missing.push(i);
     if (missing.length === 0) return this.rebuild(message.vm);
     const indices = new Uint8Array(Uint32Array.from(missing).buffer);
@@ -275,6 +301,12 @@ class AgentJob {
     const pending = this.pending.get(vm);
     if (!pending) throw new VmscatterError('VMS_PROTOCOL', `rebuild of VM ${vm}, which was never sent`);
     this.pending.delete(vm);
+    const weights = new DataView(pending.weights.buffer, pending.weights.byteOffset, pending.weights.length);
+    for (let i = 0; i * DIGEST_BYTES < pending.digests.length && 2 * i + 1 < pending.weights.length; i++) {
+      const weight = weights.getUint16(2 * i, true);
+      if (weight > 0)
+        this.agent.store.reweigh(pending.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), weight);
+    }
     const path = join(imagesDir(this.options.dir), `${vm}.raw`);
     rmSync(`${path}.sha256`, { force: true });
     try {

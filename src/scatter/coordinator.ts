@@ -1,31 +1,20 @@
-import { randomBytes, randomInt } from 'node:crypto';
-import { isIPv4 } from 'node:net';
+import { randomBytes } from 'node:crypto';
 import { connectControl } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
 import { scanTopology } from '../memory/scan.js';
-import { DIGEST_BYTES, ZERO_PAGE_ID } from '../memory/page.js';
+import { ZERO_PAGE_ID } from '../memory/page.js';
 import { deriveDigestKey } from '../memory/page-digest.js';
-import { buildScatterPlan, type ScatterPlan } from '../plan/scatter-plan.js';
+import { buildScatterPlan } from '../plan/scatter-plan.js';
 import type { Host, Topology } from '../topology/model.js';
-import { realScheduler } from '../transport/datagram.js';
-import { DgramSocket } from '../transport/dgram-socket.js';
-import { BlockCodec } from '../transport/fec-codec.js';
-import { SenderSession } from '../transport/session.js';
-import {
-  HEADER_BYTES,
-  IPV4_HEADER_BYTES,
-  maxSymbolSize,
-  SYMBOL_FIXED_BYTES,
-  TAG_BYTES,
-} from '../transport/wire-codec.js';
-import { AgentLink, AgentLostError } from './agent-link.js';
-import { readAnnouncement, type HeldDigests } from './held-digests.js';
+import { AgentLink } from './agent-link.js';
+import { decodeAnnouncement, type HeldDigests } from './digest-set.js';
 import { imageSha256 } from './image-rebuild.js';
-import { planJobWork, type JobWork, type SendRound } from './job-work.js';
-import { encodeManifest, ZERO_ENTRY } from './manifest.js';
-import { encodeBatch } from './page-batches.js';
+import { planJobWork } from './job-work.js';
 import { SourcePages } from './source-pages.js';
+import type { CompressionMode } from './page-codec.js';
 import { PROTOCOL_VERSION } from './protocol.js';
+import { rebuildAll } from './rebuild-phase.js';
+import { seedRounds, type CompressionDecision } from './seeding.js';
 
 /**
  * `vmscatter scatter`, the coordinator on the source host: connect to every target's agent, scan and
@@ -43,11 +32,14 @@ export interface ScatterOptions {
   readonly mtu: number;
   /** Skip VMs whose target already holds a verified image with the source's digest. */
   readonly resume: boolean;
+  /** Page compression: adaptive (default) decides from the codec's measured rate and the link's. */
+  readonly compression?: CompressionMode;
   /** Send multicast payload in clear (the operator's explicit choice; never the default). */
   readonly insecurePlaintext: boolean;
   /** Pages in one multicast round (bounds the source's memory and what a lost agent loses). */
   readonly roundPages?: number;
   readonly onProgress?: (event: ScatterProgress) => void;
+  readonly onWarning?: (line: string) => void;
 }
 
 export interface ScatterProgress {
@@ -94,7 +86,10 @@ export interface ScatterReport {
     readonly unicastBytes: number;
     readonly rounds: number;
     readonly uniquePagesSent: number;
+    readonly packets: { readonly data: number; readonly parity: number; readonly repair: number };
   };
+  readonly compression: CompressionDecision;
+  /** Pages by how they travelled: zero (never), held already, multicast (raw, uniform, compressed), unicast. */
   readonly pages: {
     readonly total: number;
     readonly zero: number;
@@ -105,15 +100,9 @@ export interface ScatterReport {
   readonly seconds: Readonly<Record<'connect' | 'scan' | 'plan' | 'seed' | 'rebuild' | 'total', number>>;
 }
 
-const BATCH_PAGES = 1024;
-/** IP and UDP headers, our header, a symbol's fixed fields and the AEAD tag: per datagram on the wire. */
-const DATAGRAM_OVERHEAD_BYTES = IPV4_HEADER_BYTES + 8 + HEADER_BYTES + SYMBOL_FIXED_BYTES + TAG_BYTES;
 const DEFAULT_ROUND_PAGES = 16_384;
 const CONTROL_OPTIONS = { heartbeatMs: 2000, idleTimeoutMs: 30_000 };
-const SEEDED_TIMEOUT_MS = 60_000;
-const REBUILD_TIMEOUT_MS = 10 * 60_000;
-/** Largest control message of pages sent to fill a gap (well under the channel's frame limit). */
-const UNICAST_CHUNK_PAGES = 1024;
+const MAX_ANNOUNCEMENT_FALSE_POSITIVES = 1e-3;
 
 export async function runScatter(options: ScatterOptions): Promise<ScatterReport> {
   const { topology } = options;
@@ -134,7 +123,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
   const links = liveTargets.map((host, i) => new AgentLink(i, host, connected.links.get(host.name)!));
   try {
     const readies = await Promise.all(links.map((link) => link.next('ready', () => true, 30_000)));
-    const held: (HeldDigests | undefined)[] = readies.map((r) => readAnnouncement(r.held));
+    const held = readies.map((r, i) => trustedAnnouncement(r.held, links[i]!.host.name, options.onWarning));
 
     t = performance.now();
     progress({ phase: 'scan', done: 0, total: 1, unit: 'pages' });
@@ -185,11 +174,18 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
     const pages = new SourcePages(scan.vms, scan.table, imagePaths);
     try {
       t = performance.now();
-      const seeded = await seedRounds(work, plan, links, pages, source, options, progress);
+      const seeded = await seedRounds(work, plan, links, pages, source, {
+        mtu: options.mtu,
+        compression: options.compression ?? 'adaptive',
+        insecurePlaintext: options.insecurePlaintext,
+        onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),
+      });
       seconds.seed = (performance.now() - t) / 1000;
 
       t = performance.now();
-      const outcome = await rebuildAll(work, plan, links, pages, scan.vms, sha256, progress);
+      const outcome = await rebuildAll(work, plan, links, pages, scan.vms, sha256, (done, total) =>
+        progress({ phase: 'rebuild', done, total, unit: 'vms' }),
+      );
       seconds.rebuild = (performance.now() - t) / 1000;
       seconds.total = (performance.now() - started) / 1000;
 
@@ -236,12 +232,21 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         job,
         vms,
         targets,
-        source: { ...seeded, unicastBytes: outcome.unicastBytes },
+        source: {
+          multicastPayloadBytes: seeded.multicastPayloadBytes,
+          multicastWireBytes: seeded.multicastWireBytes,
+          unicastBytes: outcome.unicastBytes,
+          rounds: seeded.rounds,
+          uniquePagesSent: seeded.uniquePagesSent,
+          packets: seeded.packets,
+        },
+        compression: seeded.compression,
         pages: {
           total: totalPages,
           zero,
           held: targets.reduce((n, x) => n + x.heldPages, 0),
           multicast: seeded.uniquePagesSent,
+          ...seeded.encodings,
           unicast: outcome.unicastPages.reduce((a, b) => a + b, 0),
         },
         seconds,
@@ -252,6 +257,23 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
   } finally {
     for (const link of links) link.close();
   }
+}
+
+/**
+ * What an agent says it holds, if believable: an announcement that claims too much (a Bloom filter
+ * whose bits are mostly set) would make the source skip pages wholesale, so it is ignored, and said.
+ */
+function trustedAnnouncement(
+  bytes: Uint8Array,
+  host: string,
+  warn: ((line: string) => void) | undefined,
+): HeldDigests | undefined {
+  const held = decodeAnnouncement(bytes);
+  if (held && held.falsePositiveRate <= MAX_ANNOUNCEMENT_FALSE_POSITIVES) return held;
+  warn?.(
+    `${host}: ignoring its announcement of held pages (${held ? 'too many false positives' : 'malformed'})`,
+  );
+  return undefined;
 }
 
 async function connectAgents(
@@ -278,212 +300,4 @@ async function connectAgents(
     }),
   );
   return { links, failures, failedHosts };
-}
-
-/** Multicasts every round; returns what crossed the source's link. */
-async function seedRounds(
-  work: JobWork,
-  plan: ScatterPlan,
-  links: readonly AgentLink[],
-  pages: SourcePages,
-  source: Host,
-  options: ScatterOptions,
-  progress: (event: ScatterProgress) => void,
-) {
-  const totalPages = work.rounds.reduce((n, r) => n + r.ids.length, 0);
-  let sentPages = 0;
-  let payloadBytes = 0;
-  let wireBytes = 0;
-  const socket = await DgramSocket.open({
-    bindAddress: source.address,
-    ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
-  });
-  const symbolSize = maxSymbolSize(options.mtu);
-  const rate = Math.min(...[source, ...links.map((l) => l.host)].map((h) => h.linkBitsPerSecond)) / 8;
-  try {
-    for (const round of work.rounds) {
-      const receivers = round.receivers.filter((t) => !links[t]!.lost);
-      if (receivers.length > 0) {
-        const result = await seedRound(round, receivers, plan, links, pages, socket, options, {
-          symbolSize,
-          rate,
-        });
-        payloadBytes += result.payloadBytes;
-        wireBytes += result.wireBytes;
-      }
-      sentPages += round.ids.length;
-      progress({ phase: 'seed', done: sentPages, total: totalPages, unit: 'pages' });
-    }
-  } finally {
-    await socket.close();
-  }
-  return {
-    multicastPayloadBytes: payloadBytes,
-    multicastWireBytes: wireBytes,
-    rounds: work.rounds.length,
-    uniquePagesSent: sentPages,
-  };
-}
-
-async function seedRound(
-  round: SendRound,
-  receivers: readonly number[],
-  plan: ScatterPlan,
-  links: readonly AgentLink[],
-  pages: SourcePages,
-  socket: DgramSocket,
-  options: ScatterOptions,
-  link: { symbolSize: number; rate: number },
-): Promise<{ payloadBytes: number; wireBytes: number }> {
-  const group = plan.groups[round.group]!;
-  const session = randomInt(1, 2 ** 32 - 1);
-  const key = options.insecurePlaintext ? new Uint8Array(0) : new Uint8Array(randomBytes(32));
-  const objects: { bytes: Uint8Array }[] = [];
-  for (let i = 0; i < round.ids.length; i += BATCH_PAGES) {
-    const ids = round.ids.subarray(i, i + BATCH_PAGES);
-    objects.push({
-      bytes: encodeBatch(
-        ids,
-        (id) => pages.digestOf(id),
-        (id) => pages.read(id),
-      ),
-    });
-  }
-  const maxObjectBytes = objects.reduce((n, o) => Math.max(n, o.bytes.length), 0);
-  const identity = {
-    session,
-    key: options.insecurePlaintext ? ('insecure-plaintext' as const) : key,
-    group: `${group.address}:${group.port}`,
-  };
-  receivers.forEach((t, i) =>
-    links[t]!.send({
-      t: 'seed',
-      session,
-      key,
-      group: identity.group,
-      sender: socket.address,
-      receiver: i + 1,
-      maxObjectBytes,
-    }),
-  );
-  const sender = new SenderSession(
-    socket,
-    realScheduler,
-    identity,
-    objects,
-    receivers.map((_, i) => i + 1),
-    {
-      symbolSize: link.symbolSize,
-      blockSymbols: 64,
-      parity: new BlockCodec(),
-      rateCapBytesPerSecond: link.rate,
-      joinTimeoutMs: 10_000,
-    },
-  );
-  const result = await sender.run();
-  // An agent the session dropped will get what it lacks over the control channel at rebuild time.
-  await Promise.all(
-    receivers.map((t) =>
-      links[t]!.next('seeded', (m) => m.session === session, SEEDED_TIMEOUT_MS).catch((error: unknown) => {
-        if (!(error instanceof AgentLostError)) throw error;
-      }),
-    ),
-  );
-  const packets = result.stats.dataPackets + result.stats.parityPackets + result.stats.repairPackets;
-  const payloadBytes = objects.reduce((n, o) => n + o.bytes.length, 0);
-  return { payloadBytes, wireBytes: result.stats.payloadBytes + packets * DATAGRAM_OVERHEAD_BYTES };
-}
-
-/** Sends every pending VM's manifest to its target and collects the verdicts; targets in parallel. */
-async function rebuildAll(
-  work: JobWork,
-  plan: ScatterPlan,
-  links: readonly AgentLink[],
-  pages: SourcePages,
-  vms: readonly { name: string; pages: Uint32Array }[],
-  sha256: readonly string[],
-  progress: (event: ScatterProgress) => void,
-) {
-  const { assignment, index } = plan.detail;
-  const names = vms.map((vm) => vm.name);
-  const verified = new Set<number>();
-  const errors = new Map<number, string>();
-  const unicastPages = new Array<number>(links.length).fill(0);
-  let unicastBytes = 0;
-  let finished = 0;
-  await Promise.all(
-    links.map(async (link) => {
-      for (const v of work.pendingVms.filter((v) => assignment[v] === link.target)) {
-        const vm = names[v]!;
-        try {
-          const { digests, ids, entries } = vmDictionary(vms[v]!.pages, pages);
-          const weights = new Uint16Array(ids.length);
-          ids.forEach((id, i) => (weights[i] = Math.min(0xffff, index.holderCount[id]!)));
-          link.send({
-            t: 'vm',
-            vm,
-            pages: entries.length,
-            sha256: sha256[v]!,
-            digests,
-            weights: new Uint8Array(weights.buffer),
-            manifest: encodeManifest(entries),
-          });
-          const reply = await link.next(['missing', 'rebuilt'], (m) => m.vm === vm, REBUILD_TIMEOUT_MS);
-          let verdict = reply;
-          if (reply.t === 'missing') {
-            const wanted = new Uint32Array(
-              reply.indices.buffer.slice(
-                reply.indices.byteOffset,
-                reply.indices.byteOffset + (reply.indices.length & ~3),
-              ),
-            );
-            for (let i = 0; i < wanted.length; i += UNICAST_CHUNK_PAGES) {
-              const chunk = Uint32Array.from(wanted.subarray(i, i + UNICAST_CHUNK_PAGES), (k) => ids[k] ?? 0);
-              const records = encodeBatch(
-                chunk.filter((id) => id > 0),
-                (id) => pages.digestOf(id),
-                (id) => pages.read(id),
-              );
-              link.send({ t: 'pages', records });
-              unicastBytes += records.length;
-              await link.drain();
-            }
-            unicastPages[link.target]! += wanted.length;
-            link.send({ t: 'rebuild', vm });
-            verdict = await link.next('rebuilt', (m) => m.vm === vm, REBUILD_TIMEOUT_MS);
-          }
-          if (verdict.t === 'rebuilt' && verdict.ok && verdict.sha256 === sha256[v]) verified.add(v);
-          else errors.set(v, verdict.t === 'rebuilt' ? verdict.error : 'no verdict');
-        } catch (error) {
-          if (!(error instanceof AgentLostError)) throw error;
-          errors.set(v, error.message);
-        }
-        progress({ phase: 'rebuild', done: ++finished, total: work.pendingVms.length, unit: 'vms' });
-      }
-    }),
-  );
-  return { verified, errors, unicastPages, unicastBytes };
-}
-
-/** A VM's distinct non-zero digests in first-use order, and its pages as indices into them. */
-function vmDictionary(vmPages: Uint32Array, pages: SourcePages) {
-  const local = new Map<number, number>();
-  const ids: number[] = [];
-  const entries = new Int32Array(vmPages.length);
-  vmPages.forEach((id, p) => {
-    if (id === ZERO_PAGE_ID) {
-      entries[p] = ZERO_ENTRY;
-      return;
-    }
-    let k = local.get(id);
-    if (k === undefined) {
-      k = ids.length;
-      local.set(id, k);
-      ids.push(id);
-    }
-    entries[p] = k;
-  });
-  const digests = new Uint8Array(ids.length * DIGEST_BYTES);
-  ids.forEach((id, i) => digests.set(pages.digestOf(id), i * DIGEST_BYTES));
-  return { digests, ids, entries };
 }

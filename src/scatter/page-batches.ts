@@ -1,10 +1,12 @@
 import { DIGEST_BYTES, PAGE_SIZE, ZERO_PAGE_ID, type VmPages } from '../memory/page.js';
+import { decodePage, encodePage, PageEncoding } from './page-codec.js';
 
 /**
- * Unique pages travel in batches: transport objects of records [16-byte digest | 4096-byte page], so
- * a target can store each page under its digest, and check it against the digest, as it arrives.
+ * Unique pages travel in batches: transport objects of records [digest | encoded page], so a target
+ * can store each page under its digest, and check it against the digest, as it arrives.
  */
-export const RECORD_BYTES = DIGEST_BYTES + PAGE_SIZE;
+/** Digest, encoding byte, payload length. */
+export const RECORD_HEADER_BYTES = DIGEST_BYTES + 3;
 
 /** Where each unique page can be read at the source: the first VM and page that hold it. */
 export interface PageLocations {
@@ -42,27 +44,84 @@ export function groupBatches(
   return batches;
 }
 
+/** Pages of a batch by how they travel. */
+export interface BatchCounts {
+  raw: number;
+  uniform: number;
+  compressed: number;
+}
+
+/**
+ * Encodes pages into a batch: per page a record [digest (16) | encoding (1) | length (u16 LE) | payload],
+ * each page encoded per its class (page-codec.ts), compressed only when `compress` is on.
+ * `digests` holds 16 bytes per page and `pages` 4096 bytes per page, in the same order.
+ */
+export function encodeRecords(
+  digests: Uint8Array,
+  pages: Uint8Array,
+  compress: boolean,
+  counts?: BatchCounts,
+): Uint8Array {
+  const n = digests.length / DIGEST_BYTES;
+  const parts: { encoding: PageEncoding; payload: Uint8Array }[] = [];
+  let size = 0;
+  for (let i = 0; i < n; i++) {
+    const encoded = encodePage(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), compress);
+    parts.push(encoded);
+    size += RECORD_HEADER_BYTES + encoded.payload.length;
+    if (counts) {
+      if (encoded.encoding === PageEncoding.Raw) counts.raw++;
+      else if (encoded.encoding === PageEncoding.Uniform) counts.uniform++;
+      else counts.compressed++;
+    }
+  }
+  const out = new Uint8Array(size);
+  const view = new DataView(out.buffer);
+  let offset = 0;
+  parts.forEach(({ encoding, payload }, i) => {
+    out.set(digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), offset);
+    out[offset + DIGEST_BYTES] = encoding;
+    view.setUint16(offset + DIGEST_BYTES + 1, payload.length, true);
+    out.set(payload, offset + RECORD_HEADER_BYTES);
+    offset += RECORD_HEADER_BYTES + payload.length;
+  });
+  return out;
+}
+
 /** Builds a batch object from digest ids, reading each page through `pageOf`. */
 export function encodeBatch(
   ids: Uint32Array,
   digestOf: (id: number) => Uint8Array,
   pageOf: (id: number) => Uint8Array,
+  compress = false,
+  counts?: BatchCounts,
 ): Uint8Array {
-  const out = new Uint8Array(ids.length * RECORD_BYTES);
+  const digests = new Uint8Array(ids.length * DIGEST_BYTES);
+  const pages = new Uint8Array(ids.length * PAGE_SIZE);
   ids.forEach((id, i) => {
-    out.set(digestOf(id), i * RECORD_BYTES);
-    out.set(pageOf(id), i * RECORD_BYTES + DIGEST_BYTES);
+    digests.set(digestOf(id), i * DIGEST_BYTES);
+    pages.set(pageOf(id), i * PAGE_SIZE);
   });
-  return out;
+  return encodeRecords(digests, pages, compress, counts);
 }
 
-/** The records of a batch; a batch whose length is not whole records yields nothing (it is malformed). */
-export function* decodeBatch(bytes: Uint8Array): Generator<{ digest: Uint8Array; page: Uint8Array }> {
-  if (bytes.length % RECORD_BYTES !== 0) return;
-  for (let offset = 0; offset < bytes.length; offset += RECORD_BYTES) {
+/**
+ * The records of a batch, in order. A record whose payload does not decode to a page yields
+ * `page: undefined` (counted by the caller); a truncated record ends the batch. Never throws: batches
+ * come off the network.
+ */
+export function* decodeBatch(
+  bytes: Uint8Array,
+): Generator<{ digest: Uint8Array; page: Uint8Array | undefined }> {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  for (let offset = 0; offset + RECORD_HEADER_BYTES <= bytes.length;) {
+    const length = view.getUint16(offset + DIGEST_BYTES + 1, true);
+    const end = offset + RECORD_HEADER_BYTES + length;
+    if (end > bytes.length) return;
     yield {
       digest: bytes.subarray(offset, offset + DIGEST_BYTES),
-      page: bytes.subarray(offset + DIGEST_BYTES, offset + RECORD_BYTES),
+      page: decodePage(bytes[offset + DIGEST_BYTES]!, bytes.subarray(offset + RECORD_HEADER_BYTES, end)),
     };
+    offset = end;
   }
 }

@@ -15,7 +15,7 @@ export class SourcePages {
   constructor(
     vms: readonly VmPages[],
     private readonly table: DigestTable,
-    private readonly paths: readonly string[],
+    readonly paths: readonly string[],
   ) {
     this.locations = firstLocations(vms, table.size);
     this.fds = paths.map((path) => openSync(path, 'r'));
@@ -24,6 +24,11 @@ export class SourcePages {
   /** The digest of unique page `id` (a copy). */
   digestOf(id: number): Uint8Array {
     return this.table.digestOf(id).slice();
+  }
+
+  /** Where unique page `id` is read from: an image (index into paths) and a page number. */
+  locationOf(id: number): { vm: number; page: number } {
+    return { vm: this.locations.vm[id]!, page: this.locations.page[id]! };
   }
 
   /** The bytes of unique page `id`. */

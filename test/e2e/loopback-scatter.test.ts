@@ -3,7 +3,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { repoRoot, tempDir } from '../support/fixtures.js';
+import { repoRoot, storePagesFile, tempDir } from '../support/fixtures.js';
 
 /**
  * The scatter job as an operator runs it, on loopback (no root): the CLI coordinator, agents as real
@@ -134,14 +134,14 @@ test('an agent killed mid-multicast fails only its VMs (exit 6); --resume re-sen
   let stdout = '';
   job.stdout!.on('data', (chunk) => (stdout += chunk));
   // Kill t2's agent once it holds some pages, so it dies in the middle of the multicast phase.
-  const store = join(dir, 'agents', 't2', 'store', 'pages.bin');
+  const store = () => storePagesFile(join(dir, 'agents', 't2', 'store'));
   const deadline = Date.now() + 120_000;
-  while (!(existsSync(store) && statSync(store).size > 2 * 2 ** 20)) {
+  while (!(existsSync(store()) && statSync(store()).size > 2 * 2 ** 20)) {
     assert.ok(Date.now() < deadline, 't2 receives pages');
     await new Promise((r) => setTimeout(r, 10));
   }
   agents.get('t2')!.kill('SIGKILL');
-  const heldAtKill = Math.floor(statSync(store).size / 4096);
+  const heldAtKill = Math.floor(statSync(store()).size / 4096);
   const code = await new Promise<number | null>((resolve) => job.once('exit', resolve));
   assert.equal(code, 6, 'some VMs not verified');
   const broken = JSON.parse(stdout);

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { repoRoot, tempDir } from '../support/fixtures.js';
+import { repoRoot, storePagesFile, tempDir } from '../support/fixtures.js';
 import { createLab, labAvailable, watchProcess, type Lab, type ProcessWatch } from './lab.js';
 
 /**
@@ -82,14 +82,14 @@ test('lab scatter: 8 VMs -> 4 targets, 1% loss, an agent killed mid-run and resu
       stdio: ['ignore', 'pipe', 'pipe'],
     }),
   );
-  const store = join(dir, 'agents', 't2', 'store', 'pages.bin');
+  const store = () => storePagesFile(join(dir, 'agents', 't2', 'store'));
   const deadline = Date.now() + 120_000;
-  while (!(existsSync(store) && statSync(store).size > 4 * 2 ** 20)) {
+  while (!(existsSync(store()) && statSync(store()).size > 4 * 2 ** 20)) {
     assert.ok(Date.now() < deadline, 't2 receives pages');
     await new Promise((r) => setTimeout(r, 10));
   }
   agents.get('t2')!.child.kill('SIGKILL');
-  const heldAtKill = Math.floor(statSync(store).size / 4096);
+  const heldAtKill = Math.floor(statSync(store()).size / 4096);
   const broken = await first.exit(180_000);
   assert.equal(broken.code, 6, `exit 6 when VMs are not verified: ${broken.stderr}`);
   const report = JSON.parse(broken.stdout);

@@ -1,0 +1,61 @@
+/**
+ * Worker thread of the round encoder: reads a round's unique pages from the source images itself and
+ * encodes them into batches, so page reads and compression run beside the multicast of the round
+ * before, never on the thread that paces packets.
+ */
+import { closeSync, openSync, readSync } from 'node:fs';
+import { parentPort } from 'node:worker_threads';
+import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
+import { encodeRecords, type BatchCounts } from './page-batches.js';
+import type { EncodeReply, EncodeRequest } from './round-encoder.js';
+
+if (!parentPort) throw new Error('round-encoder-worker must run as a worker thread');
+const port = parentPort;
+const fds = new Map<string, number>();
+
+port.on('message', (message: EncodeRequest | { type: 'close' }) => {
+  if (message.type === 'close') {
+    for (const fd of fds.values()) closeSync(fd);
+    fds.clear();
+    return;
+  }
+  try {
+    const reply = encodeRound(message);
+    port.postMessage(
+      reply,
+      reply.batches.map((b) => b.buffer as ArrayBuffer),
+    );
+  } catch (error) {
+    port.postMessage({ type: 'error', id: message.id, message: String((error as Error).message) });
+  }
+});
+
+function encodeRound(request: EncodeRequest): Extract<EncodeReply, { type: 'done' }> {
+  const counts: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
+  const batches: Uint8Array[] = [];
+  const n = request.page.length;
+  for (let first = 0; first < n; first += request.batchPages) {
+    const count = Math.min(request.batchPages, n - first);
+    const pages = new Uint8Array(count * PAGE_SIZE);
+    for (let i = 0; i < count; i++) {
+      const path = request.paths[request.vm[first + i]!]!;
+      readPage(path, request.page[first + i]!, pages, i * PAGE_SIZE);
+    }
+    const digests = request.digests.subarray(first * DIGEST_BYTES, (first + count) * DIGEST_BYTES);
+    batches.push(encodeRecords(digests, pages, request.compress, counts));
+  }
+  return { type: 'done', id: request.id, batches, counts };
+}
+
+function readPage(path: string, page: number, into: Uint8Array, offset: number): void {
+  let fd = fds.get(path);
+  if (fd === undefined) {
+    fd = openSync(path, 'r');
+    fds.set(path, fd);
+  }
+  for (let done = 0; done < PAGE_SIZE;) {
+    const n = readSync(fd, into, offset + done, PAGE_SIZE - done, page * PAGE_SIZE + done);
+    if (n === 0) throw new Error(`${path}: image shrank during the job`);
+    done += n;
+  }
+}

@@ -1,0 +1,202 @@
+import { randomBytes, randomInt } from 'node:crypto';
+import { isIPv4 } from 'node:net';
+import type { ScatterPlan } from '../plan/scatter-plan.js';
+import type { Host } from '../topology/model.js';
+import { realScheduler } from '../transport/datagram.js';
+import { DgramSocket } from '../transport/dgram-socket.js';
+import { BlockCodec } from '../transport/fec-codec.js';
+import type { SessionResult } from '../transport/multicast-sender.js';
+import { SenderSession } from '../transport/session.js';
+import {
+  HEADER_BYTES,
+  IPV4_HEADER_BYTES,
+  maxSymbolSize,
+  SYMBOL_FIXED_BYTES,
+  TAG_BYTES,
+} from '../transport/wire-codec.js';
+import { AgentLostError, type AgentLink } from './agent-link.js';
+import type { JobWork, SendRound } from './job-work.js';
+import type { BatchCounts } from './page-batches.js';
+import { measureCodec, shouldCompress, type CodecRates, type CompressionMode } from './page-codec.js';
+import { RoundEncoder, type EncodedRound } from './round-encoder.js';
+import type { SourcePages } from './source-pages.js';
+
+/**
+ * Phase 4, seeding: every round of the job's work multicast once to the targets that lack its pages,
+ * each round a transport session of its own with a fresh key that travels to the receivers over their
+ * control channels. Rounds are encoded (pages read, compressed when it pays) on a worker one round
+ * ahead of the wire.
+ */
+export interface SeedOptions {
+  /** Path MTU of the multicast network. */
+  readonly mtu: number;
+  readonly compression: CompressionMode;
+  readonly insecurePlaintext: boolean;
+  readonly onProgress: (sentPages: number, totalPages: number) => void;
+}
+
+export interface CompressionDecision {
+  readonly mode: CompressionMode;
+  readonly on: boolean;
+  /** Rates measured on a sample of the job's own pages (absent when nothing is sent). */
+  readonly measured?: CodecRates;
+  readonly linkBitsPerSecond: number;
+}
+
+export interface SeedResult {
+  /** Bytes of encoded batches multicast, and of all datagrams on the source's link for them. */
+  readonly multicastPayloadBytes: number;
+  readonly multicastWireBytes: number;
+  readonly rounds: number;
+  readonly uniquePagesSent: number;
+  readonly encodings: BatchCounts;
+  readonly compression: CompressionDecision;
+  /** Datagrams of first transmission, proactive parity, and repair (after NAKs). */
+  readonly packets: { data: number; parity: number; repair: number };
+}
+
+/** Pages per transport object: about 4 MiB raw, the object size the transport was tuned with. */
+const BATCH_PAGES = 1024;
+/** Pages sampled to measure the codec on this job's data. */
+const SAMPLE_PAGES = 256;
+const SEEDED_TIMEOUT_MS = 60_000;
+/** IP and UDP headers, our header, a symbol's fixed fields and the AEAD tag: per datagram on the wire. */
+const DATAGRAM_OVERHEAD_BYTES = IPV4_HEADER_BYTES + 8 + HEADER_BYTES + SYMBOL_FIXED_BYTES + TAG_BYTES;
+
+export async function seedRounds(
+  work: JobWork,
+  plan: ScatterPlan,
+  links: readonly AgentLink[],
+  pages: SourcePages,
+  source: Host,
+  options: SeedOptions,
+): Promise<SeedResult> {
+  const totalPages = work.rounds.reduce((n, r) => n + r.ids.length, 0);
+  const linkBitsPerSecond = Math.min(
+    ...[source, ...links.map((l) => l.host)].map((h) => h.linkBitsPerSecond),
+  );
+  const compression = decideCompression(work, pages, options.compression, linkBitsPerSecond);
+  const encodings: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
+  let sentPages = 0;
+  let payloadBytes = 0;
+  let wireBytes = 0;
+  const packets = { data: 0, parity: 0, repair: 0 };
+  const socket = await DgramSocket.open({
+    bindAddress: source.address,
+    ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
+  });
+  const encoder = new RoundEncoder(pages, BATCH_PAGES, compression.on);
+  const send = { symbolSize: maxSymbolSize(options.mtu), rateBytesPerSecond: linkBitsPerSecond / 8 };
+  try {
+    let next: Promise<EncodedRound> | undefined = work.rounds[0] && encoder.encode(work.rounds[0].ids);
+    for (const [r, round] of work.rounds.entries()) {
+      const encoded = await next!;
+      const following = work.rounds[r + 1];
+      next = following && encoder.encode(following.ids);
+      next?.catch(() => undefined); // awaited on the next turn; a failure then is thrown there
+      encodings.raw += encoded.counts.raw;
+      encodings.uniform += encoded.counts.uniform;
+      encodings.compressed += encoded.counts.compressed;
+      const receivers = round.receivers.filter((t) => !links[t]!.lost);
+      if (receivers.length > 0) {
+        const result = await seedRound(round, encoded.batches, receivers, plan, links, socket, options, send);
+        payloadBytes += result.payloadBytes;
+        wireBytes += result.wireBytes;
+        packets.data += result.stats.dataPackets;
+        packets.parity += result.stats.parityPackets;
+        packets.repair += result.stats.repairPackets;
+      }
+      sentPages += round.ids.length;
+      options.onProgress(sentPages, totalPages);
+    }
+  } finally {
+    await encoder.close();
+    await socket.close();
+  }
+  return {
+    multicastPayloadBytes: payloadBytes,
+    multicastWireBytes: wireBytes,
+    rounds: work.rounds.length,
+    uniquePagesSent: sentPages,
+    encodings,
+    compression,
+    packets,
+  };
+}
+
+/** Measures the codec on pages spread over what is to be sent, and applies the mode's rule. */
+function decideCompression(
+  work: JobWork,
+  pages: SourcePages,
+  mode: CompressionMode,
+  linkBitsPerSecond: number,
+): CompressionDecision {
+  const ids = work.rounds.flatMap((r) => [...r.ids]);
+  if (mode !== 'adaptive' || ids.length === 0) return { mode, on: mode === 'on', linkBitsPerSecond };
+  const step = Math.max(1, Math.floor(ids.length / SAMPLE_PAGES));
+  const sample: Uint8Array[] = [];
+  for (let i = 0; i < ids.length && sample.length < SAMPLE_PAGES; i += step) sample.push(pages.read(ids[i]!));
+  const measured = measureCodec(sample);
+  return { mode, on: shouldCompress(mode, linkBitsPerSecond, measured), measured, linkBitsPerSecond };
+}
+
+async function seedRound(
+  round: SendRound,
+  batches: readonly Uint8Array[],
+  receivers: readonly number[],
+  plan: ScatterPlan,
+  links: readonly AgentLink[],
+  socket: DgramSocket,
+  options: SeedOptions,
+  send: { symbolSize: number; rateBytesPerSecond: number },
+): Promise<{ payloadBytes: number; wireBytes: number; stats: SessionResult['stats'] }> {
+  const group = plan.groups[round.group]!;
+  const session = randomInt(1, 2 ** 32 - 1);
+  const key = options.insecurePlaintext ? new Uint8Array(0) : new Uint8Array(randomBytes(32));
+  const identity = {
+    session,
+    key: options.insecurePlaintext ? ('insecure-plaintext' as const) : key,
+    group: `${group.address}:${group.port}`,
+  };
+  const maxObjectBytes = batches.reduce((n, b) => Math.max(n, b.length), 0);
+  receivers.forEach((t, i) =>
+    links[t]!.send({
+      t: 'seed',
+      session,
+      key,
+      group: identity.group,
+      sender: socket.address,
+      receiver: i + 1,
+      maxObjectBytes,
+    }),
+  );
+  const sender = new SenderSession(
+    socket,
+    realScheduler,
+    identity,
+    batches.map((bytes) => ({ bytes })),
+    receivers.map((_, i) => i + 1),
+    {
+      symbolSize: send.symbolSize,
+      blockSymbols: 64,
+      parity: new BlockCodec(),
+      rateCapBytesPerSecond: send.rateBytesPerSecond,
+      joinTimeoutMs: 10_000,
+    },
+  );
+  const result = await sender.run();
+  // An agent the session dropped gets what it lacks over the control channel at rebuild time.
+  await Promise.all(
+    receivers.map((t) =>
+      links[t]!.next('seeded', (m) => m.session === session, SEEDED_TIMEOUT_MS).catch((error: unknown) => {
+        if (!(error instanceof AgentLostError)) throw error;
+      }),
+    ),
+  );
+  const packets = result.stats.dataPackets + result.stats.parityPackets + result.stats.repairPackets;
+  return {
+    payloadBytes: batches.reduce((n, b) => n + b.length, 0),
+    wireBytes: result.stats.payloadBytes + packets * DATAGRAM_OVERHEAD_BYTES,
+    stats: result.stats,
+  };
+}
