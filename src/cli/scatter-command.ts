@@ -116,6 +116,7 @@ function renderReport(report: ScatterReport, file: string): string {
     t.name,
     formatBytes(t.heldPages * PAGE_SIZE),
     formatBytes(t.multicastPages * PAGE_SIZE),
+    formatBytes(t.peerPages * PAGE_SIZE),
     formatBytes(t.unicastPages * PAGE_SIZE),
     t.lost ?? 'ok',
   ]);
@@ -127,7 +128,11 @@ function renderReport(report: ScatterReport, file: string): string {
     '',
     renderTable(['VM', 'target', 'memory', 'zero', 'result'], rows, 'llrrl'),
     '',
-    renderTable(['target', 'held already', 'by multicast', 'by unicast', 'agent'], targetRows, 'lrrrl'),
+    renderTable(
+      ['target', 'held already', 'by multicast', 'from site peers', 'by unicast', 'agent'],
+      targetRows,
+      'lrrrrl',
+    ),
     '',
     `guest memory ${formatBytes(memory)}; on the source's link ${formatBytes(report.source.multicastWireBytes + report.source.unicastBytes)} ` +
       `(${percent(report.source.multicastWireBytes + report.source.unicastBytes, memory)}) in ${report.source.rounds} multicast round(s)`,

@@ -12,6 +12,7 @@ import { chooseAnnouncement } from './digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
 import { decodeManifest } from './manifest.js';
 import { decodeBatch } from './page-batches.js';
+import { answerFetch, fetchFromPeer } from './site-peers.js';
 import { TemplateStore } from './template-store.js';
 import {
   parseToAgent,
@@ -99,11 +100,46 @@ export class Agent {
     this.store.close();
   }
 
+  /**
+   * A connection is a coordinator's job (first message 'job'; one job at a time) or a peer agent of
+   * the site fetching pages (first message 'fetch'; served whatever the job state).
+   */
   private accept(channel: ControlChannel): void {
+    let role: AgentJob | 'peer' | undefined;
+    channel.onMessage((value) => {
+      const message = parseToAgent(value);
+      if (!message) {
+        this.malformed++;
+        return;
+      }
+      if (role === undefined) {
+        if (message.t === 'fetch') role = 'peer';
+        else if (message.t === 'job') role = this.startJob(channel);
+        else {
+          this.malformed++;
+          return;
+        }
+        if (role === undefined) return;
+      }
+      if (role === 'peer') {
+        if (message.t !== 'fetch') this.malformed++;
+        else channel.send({ t: 'pages', records: answerFetch(message.digests, (d) => this.store.get(d)) });
+        return;
+      }
+      const job = role;
+      job.handle(message).catch((error: unknown) => {
+        const text = error instanceof VmscatterError ? error.message : String(error);
+        this.log(`job ${job.id}: ${text}`);
+        channel.send({ t: 'error', message: text } satisfies FromAgent);
+      });
+    });
+  }
+
+  private startJob(channel: ControlChannel): AgentJob | undefined {
     if (this.job) {
       channel.send({ t: 'error', message: `${this.options.name} is busy with job ${this.job.id}` });
       channel.close();
-      return;
+      return undefined;
     }
     const job = new AgentJob(this, this.options, this.digester, channel);
     this.job = job;
@@ -111,18 +147,7 @@ export class Agent {
       if (error) job.abandon(`coordinator gone (${error.message})`);
       if (this.job === job) this.job = undefined;
     });
-    channel.onMessage((value) => {
-      const message = parseToAgent(value);
-      if (!message) {
-        this.malformed++;
-        return;
-      }
-      job.handle(message).catch((error: unknown) => {
-        const text = error instanceof VmscatterError ? error.message : String(error);
-        this.log(`job ${job.id}: ${text}`);
-        channel.send({ t: 'error', message: text } satisfies FromAgent);
-      });
-    });
+    return job;
   }
 }
 
@@ -166,6 +191,10 @@ class AgentJob {
         return;
       case 'rebuild':
         return this.rebuild(message.vm);
+      case 'fetch-from':
+        return this.fetchFrom(message);
+      case 'fetch':
+        throw new VmscatterError('VMS_PROTOCOL', "'fetch' is for peer connections, not a job's");
       case 'end': {
         this.finished = true;
         // Only between jobs: what was announced as held must stay until the job is over.
@@ -257,6 +286,25 @@ class AgentJob {
     }
     if (rejected > 0) this.agent.log(`job ${this.id}: ${rejected} page(s) failed their digest check`);
     if (!this.finished) this.reply({ t: 'seeded', session: message.session, state, stored, rejected });
+  }
+
+  private async fetchFrom(message: Extract<ToAgent, { t: 'fetch-from' }>): Promise<void> {
+    let stored = 0;
+    try {
+      await fetchFromPeer(message.peer, message.digests, this.options.secret, (records) => {
+        this.storeRecords(records);
+      });
+    } catch (error) {
+      this.agent.log(`job ${this.id}: fetch from ${message.peer} ended early: ${(error as Error).message}`);
+    }
+    const asked = message.digests.length / DIGEST_BYTES;
+    let failed = 0;
+    for (let i = 0; i < asked; i++)
+      if (!this.agent.store.holds(message.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)))
+        failed++;
+    stored = asked - failed;
+    this.agent.log(`job ${this.id}: fetched ${stored} of ${asked} pages from site peer ${message.peer}`);
+    if (!this.finished) this.reply({ t: 'fetched', id: message.id, stored, failed });
   }
 
   /** Stores a batch's pages that match their digests; a page that does not is dropped and counted. */

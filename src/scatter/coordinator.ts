@@ -2,14 +2,14 @@ import { randomBytes } from 'node:crypto';
 import { connectControl } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
 import { scanTopology } from '../memory/scan.js';
-import { ZERO_PAGE_ID } from '../memory/page.js';
+import { DIGEST_BYTES, ZERO_PAGE_ID } from '../memory/page.js';
 import { deriveDigestKey } from '../memory/page-digest.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
 import type { Host, Topology } from '../topology/model.js';
-import { AgentLink } from './agent-link.js';
+import { AgentLink, AgentLostError } from './agent-link.js';
 import { decodeAnnouncement, type HeldDigests } from './digest-set.js';
 import { imageSha256 } from './image-rebuild.js';
-import { planJobWork } from './job-work.js';
+import { planJobWork, type PeerFetch } from './job-work.js';
 import { SourcePages } from './source-pages.js';
 import type { CompressionMode } from './page-codec.js';
 import { PROTOCOL_VERSION } from './protocol.js';
@@ -71,6 +71,8 @@ export interface TargetReport {
   readonly multicastPages: number;
   /** Pages it lacked at rebuild time and got over the control channel. */
   readonly unicastPages: number;
+  /** Pages it fetched from an agent of its site that held them. */
+  readonly peerPages: number;
   readonly lost?: string;
 }
 
@@ -96,6 +98,7 @@ export interface ScatterReport {
     readonly held: number;
     readonly multicast: number;
     readonly unicast: number;
+    readonly peer: number;
   };
   readonly seconds: Readonly<Record<'connect' | 'scan' | 'plan' | 'seed' | 'rebuild' | 'total', number>>;
 }
@@ -103,6 +106,7 @@ export interface ScatterReport {
 const DEFAULT_ROUND_PAGES = 16_384;
 const CONTROL_OPTIONS = { heartbeatMs: 2000, idleTimeoutMs: 30_000 };
 const MAX_ANNOUNCEMENT_FALSE_POSITIVES = 1e-3;
+const PEER_FETCH_TIMEOUT_MS = 10 * 60_000;
 
 export async function runScatter(options: ScatterOptions): Promise<ScatterReport> {
   const { topology } = options;
@@ -166,6 +170,14 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       assignment,
       targetCount: liveTargets.length,
       held: (target, id) => held[target]?.mayHold(scan.table.digestOf(id)) ?? false,
+      peerHolding: (target, id) => {
+        const site = liveTargets[target]!.site;
+        const digest = scan.table.digestOf(id);
+        const peer = liveTargets.findIndex(
+          (h, u) => u !== target && h.site === site && held[u]?.mayHold(digest) === true,
+        );
+        return peer < 0 ? undefined : peer;
+      },
       done,
       roundPages: options.roundPages ?? DEFAULT_ROUND_PAGES,
     });
@@ -174,12 +186,16 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
     const pages = new SourcePages(scan.vms, scan.table, imagePaths);
     try {
       t = performance.now();
-      const seeded = await seedRounds(work, plan, links, pages, source, {
-        mtu: options.mtu,
-        compression: options.compression ?? 'adaptive',
-        insecurePlaintext: options.insecurePlaintext,
-        onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),
-      });
+      // Site peers serve over their own links while the source multicasts over its own.
+      const [seeded, fetched] = await Promise.all([
+        seedRounds(work, plan, links, pages, source, {
+          mtu: options.mtu,
+          compression: options.compression ?? 'adaptive',
+          insecurePlaintext: options.insecurePlaintext,
+          onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),
+        }),
+        fetchFromPeers(work.peerFetches, links, pages),
+      ]);
       seconds.seed = (performance.now() - t) / 1000;
 
       t = performance.now();
@@ -214,6 +230,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           heldPages: work.heldPages[i]!,
           multicastPages: work.neededPages[i]!,
           unicastPages: outcome.unicastPages[i]!,
+          peerPages: fetched[i]!,
           ...(links[i]!.lost ? { lost: links[i]!.lost } : {}),
         })),
         ...connected.failures.map((failure, i) => ({
@@ -222,6 +239,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           heldPages: 0,
           multicastPages: 0,
           unicastPages: 0,
+          peerPages: 0,
           lost: failure,
         })),
       ];
@@ -248,6 +266,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           multicast: seeded.uniquePagesSent,
           ...seeded.encodings,
           unicast: outcome.unicastPages.reduce((a, b) => a + b, 0),
+          peer: fetched.reduce((a, b) => a + b, 0),
         },
         seconds,
       };
@@ -257,6 +276,30 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
   } finally {
     for (const link of links) link.close();
   }
+}
+
+/** Has each target fetch from its site peers what they announced; returns pages stored per target. */
+async function fetchFromPeers(
+  fetches: readonly PeerFetch[],
+  links: readonly AgentLink[],
+  pages: SourcePages,
+): Promise<number[]> {
+  const stored = new Array<number>(links.length).fill(0);
+  await Promise.all(
+    fetches.map(async ({ target, peer, ids }, id) => {
+      const digests = new Uint8Array(ids.length * DIGEST_BYTES);
+      ids.forEach((digestId, i) => digests.set(pages.digestOf(digestId), i * DIGEST_BYTES));
+      const peerHost = links[peer]!.host;
+      links[target]!.send({ t: 'fetch-from', id, peer: `${peerHost.address}:${peerHost.port}`, digests });
+      try {
+        const reply = await links[target]!.next('fetched', (m) => m.id === id, PEER_FETCH_TIMEOUT_MS);
+        stored[target]! += reply.stored;
+      } catch (error) {
+        if (!(error instanceof AgentLostError)) throw error;
+      }
+    }),
+  );
+  return stored;
 }
 
 /**

@@ -20,14 +20,24 @@ export interface SendRound {
   readonly ids: Uint32Array;
 }
 
+/** Pages a target fetches from a peer of its site that already holds them (off the source's link). */
+export interface PeerFetch {
+  readonly target: number;
+  readonly peer: number;
+  readonly ids: Uint32Array;
+}
+
 export interface JobWork {
   readonly rounds: readonly SendRound[];
+  readonly peerFetches: readonly PeerFetch[];
   /** VMs to build in this job (not already verified at their target). */
   readonly pendingVms: readonly number[];
   /** Per target: pages its pending VMs need that it already holds (not sent). */
   readonly heldPages: Int32Array;
   /** Per target: pages it will receive by multicast that it needs. */
   readonly neededPages: Int32Array;
+  /** Per target: pages it will fetch from a peer of its site. */
+  readonly peerPages: Int32Array;
 }
 
 export interface JobWorkInput {
@@ -38,6 +48,8 @@ export interface JobWorkInput {
   readonly targetCount: number;
   /** Whether target t announced digest id. */
   readonly held: (target: number, id: number) => boolean;
+  /** A target of t's site that announced digest id (t fetches it there), or undefined. */
+  readonly peerHolding?: (target: number, id: number) => number | undefined;
   /** VMs already verified at their target (skipped). */
   readonly done: readonly boolean[];
   /** Most pages in one round. */
@@ -49,6 +61,8 @@ export function planJobWork(input: JobWorkInput): JobWork {
   const pendingVms = input.vms.map((_, v) => v).filter((v) => !done[v]);
   const heldPages = new Int32Array(targetCount);
   const neededPages = new Int32Array(targetCount);
+  const peerPages = new Int32Array(targetCount);
+  const fetches = new Map<number, number[]>(); // key target * targetCount + peer
   const groupIds: number[][] = schedule.groups.map(() => []);
   const groupReceivers = schedule.groups.map(() => new Set<number>());
   // Stamped per digest so a target holding the page in several VMs counts once.
@@ -65,6 +79,15 @@ export function planJobWork(input: JobWorkInput): JobWork {
         heldPages[t]!++;
         continue;
       }
+      const peer = input.peerHolding?.(t, id);
+      if (peer !== undefined) {
+        peerPages[t]!++;
+        const key = t * targetCount + peer;
+        let ids = fetches.get(key);
+        if (!ids) fetches.set(key, (ids = []));
+        ids.push(id);
+        continue;
+      }
       neededPages[t]!++;
       groupReceivers[group]!.add(t);
       wanted = true;
@@ -77,5 +100,10 @@ export function planJobWork(input: JobWorkInput): JobWork {
     for (let i = 0; i < ids.length; i += input.roundPages)
       rounds.push({ group, receivers, ids: Uint32Array.from(ids.slice(i, i + input.roundPages)) });
   });
-  return { rounds, pendingVms, heldPages, neededPages };
+  const peerFetches = [...fetches].map(([key, ids]) => ({
+    target: Math.floor(key / targetCount),
+    peer: key % targetCount,
+    ids: Uint32Array.from(ids),
+  }));
+  return { rounds, peerFetches, pendingVms, heldPages, neededPages, peerPages };
 }

@@ -5,8 +5,10 @@
  * A job, as the agent sees it:
  *   job -> ready (what it holds: an announcement of digests, and images already verified)
  *   seed* -> seeded* (one per multicast round it is a receiver of; the session key travels here)
+ *   fetch-from* -> fetched* (pages a peer of its site holds; the agent fetches them there with 'fetch')
  *   vm -> missing? -> pages* -> rebuild -> rebuilt (one per VM placed on it)
  *   end
+ * and between agents of a site: fetch -> pages (the asking agent checks every page against its digest).
  *
  * Messages come off the network, so every one is checked field by field (`parseToAgent`,
  * `parseFromAgent`); anything else is dropped and counted by the receiving side, never trusted.
@@ -42,6 +44,10 @@ export type ToAgent =
     }
   | { readonly t: 'pages'; readonly records: Uint8Array }
   | { readonly t: 'rebuild'; readonly vm: string }
+  /** Fetch these digests (16 bytes each) from the agent at `peer` ("address:port") of the same site. */
+  | { readonly t: 'fetch-from'; readonly id: number; readonly peer: string; readonly digests: Uint8Array }
+  /** From a peer agent: send back, as 'pages', those of these digests held. */
+  | { readonly t: 'fetch'; readonly digests: Uint8Array }
   | { readonly t: 'end' };
 
 export interface VerifiedImage {
@@ -75,6 +81,8 @@ export type FromAgent =
       readonly sha256: string;
       readonly error: string;
     }
+  /** The outcome of a 'fetch-from': pages stored; the rest will be asked for at rebuild time. */
+  | { readonly t: 'fetched'; readonly id: number; readonly stored: number; readonly failed: number }
   | { readonly t: 'error'; readonly message: string };
 
 type Check = (value: unknown) => boolean;
@@ -107,6 +115,8 @@ const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
   },
   pages: { records: isBytes },
   rebuild: { vm: isString },
+  'fetch-from': { id: isUint, peer: isString, digests: isBytes },
+  fetch: { digests: isBytes },
   end: {},
 };
 
@@ -120,6 +130,7 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
   },
   missing: { vm: isString, indices: isBytes },
   rebuilt: { vm: isString, ok: isBool, sha256: isString, error: isString },
+  fetched: { id: isUint, stored: isUint, failed: isUint },
   error: { message: isString },
 };
 

@@ -36,6 +36,11 @@ function writeTopology(dir: string, basePort: number, vmMiB = 16): string {
   return path;
 }
 
+/** One target's report row. */
+function targetOf(report: { targets: { name: string }[] }, name: string) {
+  return report.targets.find((x) => x.name === name) as unknown as Record<string, number>;
+}
+
 function scatter(workDir: string, topology: string, ...args: string[]) {
   const result = spawnSync(
     process.execPath,
@@ -170,4 +175,48 @@ test('an agent killed mid-multicast fails only its VMs (exit 6); --resume re-sen
   const sent = resumed.report.source.multicastWireBytes + resumed.report.source.unicastBytes;
   const lacking = (t2.multicastPages + t2.unicastPages) * 4096;
   assert.ok(sent < 1.2 * lacking + 2 ** 20, `resume sent ${sent} bytes for ${lacking} bytes t2 lacked`);
+});
+
+test('site peers: a target fetches from an agent of its site the pages it holds, not from the source', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const port = basePort + 3000;
+  const write = (name: string, vms: string[]) => {
+    const path = join(dir, name);
+    writeFileSync(
+      path,
+      [
+        `multicast: { base: 239.255.${100 + (port % 100)}.0, size: 4, port: ${port + 10} }`,
+        'hosts:',
+        `  - { name: src, address: 127.0.0.1, port: ${port}, role: source, link: 1Gbit }`,
+        `  - { name: t1, address: 127.0.0.1, port: ${port + 1}, role: target, memory: 64MiB, link: 1Gbit, site: rack-a }`,
+        `  - { name: t2, address: 127.0.0.1, port: ${port + 2}, role: target, memory: 64MiB, link: 1Gbit, site: rack-a }`,
+        'vms:',
+        ...vms,
+      ].join('\n'),
+    );
+    return path;
+  };
+  // Same family: most of vm-b's pages are vm-a's, which t1 holds after the first job.
+  const first = scatter(
+    dir,
+    write('a.yaml', [
+      '  - { name: vm-a, memory: 16MiB, source: { synthetic: { seed: 1, family: debian, osShare: 0.6 } }, target: t1 }',
+    ]),
+  );
+  assert.equal(first.code, 0, first.stderr);
+  const second = scatter(
+    dir,
+    write('b.yaml', [
+      '  - { name: vm-b, memory: 16MiB, source: { synthetic: { seed: 2, family: debian, osShare: 0.6 } }, target: t2 }',
+    ]),
+  );
+  assert.equal(second.code, 0, second.stderr);
+  assertImagesIdentical(dir, second.report);
+  const t2 = targetOf(second.report, 't2');
+  assert.ok(t2.peerPages! > 1000, `t2 fetched ${t2.peerPages} pages from t1`);
+  assert.equal(second.report.pages.peer, t2.peerPages);
+  // What came from the peer did not cross the source's link.
+  assert.equal(second.report.pages.multicast, t2.multicastPages);
+  assert.ok(second.report.pages.multicast < first.report.pages.multicast, 'fewer pages from the source');
 });

@@ -26,12 +26,17 @@ const job = fc
         minLength: j.targets,
         maxLength: j.targets,
       }),
+      /** Whether target t may fetch digest id from a peer (the next target) holding it. */
+      peered: fc.array(fc.array(fc.boolean(), { minLength: 31, maxLength: 31 }), {
+        minLength: j.targets,
+        maxLength: j.targets,
+      }),
     }),
   );
 
 test('property: every page a pending VM lacks reaches its target exactly once; pages nobody lacks stay home', () => {
   fc.assert(
-    fc.property(job, ({ j, assignment, done, held }) => {
+    fc.property(job, ({ j, assignment, done, held, peered }) => {
       const vms: VmPages[] = j.vms.map((pages, v) => ({
         name: `vm${v}`,
         pages: Uint32Array.from(pages, (p) => p % (j.digests + 1)),
@@ -52,10 +57,20 @@ test('property: every page a pending VM lacks reaches its target exactly once; p
         assignment: placed,
         targetCount: j.targets,
         held: (t, id) => held[t]![id]!,
+        // A peer serves only what it holds: the next target, when it does.
+        peerHolding: (t, id) => {
+          const peer = (t + 1) % j.targets;
+          return peer !== t && peered[t]![id] && held[peer]![id] ? peer : undefined;
+        },
         done,
         roundPages: j.roundPages,
       });
       const deliveries = new Map<string, number>();
+      const fetched = new Map<string, number>();
+      for (const f of work.peerFetches) {
+        assert.notEqual(f.peer, f.target);
+        for (const id of f.ids) fetched.set(`${f.target}:${id}`, (fetched.get(`${f.target}:${id}`) ?? 0) + 1);
+      }
       for (const round of work.rounds) {
         assert.ok(round.ids.length >= 1 && round.ids.length <= j.roundPages);
         for (const id of round.ids)
@@ -71,20 +86,23 @@ test('property: every page a pending VM lacks reaches its target exactly once; p
         const [t, id] = key.split(':').map(Number) as [number, number];
         // A held page may still pass a target that shares the group with one lacking it; never twice.
         if (held[t]![id]) assert.ok((deliveries.get(key) ?? 0) <= 1, `held ${key} at most once`);
-        else assert.equal(deliveries.get(key), 1, `${key} arrives exactly once`);
+        else if (fetched.has(key)) {
+          assert.equal(fetched.get(key), 1, `${key} fetched from a peer once`);
+          assert.ok((deliveries.get(key) ?? 0) <= 1, `${key} fetched, multicast to it at most in passing`);
+        } else assert.equal(deliveries.get(key), 1, `${key} arrives exactly once`);
       }
       // No page goes out that no pending VM's target lacks.
       const sent = new Set(work.rounds.flatMap((r) => [...r.ids]));
-      for (const id of sent)
-        assert.ok([...needed].some((k) => k.endsWith(`:${id}`) && !held[Number(k.split(':')[0])]![id]));
+      const lacks = (k: string) =>
+        !held[Number(k.split(':')[0])]![Number(k.split(':')[1])] && !fetched.has(k);
+      for (const id of sent) assert.ok([...needed].some((k) => k.endsWith(`:${id}`) && lacks(k)));
       assert.deepEqual(
         work.pendingVms,
         vms.map((_, v) => v).filter((v) => !done[v]),
       );
       const lacking = Array.from(
         { length: j.targets },
-        (_, t) =>
-          [...needed].filter((k) => k.startsWith(`${t}:`) && !held[t]![Number(k.split(':')[1])]).length,
+        (_, t) => [...needed].filter((k) => k.startsWith(`${t}:`) && lacks(k)).length,
       );
       assert.deepEqual(Array.from(work.neededPages), lacking);
     }),

@@ -23,69 +23,83 @@ function nextMessage(channel: ControlChannel): Promise<Record<string, unknown>> 
   return new Promise((resolve) => channel.onMessage((m) => resolve(m as Record<string, unknown>)));
 }
 
-test('agent: malformed messages are dropped and counted; a job then starts normally', async (t) => {
-  const { dir, cleanup } = tempDir();
-  t.after(cleanup);
-  const lines: string[] = [];
-  const agent = await startAgent(dir, lines);
-  t.after(() => agent.close());
-  const channel = await connectControl('127.0.0.1', agent.port, { secret });
-  t.after(() => channel.close());
-  for (const junk of [null, 7, 'x', { t: 'job' }, { t: 'seed', session: 'one' }, { t: 'vm', vm: '../etc' }])
-    channel.send(junk);
-  const reply = nextMessage(channel);
-  channel.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j1', host: 't1' });
-  const ready = await reply;
-  assert.equal(ready.t, 'ready');
-  assert.equal(ready.heldCount, 0);
-  assert.deepEqual(ready.verified, []);
-  assert.equal(agent.malformed, 6);
-});
+test(
+  'agent: malformed messages are dropped and counted; a job then starts normally',
+  { timeout: 30_000 },
+  async (t) => {
+    const { dir, cleanup } = tempDir();
+    t.after(cleanup);
+    const lines: string[] = [];
+    const agent = await startAgent(dir, lines);
+    t.after(() => agent.close());
+    const channel = await connectControl('127.0.0.1', agent.port, { secret });
+    t.after(() => channel.close());
+    for (const junk of [null, 7, 'x', { t: 'job' }, { t: 'seed', session: 'one' }, { t: 'vm', vm: '../etc' }])
+      channel.send(junk);
+    const reply = nextMessage(channel);
+    channel.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j1', host: 't1' });
+    const ready = await reply;
+    assert.equal(ready.t, 'ready');
+    assert.equal(ready.heldCount, 0);
+    assert.deepEqual(ready.verified, []);
+    assert.equal(agent.malformed, 6);
+  },
+);
 
-test('agent: a VM name that could escape its directory is refused with an error reply', async (t) => {
-  const { dir, cleanup } = tempDir();
-  t.after(cleanup);
-  const agent = await startAgent(dir, []);
-  t.after(() => agent.close());
-  const channel = await connectControl('127.0.0.1', agent.port, { secret });
-  t.after(() => channel.close());
-  const messages: Record<string, unknown>[] = [];
-  channel.onMessage((m) => messages.push(m as Record<string, unknown>));
-  channel.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j2', host: 't1' });
-  channel.send({
-    t: 'vm',
-    vm: '../../etc/passwd',
-    pages: 1,
-    sha256: 'x',
-    digests: new Uint8Array(0),
-    weights: new Uint8Array(0),
-    manifest: new Uint8Array(0),
-  });
-  while (messages.length < 2) await new Promise((r) => setTimeout(r, 10));
-  assert.equal(messages[1]!.t, 'error');
-  assert.match(String(messages[1]!.message), /bad VM name/);
-});
+test(
+  'agent: a VM name that could escape its directory is refused with an error reply',
+  { timeout: 30_000 },
+  async (t) => {
+    const { dir, cleanup } = tempDir();
+    t.after(cleanup);
+    const agent = await startAgent(dir, []);
+    t.after(() => agent.close());
+    const channel = await connectControl('127.0.0.1', agent.port, { secret });
+    t.after(() => channel.close());
+    const messages: Record<string, unknown>[] = [];
+    channel.onMessage((m) => messages.push(m as Record<string, unknown>));
+    channel.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j2', host: 't1' });
+    channel.send({
+      t: 'vm',
+      vm: '../../etc/passwd',
+      pages: 1,
+      sha256: 'x',
+      digests: new Uint8Array(0),
+      weights: new Uint8Array(0),
+      manifest: new Uint8Array(0),
+    });
+    while (messages.length < 2) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(messages[1]!.t, 'error');
+    assert.match(String(messages[1]!.message), /bad VM name/);
+  },
+);
 
-test('agent: one job at a time; a coordinator that goes away frees it, and the agent says so', async (t) => {
-  const { dir, cleanup } = tempDir();
-  t.after(cleanup);
-  const lines: string[] = [];
-  const agent = await startAgent(dir, lines);
-  t.after(() => agent.close());
-  const first = await connectControl('127.0.0.1', agent.port, { secret });
-  const ready = nextMessage(first);
-  first.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j3', host: 't1' });
-  await ready;
-  const second = await connectControl('127.0.0.1', agent.port, { secret });
-  const busy = await nextMessage(second);
-  assert.equal(busy.t, 'error');
-  assert.match(String(busy.message), /busy with job j3/);
-  // The coordinator dies: its connection drops without an 'end'.
-  (first as unknown as { socket: { destroy(): void } }).socket.destroy();
-  while (!lines.some((l) => /coordinator gone/.test(l))) await new Promise((r) => setTimeout(r, 10));
-  const third = await connectControl('127.0.0.1', agent.port, { secret });
-  t.after(() => third.close());
-  const again = nextMessage(third);
-  third.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j4', host: 't1' });
-  assert.equal((await again).t, 'ready');
-});
+test(
+  'agent: one job at a time; a coordinator that goes away frees it, and the agent says so',
+  { timeout: 30_000 },
+  async (t) => {
+    const { dir, cleanup } = tempDir();
+    t.after(cleanup);
+    const lines: string[] = [];
+    const agent = await startAgent(dir, lines);
+    t.after(() => agent.close());
+    const first = await connectControl('127.0.0.1', agent.port, { secret });
+    const ready = nextMessage(first);
+    first.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j3', host: 't1' });
+    await ready;
+    const second = await connectControl('127.0.0.1', agent.port, { secret });
+    const refused = nextMessage(second);
+    second.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j3b', host: 't1' });
+    const busy = await refused;
+    assert.equal(busy.t, 'error');
+    assert.match(String(busy.message), /busy with job j3/);
+    // The coordinator dies: its connection drops without an 'end'.
+    (first as unknown as { socket: { destroy(): void } }).socket.destroy();
+    while (!lines.some((l) => /coordinator gone/.test(l))) await new Promise((r) => setTimeout(r, 10));
+    const third = await connectControl('127.0.0.1', agent.port, { secret });
+    t.after(() => third.close());
+    const again = nextMessage(third);
+    third.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j4', host: 't1' });
+    assert.equal((await again).t, 'ready');
+  },
+);
