@@ -80,7 +80,8 @@ const { values } = parseArgs({
 });
 const quick = values.quick!;
 const count = quick ? 4 : Number(values.count);
-const memoryMiB = quick ? 64 : Number(values.memory);
+// 128 MiB is the least a Debian kernel with its initramfs and workload boots in.
+const memoryMiB = quick ? 128 : Number(values.memory);
 const sets = values.sets!.split(',');
 const log = (line: string) => process.stderr.write(`${line}\n`);
 
@@ -326,7 +327,7 @@ async function main(): Promise<void> {
     // Compression modes on a smaller job.
     const modesImages = cutImages(
       (await imagesOf(sets[0]!, count, memoryMiB)).slice(0, Number(values['modes-count'])),
-      quick ? 32 : Number(values['modes-memory']),
+      quick ? 64 : Number(values['modes-memory']),
       join(work, 'cut'),
     );
     const modesDir = join(work, 'modes');
@@ -335,7 +336,7 @@ async function main(): Promise<void> {
       lab,
       modesDir,
       modesImages,
-      quick ? 32 : Number(values['modes-memory']),
+      quick ? 64 : Number(values['modes-memory']),
     );
     for (const modesRate of values['modes-rates']!.split(',')) {
       await lab.unshape('src');

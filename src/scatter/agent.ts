@@ -254,6 +254,7 @@ class AgentJob {
     this.sessions.set(message.session, controller);
     let stored = 0;
     let rejected = 0;
+    let failure: unknown;
     const session = new ReceiverSession(
       socket,
       realScheduler,
@@ -270,9 +271,16 @@ class AgentJob {
         maxObjectBytes: message.maxObjectBytes,
       },
       (_id, bytes) => {
-        const counts = this.storeRecords(bytes);
-        stored += counts.stored;
-        rejected += counts.rejected;
+        if (failure) return;
+        try {
+          const counts = this.storeRecords(bytes);
+          stored += counts.stored;
+          rejected += counts.rejected;
+        } catch (error) {
+          // A full disk: stop receiving (the sender drops us) and fail the job with the reason.
+          failure = error;
+          controller.abort(error);
+        }
       },
     );
     let state: 'complete' | 'failed' = 'failed';
@@ -284,6 +292,7 @@ class AgentJob {
       this.sessions.delete(message.session);
       await socket.close();
     }
+    if (failure) throw failure;
     if (rejected > 0) this.agent.log(`job ${this.id}: ${rejected} page(s) failed their digest check`);
     if (!this.finished) this.reply({ t: 'seeded', session: message.session, state, stored, rejected });
   }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { repoRoot, storePagesFile, tempDir } from '../support/fixtures.js';
@@ -219,4 +219,33 @@ test('site peers: a target fetches from an agent of its site the pages it holds,
   // What came from the peer did not cross the source's link.
   assert.equal(second.report.pages.multicast, t2.multicastPages);
   assert.ok(second.report.pages.multicast < first.report.pages.multicast, 'fewer pages from the source');
+});
+
+test('a full disk at a target fails its VMs with a clear error; nothing half-written is left', async (t) => {
+  const { dir, cleanup } = tempDir();
+  const agents: ChildProcess[] = [];
+  const t2Dir = join(dir, 'agents', 't2');
+  mkdirSync(t2Dir, { recursive: true });
+  // A 2 MiB filesystem of its own for t2 (tests run as root): far less than its two VMs need.
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', t2Dir]);
+  t.after(() => {
+    for (const child of agents) child.kill('SIGKILL');
+    execFileSync('umount', ['-l', t2Dir]);
+    cleanup();
+  });
+  const topology = writeTopology(dir, basePort + 7000);
+  writeFileSync(join(dir, 'secret'), 'a deployment secret of the test, 32+ bytes long', { mode: 0o600 });
+  for (const host of ['t1', 't2', 't3']) agents.push(await startAgent(dir, topology, host));
+  const result = scatter(dir, topology);
+  assert.equal(result.code, 6, result.stderr);
+  const failed = result.report.vms.filter((vm: { verified: boolean }) => !vm.verified);
+  assert.ok(failed.length > 0 && failed.every((vm: { target: string }) => vm.target === 't2'));
+  for (const vm of failed) assert.match(vm.error, /no space left on device/);
+  assert.match(result.stderr, /not verified/);
+  assert.equal(
+    result.report.vms.filter((vm: { verified: boolean }) => vm.verified).length,
+    6 - failed.length,
+  );
+  const left = readdirSync(join(t2Dir, 'images'));
+  assert.deepEqual(left, [], `nothing half-written at t2: ${left.join(', ')}`);
 });
