@@ -139,7 +139,17 @@ function cutImages(paths: readonly string[], mib: number, dir: string): string[]
   });
 }
 
-function writeTopology(lab: Lab, dir: string, images: readonly string[], mib: number): string {
+/** A tc rate ('1gbit') in topology units ('1Gbit'); an unshaped lab link is declared 10 Gbit/s. */
+function topologyRate(rate: string): string {
+  if (rate === 'unshaped') return '10Gbit';
+  return rate.replace(
+    /^(\d+(?:\.\d+)?)([kmgt]?)bit$/i,
+    (_, n: string, prefix: string) => `${n}${prefix.toUpperCase()}bit`,
+  );
+}
+
+function writeTopology(lab: Lab, dir: string, images: readonly string[], mib: number, rate: string): string {
+  const link = topologyRate(rate);
   const path = join(dir, 'topology.yaml');
   const perTarget = Math.ceil(images.length / TARGETS.length);
   writeFileSync(
@@ -147,10 +157,10 @@ function writeTopology(lab: Lab, dir: string, images: readonly string[], mib: nu
     [
       'multicast: { base: 239.255.93.0, size: 8, port: 7590 }',
       'hosts:',
-      `  - { name: src, address: ${lab.host('src').address}, port: 7580, role: source, link: ${values.rate} }`,
+      `  - { name: src, address: ${lab.host('src').address}, port: 7580, role: source, link: ${link} }`,
       ...TARGETS.map(
         (t) =>
-          `  - { name: ${t}, address: ${lab.host(t).address}, port: 7581, role: target, memory: ${perTarget * mib}MiB, maxVms: ${perTarget}, link: ${values.rate} }`,
+          `  - { name: ${t}, address: ${lab.host(t).address}, port: 7581, role: target, memory: ${perTarget * mib}MiB, maxVms: ${perTarget}, link: ${link} }`,
       ),
       'vms:',
       ...images.map((image, i) => `  - { name: vm${i + 1}, memory: ${mib}MiB, source: { image: ${image} } }`),
@@ -299,7 +309,7 @@ async function main(): Promise<void> {
       const images = await imagesOf(set, count, memoryMiB);
       const dir = join(work, set);
       mkdirSync(dir, { recursive: true });
-      const topology = writeTopology(lab, dir, images, memoryMiB);
+      const topology = writeTopology(lab, dir, images, memoryMiB, rate);
       log(`${set}: vmscatter`);
       const scatter = await runVmscatter(lab, dir, topology, 'adaptive');
       const placement = scatter.report.placement as Record<string, string> | undefined;
@@ -332,13 +342,9 @@ async function main(): Promise<void> {
     );
     const modesDir = join(work, 'modes');
     mkdirSync(modesDir, { recursive: true });
-    const modesTopology = writeTopology(
-      lab,
-      modesDir,
-      modesImages,
-      quick ? 64 : Number(values['modes-memory']),
-    );
     for (const modesRate of values['modes-rates']!.split(',')) {
+      const modesMiB = quick ? 64 : Number(values['modes-memory']);
+      const modesTopology = writeTopology(lab, modesDir, modesImages, modesMiB, modesRate);
       await lab.unshape('src');
       if (modesRate !== 'unshaped') await lab.shape('src', { rate: modesRate });
       for (const mode of ['off', 'on', 'adaptive']) {

@@ -2,7 +2,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { listenControl, type ControlChannel, type ControlServer } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
-import { DIGEST_BYTES } from '../memory/page.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
 import { realScheduler } from '../transport/datagram.js';
 import { DgramSocket } from '../transport/dgram-socket.js';
@@ -11,7 +11,7 @@ import { ReceiverSession } from '../transport/session.js';
 import { chooseAnnouncement } from './digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
 import { decodeManifest } from './manifest.js';
-import { decodeBatch } from './page-batches.js';
+import { decodeBatch, sliceBatch } from './page-batches.js';
 import { answerFetch, fetchFromPeer } from './site-peers.js';
 import { TemplateStore } from './template-store.js';
 import {
@@ -57,6 +57,8 @@ const ANNOUNCEMENT_FALSE_POSITIVES = 1e-6;
 
 const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const RECEIVER_GIVE_UP_MS = 30_000;
+/** Records stored between two turns of the event loop (about a millisecond of work). */
+const STORE_SLICE_RECORDS = 64;
 
 export class Agent {
   /** Messages dropped because they were not well-formed protocol messages. */
@@ -255,6 +257,7 @@ class AgentJob {
     let stored = 0;
     let rejected = 0;
     let failure: unknown;
+    let storing = Promise.resolve();
     const session = new ReceiverSession(
       socket,
       realScheduler,
@@ -271,16 +274,21 @@ class AgentJob {
         maxObjectBytes: message.maxObjectBytes,
       },
       (_id, bytes) => {
-        if (failure) return;
-        try {
-          const counts = this.storeRecords(bytes);
-          stored += counts.stored;
-          rejected += counts.rejected;
-        } catch (error) {
-          // A full disk: stop receiving (the sender drops us) and fail the job with the reason.
-          failure = error;
-          controller.abort(error);
-        }
+        // Stored in slices between which the event loop drains the socket: done in one go, a batch's
+        // decompression, hashing and writing would hold the loop for tens of milliseconds while the
+        // kernel's receive buffer overflows and the sender has to repair what it dropped.
+        storing = storing.then(async () => {
+          if (failure) return;
+          try {
+            const counts = await this.storeRecordsInSlices(bytes);
+            stored += counts.stored;
+            rejected += counts.rejected;
+          } catch (error) {
+            // A full disk: stop receiving (the sender drops us) and fail the job with the reason.
+            failure = error;
+            controller.abort(error);
+          }
+        });
       },
     );
     let state: 'complete' | 'failed' = 'failed';
@@ -292,6 +300,7 @@ class AgentJob {
       this.sessions.delete(message.session);
       await socket.close();
     }
+    await storing;
     if (failure) throw failure;
     if (rejected > 0) this.agent.log(`job ${this.id}: ${rejected} page(s) failed their digest check`);
     if (!this.finished) this.reply({ t: 'seeded', session: message.session, state, stored, rejected });
@@ -316,10 +325,23 @@ class AgentJob {
     if (!this.finished) this.reply({ t: 'fetched', id: message.id, stored, failed });
   }
 
-  /** Stores a batch's pages that match their digests; a page that does not is dropped and counted. */
-  private storeRecords(bytes: Uint8Array): { stored: number; rejected: number } {
+  /** storeRecords, a slice of records at a time, yielding to the event loop between slices. */
+  private async storeRecordsInSlices(bytes: Uint8Array): Promise<{ stored: number; rejected: number }> {
     let stored = 0;
     let rejected = 0;
+    for (const slice of sliceBatch(bytes, STORE_SLICE_RECORDS)) {
+      await new Promise((resolve) => setImmediate(resolve));
+      const counts = this.storeRecords(slice);
+      stored += counts.stored;
+      rejected += counts.rejected;
+    }
+    return { stored, rejected };
+  }
+
+  /** Stores a batch's pages that match their digests; a page that does not is dropped and counted. */
+  private storeRecords(bytes: Uint8Array): { stored: number; rejected: number } {
+    let rejected = 0;
+    const valid: { digest: Uint8Array; page: Uint8Array }[] = [];
     for (const record of decodeBatch(bytes)) {
       if (!record.page) {
         rejected++;
@@ -327,9 +349,16 @@ class AgentJob {
       }
       this.digester.digestInto(record.page, 0, this.check, 0);
       if (Buffer.compare(this.check, record.digest) !== 0) rejected++;
-      // Weight 1 until the VM's manifest tells how widely the page is held.
-      else if (this.agent.store.offer(record.digest.slice(), record.page, 1)) stored++;
+      else valid.push({ digest: record.digest, page: record.page });
     }
+    const digests = new Uint8Array(valid.length * DIGEST_BYTES);
+    const pages = new Uint8Array(valid.length * PAGE_SIZE);
+    valid.forEach((v, i) => {
+      digests.set(v.digest, i * DIGEST_BYTES);
+      pages.set(v.page, i * PAGE_SIZE);
+    });
+    // Weight 1 until the VM's manifest tells how widely each page is held.
+    const stored = this.agent.store.offerMany(digests, pages, 1);
     return { stored, rejected };
   }
 

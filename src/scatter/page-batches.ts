@@ -125,3 +125,23 @@ export function* decodeBatch(
     offset = end;
   }
 }
+
+/** A batch cut into consecutive batches of at most `records` records (views, no copy). */
+export function* sliceBatch(bytes: Uint8Array, records: number): Generator<Uint8Array> {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  let start = 0;
+  let count = 0;
+  let offset = 0;
+  while (offset + RECORD_HEADER_BYTES <= bytes.length) {
+    const end = offset + RECORD_HEADER_BYTES + view.getUint16(offset + DIGEST_BYTES + 1, true);
+    if (end > bytes.length) break;
+    offset = end;
+    if (++count === records) {
+      yield bytes.subarray(start, offset);
+      start = offset;
+      count = 0;
+    }
+  }
+  // The rest, a truncated record included (decodeBatch then stops at it).
+  if (start < bytes.length) yield bytes.subarray(start);
+}

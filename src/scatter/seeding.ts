@@ -86,7 +86,12 @@ export async function seedRounds(
     ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
   });
   const encoder = new RoundEncoder(pages, BATCH_PAGES, compression.on);
-  const send = { symbolSize: maxSymbolSize(options.mtu), rateBytesPerSecond: linkBitsPerSecond / 8 };
+  const send = {
+    symbolSize: maxSymbolSize(options.mtu),
+    rateBytesPerSecond: linkBitsPerSecond / 8,
+    /** Each round starts at the rate the last one arrived at, not from scratch. */
+    initialRateBytesPerSecond: undefined as number | undefined,
+  };
   try {
     let next: Promise<EncodedRound> | undefined = work.rounds[0] && encoder.encode(work.rounds[0].ids);
     for (const [r, round] of work.rounds.entries()) {
@@ -102,6 +107,7 @@ export async function seedRounds(
         const result = await seedRound(round, encoded.batches, receivers, plan, links, socket, options, send);
         payloadBytes += result.payloadBytes;
         wireBytes += result.wireBytes;
+        send.initialRateBytesPerSecond = result.finalRateBytesPerSecond;
         packets.data += result.stats.dataPackets;
         packets.parity += result.stats.parityPackets;
         packets.repair += result.stats.repairPackets;
@@ -148,8 +154,13 @@ async function seedRound(
   links: readonly AgentLink[],
   socket: DgramSocket,
   options: SeedOptions,
-  send: { symbolSize: number; rateBytesPerSecond: number },
-): Promise<{ payloadBytes: number; wireBytes: number; stats: SessionResult['stats'] }> {
+  send: { symbolSize: number; rateBytesPerSecond: number; initialRateBytesPerSecond: number | undefined },
+): Promise<{
+  payloadBytes: number;
+  wireBytes: number;
+  stats: SessionResult['stats'];
+  finalRateBytesPerSecond: number;
+}> {
   const group = plan.groups[round.group]!;
   const session = randomInt(1, 2 ** 32 - 1);
   const key = options.insecurePlaintext ? new Uint8Array(0) : new Uint8Array(randomBytes(32));
@@ -181,6 +192,9 @@ async function seedRound(
       blockSymbols: 64,
       parity: new BlockCodec(),
       rateCapBytesPerSecond: send.rateBytesPerSecond,
+      ...(send.initialRateBytesPerSecond === undefined
+        ? {}
+        : { initialRateBytesPerSecond: send.initialRateBytesPerSecond }),
       joinTimeoutMs: 10_000,
     },
   );
@@ -198,5 +212,6 @@ async function seedRound(
     payloadBytes: batches.reduce((n, b) => n + b.length, 0),
     wireBytes: result.stats.payloadBytes + packets * DATAGRAM_OVERHEAD_BYTES,
     stats: result.stats,
+    finalRateBytesPerSecond: sender.rateBytesPerSecond,
   };
 }

@@ -208,6 +208,37 @@ export class TemplateStore {
   }
 
   /**
+   * Stores the pages of a batch not held yet (see ContentStore.putMany), each with `weight`, in one
+   * write per file; pages held already keep their weight. Returns how many were stored.
+   */
+  offerMany(digests: Uint8Array, pages: Uint8Array, weight: number): number {
+    checkWeight(weight);
+    const live = this.live;
+    const fresh = live.pages.putMany(digests, pages);
+    const n = fresh.length / DIGEST_BYTES;
+    if (n === 0) return 0;
+    const records = new Uint8Array(n * RECORD_BYTES);
+    const view = new DataView(records.buffer);
+    let firstId = 0;
+    for (let k = 0; k < n; k++) {
+      const id = live.ids.intern(fresh, k * DIGEST_BYTES);
+      if (k === 0) firstId = id;
+      const sequence = this.nextSequence++;
+      live.record(id, weight, sequence);
+      view.setUint32(k * RECORD_BYTES, weight, true);
+      view.setBigUint64(k * RECORD_BYTES + 4, BigInt(sequence), true);
+    }
+    try {
+      // New pages take consecutive ids at the end, so their records are one contiguous write.
+      writeFully(live.weightsFd, records, (firstId - 1) * RECORD_BYTES);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOSPC') throw new DiskFullError(this.root);
+      throw error;
+    }
+    return n;
+  }
+
+  /**
    * Sets the weight of a held page (how many VMs of the current job hold it) and makes it the most
    * recent; false when the page is not held.
    */

@@ -91,6 +91,11 @@ export class SenderSession {
     return this.machine.done;
   }
 
+  /** The send rate the congestion control has arrived at (bytes per second). */
+  get rateBytesPerSecond(): number {
+    return this.machine.rateBytesPerSecond;
+  }
+
   result(): SessionResult {
     return this.machine.result();
   }
