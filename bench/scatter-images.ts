@@ -1,7 +1,7 @@
 /**
  * Scatter of memory images: vmscatter beside per-VM unicast copies, in the network lab.
  *
- *   npm run bench:scatter-images [-- --sets real,synthetic --count 8 --memory 256 --rate 1gbit
+ *   npm run bench:scatter-images [-- --sets real,synthetic --count 8 --memory 256 --rate 1gbit --mtu 9000
  *                                     --modes-rates 100mbit,1gbit,unshaped --modes-count 4 --modes-memory 128
  *                                     --images DIR --quick --json]
  *
@@ -10,8 +10,8 @@
  * "synthetic", the seeded model of src/memory/synthetic.ts (two families). Images are cached in
  * --images (default: a directory under the OS tmpdir), so only the first run boots guests.
  *
- * Lab: hosts src, t1..t4 in network namespaces on one switch; the source's link is shaped to --rate
- * (tc tbf). Each VM goes to the target vmscatter's plan gives it (two per target), in every method:
+ * Lab: hosts src, t1..t4 in network namespaces on one switch, jumbo frames (--mtu, as migration
+ * networks use; every method runs on the same links); the source's link is shaped to --rate (tc tbf). Each VM goes to the target vmscatter's plan gives it (two per target), in every method:
  * - vmscatter: `vmscatter scatter` in src, `vmscatter agent` in each target with an empty store,
  *   adaptive compression, encryption on. Time: the command's wall time (scan, plan, multicast, rebuild
  *   and verification included).
@@ -70,6 +70,7 @@ const { values } = parseArgs({
     count: { type: 'string', default: '8' },
     memory: { type: 'string', default: '256' },
     rate: { type: 'string', default: '1gbit' },
+    mtu: { type: 'string', default: '9000' },
     'modes-rates': { type: 'string', default: '100mbit,1gbit,unshaped' },
     'modes-count': { type: 'string', default: '4' },
     'modes-memory': { type: 'string', default: '128' },
@@ -213,6 +214,8 @@ async function runVmscatter(
         secret,
         '--compression',
         compression,
+        '--mtu',
+        values.mtu!,
         '--json',
       ]),
     );
@@ -302,7 +305,7 @@ async function main(): Promise<void> {
   const rate = values.rate!;
   const runs: Run[] = [];
   const work = join(tmpdir(), `vmscatter-bench-scatter-${process.pid}`);
-  const lab = await createLab({ hosts: ['src', ...TARGETS] });
+  const lab = await createLab({ hosts: ['src', ...TARGETS], mtu: Number(values.mtu) });
   try {
     await lab.shape('src', { rate });
     for (const set of sets) {
@@ -394,6 +397,13 @@ function report(runs: readonly Run[]): void {
         run.verified ? ' yes' : ' NO',
       ].join(' '),
     );
+    const phases = run.detail?.seconds as Record<string, number> | undefined;
+    if (phases)
+      lines.push(
+        `    phases: ${Object.entries(phases)
+          .map(([k, v]) => `${k} ${v.toFixed(1)} s`)
+          .join(', ')}`,
+      );
   }
   for (const set of sets) {
     const v = runs.find((r) => r.set === set && r.method === 'vmscatter');

@@ -46,7 +46,6 @@ export class RoundEncoder {
   constructor(
     private readonly pages: SourcePages,
     private readonly batchPages: number,
-    private readonly compress: boolean,
   ) {
     this.worker.on('message', (reply: EncodeReply) => {
       const waiter = this.waiting.get(reply.id);
@@ -61,7 +60,7 @@ export class RoundEncoder {
   }
 
   /** Starts encoding the pages `ids`; resolves with the round's batches. */
-  encode(ids: Uint32Array): Promise<EncodedRound> {
+  encode(ids: Uint32Array, compress: boolean): Promise<EncodedRound> {
     const id = this.nextId++;
     const vm = new Int32Array(ids.length);
     const page = new Uint32Array(ids.length);
@@ -80,7 +79,7 @@ export class RoundEncoder {
       page,
       digests,
       batchPages: this.batchPages,
-      compress: this.compress,
+      compress,
     };
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });

@@ -37,10 +37,16 @@ export interface SeedOptions {
 
 export interface CompressionDecision {
   readonly mode: CompressionMode;
+  /** Whether the first round was compressed. */
   readonly on: boolean;
   /** Rates measured on a sample of the job's own pages (absent when nothing is sent). */
   readonly measured?: CodecRates;
+  /** The slowest declared link of the job. */
   readonly linkBitsPerSecond: number;
+  /** Rounds sent compressed, of all rounds. */
+  roundsCompressed: number;
+  /** Multicast rate each round reached (bits/s): what later rounds' decisions compared with. */
+  readonly roundBitsPerSecond: number[];
 }
 
 export interface SeedResult {
@@ -76,6 +82,16 @@ export async function seedRounds(
     ...[source, ...links.map((l) => l.host)].map((h) => h.linkBitsPerSecond),
   );
   const compression = decideCompression(work, pages, options.compression, linkBitsPerSecond);
+  // After a round, the rate the transport actually reached is the link compression competes with:
+  // when the hosts' CPUs, not the wire, limit the transport, fewer bytes per page is faster.
+  const compressNext = (): boolean =>
+    compression.measured === undefined
+      ? compression.on
+      : shouldCompress(
+          'adaptive',
+          Math.min(linkBitsPerSecond, ...compression.roundBitsPerSecond.slice(-1)),
+          compression.measured,
+        );
   const encodings: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
   let sentPages = 0;
   let payloadBytes = 0;
@@ -85,7 +101,7 @@ export async function seedRounds(
     bindAddress: source.address,
     ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
   });
-  const encoder = new RoundEncoder(pages, BATCH_PAGES, compression.on);
+  const encoder = new RoundEncoder(pages, BATCH_PAGES);
   const send = {
     symbolSize: maxSymbolSize(options.mtu),
     rateBytesPerSecond: linkBitsPerSecond / 8,
@@ -93,11 +109,13 @@ export async function seedRounds(
     initialRateBytesPerSecond: undefined as number | undefined,
   };
   try {
-    let next: Promise<EncodedRound> | undefined = work.rounds[0] && encoder.encode(work.rounds[0].ids);
+    let next: Promise<EncodedRound> | undefined =
+      work.rounds[0] && encoder.encode(work.rounds[0].ids, compression.on);
     for (const [r, round] of work.rounds.entries()) {
       const encoded = await next!;
+      if (encoded.counts.compressed > 0) compression.roundsCompressed++;
       const following = work.rounds[r + 1];
-      next = following && encoder.encode(following.ids);
+      next = following && encoder.encode(following.ids, compressNext());
       next?.catch(() => undefined); // awaited on the next turn; a failure then is thrown there
       encodings.raw += encoded.counts.raw;
       encodings.uniform += encoded.counts.uniform;
@@ -108,6 +126,7 @@ export async function seedRounds(
         payloadBytes += result.payloadBytes;
         wireBytes += result.wireBytes;
         send.initialRateBytesPerSecond = result.finalRateBytesPerSecond;
+        compression.roundBitsPerSecond.push(Math.round((8 * result.wireBytes) / result.seconds));
         packets.data += result.stats.dataPackets;
         packets.parity += result.stats.parityPackets;
         packets.repair += result.stats.repairPackets;
@@ -138,12 +157,13 @@ function decideCompression(
   linkBitsPerSecond: number,
 ): CompressionDecision {
   const ids = work.rounds.flatMap((r) => [...r.ids]);
-  if (mode !== 'adaptive' || ids.length === 0) return { mode, on: mode === 'on', linkBitsPerSecond };
+  const base = { mode, linkBitsPerSecond, roundsCompressed: 0, roundBitsPerSecond: [] };
+  if (mode !== 'adaptive' || ids.length === 0) return { ...base, on: mode === 'on' };
   const step = Math.max(1, Math.floor(ids.length / SAMPLE_PAGES));
   const sample: Uint8Array[] = [];
   for (let i = 0; i < ids.length && sample.length < SAMPLE_PAGES; i += step) sample.push(pages.read(ids[i]!));
   const measured = measureCodec(sample);
-  return { mode, on: shouldCompress(mode, linkBitsPerSecond, measured), measured, linkBitsPerSecond };
+  return { ...base, on: shouldCompress(mode, linkBitsPerSecond, measured), measured };
 }
 
 async function seedRound(
@@ -160,6 +180,7 @@ async function seedRound(
   wireBytes: number;
   stats: SessionResult['stats'];
   finalRateBytesPerSecond: number;
+  seconds: number;
 }> {
   const group = plan.groups[round.group]!;
   const session = randomInt(1, 2 ** 32 - 1);
@@ -198,7 +219,9 @@ async function seedRound(
       joinTimeoutMs: 10_000,
     },
   );
+  const started = performance.now();
   const result = await sender.run();
+  const seconds = Math.max(1e-3, (performance.now() - started) / 1000);
   // An agent the session dropped gets what it lacks over the control channel at rebuild time.
   await Promise.all(
     receivers.map((t) =>
@@ -213,5 +236,6 @@ async function seedRound(
     wireBytes: result.stats.payloadBytes + packets * DATAGRAM_OVERHEAD_BYTES,
     stats: result.stats,
     finalRateBytesPerSecond: sender.rateBytesPerSecond,
+    seconds,
   };
 }

@@ -82,3 +82,44 @@ test('a full disk is a clear error and leaves the store consistent', (t) => {
   for (const e of held) assert.deepEqual(reopened.get(e.d), e.p);
   reopened.close();
 });
+
+test('putMany stores a batch in one write: held pages and repeats within the batch are skipped', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const store = ContentStore.open(dir);
+  t.after(() => store.close());
+  const held = { d: digest(), p: page() };
+  store.put(held.d, held.p);
+  const entries = Array.from({ length: 50 }, () => ({ d: digest(), p: page() }));
+  const batch = [...entries, held, entries[3]!];
+  const digests = new Uint8Array(batch.length * DIGEST_BYTES);
+  const pages = new Uint8Array(batch.length * PAGE_SIZE);
+  batch.forEach((e, i) => {
+    digests.set(e.d, i * DIGEST_BYTES);
+    pages.set(e.p, i * PAGE_SIZE);
+  });
+  const fresh = store.putMany(digests, pages);
+  assert.equal(fresh.length, 50 * DIGEST_BYTES, 'only the 50 new pages');
+  assert.equal(store.size, 51);
+  for (const e of [...entries, held]) assert.deepEqual(store.get(e.d), e.p);
+  assert.equal(store.putMany(digests, pages).length, 0, 'a second time stores nothing');
+  assert.throws(() => store.putMany(digests, new Uint8Array(10)), RangeError);
+});
+
+test('putMany on a full disk stores none of the batch and says so', (t) => {
+  const { dir, cleanup } = tempDir();
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir]);
+  t.after(() => {
+    execFileSync('umount', [dir]);
+    cleanup();
+  });
+  const store = ContentStore.open(dir);
+  const n = 32;
+  const digests = new Uint8Array(randomBytes(n * DIGEST_BYTES));
+  assert.throws(() => store.putMany(digests, new Uint8Array(randomBytes(n * PAGE_SIZE))), DiskFullError);
+  assert.equal(store.size, 0);
+  store.close();
+  const reopened = ContentStore.open(dir);
+  assert.equal(reopened.size, 0, 'nothing of the batch counts as held');
+  reopened.close();
+});
