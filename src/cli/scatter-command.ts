@@ -110,10 +110,12 @@ function renderReport(report: ScatterReport, file: string): string {
     vm.target,
     formatBytes(vm.pages * PAGE_SIZE),
     percent(vm.zeroPages, vm.pages),
+    formatBytes(vm.wireBytes),
     vm.verified ? (vm.alreadyVerified ? 'verified (earlier job)' : 'verified') : `FAILED: ${vm.error}`,
   ]);
   const targetRows = report.targets.map((t) => [
     t.name,
+    formatBytes(t.wireBytes),
     formatBytes(t.heldPages * PAGE_SIZE),
     formatBytes(t.multicastPages * PAGE_SIZE),
     formatBytes(t.peerPages * PAGE_SIZE),
@@ -126,12 +128,12 @@ function renderReport(report: ScatterReport, file: string): string {
     `Scatter of ${displayPath(file)} (${report.job}): ${report.vms.filter((vm) => vm.verified).length} of ` +
       `${report.vms.length} VMs verified at their targets`,
     '',
-    renderTable(['VM', 'target', 'memory', 'zero', 'result'], rows, 'llrrl'),
+    renderTable(['VM', 'target', 'memory', 'zero', 'on the wire', 'result'], rows, 'llrrrl'),
     '',
     renderTable(
-      ['target', 'held already', 'by multicast', 'from site peers', 'by unicast', 'agent'],
+      ['target', 'received', 'held already', 'by multicast', 'from site peers', 'by unicast', 'agent'],
       targetRows,
-      'lrrrrl',
+      'lrrrrrl',
     ),
     '',
     `guest memory ${formatBytes(memory)}; on the source's link ${formatBytes(report.source.multicastWireBytes + report.source.unicastBytes)} ` +

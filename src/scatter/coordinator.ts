@@ -10,6 +10,7 @@ import { AgentLink, AgentLostError } from './agent-link.js';
 import { decodeAnnouncement, type HeldDigests } from './digest-set.js';
 import { imageSha256 } from './image-rebuild.js';
 import { planJobWork, type PeerFetch } from './job-work.js';
+import { attributeWireBytes } from './wire-attribution.js';
 import { SourcePages } from './source-pages.js';
 import type { CompressionMode } from './page-codec.js';
 import { PROTOCOL_VERSION } from './protocol.js';
@@ -56,6 +57,8 @@ export interface VmReport {
   readonly pages: number;
   readonly zeroPages: number;
   readonly sha256: string;
+  /** Its share of the bytes on the source's link (the pages it needed, split among their holders). */
+  readonly wireBytes: number;
   readonly verified: boolean;
   /** Verified by an earlier job and left alone (`--resume`). */
   readonly alreadyVerified: boolean;
@@ -73,6 +76,8 @@ export interface TargetReport {
   readonly unicastPages: number;
   /** Pages it fetched from an agent of its site that held them. */
   readonly peerPages: number;
+  /** Bytes the source sent it: every multicast round it received, and pages by unicast. */
+  readonly wireBytes: number;
   readonly lost?: string;
 }
 
@@ -205,6 +210,16 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       seconds.rebuild = (performance.now() - t) / 1000;
       seconds.total = (performance.now() - started) / 1000;
 
+      const wire = attributeWireBytes({
+        rounds: work.rounds,
+        roundWireBytes: seeded.roundWireBytes,
+        roundReceivers: seeded.roundReceivers,
+        index,
+        done,
+        vmCount: topology.vms.length,
+        targetCount: liveTargets.length,
+        unicastBytes: outcome.unicastBytesByTarget,
+      });
       for (const link of links) {
         link.send({ t: 'end' });
         await link.drain().catch(() => undefined);
@@ -218,6 +233,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           pages: scan.vms[v]!.pages.length,
           zeroPages: scan.vms[v]!.pages.reduce((n, id) => n + (id === ZERO_PAGE_ID ? 1 : 0), 0),
           sha256: sha256[v]!,
+          wireBytes: Math.round(wire.vmBytes[v]! + (outcome.unicastBytesByVm.get(v) ?? 0)),
           verified,
           alreadyVerified: done[v]!,
           ...(verified ? {} : { error: failure ?? 'not verified' }),
@@ -231,6 +247,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           multicastPages: work.neededPages[i]!,
           unicastPages: outcome.unicastPages[i]!,
           peerPages: fetched[i]!,
+          wireBytes: Math.round(wire.targetBytes[i]!),
           ...(links[i]!.lost ? { lost: links[i]!.lost } : {}),
         })),
         ...connected.failures.map((failure, i) => ({
@@ -240,6 +257,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           multicastPages: 0,
           unicastPages: 0,
           peerPages: 0,
+          wireBytes: 0,
           lost: failure,
         })),
       ];

@@ -18,6 +18,9 @@ export interface RebuildOutcome {
   /** Per target: pages sent over the control channel to fill gaps. */
   readonly unicastPages: number[];
   readonly unicastBytes: number;
+  /** The same bytes by target and by VM. */
+  readonly unicastBytesByTarget: number[];
+  readonly unicastBytesByVm: Map<number, number>;
 }
 
 const REBUILD_TIMEOUT_MS = 10 * 60_000;
@@ -40,6 +43,8 @@ export async function rebuildAll(
   const errors = new Map<number, string>();
   const unicastPages = new Array<number>(links.length).fill(0);
   let unicastBytes = 0;
+  const unicastBytesByTarget = new Array<number>(links.length).fill(0);
+  const unicastBytesByVm = new Map<number, number>();
   let finished = 0;
   await Promise.all(
     links.map(async (link) => {
@@ -76,6 +81,8 @@ export async function rebuildAll(
               );
               link.send({ t: 'pages', records });
               unicastBytes += records.length;
+              unicastBytesByTarget[link.target]! += records.length;
+              unicastBytesByVm.set(v, (unicastBytesByVm.get(v) ?? 0) + records.length);
               await link.drain();
             }
             unicastPages[link.target]! += wanted.length;
@@ -92,7 +99,7 @@ export async function rebuildAll(
       }
     }),
   );
-  return { verified, errors, unicastPages, unicastBytes };
+  return { verified, errors, unicastPages, unicastBytes, unicastBytesByTarget, unicastBytesByVm };
 }
 
 /** A VM's distinct non-zero digests in first-use order, and its pages as indices into them. */

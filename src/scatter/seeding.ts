@@ -59,6 +59,9 @@ export interface SeedResult {
   readonly compression: CompressionDecision;
   /** Datagrams of first transmission, proactive parity, and repair (after NAKs). */
   readonly packets: { data: number; parity: number; repair: number };
+  /** Per round: bytes on the wire and the receivers it went to (none when all were lost). */
+  readonly roundWireBytes: number[];
+  readonly roundReceivers: number[][];
 }
 
 /** Pages per transport object: about 4 MiB raw, the object size the transport was tuned with. */
@@ -97,6 +100,8 @@ export async function seedRounds(
   let payloadBytes = 0;
   let wireBytes = 0;
   const packets = { data: 0, parity: 0, repair: 0 };
+  const roundWireBytes: number[] = [];
+  const roundReceivers: number[][] = [];
   const socket = await DgramSocket.open({
     bindAddress: source.address,
     ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
@@ -121,10 +126,13 @@ export async function seedRounds(
       encodings.uniform += encoded.counts.uniform;
       encodings.compressed += encoded.counts.compressed;
       const receivers = round.receivers.filter((t) => !links[t]!.lost);
+      roundReceivers.push(receivers);
+      roundWireBytes.push(0);
       if (receivers.length > 0) {
         const result = await seedRound(round, encoded.batches, receivers, plan, links, socket, options, send);
         payloadBytes += result.payloadBytes;
         wireBytes += result.wireBytes;
+        roundWireBytes[r] = result.wireBytes;
         send.initialRateBytesPerSecond = result.finalRateBytesPerSecond;
         compression.roundBitsPerSecond.push(Math.round((8 * result.wireBytes) / result.seconds));
         packets.data += result.stats.dataPackets;
@@ -146,6 +154,8 @@ export async function seedRounds(
     encodings,
     compression,
     packets,
+    roundWireBytes,
+    roundReceivers,
   };
 }
 

@@ -83,6 +83,9 @@ test('scatter on loopback: 6 VMs to 3 agents byte-identical; a second job sends 
   const onLink = first.report.source.multicastWireBytes + first.report.source.unicastBytes;
   assert.ok(onLink < 0.75 * memory, `source link ${onLink} bytes for ${memory} bytes of memory`);
   assert.ok(first.report.pages.multicast > 0);
+  // Every byte on the source's link is charged to some VM.
+  const charged = first.report.vms.reduce((n: number, vm: { wireBytes: number }) => n + vm.wireBytes, 0);
+  assert.ok(Math.abs(charged - onLink) <= first.report.vms.length, `${charged} charged of ${onLink}`);
 
   const second = scatter(dir, topology);
   assert.equal(second.code, 0, second.stderr);
