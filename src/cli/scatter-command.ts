@@ -66,6 +66,7 @@ export async function scatterCommand(options: ScatterCommandOptions): Promise<vo
       // Loopback carries 64 KiB datagrams; a real network gets the safe default unless told.
       mtu: options.mtu ?? (allLoopback(topology.hosts) ? 9000 : 1500),
       resume: options.resume ?? false,
+      workDir: options.workDir,
       ...(options.roundPages === undefined ? {} : { roundPages: options.roundPages }),
       insecurePlaintext: options.insecurePlaintext ?? false,
       compression: options.compression ?? 'adaptive',
@@ -96,6 +97,7 @@ const phaseNames: Record<ScatterProgress['phase'], string> = {
   plan: 'Planning',
   seed: 'Multicasting unique pages',
   rebuild: 'Rebuilding and verifying images',
+  migrate: 'Migrating running VMs',
 };
 
 function showProgress(progress: Progress, event: ScatterProgress): void {
@@ -139,6 +141,6 @@ function renderReport(report: ScatterReport, file: string): string {
     `guest memory ${formatBytes(memory)}; on the source's link ${formatBytes(report.source.multicastWireBytes + report.source.unicastBytes)} ` +
       `(${percent(report.source.multicastWireBytes + report.source.unicastBytes, memory)}) in ${report.source.rounds} multicast round(s)`,
     `time ${s.total.toFixed(1)} s: connect ${s.connect.toFixed(1)}, scan ${s.scan.toFixed(1)}, plan ${s.plan.toFixed(1)}, ` +
-      `multicast ${s.seed.toFixed(1)}, rebuild ${s.rebuild.toFixed(1)}`,
+      `multicast ${s.seed.toFixed(1)}, rebuild ${s.rebuild.toFixed(1)}, live migration ${s.migrate.toFixed(1)}`,
   ].join('\n');
 }

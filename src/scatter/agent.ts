@@ -12,6 +12,7 @@ import { chooseAnnouncement } from './digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
 import { decodeManifest } from './manifest.js';
 import { decodeBatch, sliceBatch } from './page-batches.js';
+import { LiveTarget } from './live-target.js';
 import { answerFetch, fetchFromPeer } from './site-peers.js';
 import { TemplateStore } from './template-store.js';
 import {
@@ -74,6 +75,7 @@ export class Agent {
 
   static async start(options: AgentOptions): Promise<Agent> {
     mkdirSync(imagesDir(options.dir), { recursive: true });
+    mkdirSync(join(options.dir, 'run'), { recursive: true });
     sweepPartialImages(options.dir);
     const store = TemplateStore.open(join(options.dir, 'store'), {
       capacityPages: options.templateCapacityPages ?? DEFAULT_TEMPLATE_CAPACITY_PAGES,
@@ -166,6 +168,9 @@ class AgentJob {
   id = '(not started)';
   private readonly sessions = new Map<number, AbortController>();
   private readonly pending = new Map<string, PendingVm>();
+  private readonly liveTargets = new Map<string, LiveTarget>();
+  /** Why a live VM's stream failed at this end, reported when the coordinator asks for the verdict. */
+  private readonly liveFailures = new Map<string, string>();
   private readonly check = new Uint8Array(DIGEST_BYTES);
   private finished = false;
 
@@ -197,6 +202,12 @@ class AgentJob {
         return this.fetchFrom(message);
       case 'fetch':
         throw new VmscatterError('VMS_PROTOCOL', "'fetch' is for peer connections, not a job's");
+      case 'live-incoming':
+      case 'live-stream':
+      case 'live-end':
+      case 'live-resume':
+      case 'live-abort':
+        return this.live(message);
       case 'end': {
         this.finished = true;
         // Only between jobs: what was announced as held must stay until the job is over.
@@ -217,6 +228,9 @@ class AgentJob {
     if (this.finished) return;
     this.finished = true;
     for (const controller of this.sessions.values()) controller.abort(new Error(why));
+    // A destination not yet resumed is killed: its VM runs on at the source.
+    for (const target of this.liveTargets.values()) void target.abort();
+    this.liveTargets.clear();
     const dropped = [...this.pending.keys()];
     this.pending.clear();
     this.agent.store.flush();
@@ -304,6 +318,55 @@ class AgentJob {
     if (failure) throw failure;
     if (rejected > 0) this.agent.log(`job ${this.id}: ${rejected} page(s) failed their digest check`);
     if (!this.finished) this.reply({ t: 'seeded', session: message.session, state, stored, rejected });
+  }
+
+  private async live(message: Extract<ToAgent, { t: `live-${string}` }>): Promise<void> {
+    const { vm } = message;
+    if (!VM_NAME.test(vm)) throw new VmscatterError('VMS_PROTOCOL', `bad VM name '${vm}'`);
+    const target = this.liveTargets.get(vm);
+    switch (message.t) {
+      case 'live-incoming': {
+        this.liveFailures.delete(vm);
+        const started = await LiveTarget.start({
+          vm,
+          command: message.command,
+          dir: join(this.options.dir, 'run'),
+          pageOf: (digest) => this.agent.store.get(digest),
+        });
+        this.liveTargets.set(vm, started);
+        this.agent.log(`job ${this.id}: ${vm}: destination QEMU waiting for the stream`);
+        return this.reply({ t: 'live-ready', vm });
+      }
+      case 'live-stream':
+        if (!target || this.liveFailures.has(vm)) return;
+        try {
+          target.write(message.records);
+        } catch (error) {
+          this.liveFailures.set(vm, (error as Error).message);
+          await target.abort();
+        }
+        return;
+      case 'live-end': {
+        const why =
+          this.liveFailures.get(vm) ??
+          (target ? await target.finish(message.sha256) : 'no destination was started');
+        if (why && target) await target.abort();
+        if (why) this.liveTargets.delete(vm);
+        this.agent.log(`job ${this.id}: ${vm}: ${why ? `not verified: ${why}` : 'stream verified'}`);
+        return this.reply({ t: 'live-verified', vm, ok: !why, error: why ?? '' });
+      }
+      case 'live-resume':
+        if (!target) throw new VmscatterError('VMS_PROTOCOL', `resume of ${vm}, which is not waiting here`);
+        await target.resume();
+        this.liveTargets.delete(vm);
+        this.agent.log(`job ${this.id}: ${vm}: running here`);
+        return this.reply({ t: 'live-resumed', vm });
+      case 'live-abort':
+        this.liveTargets.delete(vm);
+        if (target) await target.abort();
+        this.agent.log(`job ${this.id}: ${vm}: rolled back (it runs on at the source)`);
+        return;
+    }
   }
 
   private async fetchFrom(message: Extract<ToAgent, { t: 'fetch-from' }>): Promise<void> {

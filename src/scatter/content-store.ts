@@ -85,6 +85,16 @@ export class ContentStore {
     return page;
   }
 
+  /** Where the page with this digest sits in pages.bin (a page number), or -1 when it is not held. */
+  indexOf(digest: Uint8Array): number {
+    return this.index.lookup(digest) - 1;
+  }
+
+  /** The file holding the pages (page i at i * PAGE_SIZE). */
+  get pagesPath(): string {
+    return join(this.dir, 'pages.bin');
+  }
+
   /** Stores a page; false when it was held already. Throws DiskFullError when the disk is full. */
   put(digest: Uint8Array, page: Uint8Array): boolean {
     if (digest.length !== DIGEST_BYTES || page.length !== PAGE_SIZE) {

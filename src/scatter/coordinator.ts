@@ -1,17 +1,19 @@
 import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { connectControl } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
-import { scanTopology } from '../memory/scan.js';
 import { DIGEST_BYTES, ZERO_PAGE_ID } from '../memory/page.js';
 import { deriveDigestKey } from '../memory/page-digest.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
 import type { Host, Topology } from '../topology/model.js';
 import { AgentLink, AgentLostError } from './agent-link.js';
 import { decodeAnnouncement, type HeldDigests } from './digest-set.js';
-import { imageSha256 } from './image-rebuild.js';
 import { planJobWork, type PeerFetch } from './job-work.js';
 import { attributeWireBytes } from './wire-attribution.js';
-import { SourcePages } from './source-pages.js';
+import type { SourcePages } from './source-pages.js';
+import { scanJob } from './job-scan.js';
+import { heldForLive, liveSummary, migrateLiveVms } from './live-phase.js';
 import type { CompressionMode } from './page-codec.js';
 import { PROTOCOL_VERSION } from './protocol.js';
 import { rebuildAll } from './rebuild-phase.js';
@@ -31,6 +33,8 @@ export interface ScatterOptions {
   readonly seed: number;
   /** Path MTU of the multicast network (symbols are sized so no datagram fragments). */
   readonly mtu: number;
+  /** Local working directory (sockets of running VMs' streams, their scanned pages). */
+  readonly workDir?: string;
   /** Skip VMs whose target already holds a verified image with the source's digest. */
   readonly resume: boolean;
   /** Page compression: adaptive (default) decides from the codec's measured rate and the link's. */
@@ -44,7 +48,7 @@ export interface ScatterOptions {
 }
 
 export interface ScatterProgress {
-  readonly phase: 'connect' | 'scan' | 'plan' | 'seed' | 'rebuild';
+  readonly phase: 'connect' | 'scan' | 'plan' | 'seed' | 'rebuild' | 'migrate';
   readonly done: number;
   readonly total: number;
   /** What done/total count. */
@@ -59,6 +63,8 @@ export interface VmReport {
   readonly sha256: string;
   /** Its share of the bytes on the source's link (the pages it needed, split among their holders). */
   readonly wireBytes: number;
+  /** A running VM's migration: downtime, and its stream's pages by how they travelled. */
+  readonly live?: ReturnType<typeof liveSummary>;
   readonly verified: boolean;
   /** Verified by an earlier job and left alone (`--resume`). */
   readonly alreadyVerified: boolean;
@@ -105,7 +111,9 @@ export interface ScatterReport {
     readonly unicast: number;
     readonly peer: number;
   };
-  readonly seconds: Readonly<Record<'connect' | 'scan' | 'plan' | 'seed' | 'rebuild' | 'total', number>>;
+  readonly seconds: Readonly<
+    Record<'connect' | 'scan' | 'plan' | 'seed' | 'rebuild' | 'migrate' | 'total', number>
+  >;
 }
 
 const DEFAULT_ROUND_PAGES = 16_384;
@@ -116,7 +124,7 @@ const PEER_FETCH_TIMEOUT_MS = 10 * 60_000;
 export async function runScatter(options: ScatterOptions): Promise<ScatterReport> {
   const { topology } = options;
   const started = performance.now();
-  const seconds = { connect: 0, scan: 0, plan: 0, seed: 0, rebuild: 0, total: 0 };
+  const seconds = { connect: 0, scan: 0, plan: 0, seed: 0, rebuild: 0, migrate: 0, total: 0 };
   const progress = options.onProgress ?? (() => undefined);
   const source = topology.hosts.find((h) => h.role === 'source')!;
   const job = `job-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
@@ -136,15 +144,14 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
 
     t = performance.now();
     progress({ phase: 'scan', done: 0, total: 1, unit: 'pages' });
-    const imagePaths = topology.vms.map((vm) => {
-      if (vm.source.kind !== 'image') throw new Error(`VM ${vm.name} has no image (materialise it first)`);
-      return vm.source.path;
-    });
-    const scan = await scanTopology(topology, {
-      key: deriveDigestKey(options.secret),
+    const runDir = join(options.workDir ?? '.vmscatter', 'run');
+    mkdirSync(runDir, { recursive: true });
+    const scan = await scanJob(topology, {
+      secret: options.secret,
+      runDir,
       onProgress: (done, total) => progress({ phase: 'scan', done, total, unit: 'pages' }),
     });
-    const sha256 = imagePaths.map((path) => imageSha256(path));
+    const { sha256 } = scan;
     seconds.scan = (performance.now() - t) / 1000;
 
     t = performance.now();
@@ -155,7 +162,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       for (const v of ready.verified) verifiedAt.set(`${v.vm}\n${v.sha256}`, liveTargets[i]!.name);
     });
     const doneAt = topology.vms.map((vm, v) =>
-      options.resume ? verifiedAt.get(`${vm.name}\n${sha256[v]}`) : undefined,
+      options.resume && vm.source.kind === 'image' ? verifiedAt.get(`${vm.name}\n${sha256[v]}`) : undefined,
     );
     const jobTopology: Topology = {
       ...topology,
@@ -188,7 +195,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
     });
     seconds.plan = (performance.now() - t) / 1000;
 
-    const pages = new SourcePages(scan.vms, scan.table, imagePaths);
+    const pages = scan.pages;
     try {
       t = performance.now();
       // Site peers serve over their own links while the source multicasts over its own.
@@ -204,10 +211,30 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       seconds.seed = (performance.now() - t) / 1000;
 
       t = performance.now();
-      const outcome = await rebuildAll(work, plan, links, pages, scan.vms, sha256, (done, total) =>
+      const imageWork = { ...work, pendingVms: work.pendingVms.filter((v) => !scan.qmp.has(v)) };
+      const outcome = await rebuildAll(imageWork, plan, links, pages, scan.vms, sha256, (done, total) =>
         progress({ phase: 'rebuild', done, total, unit: 'vms' }),
       );
       seconds.rebuild = (performance.now() - t) / 1000;
+
+      t = performance.now();
+      const migrated = await migrateLiveVms({
+        pending: work.pendingVms.filter((v) => scan.qmp.has(v)),
+        topology,
+        scan,
+        plan,
+        links,
+        runDir,
+        secret: options.secret,
+        holds: heldForLive(work.rounds, seeded.roundCompleted, held, scan.table, liveTargets.length),
+        bandwidthBytesPerSecond: source.linkBitsPerSecond / 8,
+        onVerdict: (done, total) => progress({ phase: 'migrate', done, total, unit: 'vms' }),
+      });
+      seconds.migrate = (performance.now() - t) / 1000;
+      for (const [v, result] of migrated) {
+        if (result.ok) outcome.verified.add(v);
+        else outcome.errors.set(v, result.error ?? 'not migrated');
+      }
       seconds.total = (performance.now() - started) / 1000;
 
       const wire = attributeWireBytes({
@@ -233,7 +260,10 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           pages: scan.vms[v]!.pages.length,
           zeroPages: scan.vms[v]!.pages.reduce((n, id) => n + (id === ZERO_PAGE_ID ? 1 : 0), 0),
           sha256: sha256[v]!,
-          wireBytes: Math.round(wire.vmBytes[v]! + (outcome.unicastBytesByVm.get(v) ?? 0)),
+          wireBytes: Math.round(
+            wire.vmBytes[v]! + (outcome.unicastBytesByVm.get(v) ?? 0) + (migrated.get(v)?.sentBytes ?? 0),
+          ),
+          ...(migrated.has(v) ? { live: liveSummary(migrated.get(v)!) } : {}),
           verified,
           alreadyVerified: done[v]!,
           ...(verified ? {} : { error: failure ?? 'not verified' }),
@@ -289,7 +319,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         seconds,
       };
     } finally {
-      pages.close();
+      await scan.close();
     }
   } finally {
     for (const link of links) link.close();

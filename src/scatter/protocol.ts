@@ -6,13 +6,17 @@
  *   job -> ready (what it holds: an announcement of digests, and images already verified)
  *   seed* -> seeded* (one per multicast round it is a receiver of; the session key travels here)
  *   fetch-from* -> fetched* (pages a peer of its site holds; the agent fetches them there with 'fetch')
- *   vm -> missing? -> pages* -> rebuild -> rebuilt (one per VM placed on it)
+ *   vm -> missing? -> pages* -> rebuild -> rebuilt (one per VM image placed on it)
+ *   live-incoming -> live-ready, live-stream*, live-end -> live-verified, live-resume -> live-resumed
+ *     (one per running VM placed on it; live-abort at any point rolls it back)
  *   end
  * and between agents of a site: fetch -> pages (the asking agent checks every page against its digest).
  *
  * Messages come off the network, so every one is checked field by field (`parseToAgent`,
  * `parseFromAgent`); anything else is dropped and counted by the receiving side, never trusted.
  */
+
+import { isLiveRecord, type LiveRecord } from './live-records.js';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -48,6 +52,15 @@ export type ToAgent =
   | { readonly t: 'fetch-from'; readonly id: number; readonly peer: string; readonly digests: Uint8Array }
   /** From a peer agent: send back, as 'pages', those of these digests held. */
   | { readonly t: 'fetch'; readonly digests: Uint8Array }
+  /** Live VMs: start a destination QEMU from this command line, paused, waiting for a stream. */
+  | { readonly t: 'live-incoming'; readonly vm: string; readonly command: readonly string[] }
+  /** The VM's migration stream, in order; pages the agent holds come as references. */
+  | { readonly t: 'live-stream'; readonly vm: string; readonly records: readonly LiveRecord[] }
+  /** The stream is complete; its canonical digest, to compare before resuming. */
+  | { readonly t: 'live-end'; readonly vm: string; readonly sha256: string }
+  | { readonly t: 'live-resume'; readonly vm: string }
+  /** Roll back: kill the destination QEMU (the VM runs on at its source). */
+  | { readonly t: 'live-abort'; readonly vm: string }
   | { readonly t: 'end' };
 
 export interface VerifiedImage {
@@ -83,6 +96,9 @@ export type FromAgent =
     }
   /** The outcome of a 'fetch-from': pages stored; the rest will be asked for at rebuild time. */
   | { readonly t: 'fetched'; readonly id: number; readonly stored: number; readonly failed: number }
+  | { readonly t: 'live-ready'; readonly vm: string }
+  | { readonly t: 'live-verified'; readonly vm: string; readonly ok: boolean; readonly error: string }
+  | { readonly t: 'live-resumed'; readonly vm: string }
   | { readonly t: 'error'; readonly message: string };
 
 type Check = (value: unknown) => boolean;
@@ -117,6 +133,17 @@ const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
   rebuild: { vm: isString },
   'fetch-from': { id: isUint, peer: isString, digests: isBytes },
   fetch: { digests: isBytes },
+  'live-incoming': {
+    vm: isString,
+    command: (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096 && v.every((a) => isString(a)),
+  },
+  'live-stream': {
+    vm: isString,
+    records: (v) => Array.isArray(v) && v.length <= 1 << 20 && v.every((r) => isLiveRecord(r)),
+  },
+  'live-end': { vm: isString, sha256: isString },
+  'live-resume': { vm: isString },
+  'live-abort': { vm: isString },
   end: {},
 };
 
@@ -131,6 +158,9 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
   missing: { vm: isString, indices: isBytes },
   rebuilt: { vm: isString, ok: isBool, sha256: isString, error: isString },
   fetched: { id: isUint, stored: isUint, failed: isUint },
+  'live-ready': { vm: isString },
+  'live-verified': { vm: isString, ok: isBool, error: isString },
+  'live-resumed': { vm: isString },
   error: { message: isString },
 };
 

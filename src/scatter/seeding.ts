@@ -62,6 +62,8 @@ export interface SeedResult {
   /** Per round: bytes on the wire and the receivers it went to (none when all were lost). */
   readonly roundWireBytes: number[];
   readonly roundReceivers: number[][];
+  /** Per round: the receivers that reported every object of it stored. */
+  readonly roundCompleted: number[][];
 }
 
 /** Pages per transport object: about 4 MiB raw, the object size the transport was tuned with. */
@@ -102,6 +104,7 @@ export async function seedRounds(
   const packets = { data: 0, parity: 0, repair: 0 };
   const roundWireBytes: number[] = [];
   const roundReceivers: number[][] = [];
+  const roundCompleted: number[][] = [];
   const socket = await DgramSocket.open({
     bindAddress: source.address,
     ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
@@ -128,11 +131,13 @@ export async function seedRounds(
       const receivers = round.receivers.filter((t) => !links[t]!.lost);
       roundReceivers.push(receivers);
       roundWireBytes.push(0);
+      roundCompleted.push([]);
       if (receivers.length > 0) {
         const result = await seedRound(round, encoded.batches, receivers, plan, links, socket, options, send);
         payloadBytes += result.payloadBytes;
         wireBytes += result.wireBytes;
         roundWireBytes[r] = result.wireBytes;
+        roundCompleted[r] = result.completed;
         send.initialRateBytesPerSecond = result.finalRateBytesPerSecond;
         compression.roundBitsPerSecond.push(Math.round((8 * result.wireBytes) / result.seconds));
         packets.data += result.stats.dataPackets;
@@ -156,6 +161,7 @@ export async function seedRounds(
     packets,
     roundWireBytes,
     roundReceivers,
+    roundCompleted,
   };
 }
 
@@ -191,6 +197,7 @@ async function seedRound(
   stats: SessionResult['stats'];
   finalRateBytesPerSecond: number;
   seconds: number;
+  completed: number[];
 }> {
   const group = plan.groups[round.group]!;
   const session = randomInt(1, 2 ** 32 - 1);
@@ -233,11 +240,17 @@ async function seedRound(
   const result = await sender.run();
   const seconds = Math.max(1e-3, (performance.now() - started) / 1000);
   // An agent the session dropped gets what it lacks over the control channel at rebuild time.
+  const completed: number[] = [];
   await Promise.all(
     receivers.map((t) =>
-      links[t]!.next('seeded', (m) => m.session === session, SEEDED_TIMEOUT_MS).catch((error: unknown) => {
-        if (!(error instanceof AgentLostError)) throw error;
-      }),
+      links[t]!.next('seeded', (m) => m.session === session, SEEDED_TIMEOUT_MS).then(
+        (reply) => {
+          if (reply.state === 'complete') completed.push(t);
+        },
+        (error: unknown) => {
+          if (!(error instanceof AgentLostError)) throw error;
+        },
+      ),
     ),
   );
   const packets = result.stats.dataPackets + result.stats.parityPackets + result.stats.repairPackets;
@@ -247,5 +260,6 @@ async function seedRound(
     stats: result.stats,
     finalRateBytesPerSecond: sender.rateBytesPerSecond,
     seconds,
+    completed,
   };
 }

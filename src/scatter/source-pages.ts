@@ -12,13 +12,31 @@ export class SourcePages {
   private readonly locations: PageLocations;
   private readonly fds: number[];
 
+  readonly paths: readonly string[];
+
+  /**
+   * `paths[v]` is VM v's image. A running VM has no image: its pages were kept at the scan in a
+   * content store (`live`), and are read from there.
+   */
   constructor(
     vms: readonly VmPages[],
     private readonly table: DigestTable,
-    readonly paths: readonly string[],
+    paths: readonly (string | undefined)[],
+    live?: { readonly pagesPath: string; indexOf(digest: Uint8Array): number },
   ) {
-    this.locations = firstLocations(vms, table.size);
-    this.fds = paths.map((path) => openSync(path, 'r'));
+    const locations = firstLocations(vms, table.size);
+    const storeIndex = paths.length;
+    if (live) {
+      for (let id = 1; id < locations.vm.length; id++) {
+        const v = locations.vm[id]!;
+        if (v < 0 || paths[v] !== undefined) continue;
+        locations.vm[id] = storeIndex;
+        locations.page[id] = live.indexOf(table.digestOf(id));
+      }
+    }
+    this.locations = locations;
+    this.paths = [...paths.map((path) => path ?? '/dev/null'), ...(live ? [live.pagesPath] : [])];
+    this.fds = this.paths.map((path) => openSync(path, 'r'));
   }
 
   /** The digest of unique page `id` (a copy). */

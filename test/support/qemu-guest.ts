@@ -23,6 +23,8 @@ export class GuestError extends VmscatterError {
 
 /** Printed on the serial console once the workload is in memory. */
 export const GUEST_READY_MARKER = 'VMSCATTER-GUEST-READY';
+/** Printed with a counter every second after ready: a migrated guest's counter goes on at its target. */
+export const GUEST_TICK_MARKER = 'VMSCATTER-TICK';
 /** Kept across test runs: the kernel package is ~70 MB, its unpacked subset ~45 MB. */
 export const DEFAULT_GUEST_CACHE = join(tmpdir(), 'vmscatter-guest-cache');
 const MiB = 2 ** 20;
@@ -234,6 +236,7 @@ n=0
 while :; do
   n=$((n + 1))
   echo "$n" > /run/work/counter
+  echo "${GUEST_TICK_MARKER} $n"
   dd if=/dev/urandom of=/run/work/dirty bs=4096 count=${dirtyPages} seek=$(((n * ${dirtyPages}) % ${ring})) conv=notrunc 2>/dev/null
   sleep 1
 done

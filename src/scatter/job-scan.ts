@@ -1,0 +1,112 @@
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import { DigestTable } from '../memory/digest-table.js';
+import { fingerprintVms } from '../memory/fingerprint.js';
+import { PAGE_SIZE, type VmPages } from '../memory/page.js';
+import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
+import { pageCountOf } from '../memory/page-source.js';
+import type { QmpClient } from '../qemu/qmp.js';
+import type { Topology } from '../topology/model.js';
+import { ContentStore } from './content-store.js';
+import { imageSha256 } from './image-rebuild.js';
+import { connectSourceQmp, scanLiveVm } from './live-source.js';
+import { SourcePages } from './source-pages.js';
+
+/**
+ * Phase 3 for a whole job: image VMs fingerprinted from their files (and their SHA-256 taken, which
+ * the rebuilt images are checked against), running VMs through their own migration stream (live-source
+ * .ts), all into one digest table so pages shared between the two kinds are found too.
+ */
+export interface JobScan {
+  readonly table: DigestTable;
+  readonly vms: VmPages[];
+  /** SHA-256 of each image VM's file; '' for a running VM (its stream is verified instead). */
+  readonly sha256: string[];
+  /** QMP of each running VM's source QEMU, by VM index. */
+  readonly qmp: Map<number, QmpClient>;
+  readonly pages: SourcePages;
+  close(): Promise<void>;
+}
+
+export async function scanJob(
+  topology: Topology,
+  options: {
+    readonly secret: Uint8Array;
+    readonly runDir: string;
+    readonly onProgress?: (done: number, total: number) => void;
+  },
+): Promise<JobScan> {
+  const key = deriveDigestKey(options.secret);
+  const table = new DigestTable(1 << 16);
+  const images: { v: number; path: string }[] = [];
+  const live: number[] = [];
+  topology.vms.forEach((vm, v) => {
+    if (vm.source.kind === 'image') images.push({ v, path: vm.source.path });
+    else if (vm.source.kind === 'qemu') live.push(v);
+    else throw new InputError(`VM ${vm.name}: a synthetic source has no image yet (write it out first)`);
+  });
+  for (const { v, path } of images) {
+    const vm = topology.vms[v]!;
+    const bytes = pageCountOf({ kind: 'image', path }) * PAGE_SIZE;
+    if (bytes !== vm.memoryBytes)
+      throw new InputError(
+        `VM ${vm.name}: memory is ${vm.memoryBytes} bytes in ${topology.file} but its image holds ${bytes}`,
+      );
+  }
+  const fingerprinted = await fingerprintVms(
+    images.map(({ v, path }) => ({ name: topology.vms[v]!.name, source: { kind: 'image', path } })),
+    { key, table, ...(options.onProgress ? { onProgress: options.onProgress } : {}) },
+  );
+  const vms: VmPages[] = new Array(topology.vms.length);
+  const sha256 = new Array<string>(topology.vms.length).fill('');
+  images.forEach(({ v, path }, i) => {
+    vms[v] = fingerprinted.vms[i]!;
+    sha256[v] = imageSha256(path);
+  });
+  const qmp = new Map<number, QmpClient>();
+  // The running VMs' pages of this job only: what an earlier job kept is of no use now.
+  const storeDir = join(options.runDir, 'source-pages');
+  if (live.length > 0) rmSync(storeDir, { recursive: true, force: true });
+  const store = live.length > 0 ? ContentStore.open(storeDir) : undefined;
+  try {
+    const digester = new PageDigester(key);
+    for (const v of live) {
+      const vm = topology.vms[v]!;
+      if (vm.source.kind !== 'qemu') continue;
+      const client = await connectSourceQmp(vm.source.qmp, vm.name);
+      qmp.set(v, client);
+      const scanned = await scanLiveVm({
+        vm: vm.name,
+        qmp: client,
+        runDir: options.runDir,
+        table,
+        digester,
+        store: store!,
+      });
+      vms[v] = scanned.pages;
+    }
+  } catch (error) {
+    for (const client of qmp.values()) await client.close().catch(() => undefined);
+    store?.close();
+    throw error;
+  }
+  const pages = new SourcePages(
+    vms,
+    table,
+    topology.vms.map((vm) => (vm.source.kind === 'image' ? vm.source.path : undefined)),
+    store,
+  );
+  return {
+    table,
+    vms,
+    sha256,
+    qmp,
+    pages,
+    close: async () => {
+      pages.close();
+      store?.close();
+      for (const client of qmp.values()) await client.close().catch(() => undefined);
+    },
+  };
+}

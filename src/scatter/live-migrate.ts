@@ -1,0 +1,167 @@
+import { join } from 'node:path';
+import { DIGEST_BYTES, isZeroPage } from '../memory/page.js';
+import type { PageDigester } from '../memory/page-digest.js';
+import { StreamParser } from '../qemu/migration-stream.js';
+import type { QmpClient } from '../qemu/qmp.js';
+import { AgentLostError, type AgentLink } from './agent-link.js';
+import { StreamDigest, type LiveRecord } from './live-records.js';
+import { streamListener, waitMigrationSettled, withTimeout } from './live-source.js';
+
+/**
+ * Phase 5 for a running VM: QEMU migrates into the coordinator, which passes the stream on to the
+ * target agent record by record, sending a page the target holds as its digest. The agent writes the
+ * stream, pages put back, into a destination QEMU started paused. Only when both ends agree on the
+ * stream's digest and the destination has loaded it does the destination resume and the source quit;
+ * on any failure before that the destination is killed and the source resumed: the VM runs at its
+ * source or at its target, never nowhere.
+ *
+ * Backpressure: the coordinator stops reading QEMU's socket while the control channel's buffer is
+ * full, so QEMU sees the real rate and its convergence logic (dirty rate against bandwidth) works.
+ */
+export interface LiveMigrationResult {
+  readonly ok: boolean;
+  readonly error?: string;
+  /** Pages sent as references (held at the target), as data, and as zero records. */
+  readonly referencedPages: number;
+  readonly sentPages: number;
+  readonly zeroPages: number;
+  /** Bytes of stream QEMU produced, and bytes sent to the agent (records, before channel framing). */
+  readonly streamBytes: number;
+  readonly sentBytes: number;
+  /** The source's own downtime figure plus the time from the stream's end to the target running (ms). */
+  readonly downtimeMs: number;
+  readonly seconds: number;
+}
+
+const MESSAGE_BYTES = 1 << 20;
+const STEP_TIMEOUT_MS = 120_000;
+
+export async function migrateLiveVm(options: {
+  readonly vm: string;
+  readonly command: readonly string[];
+  readonly source: QmpClient;
+  readonly link: AgentLink;
+  readonly runDir: string;
+  readonly digester: PageDigester;
+  /** Whether the target holds the page with this digest. */
+  readonly holds: (digest: Uint8Array) => boolean;
+  readonly maxBandwidthBytesPerSecond: number;
+}): Promise<LiveMigrationResult> {
+  const { vm, source, link } = options;
+  const started = performance.now();
+  const counts = { referencedPages: 0, sentPages: 0, zeroPages: 0, streamBytes: 0, sentBytes: 0 };
+  const fail = async (error: unknown): Promise<LiveMigrationResult> => {
+    // Roll back: the destination goes, the source runs on (whether or not it had stopped).
+    link.send({ t: 'live-abort', vm });
+    await source.execute('migrate_cancel').catch(() => undefined);
+    await waitMigrationSettled(source).catch(() => undefined);
+    const status = (await source.execute('query-status').catch(() => ({}))) as { status?: string };
+    if (status.status !== 'running') await source.execute('cont').catch(() => undefined);
+    return {
+      ok: false,
+      error: (error as Error).message,
+      ...counts,
+      downtimeMs: 0,
+      seconds: (performance.now() - started) / 1000,
+    };
+  };
+  const listener = streamListener(join(options.runDir, `${vm}.out`));
+  try {
+    link.send({ t: 'live-incoming', vm, command: [...options.command] });
+    await link.next('live-ready', (m) => m.vm === vm, STEP_TIMEOUT_MS);
+    await source.execute('migrate-set-parameters', {
+      'max-bandwidth': Math.max(1, Math.round(options.maxBandwidthBytesPerSecond)),
+    });
+    await source.execute('migrate', { uri: `unix:${join(options.runDir, `${vm}.out`)}` });
+    const socket = await withTimeout(listener.accepted, 30_000, `VM ${vm}: QEMU did not connect`);
+    const parser = new StreamParser({ allowMissingDescription: true });
+    const digest = new StreamDigest();
+    const hash = new Uint8Array(DIGEST_BYTES);
+    let batch: LiveRecord[] = [];
+    let batchBytes = 0;
+    const flush = async () => {
+      if (batch.length === 0) return;
+      link.send({ t: 'live-stream', vm, records: batch });
+      counts.sentBytes += batchBytes;
+      batch = [];
+      batchBytes = 0;
+      await link.drain();
+    };
+    await new Promise<void>((resolve, reject) => {
+      socket.on('data', (chunk: Buffer) => {
+        counts.streamBytes += chunk.length;
+        let records;
+        try {
+          records = parser.push(chunk);
+        } catch (error) {
+          socket.destroy();
+          return reject(error);
+        }
+        for (const record of records) {
+          digest.add(record);
+          if (record.kind === 'page' && !isZeroPage(record.data, 0)) {
+            options.digester.digestInto(record.data, 0, hash, 0);
+            if (options.holds(hash)) {
+              counts.referencedPages++;
+              batch.push({ kind: 'ref', block: record.block, offset: record.offset, digest: hash.slice() });
+              batchBytes += 40;
+              continue;
+            }
+            counts.sentPages++;
+            batch.push({ ...record, data: record.data.slice() });
+            batchBytes += record.data.length + 24;
+            continue;
+          }
+          if (record.kind === 'zero' || record.kind === 'page') counts.zeroPages++;
+          batch.push(copyRecord(record));
+          batchBytes += 24 + ('bytes' in record ? record.bytes.length : 0);
+        }
+        if (batchBytes >= MESSAGE_BYTES) {
+          socket.pause();
+          flush().then(() => socket.resume(), reject);
+        }
+      });
+      socket.once('close', () => {
+        try {
+          parser.end();
+          resolve();
+        } catch (error) {
+          reject(error);
+        }
+      });
+      socket.once('error', reject);
+    });
+    await flush();
+    const status = await waitMigrationSettled(source);
+    if (status !== 'completed') throw new Error(`VM ${vm}: the source's migration ended '${status}'`);
+    const streamEnded = performance.now();
+    link.send({ t: 'live-end', vm, sha256: digest.hex() });
+    const verdict = await link.next('live-verified', (m) => m.vm === vm, STEP_TIMEOUT_MS);
+    if (!verdict.ok) throw new Error(`VM ${vm}: not verified at ${link.host.name}: ${verdict.error}`);
+    link.send({ t: 'live-resume', vm });
+    await link.next('live-resumed', (m) => m.vm === vm, STEP_TIMEOUT_MS);
+    const info = (await source.execute('query-migrate')) as { downtime?: number };
+    // The VM runs at its target: the source's QEMU has nothing left to do.
+    await source.execute('quit').catch(() => undefined);
+    return {
+      ok: true,
+      ...counts,
+      downtimeMs: Math.round((info.downtime ?? 0) + (performance.now() - streamEnded)),
+      seconds: (performance.now() - started) / 1000,
+    };
+  } catch (error) {
+    if (error instanceof AgentLostError || error instanceof Error) return fail(error);
+    throw error;
+  } finally {
+    listener.close();
+  }
+}
+
+/** Records that may alias the parser's chunk are copied before they are queued. */
+function copyRecord(record: LiveRecord): LiveRecord {
+  if (record.kind === 'tail' || record.kind === 'config') return { ...record, bytes: record.bytes.slice() };
+  if (record.kind === 'page') return { ...record, data: record.data.slice() };
+  if (record.kind === 'zero') return { ...record };
+  if (record.kind === 'command') return { ...record, data: record.data.slice() };
+  return record;
+}

@@ -1,0 +1,96 @@
+import { DigestTable } from '../memory/digest-table.js';
+import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
+import type { ScatterPlan } from '../plan/scatter-plan.js';
+import type { Topology } from '../topology/model.js';
+import type { AgentLink } from './agent-link.js';
+import type { HeldDigests } from './digest-set.js';
+import type { JobScan } from './job-scan.js';
+import type { SendRound } from './job-work.js';
+import { migrateLiveVm, type LiveMigrationResult } from './live-migrate.js';
+
+/**
+ * Phase 5 for running VMs: one after another (each migration takes the source's link for itself),
+ * each sent by reference to what its target holds: pages announced before the job, and pages multicast
+ * to it in rounds it reported complete.
+ */
+export async function migrateLiveVms(options: {
+  readonly pending: readonly number[];
+  readonly topology: Topology;
+  readonly scan: JobScan;
+  readonly plan: ScatterPlan;
+  readonly links: readonly AgentLink[];
+  readonly runDir: string;
+  readonly secret: Uint8Array;
+  readonly holds: (target: number, digest: Uint8Array) => boolean;
+  readonly bandwidthBytesPerSecond: number;
+  readonly onVerdict: (done: number, total: number) => void;
+}): Promise<Map<number, LiveMigrationResult>> {
+  const results = new Map<number, LiveMigrationResult>();
+  const digester = new PageDigester(deriveDigestKey(options.secret));
+  for (const v of options.pending) {
+    const vm = options.topology.vms[v]!;
+    const target = options.plan.detail.assignment[v]!;
+    const link = options.links[target]!;
+    if (vm.source.kind !== 'qemu') continue;
+    const result = link.lost
+      ? { ...notMigrated, error: link.lost }
+      : await migrateLiveVm({
+          vm: vm.name,
+          command: vm.source.command,
+          source: options.scan.qmp.get(v)!,
+          link,
+          runDir: options.runDir,
+          digester,
+          holds: (digest) => options.holds(target, digest),
+          maxBandwidthBytesPerSecond: options.bandwidthBytesPerSecond,
+        });
+    results.set(v, result);
+    options.onVerdict(results.size, options.pending.length);
+  }
+  return results;
+}
+
+const notMigrated: LiveMigrationResult = {
+  ok: false,
+  referencedPages: 0,
+  sentPages: 0,
+  zeroPages: 0,
+  streamBytes: 0,
+  sentBytes: 0,
+  downtimeMs: 0,
+  seconds: 0,
+};
+
+/**
+ * What a target holds, as far as a running VM's stream may refer to it: what it announced before the
+ * job, and what rounds it completed delivered. A reference to a page the agent turns out to lack makes
+ * it refuse the stream, and the VM stays at its source: so the announcement's false-positive rate is
+ * what bounds how often that happens, never whether a VM is lost.
+ */
+export function heldForLive(
+  rounds: readonly SendRound[],
+  completed: readonly (readonly number[])[],
+  announced: readonly (HeldDigests | undefined)[],
+  table: DigestTable,
+  targetCount: number,
+): (target: number, digest: Uint8Array) => boolean {
+  const delivered = Array.from({ length: targetCount }, () => new DigestTable(1024));
+  rounds.forEach((round, r) => {
+    for (const t of completed[r] ?? [])
+      for (const id of round.ids) delivered[t]!.intern(table.digestOf(id), 0);
+  });
+  return (target, digest) =>
+    delivered[target]!.lookup(digest) > 0 || announced[target]?.mayHold(digest) === true;
+}
+
+export function liveSummary(result: LiveMigrationResult) {
+  return {
+    downtimeMs: result.downtimeMs,
+    referencedPages: result.referencedPages,
+    sentPages: result.sentPages,
+    zeroPages: result.zeroPages,
+    streamBytes: result.streamBytes,
+    sentBytes: result.sentBytes,
+    seconds: result.seconds,
+  };
+}

@@ -1,0 +1,114 @@
+import { createHash, type Hash } from 'node:crypto';
+import type { StreamRecord } from '../qemu/migration-stream.js';
+
+/**
+ * A live migration stream as it travels from the coordinator to a target agent: the records of QEMU's
+ * stream, except that a page the target already holds travels as its digest (a reference) and the
+ * agent puts the page back before writing the stream into the destination QEMU.
+ *
+ * Both ends hash the stream in one canonical form (every record as QEMU's stream carries it, pages
+ * expanded), so before the destination resumes they can agree that what it loaded is, record for
+ * record and in order, what the source sent.
+ */
+export type LiveRecord =
+  | StreamRecord
+  | { readonly kind: 'ref'; readonly block: string; readonly offset: number; readonly digest: Uint8Array };
+
+const encoder = new TextEncoder();
+
+/** A running digest of a stream in canonical form. */
+export class StreamDigest {
+  private readonly hash: Hash = createHash('sha256');
+  private readonly scratch = new DataView(new ArrayBuffer(16));
+
+  /** Adds a record as QEMU's stream carries it (a reference must be expanded first). */
+  add(record: StreamRecord): void {
+    const h = this.hash;
+    h.update(encoder.encode(record.kind));
+    switch (record.kind) {
+      case 'page':
+        this.position(record.block, record.offset);
+        h.update(record.data);
+        return;
+      case 'zero':
+        this.position(record.block, record.offset);
+        h.update(Uint8Array.of(record.fill));
+        return;
+      case 'config':
+        h.update(record.bytes);
+        return;
+      case 'tail':
+        h.update(record.bytes);
+        return;
+      case 'command':
+        this.number(record.command);
+        h.update(record.data);
+        return;
+      case 'header':
+        this.number(record.version);
+        return;
+      case 'section-begin':
+      case 'section-end':
+        h.update(encoder.encode(record.type));
+        this.number(record.sectionId);
+        return;
+      case 'ram-blocks':
+        for (const block of record.blocks) this.position(block.name, block.length);
+        return;
+    }
+  }
+
+  /** The digest so far, hex. */
+  hex(): string {
+    return this.hash.copy().digest('hex');
+  }
+
+  private position(block: string, offset: number): void {
+    this.hash.update(encoder.encode(block));
+    this.number(offset);
+  }
+
+  private number(value: number): void {
+    this.scratch.setFloat64(0, value);
+    this.hash.update(new Uint8Array(this.scratch.buffer, 0, 8));
+  }
+}
+
+/** Whether a value off the network is a record this codec could write; refuses anything else. */
+export function isLiveRecord(value: unknown): value is LiveRecord {
+  if (typeof value !== 'object' || value === null) return false;
+  const r = value as Record<string, unknown>;
+  const str = (v: unknown) => typeof v === 'string' && v.length <= 255;
+  const uint = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+  const bytes = (v: unknown) => v instanceof Uint8Array;
+  switch (r.kind) {
+    case 'page':
+      return str(r.block) && uint(r.offset) && bytes(r.data) && (r.data as Uint8Array).length === 4096;
+    case 'ref':
+      return str(r.block) && uint(r.offset) && bytes(r.digest) && (r.digest as Uint8Array).length === 16;
+    case 'zero':
+      return str(r.block) && uint(r.offset) && uint(r.fill) && (r.fill as number) < 256;
+    case 'config':
+    case 'tail':
+      return bytes(r.bytes);
+    case 'command':
+      return uint(r.command) && bytes(r.data);
+    case 'header':
+      return uint(r.version);
+    case 'section-begin':
+      return str(r.type) && uint(r.sectionId) && str(r.idstr) && uint(r.instanceId) && uint(r.versionId);
+    case 'section-end':
+      return str(r.type) && uint(r.sectionId);
+    case 'ram-blocks':
+      return (
+        Array.isArray(r.blocks) &&
+        r.blocks.length <= 1024 &&
+        r.blocks.every((b: unknown) => {
+          const block = b as Record<string, unknown>;
+          return typeof b === 'object' && b !== null && str(block.name) && uint(block.length);
+        })
+      );
+    default:
+      return false;
+  }
+}

@@ -1,0 +1,189 @@
+import { mkdirSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { VmscatterError } from '../errors.js';
+import type { DigestTable } from '../memory/digest-table.js';
+import { DIGEST_BYTES, isZeroPage, PAGE_SIZE, ZERO_PAGE_ID, type VmPages } from '../memory/page.js';
+import type { PageDigester } from '../memory/page-digest.js';
+import { StreamParser, type RamBlock, type StreamRecord } from '../qemu/migration-stream.js';
+import { connectQmp, type QmpClient } from '../qemu/qmp.js';
+import type { ContentStore } from './content-store.js';
+
+/**
+ * The source side of live VMs: reading a running QEMU's memory through its own migration stream.
+ *
+ * Scan: QEMU migrates into a unix socket of ours; the first pass of precopy carries every page once
+ * (zero pages as zero records), so once every page of every RAM block has been seen the migration is
+ * cancelled and the guest never noticed beyond the copy's CPU cost. Each page is fingerprinted, and
+ * the bytes of every distinct page are kept in a content store at the source for seeding.
+ */
+export class LiveSourceError extends VmscatterError {
+  constructor(message: string) {
+    super('VMS_LIVE', message, 7);
+  }
+}
+
+export interface ScannedLiveVm {
+  readonly pages: VmPages;
+  /** RAM blocks in stream order, with the first page index of each in `pages`. */
+  readonly blocks: readonly { readonly block: RamBlock; readonly firstPage: number }[];
+}
+
+const SCAN_TIMEOUT_MS = 10 * 60_000;
+
+/** Opens a unix socket at `path` for QEMU's outgoing stream and resolves with the first connection. */
+export function streamListener(path: string): { accepted: Promise<net.Socket>; close: () => void } {
+  rmSync(path, { force: true });
+  const server = net.createServer();
+  const accepted = new Promise<net.Socket>((resolve, reject) => {
+    server.once('connection', (socket) => resolve(socket));
+    server.once('error', reject);
+  });
+  server.listen(path);
+  return {
+    accepted,
+    close: () => {
+      server.close();
+      rmSync(path, { force: true });
+    },
+  };
+}
+
+export async function connectSourceQmp(path: string, vm: string): Promise<QmpClient> {
+  try {
+    return await connectQmp(path, { connectTimeoutMs: 10_000 });
+  } catch (error) {
+    throw new LiveSourceError(`VM ${vm}: cannot reach its QEMU at ${path}: ${(error as Error).message}`);
+  }
+}
+
+/** Scans a running VM's memory through a migration that is cancelled once every page was seen. */
+export async function scanLiveVm(options: {
+  readonly vm: string;
+  readonly qmp: QmpClient;
+  readonly runDir: string;
+  readonly table: DigestTable;
+  readonly digester: PageDigester;
+  readonly store: ContentStore;
+}): Promise<ScannedLiveVm> {
+  const { qmp, table, digester, store } = options;
+  mkdirSync(options.runDir, { recursive: true });
+  const path = join(options.runDir, `${options.vm}.scan`);
+  const listener = streamListener(path);
+  const parser = new StreamParser({ allowMissingDescription: true });
+  let blocks: { block: RamBlock; firstPage: number }[] = [];
+  const baseOf = new Map<string, number>();
+  let pageTable = new Uint32Array(0);
+  let seen = new Uint8Array(0);
+  let covered = 0;
+  const digest = new Uint8Array(DIGEST_BYTES);
+  const batchDigests: Uint8Array[] = [];
+  const batchPages: Uint8Array[] = [];
+  const flush = () => {
+    if (batchDigests.length === 0) return;
+    const digests = new Uint8Array(batchDigests.length * DIGEST_BYTES);
+    const pages = new Uint8Array(batchPages.length * PAGE_SIZE);
+    batchDigests.forEach((d, i) => digests.set(d, i * DIGEST_BYTES));
+    batchPages.forEach((p, i) => pages.set(p, i * PAGE_SIZE));
+    store.putMany(digests, pages);
+    batchDigests.length = 0;
+    batchPages.length = 0;
+  };
+  const onRecord = (record: StreamRecord) => {
+    if (record.kind === 'ram-blocks') {
+      let total = 0;
+      blocks = record.blocks.map((block) => {
+        const entry = { block, firstPage: total };
+        baseOf.set(block.name, total);
+        total += Math.ceil(block.length / PAGE_SIZE);
+        return entry;
+      });
+      pageTable = new Uint32Array(total);
+      seen = new Uint8Array(total);
+      return;
+    }
+    if (record.kind !== 'page' && record.kind !== 'zero') return;
+    const index = baseOf.get(record.block)! + record.offset / PAGE_SIZE;
+    let id = ZERO_PAGE_ID;
+    if (record.kind === 'page' && !isZeroPage(record.data, 0)) {
+      digester.digestInto(record.data, 0, digest, 0);
+      const known = table.lookup(digest);
+      id = known > 0 ? known : table.intern(digest, 0);
+      if (!store.has(digest)) {
+        batchDigests.push(digest.slice());
+        batchPages.push(record.data.slice());
+        if (batchDigests.length >= 1024) flush();
+      }
+    }
+    pageTable[index] = id;
+    if (!seen[index]) {
+      seen[index] = 1;
+      covered++;
+    }
+  };
+  try {
+    await qmp.execute('migrate', { uri: `unix:${path}` });
+    const socket = await withTimeout(listener.accepted, 30_000, `VM ${options.vm}: QEMU did not connect`);
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new LiveSourceError(`VM ${options.vm}: scan took over ${SCAN_TIMEOUT_MS / 1000} s`)),
+        SCAN_TIMEOUT_MS,
+      );
+      socket.on('data', (chunk: Buffer) => {
+        try {
+          for (const record of parser.push(chunk)) onRecord(record);
+        } catch (error) {
+          clearTimeout(timer);
+          socket.destroy();
+          reject(error);
+          return;
+        }
+        if (blocks.length > 0 && covered === pageTable.length) {
+          clearTimeout(timer);
+          socket.destroy();
+          resolve();
+        }
+      });
+      socket.once('close', () => {
+        clearTimeout(timer);
+        if (covered < pageTable.length || blocks.length === 0)
+          reject(new LiveSourceError(`VM ${options.vm}: the scan stream ended after ${covered} pages`));
+      });
+    });
+    flush();
+  } finally {
+    await qmp.execute('migrate_cancel').catch(() => undefined);
+    listener.close();
+    await waitMigrationSettled(qmp);
+  }
+  return { pages: { name: options.vm, pages: pageTable }, blocks };
+}
+
+/** Waits until the source's migration is no longer active (after a cancel or a completion). */
+export async function waitMigrationSettled(qmp: QmpClient, timeoutMs = 30_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = (await qmp.execute('query-migrate')) as { status?: string };
+    const status = info.status ?? 'none';
+    if (!['setup', 'active', 'cancelling', 'pre-switchover', 'device', 'wait-unplug'].includes(status))
+      return status;
+    if (Date.now() > deadline) return status;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new LiveSourceError(`${what} within ${ms / 1000} s`)), ms);
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    );
+  });
+}

@@ -1,0 +1,108 @@
+import net from 'node:net';
+import { VmscatterError } from '../errors.js';
+import { startIncomingQemu, type IncomingQemu } from '../qemu/incoming.js';
+import { StreamWriter, type StreamRecord } from '../qemu/migration-stream.js';
+import { StreamDigest, type LiveRecord } from './live-records.js';
+
+/**
+ * The target side of one running VM's migration: a destination QEMU started paused, the stream from
+ * the coordinator written into it with referenced pages put back from the agent's store, and the
+ * canonical digest of what was written, compared with the source's before the VM may resume.
+ */
+export class LiveTargetError extends VmscatterError {
+  constructor(message: string) {
+    super('VMS_LIVE', message, 7);
+  }
+}
+
+const LOAD_TIMEOUT_MS = 120_000;
+
+export class LiveTarget {
+  private readonly digest = new StreamDigest();
+  private failure: Error | undefined;
+
+  private constructor(
+    readonly vm: string,
+    private readonly qemu: IncomingQemu,
+    private readonly socket: net.Socket,
+    private readonly writer: StreamWriter,
+    private readonly pageOf: (digest: Uint8Array) => Uint8Array | undefined,
+  ) {
+    socket.on('error', (error) => (this.failure ??= error));
+  }
+
+  static async start(options: {
+    readonly vm: string;
+    readonly command: readonly string[];
+    readonly dir: string;
+    readonly pageOf: (digest: Uint8Array) => Uint8Array | undefined;
+  }): Promise<LiveTarget> {
+    const qemu = await startIncomingQemu(options);
+    try {
+      const socket = await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect({ path: qemu.streamSocket });
+        s.once('connect', () => resolve(s));
+        s.once('error', reject);
+      });
+      const writer = new StreamWriter((bytes) => socket.write(bytes));
+      return new LiveTarget(options.vm, qemu, socket, writer, options.pageOf);
+    } catch (error) {
+      await qemu.kill();
+      throw new LiveTargetError(
+        `VM ${options.vm}: cannot open the destination's stream: ${(error as Error).message}`,
+      );
+    }
+  }
+
+  /** Writes records into the destination, expanding references; throws if a page is not held. */
+  write(records: readonly LiveRecord[]): void {
+    if (this.failure) throw new LiveTargetError(`VM ${this.vm}: destination stream: ${this.failure.message}`);
+    for (const record of records) {
+      let full: StreamRecord;
+      if (record.kind === 'ref') {
+        const data = this.pageOf(record.digest);
+        if (!data)
+          throw new LiveTargetError(
+            `VM ${this.vm}: a page referenced at ${record.block}+${record.offset} is not held`,
+          );
+        full = { kind: 'page', block: record.block, offset: record.offset, data };
+      } else full = record;
+      this.digest.add(full);
+      this.writer.write(full);
+    }
+  }
+
+  /**
+   * The stream is complete: closes it, waits for the destination to finish loading, and compares
+   * digests. Resolves with the reason it must not resume, or undefined when it may.
+   */
+  async finish(sourceSha256: string): Promise<string | undefined> {
+    await new Promise<void>((resolve) => this.socket.end(() => resolve()));
+    if (this.failure) return `destination stream: ${this.failure.message}`;
+    const deadline = Date.now() + LOAD_TIMEOUT_MS;
+    for (;;) {
+      const info = (await this.qemu.qmp.execute('query-status')) as { status?: string };
+      if (info.status === 'paused' || info.status === 'prelaunch') break;
+      if (info.status !== 'inmigrate') return `destination QEMU is '${info.status}' after loading`;
+      if (Date.now() > deadline) return `destination QEMU still loading after ${LOAD_TIMEOUT_MS / 1000} s`;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const migration = (await this.qemu.qmp.execute('query-migrate')) as { status?: string };
+    if (migration.status !== undefined && migration.status !== 'completed')
+      return `destination migration status '${migration.status}'`;
+    const own = this.digest.hex();
+    if (own !== sourceSha256) return `stream digest ${own} differs from the source's ${sourceSha256}`;
+    return undefined;
+  }
+
+  async resume(): Promise<void> {
+    await this.qemu.qmp.execute('cont');
+    await this.qemu.qmp.close();
+    this.qemu.release();
+  }
+
+  async abort(): Promise<void> {
+    this.socket.destroy();
+    await this.qemu.kill();
+  }
+}
