@@ -2,6 +2,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { listenControl, type ControlChannel, type ControlServer } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
+import { connectQmp } from '../qemu/qmp.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
 import { realScheduler } from '../transport/datagram.js';
@@ -76,6 +77,7 @@ export class Agent {
   static async start(options: AgentOptions): Promise<Agent> {
     mkdirSync(imagesDir(options.dir), { recursive: true });
     mkdirSync(join(options.dir, 'run'), { recursive: true });
+    await sweepStaleDestinations(join(options.dir, 'run'), options.log);
     sweepPartialImages(options.dir);
     const store = TemplateStore.open(join(options.dir, 'store'), {
       capacityPages: options.templateCapacityPages ?? DEFAULT_TEMPLATE_CAPACITY_PAGES,
@@ -485,6 +487,31 @@ function imagesDir(dir: string): string {
 function sweepPartialImages(dir: string): void {
   for (const name of readdirSync(imagesDir(dir)))
     if (name.endsWith('.partial')) rmSync(join(imagesDir(dir), name), { force: true });
+}
+
+/**
+ * Destination QEMUs an earlier run of this agent started and never resumed (it died mid-migration):
+ * their VMs run on at their sources, so they are quit. One that runs (resumed) is a VM living here and
+ * is left alone.
+ */
+async function sweepStaleDestinations(runDir: string, log?: (line: string) => void): Promise<void> {
+  for (const name of readdirSync(runDir)) {
+    if (!name.endsWith('.qmp')) continue;
+    const path = join(runDir, name);
+    const qmp = await connectQmp(path, { connectTimeoutMs: 1000 }).catch(() => undefined);
+    if (!qmp) {
+      rmSync(path, { force: true }); // nobody listens: a leftover socket file
+      continue;
+    }
+    const status = ((await qmp.execute('query-status').catch(() => ({}))) as { status?: string }).status;
+    if (status !== 'running') {
+      log?.(
+        `quitting destination QEMU ${name.slice(0, -4)} left ${status ?? 'unanswering'} by an earlier run`,
+      );
+      await qmp.execute('quit').catch(() => undefined);
+    }
+    await qmp.close().catch(() => undefined);
+  }
 }
 
 /** Images verified by an earlier job (a `.sha256` beside the image), for `scatter --resume`. */

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -14,10 +14,10 @@ import {
 import { repoRoot, tempDir } from '../support/fixtures.js';
 
 /**
- * A running QEMU guest moves, live, to a target agent on loopback: scanned through its own migration
- * stream (then cancelled), its pages seeded by multicast, then migrated with every seeded page sent as a
- * reference; the stream digests agree before the destination resumes; the guest's counter goes on at
- * the target, and the source QEMU is gone.
+ * Running QEMU guests move, live, to a target agent on loopback: scanned through their own migration
+ * stream (then cancelled), their pages seeded by multicast, then migrated with every seeded page sent
+ * as a reference; the stream digests agree before the destination resumes. And when the target's agent
+ * dies mid-migration, the guest runs on at its source.
  */
 const cli = join(repoRoot, 'dist/src/cli/main.js');
 const basePort = 36_000 + (process.pid % 1000) * 4;
@@ -27,19 +27,10 @@ function lastTick(serial: string): number {
   return ticks.length === 0 ? 0 : Number(ticks.at(-1)![1]);
 }
 
-function runScatter(
-  dir: string,
-  topology: string,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
+function runScatter(dir: string, topology: string) {
+  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
     const child = spawn(process.execPath, [
-      cli,
-      'scatter',
-      '--topology',
-      topology,
-      '--work-dir',
-      dir,
-      '--json',
+      ...[cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json'],
     ]);
     let stdout = '';
     let stderr = '';
@@ -53,60 +44,73 @@ function runScatter(
   });
 }
 
+interface Source {
+  readonly guest: Guest;
+  readonly topology: string;
+}
+
+/** Boots the source guest and writes a topology moving it to t1 (ports from `port`). */
+async function bootSource(dir: string, port: number): Promise<Source> {
+  const kernel = await ensureGuestKernel();
+  const initrd = join(dir, 'initrd.gz');
+  buildInitramfs(initrd, { seed: 7, workloadMiB: 8 });
+  // A second QMP socket for vmscatter: QEMU serves one client per socket, and the harness holds one.
+  const vmsQmp = join(dir, 'src-vms.qmp');
+  const guest = await bootGuest({
+    kernel,
+    initrd,
+    memoryMiB: 128,
+    qmpSocket: join(dir, 'src.qmp'),
+    extraArgs: ['-qmp', `unix:${vmsQmp},server=on,wait=off`],
+  });
+  while (lastTick(guest.serial()) < 2) await new Promise((r) => setTimeout(r, 200));
+  const command = [
+    'qemu-system-x86_64',
+    ...['-accel', 'tcg', '-m', '128', '-smp', '1', '-nodefaults', '-display', 'none', '-no-reboot'],
+    ...['-serial', `file:${join(dir, 't1.serial')}`, '-kernel', kernel, '-initrd', initrd],
+    ...['-append', 'console=ttyS0 panic=-1 quiet'],
+  ];
+  const topology = join(dir, 'topology.yaml');
+  writeFileSync(
+    topology,
+    [
+      `multicast: { base: 239.255.${150 + (port % 50)}.0, size: 4, port: ${port + 3} }`,
+      'hosts:',
+      `  - { name: src, address: 127.0.0.1, port: ${port}, role: source, link: 1Gbit }`,
+      `  - { name: t1, address: 127.0.0.1, port: ${port + 1}, role: target, memory: 512MiB, link: 1Gbit }`,
+      'vms:',
+      '  - name: g1',
+      '    memory: 128MiB',
+      `    source: { qemu: { qmp: ${vmsQmp}, command: ${JSON.stringify(command)} } }`,
+    ].join('\n'),
+  );
+  return { guest, topology };
+}
+
+/** Quits a destination QEMU left running (or left behind by a killed agent) through its QMP socket. */
+async function quitDestination(path: string): Promise<void> {
+  if (!existsSync(path)) return;
+  const qmp = await connectQmp(path, { connectTimeoutMs: 2000 }).catch(() => undefined);
+  await qmp?.execute('quit').catch(() => undefined);
+  await qmp?.close().catch(() => undefined);
+}
+
 test(
   'live scatter: a running guest moves to its target, verified, and keeps running there',
   { timeout: 300_000 },
   async (t) => {
     const { dir, cleanup } = tempDir('vms-live-');
-    let guest: Guest | undefined;
-    const targetQmp = join(dir, 'agents', 't1', 'run', 'g1.qmp');
+    let source: Source | undefined;
     t.after(async () => {
-      await guest?.stop().catch(() => undefined);
-      if (existsSync(targetQmp)) {
-        const qmp = await connectQmp(targetQmp, { connectTimeoutMs: 2000 }).catch(() => undefined);
-        await qmp?.execute('quit').catch(() => undefined);
-      }
+      await source?.guest.stop().catch(() => undefined);
+      await quitDestination(join(dir, 'agents', 't1', 'run', 'g1.qmp'));
       cleanup();
     });
-    const kernel = await ensureGuestKernel();
-    const initrd = join(dir, 'initrd.gz');
-    buildInitramfs(initrd, { seed: 7, workloadMiB: 8 });
-    const vmsQmp = join(dir, 'src-vms.qmp');
-    guest = await bootGuest({
-      kernel,
-      initrd,
-      memoryMiB: 128,
-      qmpSocket: join(dir, 'src.qmp'),
-      extraArgs: ['-qmp', `unix:${vmsQmp},server=on,wait=off`],
-    });
-    // Let the guest tick a few times at the source.
-    while (lastTick(guest.serial()) < 2) await new Promise((r) => setTimeout(r, 200));
-    const targetSerial = join(dir, 't1.serial');
-    const command = [
-      'qemu-system-x86_64',
-      ...['-accel', 'tcg', '-m', '128', '-smp', '1', '-nodefaults', '-display', 'none', '-no-reboot'],
-      ...['-serial', `file:${targetSerial}`, '-kernel', kernel, '-initrd', initrd],
-      ...['-append', 'console=ttyS0 panic=-1 quiet'],
-    ];
-    const topology = join(dir, 'topology.yaml');
-    writeFileSync(
-      topology,
-      [
-        `multicast: { base: 239.255.${150 + (basePort % 50)}.0, size: 4, port: ${basePort + 3} }`,
-        'hosts:',
-        `  - { name: src, address: 127.0.0.1, port: ${basePort}, role: source, link: 1Gbit }`,
-        `  - { name: t1, address: 127.0.0.1, port: ${basePort + 1}, role: target, memory: 512MiB, link: 1Gbit }`,
-        'vms:',
-        '  - name: g1',
-        '    memory: 128MiB',
-        `    source: { qemu: { qmp: ${vmsQmp}, command: ${JSON.stringify(command)} } }`,
-      ].join('\n'),
-    );
-    const ticksBefore = lastTick(guest.serial());
-    const result = await runScatter(dir, topology);
+    source = await bootSource(dir, basePort);
+    const ticksBefore = lastTick(source.guest.serial());
+    const result = await runScatter(dir, source.topology);
     assert.equal(result.code, 0, `scatter failed: ${result.stderr}\n${result.stdout}`);
-    const report = JSON.parse(result.stdout);
-    const vm = report.vms[0];
+    const vm = JSON.parse(result.stdout).vms[0];
     assert.equal(vm.verified, true, vm.error);
     assert.equal(vm.target, 't1');
     assert.ok(vm.live.referencedPages > 1000, `pages sent by reference: ${vm.live.referencedPages}`);
@@ -116,16 +120,55 @@ test(
     );
     // The source QEMU quit; the guest's counter goes on at the target.
     await Promise.race([
-      guest.exited,
+      source.guest.exited,
       new Promise((_, reject) => setTimeout(() => reject(new Error('source QEMU still running')), 10_000)),
     ]);
+    const serial = join(dir, 't1.serial');
     const deadline = Date.now() + 30_000;
-    while (
-      lastTick(existsSync(targetSerial) ? readFileSync(targetSerial, 'latin1') : '') <=
-      ticksBefore + 1
-    ) {
-      assert.ok(Date.now() < deadline, `the guest ticks on at the target (source stopped at ${ticksBefore})`);
+    while (lastTick(existsSync(serial) ? readFileSync(serial, 'latin1') : '') <= ticksBefore + 1) {
+      assert.ok(Date.now() < deadline, `the guest ticks on at the target (it was at ${ticksBefore})`);
       await new Promise((r) => setTimeout(r, 200));
     }
+  },
+);
+
+test(
+  'live scatter rollback: the target agent dies mid-migration, the guest runs on at its source',
+  { timeout: 300_000 },
+  async (t) => {
+    const { dir, cleanup } = tempDir('vms-live-');
+    let source: Source | undefined;
+    let agent: ChildProcess | undefined;
+    const runDir = join(dir, 'agents', 't1', 'run');
+    t.after(async () => {
+      agent?.kill('SIGKILL');
+      await source?.guest.stop().catch(() => undefined);
+      await quitDestination(join(runDir, 'g1.qmp'));
+      cleanup();
+    });
+    source = await bootSource(dir, basePort + 2);
+    writeFileSync(join(dir, 'secret'), 'live rollback test secret, 32 bytes+', { mode: 0o600 });
+    agent = spawn(process.execPath, [
+      ...[cli, 'agent', '--topology', source.topology, '--host', 't1'],
+      ...['--dir', join(dir, 'agents', 't1'), '--secret-file', join(dir, 'secret')],
+    ]);
+    await new Promise((resolve) => agent!.stdout!.once('data', resolve));
+    const running = runScatter(dir, source.topology);
+    // The destination waits for the stream once its socket exists: the agent dies then.
+    const deadline = Date.now() + 120_000;
+    while (!existsSync(join(runDir, 'g1.in'))) {
+      assert.ok(Date.now() < deadline, 'the migration starts');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    agent.kill('SIGKILL');
+    const result = await running;
+    assert.equal(result.code, 6, `exit 6 when a VM did not move: ${result.stderr}`);
+    const vm = JSON.parse(result.stdout).vms[0];
+    assert.equal(vm.verified, false);
+    assert.match(vm.error, /t1/);
+    const status = (await source.guest.qmp.execute('query-status')) as { status: string };
+    assert.equal(status.status, 'running', 'the guest runs at its source');
+    const before = lastTick(source.guest.serial());
+    while (lastTick(source.guest.serial()) <= before) await new Promise((r) => setTimeout(r, 200));
   },
 );
