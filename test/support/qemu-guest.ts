@@ -25,6 +25,8 @@ export class GuestError extends VmscatterError {
 export const GUEST_READY_MARKER = 'VMSCATTER-GUEST-READY';
 /** Printed with a counter every second after ready: a migrated guest's counter goes on at its target. */
 export const GUEST_TICK_MARKER = 'VMSCATTER-TICK';
+/** Printed with the md5 of the guest's private data every 5 ticks. */
+export const GUEST_SUM_MARKER = 'VMSCATTER-SUM';
 /** Kept across test runs: the kernel package is ~70 MB, its unpacked subset ~45 MB. */
 export const DEFAULT_GUEST_CACHE = join(tmpdir(), 'vmscatter-guest-cache');
 const MiB = 2 ** 20;
@@ -237,6 +239,8 @@ while :; do
   n=$((n + 1))
   echo "$n" > /run/work/counter
   echo "${GUEST_TICK_MARKER} $n"
+  # Every 5 s, a checksum of the private data the guest wrote at boot: the same before and after a move.
+  [ $((n % 5)) -eq 1 ] && echo "${GUEST_SUM_MARKER} $(cat /run/work/private/* | md5sum | cut -c1-32)"
   dd if=/dev/urandom of=/run/work/dirty bs=4096 count=${dirtyPages} seek=$(((n * ${dirtyPages}) % ${ring})) conv=notrunc 2>/dev/null
   sleep 1
 done
