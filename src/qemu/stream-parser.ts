@@ -171,7 +171,11 @@ export class StreamParser {
     }
     const tailOffset = this.tailOffset!;
     if (this.tailLength === 0) {
-      throw this.fail(this.offset, 'truncated', 'stream ended right after the RAM END section: no device state');
+      throw this.fail(
+        this.offset,
+        'truncated',
+        'stream ended right after the RAM END section: no device state',
+      );
     }
     const found = this.candidates.find((c) => c.end === this.tailLength && this.lastTailByte === CLOSE_BRACE);
     if (found) {
@@ -216,7 +220,11 @@ export class StreamParser {
       const magic = u32(header, 0);
       const version = u32(header, 4);
       if (magic !== QEMU_VM_FILE_MAGIC) {
-        throw this.fail(0, 'invalid', `not a QEMU migration stream: magic ${hex(magic)} (expected 0x5145564d, QEVM)`);
+        throw this.fail(
+          0,
+          'invalid',
+          `not a QEMU migration stream: magic ${hex(magic)} (expected 0x5145564d, QEVM)`,
+        );
       }
       if (version !== QEMU_VM_FILE_VERSION) {
         const why = version === 2 ? 'QEMU itself refuses version 2' : 'only version 3 is supported';
@@ -251,7 +259,11 @@ export class StreamParser {
         const versionId = u32(ids, 4);
         if (idstr !== RAM_SECTION_IDSTR) {
           const hint = ITERATIVE_HINTS[idstr] ?? 'not a RAM section';
-          throw this.fail(at, 'unsupported', `iterative section '${idstr}' (${hint}): only 'ram' is supported`);
+          throw this.fail(
+            at,
+            'unsupported',
+            `iterative section '${idstr}' (${hint}): only 'ram' is supported`,
+          );
         }
         if (ram) throw this.fail(at, 'invalid', `a second START for 'ram' (section ${sectionId})`);
         if (instanceId !== 0 || versionId !== RAM_SECTION_VERSION) {
@@ -264,7 +276,8 @@ export class StreamParser {
       } else if (sectionType === SectionType.PART || sectionType === SectionType.END) {
         const kind = sectionType === SectionType.PART ? 'part' : 'end';
         const sectionId = u32(yield need(4, `the ${kind.toUpperCase()} section id`), 0);
-        if (!ram) throw this.fail(at, 'invalid', `${kind.toUpperCase()} section ${sectionId} before any START`);
+        if (!ram)
+          throw this.fail(at, 'invalid', `${kind.toUpperCase()} section ${sectionId} before any START`);
         if (sectionId !== ram.sectionId) {
           const problem = `${kind.toUpperCase()} for section ${sectionId}, which no START opened (ram is ${ram.sectionId})`;
           throw this.fail(at, 'invalid', problem);
@@ -273,7 +286,8 @@ export class StreamParser {
         yield* this.ramPayload(kind, sectionId);
         if (kind === 'end') break;
       } else if (sectionType === SectionType.FULL) {
-        const problem = 'device state (FULL section) before the RAM END section (QEMU >= 8.0 early-setup devices?)';
+        const problem =
+          'device state (FULL section) before the RAM END section (QEMU >= 8.0 early-setup devices?)';
         throw this.fail(at, 'unsupported', problem);
       } else if (sectionType === SectionType.EOF) {
         throw this.fail(at, 'invalid', ram ? 'EOF before the RAM END section' : 'EOF before any RAM section');
@@ -306,7 +320,11 @@ export class StreamParser {
     }
     const nameLength = u32(yield* take(4, 'the machine name length'), 0);
     if (nameLength === 0 || nameLength > MAX_MACHINE_NAME) {
-      throw this.fail(start + 1, 'invalid', `machine name of ${nameLength} bytes in the configuration section`);
+      throw this.fail(
+        start + 1,
+        'invalid',
+        `machine name of ${nameLength} bytes in the configuration section`,
+      );
     }
     const machine = latin1(yield* take(nameLength, 'the machine name'));
     const capabilities: string[] = [];
@@ -327,14 +345,19 @@ export class StreamParser {
       if (seen.has(name)) throw this.fail(at, 'invalid', `configuration subsection '${name}' twice`);
       seen.add(name);
       if (version !== 1) {
-        throw this.fail(at, 'unsupported', `configuration subsection '${name}' version ${version} (expected 1)`);
+        throw this.fail(
+          at,
+          'unsupported',
+          `configuration subsection '${name}' version ${version} (expected 1)`,
+        );
       }
       if (name === 'configuration/target-page-bits') {
         const bits = u32(yield* take(4, 'the target page bits'), 0);
         if (bits !== 12) throw this.fail(at, 'unsupported', `target pages of 2^${bits} bytes (only 4096)`);
       } else if (name === 'configuration/capabilities') {
         const count = u32(yield* take(4, 'the capability count'), 0);
-        if (count > MAX_CAPABILITIES) throw this.fail(at, 'invalid', `${count} capabilities in the configuration`);
+        if (count > MAX_CAPABILITIES)
+          throw this.fail(at, 'invalid', `${count} capabilities in the configuration`);
         for (let i = 0; i < count; i++) {
           const length = (yield* take(1, 'a capability name length'))[0]!;
           capabilities.push(latin1(yield* take(length, 'a capability name')));
@@ -359,7 +382,11 @@ export class StreamParser {
     } else if (accepted[command] !== undefined) {
       throw this.fail(at, 'invalid', `${name} command with ${length} bytes of data`);
     } else if (command >= MigCommand.POSTCOPY_ADVISE && command <= MigCommand.RECV_BITMAP) {
-      throw this.fail(at, 'unsupported', `${name} command (postcopy, COLO or packaged streams are not supported)`);
+      throw this.fail(
+        at,
+        'unsupported',
+        `${name} command (postcopy, COLO or packaged streams are not supported)`,
+      );
     } else {
       throw this.fail(at, 'unsupported', `unknown command ${command} (${length} bytes of data)`);
     }
@@ -380,7 +407,11 @@ export class StreamParser {
       }
       if (flags === RamFlag.MEM_SIZE) {
         if (type !== 'start' || this.blocks) {
-          throw this.fail(at, 'unsupported', `a RAM block list (MEM_SIZE) in the ${type.toUpperCase()} section`);
+          throw this.fail(
+            at,
+            'unsupported',
+            `a RAM block list (MEM_SIZE) in the ${type.toUpperCase()} section`,
+          );
         }
         yield* this.blockList(at, value);
         continue;
@@ -395,7 +426,8 @@ export class StreamParser {
         const name = latin1(yield need((yield need(1, 'a RAM block name length'))[0]!, 'a RAM block name'));
         if (!this.blocks) throw this.fail(at, 'invalid', `a page of '${name}' before the RAM block list`);
         block = this.blocks.get(name);
-        if (!block) throw this.fail(at, 'invalid', `a page of RAM block '${name}', which the block list lacks`);
+        if (!block)
+          throw this.fail(at, 'invalid', `a page of RAM block '${name}', which the block list lacks`);
       } else if (!block) {
         throw this.fail(at, 'invalid', 'CONTINUE on the first page record: no previous RAM block');
       }
@@ -435,16 +467,24 @@ export class StreamParser {
       if (!Number.isSafeInteger(value)) throw this.fail(at, 'invalid', `${what} ${hex(value)} is too large`);
       return value;
     };
-    for (let remaining = total; remaining > 0; ) {
-      if (blocks.length >= MAX_RAM_BLOCKS) throw this.fail(at, 'invalid', `more than ${MAX_RAM_BLOCKS} RAM blocks`);
+    for (let remaining = total; remaining > 0;) {
+      if (blocks.length >= MAX_RAM_BLOCKS)
+        throw this.fail(at, 'invalid', `more than ${MAX_RAM_BLOCKS} RAM blocks`);
       const name = latin1(yield need((yield need(1, 'a RAM block name length'))[0]!, 'a RAM block name'));
       const length = u64(yield need(8, `the length of RAM block '${name}'`), `the length of '${name}'`);
       const addr = this.ignoreShared
         ? u64(yield need(8, `the address of RAM block '${name}'`), `the address of '${name}'`)
         : undefined;
       if (byName.has(name)) throw this.fail(at, 'invalid', `RAM block '${name}' twice in the block list`);
+      if (name.length === 0 || length === 0) {
+        throw this.fail(at, 'invalid', `RAM block '${name}' of ${length} bytes in the block list`);
+      }
       if (length > remaining) {
-        throw this.fail(at, 'invalid', `RAM block lengths exceed the block list's total of ${hex(total)} bytes`);
+        throw this.fail(
+          at,
+          'invalid',
+          `RAM block lengths exceed the block list's total of ${hex(total)} bytes`,
+        );
       }
       const block: RamBlock = addr === undefined ? { name, length } : { name, length, addr };
       blocks.push(block);

@@ -117,7 +117,9 @@ export class StreamWriter {
     } else {
       if (!this.ram) throw this.usage(`${type.toUpperCase()} before START`);
       if (sectionId !== this.ram.sectionId) {
-        throw this.usage(`${type.toUpperCase()} for section ${sectionId}; START opened ${this.ram.sectionId}`);
+        throw this.usage(
+          `${type.toUpperCase()} for section ${sectionId}; START opened ${this.ram.sectionId}`,
+        );
       }
       const bytes = Buffer.alloc(5);
       bytes[0] = type === 'part' ? SectionType.PART : SectionType.END;
@@ -139,7 +141,9 @@ export class StreamWriter {
         throw this.usage(`RAM block '${block.name}' of length ${block.length}`);
       }
       if ((block.addr !== undefined) !== this.ignoreShared) {
-        const want = this.ignoreShared ? 'needs an address (x-ignore-shared)' : 'has an address without x-ignore-shared';
+        const want = this.ignoreShared
+          ? 'needs an address (x-ignore-shared)'
+          : 'has an address without x-ignore-shared';
         throw this.usage(`RAM block '${block.name}' ${want}`);
       }
       const name = this.blockName(block.name);
@@ -213,7 +217,8 @@ export class StreamWriter {
       case 'zero':
         return this.zero(record.block, record.offset, record.fill, record.continued);
       case 'section-end':
-        if (this.open?.type !== record.type) throw this.usage(`end of a ${record.type.toUpperCase()} not open`);
+        if (this.open?.type !== record.type)
+          throw this.usage(`end of a ${record.type.toUpperCase()} not open`);
         return this.endSection();
       case 'tail':
         return this.tail(record.bytes);
@@ -224,7 +229,12 @@ export class StreamWriter {
     if (!this.open) throw this.usage(`a page of '${block}' outside a RAM section`);
     const known = this.blocks?.get(block);
     if (!known) throw this.usage(`a page of RAM block '${block}', which the block list lacks`);
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset % STREAM_PAGE_SIZE !== 0 || offset >= known.length) {
+    if (
+      !Number.isSafeInteger(offset) ||
+      offset < 0 ||
+      offset % STREAM_PAGE_SIZE !== 0 ||
+      offset >= known.length
+    ) {
       throw this.usage(`page offset ${offset} in RAM block '${block}' of ${known.length} bytes`);
     }
     const useContinue = this.lastBlock === block && continued !== false;
@@ -249,7 +259,10 @@ export class StreamWriter {
   }
 
   private expectStage(stage: Stage, what: string): void {
-    if (this.stage !== stage) throw this.usage(`${what} where ${this.stage === 'tail' ? 'tail bytes' : `the ${this.stage}`} belong`);
+    if (this.stage === stage) return;
+    const next =
+      this.stage === 'tail' ? 'tail bytes' : this.stage === 'sections' ? 'sections' : `the ${this.stage}`;
+    throw this.usage(`${what} out of order (the writer expects ${next} next)`);
   }
 
   private usage(problem: string): StreamError {
@@ -278,7 +291,11 @@ export interface StreamImage {
   /** Commands before the RAM START (OPEN_RETURN_PATH, PING), as received. */
   readonly commands?: readonly { readonly command: number; readonly data: Uint8Array }[];
   /** The RAM START's section id, instance and version (default: QEMU 7.2's 2, 0, 4). */
-  readonly ramSection?: { readonly sectionId: number; readonly instanceId?: number; readonly versionId?: number };
+  readonly ramSection?: {
+    readonly sectionId: number;
+    readonly instanceId?: number;
+    readonly versionId?: number;
+  };
   readonly blocks: readonly RamBlock[];
   /** Written in this order; a later copy of a page overrides an earlier one at the destination. */
   readonly pages: Iterable<PageRecord | ZeroRecord>;

@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import { connectControl } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
 import { DIGEST_BYTES, ZERO_PAGE_ID } from '../memory/page.js';
-import { deriveDigestKey } from '../memory/page-digest.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
 import type { Host, Topology } from '../topology/model.js';
 import { AgentLink, AgentLostError } from './agent-link.js';

@@ -4,6 +4,7 @@ import type { PageDigester } from '../memory/page-digest.js';
 import { StreamParser } from '../qemu/migration-stream.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import { AgentLostError, type AgentLink } from './agent-link.js';
+import type { CopyStrategy } from './copy-strategy.js';
 import { StreamDigest, type LiveRecord } from './live-records.js';
 import { streamListener, waitMigrationSettled, withTimeout } from './live-source.js';
 
@@ -46,6 +47,7 @@ export async function migrateLiveVm(options: {
   /** Whether the target holds the page with this digest. */
   readonly holds: (digest: Uint8Array) => boolean;
   readonly maxBandwidthBytesPerSecond: number;
+  readonly strategy: CopyStrategy;
 }): Promise<LiveMigrationResult> {
   const { vm, source, link } = options;
   const started = performance.now();
@@ -72,9 +74,16 @@ export async function migrateLiveVm(options: {
     await source.execute('migrate-set-parameters', {
       'max-bandwidth': Math.max(1, Math.round(options.maxBandwidthBytesPerSecond)),
     });
+    await source.execute('migrate-set-capabilities', {
+      capabilities: [{ capability: 'auto-converge', state: options.strategy === 'precopy-auto-converge' }],
+    });
+    // Stop-and-copy: the guest stops for the whole copy (it could not converge, or is tiny); a
+    // rollback resumes it.
+    if (options.strategy === 'stop-and-copy') await source.execute('stop');
     await source.execute('migrate', { uri: `unix:${join(options.runDir, `${vm}.out`)}` });
     const socket = await withTimeout(listener.accepted, 30_000, `VM ${vm}: QEMU did not connect`);
-    const parser = new StreamParser({ allowMissingDescription: true });
+    // A complete stream ends with the VM description: one cut short inside device state is refused.
+    const parser = new StreamParser();
     const digest = new StreamDigest();
     const hash = new Uint8Array(DIGEST_BYTES);
     let batch: LiveRecord[] = [];

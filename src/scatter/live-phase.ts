@@ -1,11 +1,14 @@
 import { DigestTable } from '../memory/digest-table.js';
+import { PAGE_SIZE } from '../memory/page.js';
 import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
+import type { QmpClient } from '../qemu/qmp.js';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
 import type { Topology } from '../topology/model.js';
 import type { AgentLink } from './agent-link.js';
 import type { HeldDigests } from './digest-set.js';
 import type { JobScan } from './job-scan.js';
 import type { SendRound } from './job-work.js';
+import { chooseCopyStrategy, type CopyDecision } from './copy-strategy.js';
 import { migrateLiveVm, type LiveMigrationResult } from './live-migrate.js';
 
 /**
@@ -24,15 +27,22 @@ export async function migrateLiveVms(options: {
   readonly holds: (target: number, digest: Uint8Array) => boolean;
   readonly bandwidthBytesPerSecond: number;
   readonly onVerdict: (done: number, total: number) => void;
-}): Promise<Map<number, LiveMigrationResult>> {
-  const results = new Map<number, LiveMigrationResult>();
+}): Promise<Map<number, LiveVmResult>> {
+  const results = new Map<number, LiveVmResult>();
   const digester = new PageDigester(deriveDigestKey(options.secret));
-  for (const v of options.pending) {
+  const dirty = await measureDirtyRates(options.pending.map((v) => options.scan.qmp.get(v)!));
+  for (const [k, v] of options.pending.entries()) {
     const vm = options.topology.vms[v]!;
     const target = options.plan.detail.assignment[v]!;
     const link = options.links[target]!;
     if (vm.source.kind !== 'qemu') continue;
-    const result = link.lost
+    const copy = chooseCopyStrategy({
+      memoryBytes: options.scan.vms[v]!.pages.length * PAGE_SIZE,
+      dirtyBytesPerSecond: dirty[k]!,
+      bandwidthBytesPerSecond: options.bandwidthBytesPerSecond,
+      downtimeLimitMs: QEMU_DOWNTIME_LIMIT_MS,
+    });
+    const migrated = link.lost
       ? { ...notMigrated, error: link.lost }
       : await migrateLiveVm({
           vm: vm.name,
@@ -43,11 +53,51 @@ export async function migrateLiveVms(options: {
           digester,
           holds: (digest) => options.holds(target, digest),
           maxBandwidthBytesPerSecond: options.bandwidthBytesPerSecond,
+          strategy: copy.strategy,
         });
-    results.set(v, result);
+    results.set(v, { ...migrated, copy, dirtyBytesPerSecond: dirty[k]! });
     options.onVerdict(results.size, options.pending.length);
   }
   return results;
+}
+
+export interface LiveVmResult extends LiveMigrationResult {
+  readonly copy: CopyDecision;
+  readonly dirtyBytesPerSecond: number;
+}
+
+/** QEMU's default downtime limit, which vmscatter leaves as it is. */
+const QEMU_DOWNTIME_LIMIT_MS = 300;
+const DIRTY_RATE_SECONDS = 1;
+
+/**
+ * Each VM's dirty rate (bytes/s), measured by QEMU over one second, all VMs at once. A VM whose QEMU
+ * cannot measure it (an older QEMU) counts as idle: precopy then, which is QEMU's own default.
+ */
+async function measureDirtyRates(clients: readonly QmpClient[]): Promise<number[]> {
+  const started = await Promise.all(
+    clients.map((qmp) =>
+      qmp.execute('calc-dirty-rate', { 'calc-time': DIRTY_RATE_SECONDS }).then(
+        () => true,
+        () => false,
+      ),
+    ),
+  );
+  await new Promise((r) => setTimeout(r, DIRTY_RATE_SECONDS * 1000 + 100));
+  return Promise.all(
+    clients.map(async (qmp, i) => {
+      if (!started[i]) return 0;
+      for (let tries = 0; tries < 50; tries++) {
+        const info = (await qmp.execute('query-dirty-rate').catch(() => ({}))) as {
+          status?: string;
+          'dirty-rate'?: number;
+        };
+        if (info.status === 'measured') return (info['dirty-rate'] ?? 0) * 2 ** 20;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return 0;
+    }),
+  );
 }
 
 const notMigrated: LiveMigrationResult = {
@@ -83,8 +133,11 @@ export function heldForLive(
     delivered[target]!.lookup(digest) > 0 || announced[target]?.mayHold(digest) === true;
 }
 
-export function liveSummary(result: LiveMigrationResult) {
+export function liveSummary(result: LiveVmResult) {
   return {
+    strategy: result.copy.strategy,
+    strategyReason: result.copy.why,
+    dirtyBytesPerSecond: Math.round(result.dirtyBytesPerSecond),
     downtimeMs: result.downtimeMs,
     referencedPages: result.referencedPages,
     sentPages: result.sentPages,

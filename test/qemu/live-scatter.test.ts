@@ -100,13 +100,13 @@ test(
   { timeout: 300_000 },
   async (t) => {
     const { dir, cleanup } = tempDir('vms-live-');
-    let source: Source | undefined;
+    const started: { source?: Source } = {};
     t.after(async () => {
-      await source?.guest.stop().catch(() => undefined);
+      await started.source?.guest.stop().catch(() => undefined);
       await quitDestination(join(dir, 'agents', 't1', 'run', 'g1.qmp'));
       cleanup();
     });
-    source = await bootSource(dir, basePort);
+    const source = (started.source = await bootSource(dir, basePort));
     const ticksBefore = lastTick(source.guest.serial());
     const result = await runScatter(dir, source.topology);
     assert.equal(result.code, 0, `scatter failed: ${result.stderr}\n${result.stdout}`);
@@ -137,22 +137,21 @@ test(
   { timeout: 300_000 },
   async (t) => {
     const { dir, cleanup } = tempDir('vms-live-');
-    let source: Source | undefined;
-    let agent: ChildProcess | undefined;
+    const started: { source?: Source; agent?: ChildProcess } = {};
     const runDir = join(dir, 'agents', 't1', 'run');
     t.after(async () => {
-      agent?.kill('SIGKILL');
-      await source?.guest.stop().catch(() => undefined);
+      started.agent?.kill('SIGKILL');
+      await started.source?.guest.stop().catch(() => undefined);
       await quitDestination(join(runDir, 'g1.qmp'));
       cleanup();
     });
-    source = await bootSource(dir, basePort + 2);
+    const source = (started.source = await bootSource(dir, basePort + 2));
     writeFileSync(join(dir, 'secret'), 'live rollback test secret, 32 bytes+', { mode: 0o600 });
-    agent = spawn(process.execPath, [
+    const agent = (started.agent = spawn(process.execPath, [
       ...[cli, 'agent', '--topology', source.topology, '--host', 't1'],
       ...['--dir', join(dir, 'agents', 't1'), '--secret-file', join(dir, 'secret')],
-    ]);
-    await new Promise((resolve) => agent!.stdout!.once('data', resolve));
+    ]));
+    await new Promise((resolve) => agent.stdout.once('data', resolve));
     const running = runScatter(dir, source.topology);
     // The destination waits for the stream once its socket exists: the agent dies then.
     const deadline = Date.now() + 120_000;

@@ -161,6 +161,13 @@ export interface InitramfsOptions {
   readonly sharedFiles?: readonly string[];
   /** KiB the guest rewrites each second once ready, so a live migration has dirty pages (default 256). */
   readonly dirtyKiBPerSecond?: number;
+  /** MiB of the file the rewritten pages rotate over (default: 16 seconds' worth, at least 4 MiB). */
+  readonly dirtyRingMiB?: number;
+  /**
+   * Re-read the common files every second once ready, as a guest serving from its page cache does
+   * (reads dirty nothing, but the shared data stays in use). Default false.
+   */
+  readonly rereadCommon?: boolean;
   /** A statically linked busybox (default: the first `busybox` on PATH). */
   readonly busybox?: string;
 }
@@ -216,8 +223,8 @@ const LINK = 0o120777;
 const CHAR = 0o020600;
 
 /** The guest's /init: mount, load the workload into memory, say ready, then keep dirtying pages. */
-function initScript(seed: number, dirtyPages: number): string {
-  const ring = Math.max(1024, dirtyPages * 16); // dirty pages rotate over a 4 MiB+ file
+function initScript(seed: number, dirtyPages: number, ringPages?: number, reread = false): string {
+  const ring = ringPages ?? Math.max(1024, dirtyPages * 16); // by default over a 4 MiB+ file
   return `#!/bin/sh
 # vmscatter test guest, seed ${seed} (test/support/qemu-guest.ts)
 /bin/busybox --install -s /bin
@@ -242,7 +249,7 @@ while :; do
   # Every 5 s, a checksum of the private data the guest wrote at boot: the same before and after a move.
   [ $((n % 5)) -eq 1 ] && echo "${GUEST_SUM_MARKER} $(cat /run/work/private/* | md5sum | cut -c1-32)"
   dd if=/dev/urandom of=/run/work/dirty bs=4096 count=${dirtyPages} seek=$(((n * ${dirtyPages}) % ${ring})) conv=notrunc 2>/dev/null
-  sleep 1
+${reread ? '  cat /data/common/* > /dev/null\n' : ''}  sleep 1
 done
 `;
 }
@@ -257,6 +264,11 @@ export function buildInitramfs(path: string, options: InitramfsOptions): void {
   const workload = Math.round((options.workloadMiB ?? 16) * MiB);
   const privateBytes = Math.round(workload * (options.privateShare ?? 0.25));
   let commonLeft = workload - privateBytes;
+  const dirtyPages = Math.round((options.dirtyKiBPerSecond ?? 256) / 4);
+  const ringPages =
+    options.dirtyRingMiB === undefined
+      ? undefined
+      : Math.max(dirtyPages, Math.round((options.dirtyRingMiB * MiB) / 4096));
   const dirs = ['bin', 'dev', 'proc', 'sys', 'run', 'data', 'data/common', 'data/private'];
   const entries: CpioEntry[] = dirs.map((name) => ({ name, mode: DIR }));
   entries.push(
@@ -266,7 +278,7 @@ export function buildInitramfs(path: string, options: InitramfsOptions): void {
     {
       name: 'init',
       mode: EXEC,
-      data: Buffer.from(initScript(options.seed, (options.dirtyKiBPerSecond ?? 256) / 4)),
+      data: Buffer.from(initScript(options.seed, dirtyPages, ringPages, options.rereadCommon)),
     },
   );
   for (const [i, file] of (options.sharedFiles ?? []).entries()) {
@@ -297,6 +309,11 @@ export interface BootOptions {
   readonly readyTimeoutMs?: number;
   /** QEMU binary (default $VMSCATTER_QEMU or qemu-system-x86_64). */
   readonly qemu?: string;
+  /**
+   * A command QEMU runs under, e.g. `['ip', 'netns', 'exec', ns]` (its network traffic then leaves
+   * through that namespace). It must exec QEMU in place, so that `pid` stays QEMU's.
+   */
+  readonly wrap?: readonly string[];
 }
 
 export interface Guest {
@@ -330,7 +347,8 @@ export async function bootGuest(options: BootOptions): Promise<Guest> {
     ...(options.extraArgs ?? []),
   ];
   rmSync(options.qmpSocket, { force: true }); // a stale socket from a killed run would be connected to
-  const child = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const [command, ...prefix] = [...(options.wrap ?? []), qemu];
+  const child = spawn(command!, [...prefix, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(child);
   if (!exitHookInstalled) {
     exitHookInstalled = true;
