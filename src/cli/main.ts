@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { defaultPlanOptions } from '../plan/scatter-plan.js';
 import { agentCommand } from './agent-command.js';
+import { evacuateCommand } from './evacuate-command.js';
 import { inspectCommand } from './inspect-command.js';
 import { planCommand } from './plan-command.js';
 import { parseWholeNumber, runAction } from './run-action.js';
@@ -94,6 +95,7 @@ program
       .choices(['adaptive', 'on', 'off'])
       .default('adaptive'),
   )
+  .option('--dry-run', 'scan, plan and run the pre-flight checks; move nothing')
   .option('--resume', 'leave VMs already verified at their target alone; send only what agents lack')
   .option(
     '--secret-file <file>',
@@ -107,6 +109,44 @@ program
   .option('--insecure-plaintext', 'send guest memory over multicast UNENCRYPTED (trusted test networks only)')
   .option('--json', 'print the final report as JSON')
   .action(runAction(scatterCommand));
+
+program
+  .command('evacuate')
+  .description(
+    'move every VM off a host onto the others (before maintenance); exit 0 all moved, 2 partial, 1 error',
+  )
+  .requiredOption('--host <name>', 'the host to empty (its VMs are those of the topology)')
+  .addOption(
+    new Option('--topology <file>', 'topology and job file (YAML)').default(
+      defaultTopology,
+      'topologies/local.yaml',
+    ),
+  )
+  .option('--exclude-host <name...>', 'hosts that must not take VMs')
+  .option('--dry-run', 'plan and run the pre-flight checks only; nothing moves')
+  .option('--max-parallel <count>', 'running VMs migrated at once', parseWholeNumber(1, 64), 1)
+  .option('--bandwidth <rate>', "cap on the evacuated host's link, with units (e.g. 800Mbit)")
+  .option(
+    '--downtime-limit <ms>',
+    'QEMU downtime limit per VM (milliseconds)',
+    parseWholeNumber(1, 600_000),
+    300,
+  )
+  .option('--timeout-per-gib <seconds>', 'time allowed per GiB of guest memory', parseWholeNumber(1, 86_400))
+  .addOption(
+    new Option('--on-timeout <action>', 'when the timeout expires')
+      .choices(['abort', 'stop-and-copy'])
+      .default('abort'),
+  )
+  .option('--yes', 'do not ask for confirmation (scripts)')
+  .option(
+    '--secret-file <file>',
+    'deployment secret, the same file on every host (env VMSCATTER_SECRET_FILE)',
+  )
+  .option('--work-dir <dir>', 'where local state lives', '.vmscatter')
+  .option('--mtu <bytes>', 'path MTU of the multicast network', parseWholeNumber(576, 65535))
+  .option('--json', 'print which VMs moved, which stayed and why, as JSON')
+  .action(runAction(evacuateCommand));
 
 program
   .command('agent')

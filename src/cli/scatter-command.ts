@@ -1,6 +1,12 @@
 import { VmscatterError } from '../errors.js';
 import { PAGE_SIZE } from '../memory/page.js';
-import { runScatter, type ScatterProgress, type ScatterReport } from '../scatter/coordinator.js';
+import {
+  runScatter,
+  type ScatterOptions,
+  type ScatterProgress,
+  type ScatterReport,
+} from '../scatter/coordinator.js';
+import type { Topology } from '../topology/model.js';
 import { startLocalAgents } from '../scatter/local-agents.js';
 import type { CompressionMode } from '../scatter/page-codec.js';
 import {
@@ -26,6 +32,7 @@ export interface ScatterCommandOptions {
   readonly workDir: string;
   readonly insecurePlaintext?: boolean;
   readonly json?: boolean;
+  readonly dryRun?: boolean;
 }
 
 /** Some VMs were not verified at their target: they keep running at the source. */
@@ -35,9 +42,23 @@ export class ScatterIncompleteError extends VmscatterError {
   }
 }
 
-/** `vmscatter scatter`: the whole job, from the source host. */
-export async function scatterCommand(options: ScatterCommandOptions): Promise<void> {
-  const loaded = loadTopology(options.topology);
+/** What a job run from the command line needs besides its topology. */
+export interface JobCommandOptions {
+  readonly workDir: string;
+  readonly secretFile?: string;
+  readonly json?: boolean;
+  readonly mtu?: number;
+}
+
+/**
+ * Runs a job the way the commands do: the deployment secret, synthetic VMs written out as images,
+ * agents started for loopback targets with none listening (and stopped after), progress on stderr.
+ */
+export async function runJobFromCli(
+  loaded: Topology,
+  options: JobCommandOptions,
+  job: Omit<ScatterOptions, 'topology' | 'secret' | 'mtu' | 'onProgress' | 'onWarning' | 'workDir'>,
+): Promise<{ report: ScatterReport; topology: Topology; localAgents: readonly string[] }> {
   const progress = new Progress(!options.json);
   const secretFile = resolveSecretFile(
     options.secretFile ?? process.env.VMSCATTER_SECRET_FILE,
@@ -56,34 +77,43 @@ export async function scatterCommand(options: ScatterCommandOptions): Promise<vo
     secretFile,
     options.workDir,
   );
-  let report: ScatterReport;
   try {
-    report = await runScatter({
+    const report = await runScatter({
+      ...job,
       topology,
       secret,
-      maxGroups: options.maxGroups,
-      seed: options.seed,
       // Loopback carries 64 KiB datagrams; a real network gets the safe default unless told.
       mtu: options.mtu ?? (allLoopback(topology.hosts) ? 9000 : 1500),
-      resume: options.resume ?? false,
       workDir: options.workDir,
-      ...(options.roundPages === undefined ? {} : { roundPages: options.roundPages }),
-      insecurePlaintext: options.insecurePlaintext ?? false,
-      compression: options.compression ?? 'adaptive',
       onProgress: (event) => showProgress(progress, event),
       onWarning: (line) => process.stderr.write(`vmscatter: warning: ${line}\n`),
     });
+    return { report, topology, localAgents: agents.started };
   } finally {
     progress.stop();
     await agents.stop();
   }
+}
+
+/** `vmscatter scatter`: the whole job, from the source host. */
+export async function scatterCommand(options: ScatterCommandOptions): Promise<void> {
+  const { report, topology, localAgents } = await runJobFromCli(loadTopology(options.topology), options, {
+    maxGroups: options.maxGroups,
+    seed: options.seed,
+    resume: options.resume ?? false,
+    ...(options.roundPages === undefined ? {} : { roundPages: options.roundPages }),
+    insecurePlaintext: options.insecurePlaintext ?? false,
+    compression: options.compression ?? 'adaptive',
+    dryRun: options.dryRun ?? false,
+  });
+  const agents = { started: localAgents };
   process.stdout.write(
     options.json
       ? `${JSON.stringify({ topology: topology.file, localAgents: agents.started, ...report }, null, 2)}\n`
       : `${renderReport(report, topology.file)}\n`,
   );
   const failed = report.vms.filter((vm) => !vm.verified);
-  if (failed.length > 0)
+  if (failed.length > 0 && !report.planned?.dryRun)
     throw new ScatterIncompleteError(
       `${failed.length} of ${report.vms.length} VMs not verified (they keep running at the source): ` +
         failed.map((vm) => `${vm.name} (${vm.error})`).join('; ') +

@@ -1,4 +1,5 @@
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { listenControl, type ControlChannel, type ControlServer } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
@@ -260,6 +261,8 @@ class AgentJob {
       held: chooseAnnouncement(store.packedDigests(), ANNOUNCEMENT_FALSE_POSITIVES).bytes,
       heldCount: store.size,
       verified: verifiedImages(this.options.dir),
+      freeBytes: freeBytes(this.options.dir),
+      qemuVersion: qemuVersion(),
     });
   }
 
@@ -512,6 +515,21 @@ async function sweepStaleDestinations(runDir: string, log?: (line: string) => vo
     }
     await qmp.close().catch(() => undefined);
   }
+}
+
+function freeBytes(dir: string): number {
+  try {
+    const stats = statfsSync(dir);
+    return stats.bavail * stats.bsize;
+  } catch {
+    return 0;
+  }
+}
+
+/** The version of the QEMU on this host ('' when there is none): destinations start from it. */
+function qemuVersion(): string {
+  const result = spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8', timeout: 5000 });
+  return /version (\d+\.\d+(?:\.\d+)?)/.exec(result.stdout ?? '')?.[1] ?? '';
 }
 
 /** Images verified by an earlier job (a `.sha256` beside the image), for `scatter --resume`. */

@@ -3,15 +3,16 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { connectControl } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
-import { DIGEST_BYTES, ZERO_PAGE_ID } from '../memory/page.js';
+import { DIGEST_BYTES, PAGE_SIZE, ZERO_PAGE_ID } from '../memory/page.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
 import type { Host, Topology } from '../topology/model.js';
 import { AgentLink, AgentLostError } from './agent-link.js';
 import { decodeAnnouncement, type HeldDigests } from './digest-set.js';
-import { planJobWork, type PeerFetch } from './job-work.js';
+import { planJobWork, type JobWork, type PeerFetch } from './job-work.js';
+import { preflightProblems, PreflightError, type PreflightTarget } from './preflight.js';
 import { attributeWireBytes } from './wire-attribution.js';
 import type { SourcePages } from './source-pages.js';
-import { scanJob } from './job-scan.js';
+import { scanJob, type JobScan } from './job-scan.js';
 import { heldForLive, liveSummary, migrateLiveVms } from './live-phase.js';
 import type { CompressionMode } from './page-codec.js';
 import { PROTOCOL_VERSION } from './protocol.js';
@@ -44,6 +45,14 @@ export interface ScatterOptions {
   readonly roundPages?: number;
   readonly onProgress?: (event: ScatterProgress) => void;
   readonly onWarning?: (line: string) => void;
+  /** Scan, plan and run the pre-flight checks, then stop: nothing moves. */
+  readonly dryRun?: boolean;
+  /** Ctrl-C: no new VM starts moving; a live migration in flight rolls back. */
+  readonly signal?: AbortSignal;
+  /** Running VMs: QEMU's downtime limit (ms), migrations at once, time allowed per GiB. */
+  readonly downtimeLimitMs?: number;
+  readonly maxParallel?: number;
+  readonly timeoutPerGiB?: { readonly seconds: number; readonly action: 'abort' | 'stop-and-copy' };
 }
 
 export interface ScatterProgress {
@@ -88,6 +97,8 @@ export interface TargetReport {
 
 export interface ScatterReport {
   readonly ok: boolean;
+  /** A dry run (or a job interrupted before anything moved): the plan, nothing moved. */
+  readonly planned?: { readonly dryRun: boolean };
   readonly job: string;
   readonly vms: readonly VmReport[];
   readonly targets: readonly TargetReport[];
@@ -109,6 +120,9 @@ export interface ScatterReport {
     readonly multicast: number;
     readonly unicast: number;
     readonly peer: number;
+    readonly raw: number;
+    readonly uniform: number;
+    readonly compressed: number;
   };
   readonly seconds: Readonly<
     Record<'connect' | 'scan' | 'plan' | 'seed' | 'rebuild' | 'migrate' | 'total', number>
@@ -196,6 +210,23 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
 
     const pages = scan.pages;
     try {
+      const problems = preflightProblems(
+        await preflightTargets(liveTargets, readies, work, scan, assignment, topology),
+      );
+      if (problems.length > 0) throw new PreflightError(problems);
+      if (options.dryRun || options.signal?.aborted) {
+        for (const link of links) link.send({ t: 'end' });
+        return plannedReport(
+          job,
+          topology,
+          liveTargets,
+          scan,
+          assignment,
+          done,
+          seconds,
+          options.dryRun === true,
+        );
+      }
       t = performance.now();
       // Site peers serve over their own links while the source multicasts over its own.
       const [seeded, fetched] = await Promise.all([
@@ -228,6 +259,10 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         holds: heldForLive(work.rounds, seeded.roundCompleted, held, scan.table, liveTargets.length),
         bandwidthBytesPerSecond: source.linkBitsPerSecond / 8,
         onVerdict: (done, total) => progress({ phase: 'migrate', done, total, unit: 'vms' }),
+        ...(options.downtimeLimitMs === undefined ? {} : { downtimeLimitMs: options.downtimeLimitMs }),
+        ...(options.maxParallel === undefined ? {} : { maxParallel: options.maxParallel }),
+        ...(options.timeoutPerGiB === undefined ? {} : { timeoutPerGiB: options.timeoutPerGiB }),
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
       });
       seconds.migrate = (performance.now() - t) / 1000;
       for (const [v, result] of migrated) {
@@ -323,6 +358,103 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
   } finally {
     for (const link of links) link.close();
   }
+}
+
+/** What each target will need (disk, QEMU) for the pre-flight checks. */
+async function preflightTargets(
+  targets: readonly Host[],
+  readies: readonly { freeBytes: number; qemuVersion: string }[],
+  work: JobWork,
+  scan: JobScan,
+  assignment: Int32Array,
+  topology: Topology,
+): Promise<PreflightTarget[]> {
+  const versions = new Map<number, string>();
+  for (const [v, qmp] of scan.qmp) {
+    const info = (await qmp.execute('query-version').catch(() => ({}))) as {
+      qemu?: { major: number; minor: number; micro: number };
+    };
+    if (info.qemu) versions.set(v, `${info.qemu.major}.${info.qemu.minor}.${info.qemu.micro}`);
+  }
+  return targets.map((host, t) => {
+    const placed = work.pendingVms.filter((v) => assignment[v] === t);
+    const imageBytes = placed
+      .filter((v) => topology.vms[v]!.source.kind === 'image')
+      .reduce((n, v) => n + scan.vms[v]!.pages.filter((id) => id !== ZERO_PAGE_ID).length * PAGE_SIZE, 0);
+    return {
+      name: host.name,
+      freeBytes: readies[t]!.freeBytes,
+      neededBytes: (work.neededPages[t]! + work.peerPages[t]!) * PAGE_SIZE + imageBytes,
+      qemuVersion: readies[t]!.qemuVersion,
+      incomingQemuVersions: placed.flatMap((v) => (versions.has(v) ? [versions.get(v)!] : [])),
+    };
+  });
+}
+
+/** The report of a job that moved nothing: where each VM would go. */
+function plannedReport(
+  job: string,
+  topology: Topology,
+  targets: readonly Host[],
+  scan: JobScan,
+  assignment: Int32Array,
+  done: readonly boolean[],
+  seconds: ScatterReport['seconds'],
+  dryRun: boolean,
+): ScatterReport {
+  const vms = topology.vms.map((vm, v) => ({
+    name: vm.name,
+    target: targets[assignment[v]!]!.name,
+    pages: scan.vms[v]!.pages.length,
+    zeroPages: scan.vms[v]!.pages.reduce((n, id) => n + (id === ZERO_PAGE_ID ? 1 : 0), 0),
+    sha256: scan.sha256[v]!,
+    wireBytes: 0,
+    verified: done[v]!,
+    alreadyVerified: done[v]!,
+    ...(done[v] ? {} : { error: dryRun ? 'dry run: not moved' : 'interrupted before it moved' }),
+  }));
+  return {
+    ok: vms.every((vm) => vm.verified),
+    planned: { dryRun },
+    job,
+    vms,
+    targets: targets.map((host) => ({
+      name: host.name,
+      vms: vms.filter((vm) => vm.target === host.name).map((vm) => vm.name),
+      heldPages: 0,
+      multicastPages: 0,
+      unicastPages: 0,
+      peerPages: 0,
+      wireBytes: 0,
+    })),
+    source: {
+      multicastPayloadBytes: 0,
+      multicastWireBytes: 0,
+      unicastBytes: 0,
+      rounds: 0,
+      uniquePagesSent: 0,
+      packets: { data: 0, parity: 0, repair: 0 },
+    },
+    compression: {
+      mode: 'off',
+      on: false,
+      linkBitsPerSecond: 0,
+      roundsCompressed: 0,
+      roundBitsPerSecond: [],
+    },
+    pages: {
+      total: 0,
+      zero: 0,
+      held: 0,
+      multicast: 0,
+      raw: 0,
+      uniform: 0,
+      compressed: 0,
+      unicast: 0,
+      peer: 0,
+    },
+    seconds,
+  };
 }
 
 /** Has each target fetch from its site peers what they announced; returns pages stored per target. */

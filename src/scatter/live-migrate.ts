@@ -48,6 +48,15 @@ export async function migrateLiveVm(options: {
   readonly holds: (digest: Uint8Array) => boolean;
   readonly maxBandwidthBytesPerSecond: number;
   readonly strategy: CopyStrategy;
+  /** QEMU's downtime limit for the final pass (ms). */
+  readonly downtimeLimitMs: number;
+  /**
+   * The migration must be done by then (ms from its start): on expiry, 'abort' rolls it back and
+   * 'stop-and-copy' stops the guest so the copy ends.
+   */
+  readonly timeout?: { readonly ms: number; readonly action: 'abort' | 'stop-and-copy' };
+  /** Aborting (Ctrl-C) rolls the migration back: the VM runs on at its source. */
+  readonly signal?: AbortSignal;
 }): Promise<LiveMigrationResult> {
   const { vm, source, link } = options;
   const started = performance.now();
@@ -71,8 +80,10 @@ export async function migrateLiveVm(options: {
   try {
     link.send({ t: 'live-incoming', vm, command: [...options.command] });
     await link.next('live-ready', (m) => m.vm === vm, STEP_TIMEOUT_MS);
+    options.signal?.throwIfAborted();
     await source.execute('migrate-set-parameters', {
       'max-bandwidth': Math.max(1, Math.round(options.maxBandwidthBytesPerSecond)),
+      'downtime-limit': Math.max(1, Math.round(options.downtimeLimitMs)),
     });
     await source.execute('migrate-set-capabilities', {
       capabilities: [{ capability: 'auto-converge', state: options.strategy === 'precopy-auto-converge' }],
@@ -97,6 +108,24 @@ export async function migrateLiveVm(options: {
       await link.drain();
     };
     await new Promise<void>((resolve, reject) => {
+      const abort = () => {
+        socket.destroy();
+        reject(options.signal?.reason ?? new Error('aborted'));
+      };
+      if (options.signal?.aborted) return abort();
+      options.signal?.addEventListener('abort', abort, { once: true });
+      const timer = options.timeout
+        ? setTimeout(() => {
+            if (options.timeout!.action === 'abort') {
+              socket.destroy();
+              reject(new Error(`VM ${vm}: not migrated within ${Math.round(options.timeout!.ms / 1000)} s`));
+            } else void source.execute('stop').catch(() => undefined);
+          }, options.timeout.ms)
+        : undefined;
+      socket.once('close', () => {
+        clearTimeout(timer);
+        options.signal?.removeEventListener('abort', abort);
+      });
       socket.on('data', (chunk: Buffer) => {
         counts.streamBytes += chunk.length;
         let records;

@@ -27,37 +27,65 @@ export async function migrateLiveVms(options: {
   readonly holds: (target: number, digest: Uint8Array) => boolean;
   readonly bandwidthBytesPerSecond: number;
   readonly onVerdict: (done: number, total: number) => void;
+  readonly downtimeLimitMs?: number;
+  /** Migrations at once (they share the source's link: each gets its share of the bandwidth). */
+  readonly maxParallel?: number;
+  /** Seconds allowed per GiB of guest memory, and what happens on expiry. */
+  readonly timeoutPerGiB?: { readonly seconds: number; readonly action: 'abort' | 'stop-and-copy' };
+  readonly signal?: AbortSignal;
 }): Promise<Map<number, LiveVmResult>> {
   const results = new Map<number, LiveVmResult>();
   const digester = new PageDigester(deriveDigestKey(options.secret));
   const dirty = await measureDirtyRates(options.pending.map((v) => options.scan.qmp.get(v)!));
-  for (const [k, v] of options.pending.entries()) {
-    const vm = options.topology.vms[v]!;
-    const target = options.plan.detail.assignment[v]!;
-    const link = options.links[target]!;
-    if (vm.source.kind !== 'qemu') continue;
-    const copy = chooseCopyStrategy({
-      memoryBytes: options.scan.vms[v]!.pages.length * PAGE_SIZE,
-      dirtyBytesPerSecond: dirty[k]!,
-      bandwidthBytesPerSecond: options.bandwidthBytesPerSecond,
-      downtimeLimitMs: QEMU_DOWNTIME_LIMIT_MS,
-    });
-    const migrated = link.lost
-      ? { ...notMigrated, error: link.lost }
-      : await migrateLiveVm({
-          vm: vm.name,
-          command: vm.source.command,
-          source: options.scan.qmp.get(v)!,
-          link,
-          runDir: options.runDir,
-          digester,
-          holds: (digest) => options.holds(target, digest),
-          maxBandwidthBytesPerSecond: options.bandwidthBytesPerSecond,
-          strategy: copy.strategy,
-        });
-    results.set(v, { ...migrated, copy, dirtyBytesPerSecond: dirty[k]! });
-    options.onVerdict(results.size, options.pending.length);
-  }
+  const parallel = Math.max(1, Math.min(options.maxParallel ?? 1, options.pending.length));
+  const downtimeLimitMs = options.downtimeLimitMs ?? QEMU_DOWNTIME_LIMIT_MS;
+  const bandwidth = options.bandwidthBytesPerSecond / parallel;
+  let next = 0;
+  const worker = async () => {
+    while (next < options.pending.length) {
+      const k = next++;
+      const v = options.pending[k]!;
+      const vm = options.topology.vms[v]!;
+      const target = options.plan.detail.assignment[v]!;
+      const link = options.links[target]!;
+      if (vm.source.kind !== 'qemu') continue;
+      const memoryBytes = options.scan.vms[v]!.pages.length * PAGE_SIZE;
+      const copy = chooseCopyStrategy({
+        memoryBytes,
+        dirtyBytesPerSecond: dirty[k]!,
+        bandwidthBytesPerSecond: bandwidth,
+        downtimeLimitMs,
+      });
+      // Ctrl-C: migrations not started yet stay where they are.
+      const migrated =
+        link.lost || options.signal?.aborted
+          ? { ...notMigrated, error: link.lost ?? 'interrupted before it started' }
+          : await migrateLiveVm({
+              vm: vm.name,
+              command: vm.source.command,
+              source: options.scan.qmp.get(v)!,
+              link,
+              runDir: options.runDir,
+              digester,
+              holds: (digest) => options.holds(target, digest),
+              maxBandwidthBytesPerSecond: bandwidth,
+              strategy: copy.strategy,
+              downtimeLimitMs,
+              ...(options.timeoutPerGiB
+                ? {
+                    timeout: {
+                      ms: options.timeoutPerGiB.seconds * 1000 * Math.max(1, memoryBytes / 2 ** 30),
+                      action: options.timeoutPerGiB.action,
+                    },
+                  }
+                : {}),
+              ...(options.signal ? { signal: options.signal } : {}),
+            });
+      results.set(v, { ...migrated, copy, dirtyBytesPerSecond: dirty[k]! });
+      options.onVerdict(results.size, options.pending.length);
+    }
+  };
+  await Promise.all(Array.from({ length: parallel }, worker));
   return results;
 }
 

@@ -77,6 +77,10 @@ export type FromAgent =
       readonly held: Uint8Array;
       readonly heldCount: number;
       readonly verified: readonly VerifiedImage[];
+      /** Bytes free where the agent keeps its store and images (pre-flight checks). */
+      readonly freeBytes: number;
+      /** `qemu-system-x86_64 --version`'s version, or '' when there is none. */
+      readonly qemuVersion: string;
     }
   | {
       readonly t: 'seeded';
@@ -148,7 +152,15 @@ const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
 };
 
 const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
-  ready: { job: isString, host: isString, held: isBytes, heldCount: isUint, verified: isVerifiedList },
+  ready: {
+    job: isString,
+    host: isString,
+    held: isBytes,
+    heldCount: isUint,
+    verified: isVerifiedList,
+    freeBytes: isUint,
+    qemuVersion: isString,
+  },
   seeded: {
     session: isUint,
     state: (v) => v === 'complete' || v === 'failed',
