@@ -9,7 +9,7 @@ import { createLab, labAvailable, watchProcess, type Lab, type ProcessWatch } fr
 
 /**
  * `vmscatter evacuate` as an evacuation script drives it, with running guests in the namespace lab:
- * a dry run that changes nothing; an evacuation that loses a target's agent mid-way (exit 2, the JSON
+ * a dry run that changes nothing; one interrupted by Ctrl-C mid-migration (rolled back); an evacuation that loses a target's agent mid-way (exit 2, the JSON
  * says which VMs moved and which stayed, and those still run at the source); a re-run that moves only
  * the rest (exit 0); and a third run that finds nothing left.
  */
@@ -127,6 +127,20 @@ test(
     );
     assert.deepEqual(plan.moved, []);
     for (const vm of vms) assert.equal(await status(vm.qmp), 'running', `${vm.name} still at the source`);
+
+    // Ctrl-C as g1's destination waits for its stream: g1 rolls back, nothing moved, every guest runs on.
+    const interrupted = evacuate();
+    const g1In = join(dir, 'agents', 't2', 'run', 'g1.in');
+    const until = Date.now() + 240_000;
+    while (!existsSync(g1In)) {
+      assert.ok(Date.now() < until, "g1's migration to t2 starts");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    interrupted.child.kill('SIGINT');
+    const stopped = await interrupted.exit(120_000);
+    assert.equal(stopped.code, 1, `nothing moved: exit 1: ${stopped.stderr}`);
+    assert.deepEqual(JSON.parse(stopped.stdout).moved, []);
+    for (const vm of vms) assert.equal(await status(vm.qmp), 'running', `${vm.name} runs on at the source`);
 
     // t1's agent dies as g3's destination waits for its stream: g1 and g2 move, g3 and g4 stay.
     const partial = evacuate();
