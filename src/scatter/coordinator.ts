@@ -1,23 +1,21 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { connectControl } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
-import { DIGEST_BYTES, PAGE_SIZE, ZERO_PAGE_ID } from '../memory/page.js';
+import { ZERO_PAGE_ID } from '../memory/page.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
-import type { Host, Topology } from '../topology/model.js';
-import { AgentLink, AgentLostError } from './agent-link.js';
-import { decodeAnnouncement, type HeldDigests } from './digest-set.js';
-import { planJobWork, type JobWork, type PeerFetch } from './job-work.js';
-import { preflightProblems, PreflightError, type PreflightTarget } from './preflight.js';
-import { attributeWireBytes } from './wire-attribution.js';
-import type { SourcePages } from './source-pages.js';
-import { scanJob, type JobScan } from './job-scan.js';
+import type { Topology } from '../topology/model.js';
+import { AgentLink } from './agent-link.js';
+import { connectAgents, fetchFromPeers, trustedAnnouncement } from './job-agents.js';
+import { plannedReport, type ScatterReport, type TargetReport, type VmReport } from './job-report.js';
+import { scanJob } from './job-scan.js';
+import { planJobWork } from './job-work.js';
 import { heldForLive, liveSummary, migrateLiveVms } from './live-phase.js';
 import type { CompressionMode } from './page-codec.js';
-import { PROTOCOL_VERSION } from './protocol.js';
+import { preflightProblems, preflightTargets, PreflightError } from './preflight.js';
 import { rebuildAll } from './rebuild-phase.js';
-import { seedRounds, type CompressionDecision } from './seeding.js';
+import { seedRounds } from './seeding.js';
+import { attributeWireBytes } from './wire-attribution.js';
 
 /**
  * `vmscatter scatter`, the coordinator on the source host: connect to every target's agent, scan and
@@ -26,6 +24,8 @@ import { seedRounds, type CompressionDecision } from './seeding.js';
  * reported as not verified (and keep running at the source); `--resume` finishes them later without
  * sending what the agent holds by then.
  */
+export type { ScatterReport, TargetReport, VmReport } from './job-report.js';
+
 export interface ScatterOptions {
   readonly topology: Topology;
   readonly secret: Uint8Array;
@@ -63,76 +63,7 @@ export interface ScatterProgress {
   readonly unit: 'targets' | 'pages' | 'bytes' | 'vms';
 }
 
-export interface VmReport {
-  readonly name: string;
-  readonly target: string;
-  readonly pages: number;
-  readonly zeroPages: number;
-  readonly sha256: string;
-  /** Its share of the bytes on the source's link (the pages it needed, split among their holders). */
-  readonly wireBytes: number;
-  /** A running VM's migration: downtime, and its stream's pages by how they travelled. */
-  readonly live?: ReturnType<typeof liveSummary>;
-  readonly verified: boolean;
-  /** Verified by an earlier job and left alone (`--resume`). */
-  readonly alreadyVerified: boolean;
-  readonly error?: string;
-}
-
-export interface TargetReport {
-  readonly name: string;
-  readonly vms: readonly string[];
-  /** Pages its VMs needed that it already held (sent to it by nobody). */
-  readonly heldPages: number;
-  /** Pages it needed that went out by multicast. */
-  readonly multicastPages: number;
-  /** Pages it lacked at rebuild time and got over the control channel. */
-  readonly unicastPages: number;
-  /** Pages it fetched from an agent of its site that held them. */
-  readonly peerPages: number;
-  /** Bytes the source sent it: every multicast round it received, and pages by unicast. */
-  readonly wireBytes: number;
-  readonly lost?: string;
-}
-
-export interface ScatterReport {
-  readonly ok: boolean;
-  /** A dry run (or a job interrupted before anything moved): the plan, nothing moved. */
-  readonly planned?: { readonly dryRun: boolean };
-  readonly job: string;
-  readonly vms: readonly VmReport[];
-  readonly targets: readonly TargetReport[];
-  readonly source: {
-    /** Bytes of multicast payload (batches, before packet headers) and on the wire (all datagrams). */
-    readonly multicastPayloadBytes: number;
-    readonly multicastWireBytes: number;
-    readonly unicastBytes: number;
-    readonly rounds: number;
-    readonly uniquePagesSent: number;
-    readonly packets: { readonly data: number; readonly parity: number; readonly repair: number };
-  };
-  readonly compression: CompressionDecision;
-  /** Pages by how they travelled: zero (never), held already, multicast (raw, uniform, compressed), unicast. */
-  readonly pages: {
-    readonly total: number;
-    readonly zero: number;
-    readonly held: number;
-    readonly multicast: number;
-    readonly unicast: number;
-    readonly peer: number;
-    readonly raw: number;
-    readonly uniform: number;
-    readonly compressed: number;
-  };
-  readonly seconds: Readonly<
-    Record<'connect' | 'scan' | 'plan' | 'seed' | 'rebuild' | 'migrate' | 'total', number>
-  >;
-}
-
 const DEFAULT_ROUND_PAGES = 16_384;
-const CONTROL_OPTIONS = { heartbeatMs: 2000, idleTimeoutMs: 30_000 };
-const MAX_ANNOUNCEMENT_FALSE_POSITIVES = 1e-3;
-const PEER_FETCH_TIMEOUT_MS = 10 * 60_000;
 
 export async function runScatter(options: ScatterOptions): Promise<ScatterReport> {
   const { topology } = options;
@@ -358,168 +289,4 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
   } finally {
     for (const link of links) link.close();
   }
-}
-
-/** What each target will need (disk, QEMU) for the pre-flight checks. */
-async function preflightTargets(
-  targets: readonly Host[],
-  readies: readonly { freeBytes: number; qemuVersion: string }[],
-  work: JobWork,
-  scan: JobScan,
-  assignment: Int32Array,
-  topology: Topology,
-): Promise<PreflightTarget[]> {
-  const versions = new Map<number, string>();
-  for (const [v, qmp] of scan.qmp) {
-    const info = (await qmp.execute('query-version').catch(() => ({}))) as {
-      qemu?: { major: number; minor: number; micro: number };
-    };
-    if (info.qemu) versions.set(v, `${info.qemu.major}.${info.qemu.minor}.${info.qemu.micro}`);
-  }
-  return targets.map((host, t) => {
-    const placed = work.pendingVms.filter((v) => assignment[v] === t);
-    const imageBytes = placed
-      .filter((v) => topology.vms[v]!.source.kind === 'image')
-      .reduce((n, v) => n + scan.vms[v]!.pages.filter((id) => id !== ZERO_PAGE_ID).length * PAGE_SIZE, 0);
-    return {
-      name: host.name,
-      freeBytes: readies[t]!.freeBytes,
-      neededBytes: (work.neededPages[t]! + work.peerPages[t]!) * PAGE_SIZE + imageBytes,
-      qemuVersion: readies[t]!.qemuVersion,
-      incomingQemuVersions: placed.flatMap((v) => (versions.has(v) ? [versions.get(v)!] : [])),
-    };
-  });
-}
-
-/** The report of a job that moved nothing: where each VM would go. */
-function plannedReport(
-  job: string,
-  topology: Topology,
-  targets: readonly Host[],
-  scan: JobScan,
-  assignment: Int32Array,
-  done: readonly boolean[],
-  seconds: ScatterReport['seconds'],
-  dryRun: boolean,
-): ScatterReport {
-  const vms = topology.vms.map((vm, v) => ({
-    name: vm.name,
-    target: targets[assignment[v]!]!.name,
-    pages: scan.vms[v]!.pages.length,
-    zeroPages: scan.vms[v]!.pages.reduce((n, id) => n + (id === ZERO_PAGE_ID ? 1 : 0), 0),
-    sha256: scan.sha256[v]!,
-    wireBytes: 0,
-    verified: done[v]!,
-    alreadyVerified: done[v]!,
-    ...(done[v] ? {} : { error: dryRun ? 'dry run: not moved' : 'interrupted before it moved' }),
-  }));
-  return {
-    ok: vms.every((vm) => vm.verified),
-    planned: { dryRun },
-    job,
-    vms,
-    targets: targets.map((host) => ({
-      name: host.name,
-      vms: vms.filter((vm) => vm.target === host.name).map((vm) => vm.name),
-      heldPages: 0,
-      multicastPages: 0,
-      unicastPages: 0,
-      peerPages: 0,
-      wireBytes: 0,
-    })),
-    source: {
-      multicastPayloadBytes: 0,
-      multicastWireBytes: 0,
-      unicastBytes: 0,
-      rounds: 0,
-      uniquePagesSent: 0,
-      packets: { data: 0, parity: 0, repair: 0 },
-    },
-    compression: {
-      mode: 'off',
-      on: false,
-      linkBitsPerSecond: 0,
-      roundsCompressed: 0,
-      roundBitsPerSecond: [],
-    },
-    pages: {
-      total: 0,
-      zero: 0,
-      held: 0,
-      multicast: 0,
-      raw: 0,
-      uniform: 0,
-      compressed: 0,
-      unicast: 0,
-      peer: 0,
-    },
-    seconds,
-  };
-}
-
-/** Has each target fetch from its site peers what they announced; returns pages stored per target. */
-async function fetchFromPeers(
-  fetches: readonly PeerFetch[],
-  links: readonly AgentLink[],
-  pages: SourcePages,
-): Promise<number[]> {
-  const stored = new Array<number>(links.length).fill(0);
-  await Promise.all(
-    fetches.map(async ({ target, peer, ids }, id) => {
-      const digests = new Uint8Array(ids.length * DIGEST_BYTES);
-      ids.forEach((digestId, i) => digests.set(pages.digestOf(digestId), i * DIGEST_BYTES));
-      const peerHost = links[peer]!.host;
-      links[target]!.send({ t: 'fetch-from', id, peer: `${peerHost.address}:${peerHost.port}`, digests });
-      try {
-        const reply = await links[target]!.next('fetched', (m) => m.id === id, PEER_FETCH_TIMEOUT_MS);
-        stored[target]! += reply.stored;
-      } catch (error) {
-        if (!(error instanceof AgentLostError)) throw error;
-      }
-    }),
-  );
-  return stored;
-}
-
-/**
- * What an agent says it holds, if believable: an announcement that claims too much (a Bloom filter
- * whose bits are mostly set) would make the source skip pages wholesale, so it is ignored, and said.
- */
-function trustedAnnouncement(
-  bytes: Uint8Array,
-  host: string,
-  warn: ((line: string) => void) | undefined,
-): HeldDigests | undefined {
-  const held = decodeAnnouncement(bytes);
-  if (held && held.falsePositiveRate <= MAX_ANNOUNCEMENT_FALSE_POSITIVES) return held;
-  warn?.(
-    `${host}: ignoring its announcement of held pages (${held ? 'too many false positives' : 'malformed'})`,
-  );
-  return undefined;
-}
-
-async function connectAgents(
-  targets: readonly Host[],
-  secret: Uint8Array,
-  job: string,
-  progress: (event: ScatterProgress) => void,
-) {
-  const links = new Map<string, Awaited<ReturnType<typeof connectControl>>>();
-  const failures: string[] = [];
-  const failedHosts: string[] = [];
-  let done = 0;
-  await Promise.all(
-    targets.map(async (host) => {
-      try {
-        const channel = await connectControl(host.address, host.port, { secret, ...CONTROL_OPTIONS });
-        channel.send({ t: 'job', version: PROTOCOL_VERSION, job, host: host.name });
-        links.set(host.name, channel);
-      } catch (error) {
-        failures.push(`${host.name}: ${(error as Error).message}`);
-        failedHosts.push(host.name);
-      }
-      progress({ phase: 'connect', done: ++done, total: targets.length, unit: 'targets' });
-    }),
-  );
-  return { links, failures, failedHosts };
 }

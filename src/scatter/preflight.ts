@@ -1,8 +1,12 @@
 import { VmscatterError } from '../errors.js';
+import { PAGE_SIZE, ZERO_PAGE_ID } from '../memory/page.js';
+import type { Host, Topology } from '../topology/model.js';
+import type { JobScan } from './job-scan.js';
+import type { JobWork } from './job-work.js';
 import { formatBytes } from '../topology/units.js';
 
 /**
- * Checks before anything moves (pure): every problem found is named, all of them at once, so an
+ * Checks before anything moves (pure, but for gathering the sources' QEMU versions): every problem found is named, all of them at once, so an
  * operator fixes them in one go. A failed pre-flight changes nothing anywhere.
  */
 export class PreflightError extends VmscatterError {
@@ -51,4 +55,35 @@ export function compareVersions(a: string, b: string): number {
     if (d !== 0) return d;
   }
   return 0;
+}
+
+/** What each target will need (disk, QEMU) for the pre-flight checks. */
+export async function preflightTargets(
+  targets: readonly Host[],
+  readies: readonly { freeBytes: number; qemuVersion: string }[],
+  work: JobWork,
+  scan: JobScan,
+  assignment: Int32Array,
+  topology: Topology,
+): Promise<PreflightTarget[]> {
+  const versions = new Map<number, string>();
+  for (const [v, qmp] of scan.qmp) {
+    const info = (await qmp.execute('query-version').catch(() => ({}))) as {
+      qemu?: { major: number; minor: number; micro: number };
+    };
+    if (info.qemu) versions.set(v, `${info.qemu.major}.${info.qemu.minor}.${info.qemu.micro}`);
+  }
+  return targets.map((host, t) => {
+    const placed = work.pendingVms.filter((v) => assignment[v] === t);
+    const imageBytes = placed
+      .filter((v) => topology.vms[v]!.source.kind === 'image')
+      .reduce((n, v) => n + scan.vms[v]!.pages.filter((id) => id !== ZERO_PAGE_ID).length * PAGE_SIZE, 0);
+    return {
+      name: host.name,
+      freeBytes: readies[t]!.freeBytes,
+      neededBytes: (work.neededPages[t]! + work.peerPages[t]!) * PAGE_SIZE + imageBytes,
+      qemuVersion: readies[t]!.qemuVersion,
+      incomingQemuVersions: placed.flatMap((v) => (versions.has(v) ? [versions.get(v)!] : [])),
+    };
+  });
 }

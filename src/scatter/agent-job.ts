@@ -1,0 +1,396 @@
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { ControlChannel } from '../control/control-channel.js';
+import { VmscatterError } from '../errors.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
+import type { PageDigester } from '../memory/page-digest.js';
+import { realScheduler } from '../transport/datagram.js';
+import { DgramSocket } from '../transport/dgram-socket.js';
+import { BlockCodec } from '../transport/fec-codec.js';
+import { ReceiverSession } from '../transport/session.js';
+import type { AgentOptions } from './agent.js';
+import { chooseAnnouncement } from './digest-set.js';
+import { rebuildImage } from './image-rebuild.js';
+import { LiveTarget } from './live-target.js';
+import { decodeManifest } from './manifest.js';
+import { decodeBatch, sliceBatch } from './page-batches.js';
+import { PROTOCOL_VERSION, type FromAgent, type ToAgent, type VerifiedImage } from './protocol.js';
+import { fetchFromPeer } from './site-peers.js';
+import type { TemplateStore } from './template-store.js';
+
+/**
+ * One coordinator's job at an agent: the seeding rounds it joins, the images it rebuilds and
+ * verifies, the running VMs it receives, and the fetches from site peers it makes. agent.ts accepts
+ * connections and holds what outlives a job (the store, the listening socket).
+ */
+
+/** What a job needs of its agent. */
+export interface AgentHost {
+  readonly store: TemplateStore;
+  readonly log: (line: string) => void;
+}
+
+/**
+ * False-positive rate of the held-pages announcement: a false positive costs one page fetched over the
+ * control channel at rebuild time, so one in a million is plenty and keeps the announcement small.
+ */
+const ANNOUNCEMENT_FALSE_POSITIVES = 1e-6;
+const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+const RECEIVER_GIVE_UP_MS = 30_000;
+/** Records stored between two turns of the event loop (about a millisecond of work). */
+const STORE_SLICE_RECORDS = 64;
+
+interface PendingVm {
+  readonly entries: Int32Array;
+  readonly digests: Uint8Array;
+  /** How many VMs of the job hold each digest (u16 LE): the template weight. */
+  readonly weights: Uint8Array;
+  readonly sha256: string;
+}
+
+/** One coordinator's job at this agent. */
+export class AgentJob {
+  id = '(not started)';
+  private readonly sessions = new Map<number, AbortController>();
+  private readonly pending = new Map<string, PendingVm>();
+  private readonly liveTargets = new Map<string, LiveTarget>();
+  /** Why a live VM's stream failed at this end, reported when the coordinator asks for the verdict. */
+  private readonly liveFailures = new Map<string, string>();
+  private readonly check = new Uint8Array(DIGEST_BYTES);
+  private finished = false;
+
+  constructor(
+    private readonly agent: AgentHost,
+    private readonly options: AgentOptions,
+    private readonly digester: PageDigester,
+    private readonly channel: ControlChannel,
+  ) {}
+
+  private reply(message: FromAgent): void {
+    this.channel.send(message);
+  }
+
+  async handle(message: ToAgent): Promise<void> {
+    switch (message.t) {
+      case 'job':
+        return this.start(message.version, message.job);
+      case 'seed':
+        return this.seed(message);
+      case 'vm':
+        return this.receiveVm(message);
+      case 'pages':
+        this.storeRecords(message.records);
+        return;
+      case 'rebuild':
+        return this.rebuild(message.vm);
+      case 'fetch-from':
+        return this.fetchFrom(message);
+      case 'fetch':
+        throw new VmscatterError('VMS_PROTOCOL', "'fetch' is for peer connections, not a job's");
+      case 'live-incoming':
+      case 'live-stream':
+      case 'live-end':
+      case 'live-resume':
+      case 'live-abort':
+        return this.live(message);
+      case 'end': {
+        this.finished = true;
+        // Only between jobs: what was announced as held must stay until the job is over.
+        const dropped = this.agent.store.compact();
+        this.agent.store.flush();
+        this.agent.log(
+          `job ${this.id}: done; template store holds ${this.agent.store.size} pages` +
+            (dropped > 0 ? ` (${dropped} least shared dropped)` : ''),
+        );
+        this.channel.close();
+        return;
+      }
+    }
+  }
+
+  /** The coordinator went away, or the agent stops: nothing unverified survives, and we say so. */
+  abandon(why: string): void {
+    if (this.finished) return;
+    this.finished = true;
+    for (const controller of this.sessions.values()) controller.abort(new Error(why));
+    // A destination not yet resumed is killed: its VM runs on at the source.
+    for (const target of this.liveTargets.values()) void target.abort();
+    this.liveTargets.clear();
+    const dropped = [...this.pending.keys()];
+    this.pending.clear();
+    this.agent.store.flush();
+    this.agent.log(
+      `job ${this.id}: ${why}; ` +
+        (dropped.length > 0
+          ? `discarded ${dropped.length} incomplete VM image(s): ${dropped.join(', ')}`
+          : 'no incomplete VM images'),
+    );
+  }
+
+  private start(version: number, job: string): void {
+    if (version !== PROTOCOL_VERSION)
+      throw new VmscatterError(
+        'VMS_PROTOCOL',
+        `coordinator speaks protocol ${version}, this agent ${PROTOCOL_VERSION}: upgrade one of them`,
+      );
+    this.id = job;
+    const store = this.agent.store;
+    this.agent.log(`job ${job}: started; ${store.size} pages held`);
+    this.reply({
+      t: 'ready',
+      job,
+      host: this.options.name,
+      held: chooseAnnouncement(store.packedDigests(), ANNOUNCEMENT_FALSE_POSITIVES).bytes,
+      heldCount: store.size,
+      verified: verifiedImages(this.options.dir),
+      freeBytes: freeBytes(this.options.dir),
+      qemuVersion: qemuVersion(),
+    });
+  }
+
+  private async seed(message: Extract<ToAgent, { t: 'seed' }>): Promise<void> {
+    const socket = await DgramSocket.open({
+      port: Number(message.group.slice(message.group.lastIndexOf(':') + 1)),
+      multicastInterface: this.options.multicastInterface,
+    });
+    const controller = new AbortController();
+    this.sessions.set(message.session, controller);
+    let stored = 0;
+    let rejected = 0;
+    let failure: unknown;
+    let storing = Promise.resolve();
+    const session = new ReceiverSession(
+      socket,
+      realScheduler,
+      {
+        session: message.session,
+        key: message.key.length === 0 ? 'insecure-plaintext' : new Uint8Array(message.key),
+        group: message.group,
+      },
+      message.receiver,
+      message.sender,
+      {
+        decoder: new BlockCodec(),
+        senderTimeoutMs: RECEIVER_GIVE_UP_MS,
+        maxObjectBytes: message.maxObjectBytes,
+      },
+      (_id, bytes) => {
+        // Stored in slices between which the event loop drains the socket: done in one go, a batch's
+        // decompression, hashing and writing would hold the loop for tens of milliseconds while the
+        // kernel's receive buffer overflows and the sender has to repair what it dropped.
+        storing = storing.then(async () => {
+          if (failure) return;
+          try {
+            const counts = await this.storeRecordsInSlices(bytes);
+            stored += counts.stored;
+            rejected += counts.rejected;
+          } catch (error) {
+            // A full disk: stop receiving (the sender drops us) and fail the job with the reason.
+            failure = error;
+            controller.abort(error);
+          }
+        });
+      },
+    );
+    let state: 'complete' | 'failed' = 'failed';
+    try {
+      state = (await session.run(controller.signal)) === 'complete' ? 'complete' : 'failed';
+    } catch {
+      state = 'failed';
+    } finally {
+      this.sessions.delete(message.session);
+      await socket.close();
+    }
+    await storing;
+    if (failure) throw failure;
+    if (rejected > 0) this.agent.log(`job ${this.id}: ${rejected} page(s) failed their digest check`);
+    if (!this.finished) this.reply({ t: 'seeded', session: message.session, state, stored, rejected });
+  }
+
+  private async live(message: Extract<ToAgent, { t: `live-${string}` }>): Promise<void> {
+    const { vm } = message;
+    if (!VM_NAME.test(vm)) throw new VmscatterError('VMS_PROTOCOL', `bad VM name '${vm}'`);
+    const target = this.liveTargets.get(vm);
+    switch (message.t) {
+      case 'live-incoming': {
+        this.liveFailures.delete(vm);
+        const started = await LiveTarget.start({
+          vm,
+          command: message.command,
+          dir: join(this.options.dir, 'run'),
+          pageOf: (digest) => this.agent.store.get(digest),
+        });
+        this.liveTargets.set(vm, started);
+        this.agent.log(`job ${this.id}: ${vm}: destination QEMU waiting for the stream`);
+        return this.reply({ t: 'live-ready', vm });
+      }
+      case 'live-stream':
+        if (!target || this.liveFailures.has(vm)) return;
+        try {
+          target.write(message.records);
+        } catch (error) {
+          this.liveFailures.set(vm, (error as Error).message);
+          await target.abort();
+        }
+        return;
+      case 'live-end': {
+        const why =
+          this.liveFailures.get(vm) ??
+          (target ? await target.finish(message.sha256) : 'no destination was started');
+        if (why && target) await target.abort();
+        if (why) this.liveTargets.delete(vm);
+        this.agent.log(`job ${this.id}: ${vm}: ${why ? `not verified: ${why}` : 'stream verified'}`);
+        return this.reply({ t: 'live-verified', vm, ok: !why, error: why ?? '' });
+      }
+      case 'live-resume':
+        if (!target) throw new VmscatterError('VMS_PROTOCOL', `resume of ${vm}, which is not waiting here`);
+        await target.resume();
+        this.liveTargets.delete(vm);
+        this.agent.log(`job ${this.id}: ${vm}: running here`);
+        return this.reply({ t: 'live-resumed', vm });
+      case 'live-abort':
+        this.liveTargets.delete(vm);
+        if (target) await target.abort();
+        this.agent.log(`job ${this.id}: ${vm}: rolled back (it runs on at the source)`);
+        return;
+    }
+  }
+
+  private async fetchFrom(message: Extract<ToAgent, { t: 'fetch-from' }>): Promise<void> {
+    let stored = 0;
+    try {
+      await fetchFromPeer(message.peer, message.digests, this.options.secret, (records) => {
+        this.storeRecords(records);
+      });
+    } catch (error) {
+      this.agent.log(`job ${this.id}: fetch from ${message.peer} ended early: ${(error as Error).message}`);
+    }
+    const asked = message.digests.length / DIGEST_BYTES;
+    let failed = 0;
+    for (let i = 0; i < asked; i++)
+      if (!this.agent.store.holds(message.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)))
+        failed++;
+    stored = asked - failed;
+    this.agent.log(`job ${this.id}: fetched ${stored} of ${asked} pages from site peer ${message.peer}`);
+    if (!this.finished) this.reply({ t: 'fetched', id: message.id, stored, failed });
+  }
+
+  /** storeRecords, a slice of records at a time, yielding to the event loop between slices. */
+  private async storeRecordsInSlices(bytes: Uint8Array): Promise<{ stored: number; rejected: number }> {
+    let stored = 0;
+    let rejected = 0;
+    for (const slice of sliceBatch(bytes, STORE_SLICE_RECORDS)) {
+      await new Promise((resolve) => setImmediate(resolve));
+      const counts = this.storeRecords(slice);
+      stored += counts.stored;
+      rejected += counts.rejected;
+    }
+    return { stored, rejected };
+  }
+
+  /** Stores a batch's pages that match their digests; a page that does not is dropped and counted. */
+  private storeRecords(bytes: Uint8Array): { stored: number; rejected: number } {
+    let rejected = 0;
+    const valid: { digest: Uint8Array; page: Uint8Array }[] = [];
+    for (const record of decodeBatch(bytes)) {
+      if (!record.page) {
+        rejected++;
+        continue;
+      }
+      this.digester.digestInto(record.page, 0, this.check, 0);
+      if (Buffer.compare(this.check, record.digest) !== 0) rejected++;
+      else valid.push({ digest: record.digest, page: record.page });
+    }
+    const digests = new Uint8Array(valid.length * DIGEST_BYTES);
+    const pages = new Uint8Array(valid.length * PAGE_SIZE);
+    valid.forEach((v, i) => {
+      digests.set(v.digest, i * DIGEST_BYTES);
+      pages.set(v.page, i * PAGE_SIZE);
+    });
+    // Weight 1 until the VM's manifest tells how widely each page is held.
+    const stored = this.agent.store.offerMany(digests, pages, 1);
+    return { stored, rejected };
+  }
+
+  private receiveVm(message: Extract<ToAgent, { t: 'vm' }>): void {
+    if (!VM_NAME.test(message.vm)) throw new VmscatterError('VMS_PROTOCOL', `bad VM name '${message.vm}'`);
+    if (message.digests.length % DIGEST_BYTES !== 0)
+      throw new VmscatterError('VMS_PROTOCOL', `VM ${message.vm}: digest list is not whole digests`);
+    const unique = message.digests.length / DIGEST_BYTES;
+    const entries = decodeManifest(message.manifest, message.pages, unique);
+    this.pending.set(message.vm, {
+      entries,
+      digests: message.digests,
+      weights: message.weights,
+      sha256: message.sha256,
+    });
+    const missing: number[] = [];
+    for (let i = 0; i < unique; i++)
+      if (!this.agent.store.holds(message.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)))
+        missing.push(i);
+    if (missing.length === 0) return this.rebuild(message.vm);
+    const indices = new Uint8Array(Uint32Array.from(missing).buffer);
+    this.reply({ t: 'missing', vm: message.vm, indices });
+  }
+
+  private rebuild(vm: string): void {
+    const pending = this.pending.get(vm);
+    if (!pending) throw new VmscatterError('VMS_PROTOCOL', `rebuild of VM ${vm}, which was never sent`);
+    this.pending.delete(vm);
+    const weights = new DataView(pending.weights.buffer, pending.weights.byteOffset, pending.weights.length);
+    for (let i = 0; i * DIGEST_BYTES < pending.digests.length && 2 * i + 1 < pending.weights.length; i++) {
+      const weight = weights.getUint16(2 * i, true);
+      if (weight > 0)
+        this.agent.store.reweigh(pending.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), weight);
+    }
+    const path = join(imagesDir(this.options.dir), `${vm}.raw`);
+    rmSync(`${path}.sha256`, { force: true });
+    try {
+      const result = rebuildImage({
+        path,
+        entries: pending.entries,
+        pageFor: (i) =>
+          this.agent.store.get(pending.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)),
+        expectedSha256: pending.sha256,
+      });
+      writeFileSync(`${path}.sha256`, `${result.sha256}\n`);
+      this.agent.log(`job ${this.id}: ${vm} rebuilt and verified (${path})`);
+      this.reply({ t: 'rebuilt', vm, ok: true, sha256: result.sha256, error: '' });
+    } catch (error) {
+      if (!(error instanceof VmscatterError)) throw error;
+      this.agent.log(`job ${this.id}: ${vm} failed: ${error.message}`);
+      this.reply({ t: 'rebuilt', vm, ok: false, sha256: '', error: error.message });
+    }
+  }
+}
+
+export function imagesDir(dir: string): string {
+  return join(dir, 'images');
+}
+
+function freeBytes(dir: string): number {
+  try {
+    const stats = statfsSync(dir);
+    return stats.bavail * stats.bsize;
+  } catch {
+    return 0;
+  }
+}
+
+/** The version of the QEMU on this host ('' when there is none): destinations start from it. */
+function qemuVersion(): string {
+  const result = spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8', timeout: 5000 });
+  return /version (\d+\.\d+(?:\.\d+)?)/.exec(result.stdout ?? '')?.[1] ?? '';
+}
+
+/** Images verified by an earlier job (a `.sha256` beside the image), for `scatter --resume`. */
+function verifiedImages(dir: string): VerifiedImage[] {
+  const out: VerifiedImage[] = [];
+  for (const name of readdirSync(imagesDir(dir))) {
+    if (!name.endsWith('.raw.sha256')) continue;
+    const sha256 = readFileSync(join(imagesDir(dir), name), 'utf8').trim();
+    out.push({ vm: name.slice(0, -'.raw.sha256'.length), sha256 });
+  }
+  return out;
+}

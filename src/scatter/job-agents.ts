@@ -1,0 +1,85 @@
+import { connectControl } from '../control/control-channel.js';
+import { DIGEST_BYTES } from '../memory/page.js';
+import type { Host } from '../topology/model.js';
+import { AgentLostError, type AgentLink } from './agent-link.js';
+import { decodeAnnouncement, type HeldDigests } from './digest-set.js';
+import type { PeerFetch } from './job-work.js';
+import { PROTOCOL_VERSION } from './protocol.js';
+import type { ScatterProgress } from './coordinator.js';
+import type { SourcePages } from './source-pages.js';
+
+/**
+ * The coordinator's dealings with its agents as a group: connecting to all of them (one that does not
+ * answer is left out and reported, not fatal), believing what they announce only within reason, and
+ * having targets fetch from their site peers.
+ */
+const CONTROL_OPTIONS = { heartbeatMs: 2000, idleTimeoutMs: 30_000 };
+const MAX_ANNOUNCEMENT_FALSE_POSITIVES = 1e-3;
+const PEER_FETCH_TIMEOUT_MS = 10 * 60_000;
+
+/** Has each target fetch from its site peers what they announced; returns pages stored per target. */
+export async function fetchFromPeers(
+  fetches: readonly PeerFetch[],
+  links: readonly AgentLink[],
+  pages: SourcePages,
+): Promise<number[]> {
+  const stored = new Array<number>(links.length).fill(0);
+  await Promise.all(
+    fetches.map(async ({ target, peer, ids }, id) => {
+      const digests = new Uint8Array(ids.length * DIGEST_BYTES);
+      ids.forEach((digestId, i) => digests.set(pages.digestOf(digestId), i * DIGEST_BYTES));
+      const peerHost = links[peer]!.host;
+      links[target]!.send({ t: 'fetch-from', id, peer: `${peerHost.address}:${peerHost.port}`, digests });
+      try {
+        const reply = await links[target]!.next('fetched', (m) => m.id === id, PEER_FETCH_TIMEOUT_MS);
+        stored[target]! += reply.stored;
+      } catch (error) {
+        if (!(error instanceof AgentLostError)) throw error;
+      }
+    }),
+  );
+  return stored;
+}
+
+/**
+ * What an agent says it holds, if believable: an announcement that claims too much (a Bloom filter
+ * whose bits are mostly set) would make the source skip pages wholesale, so it is ignored, and said.
+ */
+export function trustedAnnouncement(
+  bytes: Uint8Array,
+  host: string,
+  warn: ((line: string) => void) | undefined,
+): HeldDigests | undefined {
+  const held = decodeAnnouncement(bytes);
+  if (held && held.falsePositiveRate <= MAX_ANNOUNCEMENT_FALSE_POSITIVES) return held;
+  warn?.(
+    `${host}: ignoring its announcement of held pages (${held ? 'too many false positives' : 'malformed'})`,
+  );
+  return undefined;
+}
+
+export async function connectAgents(
+  targets: readonly Host[],
+  secret: Uint8Array,
+  job: string,
+  progress: (event: ScatterProgress) => void,
+) {
+  const links = new Map<string, Awaited<ReturnType<typeof connectControl>>>();
+  const failures: string[] = [];
+  const failedHosts: string[] = [];
+  let done = 0;
+  await Promise.all(
+    targets.map(async (host) => {
+      try {
+        const channel = await connectControl(host.address, host.port, { secret, ...CONTROL_OPTIONS });
+        channel.send({ t: 'job', version: PROTOCOL_VERSION, job, host: host.name });
+        links.set(host.name, channel);
+      } catch (error) {
+        failures.push(`${host.name}: ${(error as Error).message}`);
+        failedHosts.push(host.name);
+      }
+      progress({ phase: 'connect', done: ++done, total: targets.length, unit: 'targets' });
+    }),
+  );
+  return { links, failures, failedHosts };
+}

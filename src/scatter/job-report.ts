@@ -1,0 +1,141 @@
+import { ZERO_PAGE_ID } from '../memory/page.js';
+import type { Host, Topology } from '../topology/model.js';
+import type { JobScan } from './job-scan.js';
+import type { liveSummary } from './live-phase.js';
+import type { CompressionDecision } from './seeding.js';
+
+/**
+ * The final report of a scatter job (what `--json` prints): per VM, per target, the source's link,
+ * pages by how they travelled, times. Field names are stable: scripts read them.
+ */
+export interface VmReport {
+  readonly name: string;
+  readonly target: string;
+  readonly pages: number;
+  readonly zeroPages: number;
+  readonly sha256: string;
+  /** Its share of the bytes on the source's link (the pages it needed, split among their holders). */
+  readonly wireBytes: number;
+  /** A running VM's migration: downtime, and its stream's pages by how they travelled. */
+  readonly live?: ReturnType<typeof liveSummary>;
+  readonly verified: boolean;
+  /** Verified by an earlier job and left alone (`--resume`). */
+  readonly alreadyVerified: boolean;
+  readonly error?: string;
+}
+
+export interface TargetReport {
+  readonly name: string;
+  readonly vms: readonly string[];
+  /** Pages its VMs needed that it already held (sent to it by nobody). */
+  readonly heldPages: number;
+  /** Pages it needed that went out by multicast. */
+  readonly multicastPages: number;
+  /** Pages it lacked at rebuild time and got over the control channel. */
+  readonly unicastPages: number;
+  /** Pages it fetched from an agent of its site that held them. */
+  readonly peerPages: number;
+  /** Bytes the source sent it: every multicast round it received, and pages by unicast. */
+  readonly wireBytes: number;
+  readonly lost?: string;
+}
+
+export interface ScatterReport {
+  readonly ok: boolean;
+  /** A dry run (or a job interrupted before anything moved): the plan, nothing moved. */
+  readonly planned?: { readonly dryRun: boolean };
+  readonly job: string;
+  readonly vms: readonly VmReport[];
+  readonly targets: readonly TargetReport[];
+  readonly source: {
+    /** Bytes of multicast payload (batches, before packet headers) and on the wire (all datagrams). */
+    readonly multicastPayloadBytes: number;
+    readonly multicastWireBytes: number;
+    readonly unicastBytes: number;
+    readonly rounds: number;
+    readonly uniquePagesSent: number;
+    readonly packets: { readonly data: number; readonly parity: number; readonly repair: number };
+  };
+  readonly compression: CompressionDecision;
+  /** Pages by how they travelled: zero (never), held already, multicast (raw, uniform, compressed), unicast. */
+  readonly pages: {
+    readonly total: number;
+    readonly zero: number;
+    readonly held: number;
+    readonly multicast: number;
+    readonly unicast: number;
+    readonly peer: number;
+    readonly raw: number;
+    readonly uniform: number;
+    readonly compressed: number;
+  };
+  readonly seconds: Readonly<
+    Record<'connect' | 'scan' | 'plan' | 'seed' | 'rebuild' | 'migrate' | 'total', number>
+  >;
+}
+
+/** The report of a job that moved nothing: where each VM would go. */
+export function plannedReport(
+  job: string,
+  topology: Topology,
+  targets: readonly Host[],
+  scan: JobScan,
+  assignment: Int32Array,
+  done: readonly boolean[],
+  seconds: ScatterReport['seconds'],
+  dryRun: boolean,
+): ScatterReport {
+  const vms = topology.vms.map((vm, v) => ({
+    name: vm.name,
+    target: targets[assignment[v]!]!.name,
+    pages: scan.vms[v]!.pages.length,
+    zeroPages: scan.vms[v]!.pages.reduce((n, id) => n + (id === ZERO_PAGE_ID ? 1 : 0), 0),
+    sha256: scan.sha256[v]!,
+    wireBytes: 0,
+    verified: done[v]!,
+    alreadyVerified: done[v]!,
+    ...(done[v] ? {} : { error: dryRun ? 'dry run: not moved' : 'interrupted before it moved' }),
+  }));
+  return {
+    ok: vms.every((vm) => vm.verified),
+    planned: { dryRun },
+    job,
+    vms,
+    targets: targets.map((host) => ({
+      name: host.name,
+      vms: vms.filter((vm) => vm.target === host.name).map((vm) => vm.name),
+      heldPages: 0,
+      multicastPages: 0,
+      unicastPages: 0,
+      peerPages: 0,
+      wireBytes: 0,
+    })),
+    source: {
+      multicastPayloadBytes: 0,
+      multicastWireBytes: 0,
+      unicastBytes: 0,
+      rounds: 0,
+      uniquePagesSent: 0,
+      packets: { data: 0, parity: 0, repair: 0 },
+    },
+    compression: {
+      mode: 'off',
+      on: false,
+      linkBitsPerSecond: 0,
+      roundsCompressed: 0,
+      roundBitsPerSecond: [],
+    },
+    pages: {
+      total: 0,
+      zero: 0,
+      held: 0,
+      multicast: 0,
+      raw: 0,
+      uniform: 0,
+      compressed: 0,
+      unicast: 0,
+      peer: 0,
+    },
+    seconds,
+  };
+}
