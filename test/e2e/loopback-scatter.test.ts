@@ -224,7 +224,7 @@ test('site peers: a target fetches from an agent of its site the pages it holds,
   assert.ok(second.report.pages.multicast < first.report.pages.multicast, 'fewer pages from the source');
 });
 
-test('a full disk at a target fails its VMs with a clear error; nothing half-written is left', async (t) => {
+test('a target without the disk space is named by the pre-flight checks; nothing moves (exit 1)', async (t) => {
   const { dir, cleanup } = tempDir();
   const agents: ChildProcess[] = [];
   const t2Dir = join(dir, 'agents', 't2');
@@ -240,15 +240,52 @@ test('a full disk at a target fails its VMs with a clear error; nothing half-wri
   writeFileSync(join(dir, 'secret'), 'a deployment secret of the test, 32+ bytes long', { mode: 0o600 });
   for (const host of ['t1', 't2', 't3']) agents.push(await startAgent(dir, topology, host));
   const result = scatter(dir, topology);
-  assert.equal(result.code, 6, result.stderr);
-  const failed = result.report.vms.filter((vm: { verified: boolean }) => !vm.verified);
+  assert.equal(result.code, 1, result.stderr);
+  assert.match(result.stderr, /pre-flight checks failed, nothing moved/);
+  assert.match(result.stderr, /t2: needs [\d.]+ MiB for its store and images, has [\d.]+ (MiB|KiB) free/);
+  for (const host of ['t1', 't2', 't3'])
+    assert.deepEqual(readdirSync(join(dir, 'agents', host, 'images')), [], `nothing at ${host}`);
+});
+
+test('a disk that fills up during the job fails the VMs of that target clearly; nothing half-written is left', async (t) => {
+  const { dir, cleanup } = tempDir();
+  const agents: ChildProcess[] = [];
+  const t2Dir = join(dir, 'agents', 't2');
+  mkdirSync(t2Dir, { recursive: true });
+  // Room enough for the pre-flight checks; once pages arrive, something else takes the rest.
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=96m', 'tmpfs', t2Dir]);
+  t.after(() => {
+    for (const child of agents) child.kill('SIGKILL');
+    execFileSync('umount', ['-l', t2Dir]);
+    cleanup();
+  });
+  const topology = writeTopology(dir, basePort + 7500);
+  writeFileSync(join(dir, 'secret'), 'a deployment secret of the test, 32+ bytes long', { mode: 0o600 });
+  for (const host of ['t1', 't2', 't3']) agents.push(await startAgent(dir, topology, host));
+  const job = spawn(
+    process.execPath,
+    [cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json', '--round-pages', '512'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stdout = '';
+  let stderr = '';
+  job.stdout!.on('data', (chunk) => (stdout += chunk));
+  job.stderr!.on('data', (chunk) => (stderr += chunk));
+  const store = () => storePagesFile(join(t2Dir, 'store'));
+  const deadline = Date.now() + 120_000;
+  while (!(existsSync(store()) && statSync(store()).size > 0)) {
+    assert.ok(Date.now() < deadline, 't2 receives pages');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  // Fill the filesystem (dd stops at ENOSPC and says so; that is the point).
+  spawnSync('dd', ['if=/dev/zero', `of=${join(t2Dir, 'filler')}`, 'bs=1M'], { stdio: 'ignore' });
+  const code = await new Promise<number | null>((resolve) => job.once('close', resolve));
+  assert.equal(code, 6, stderr);
+  const report = JSON.parse(stdout);
+  const failed = report.vms.filter((vm: { verified: boolean }) => !vm.verified);
   assert.ok(failed.length > 0 && failed.every((vm: { target: string }) => vm.target === 't2'));
   for (const vm of failed) assert.match(vm.error, /no space left on device/);
-  assert.match(result.stderr, /not verified/);
-  assert.equal(
-    result.report.vms.filter((vm: { verified: boolean }) => vm.verified).length,
-    6 - failed.length,
-  );
+  assert.equal(report.vms.filter((vm: { verified: boolean }) => vm.verified).length, 6 - failed.length);
   const left = readdirSync(join(t2Dir, 'images'));
   assert.deepEqual(left, [], `nothing half-written at t2: ${left.join(', ')}`);
 });
