@@ -1,5 +1,4 @@
 import {
-  MigCommand,
   QEMU_VM_FILE_MAGIC,
   QEMU_VM_FILE_VERSION,
   RAM_FLAG_MASK,
@@ -9,15 +8,28 @@ import {
   SectionType,
   STREAM_PAGE_SIZE,
   StreamError,
-  commandName,
   describeRamFlags,
-  formatUuid,
   type ConfigRecord,
   type RamBlock,
   type SectionKind,
   type StreamErrorReason,
   type StreamRecord,
 } from './stream-records.js';
+import {
+  EMPTY,
+  REST,
+  hex,
+  latin1,
+  need,
+  readBlockList,
+  readCommand,
+  readConfiguration,
+  typeName,
+  u32,
+  type Need,
+  type Parse,
+} from './stream-sections.js';
+import { TailScanner } from './stream-tail.js';
 
 /**
  * An incremental parser of QEMU 7.2 precopy migration streams. Bytes go in by push() in any chunking;
@@ -28,25 +40,11 @@ import {
  * records; push() feeds it. Everything after the RAM END section is device state without lengths, so it
  * is passed on opaque ("tail") and only its end is checked: EOF (0x00), then the VM description
  * (0x06, be32 length, JSON) ending exactly where the stream ends.
+ *
+ * This module keeps what depends on where the stream is (the sections seen, the RAM blocks, the block
+ * of the last page); parts that read the same wherever they occur are in stream-sections.ts (the
+ * configuration section, commands, the block list) and the end check on the tail in stream-tail.ts.
  */
-
-/** Ask for `need` bytes, or everything there is (`need === REST`, the tail). */
-interface Need {
-  readonly need: number;
-  readonly what: string;
-}
-type Step = Need | StreamRecord;
-type Parse<T = void> = Generator<Step, T, Uint8Array>;
-
-const REST = -1;
-const EMPTY = new Uint8Array(0);
-const MAX_MACHINE_NAME = 256;
-const MAX_CAPABILITIES = 64;
-const MAX_RAM_BLOCKS = 1024;
-/** VM description candidates kept while reading the tail (the real one is the last one seen). */
-const MAX_DESCRIPTION_CANDIDATES = 256;
-const OPEN_BRACE = 0x7b;
-const CLOSE_BRACE = 0x7d;
 
 export interface StreamParserOptions {
   /** Called with each record as soon as it is complete (push() also returns them). */
@@ -62,18 +60,6 @@ export interface StreamEnd {
   readonly tailOffset: number;
   /** The VM description's JSON text. */
   readonly description?: { readonly offset: number; readonly length: number };
-}
-
-const need = (n: number, what: string): Need => ({ need: n, what });
-const u16 = (b: Uint8Array, at: number) => (b[at]! << 8) | b[at + 1]!;
-const u32 = (b: Uint8Array, at: number) =>
-  ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
-const latin1 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.length).toString('latin1');
-const hex = (n: number) => `0x${n.toString(16)}`;
-
-function typeName(type: number): string {
-  const name = Object.entries(SectionType).find(([, value]) => value === type)?.[0];
-  return name === undefined ? `unknown section type ${hex(type)}` : `${name} (${hex(type)})`;
 }
 
 /** Iterative sections QEMU may register beside "ram", and what turns them on. */
@@ -95,11 +81,7 @@ export class StreamParser {
   private blocks: Map<string, RamBlock> | undefined;
   private lastBlock: RamBlock | undefined;
   private tailOffset: number | undefined;
-  private tailLength = 0;
-  private tailKeep: Uint8Array = EMPTY;
-  private tailScanNext = 0;
-  private candidates: { start: number; end: number }[] = [];
-  private lastTailByte = -1;
+  private readonly tail = new TailScanner();
 
   constructor(
     private readonly options: StreamParserOptions = {},
@@ -170,27 +152,13 @@ export class StreamParser {
       throw this.fail(this.consumed, 'truncated', `stream ended ${into} ${what} (${this.offset} bytes)`);
     }
     const tailOffset = this.tailOffset!;
-    if (this.tailLength === 0) {
-      throw this.fail(
-        this.offset,
-        'truncated',
-        'stream ended right after the RAM END section: no device state',
-      );
-    }
-    const found = this.candidates.find((c) => c.end === this.tailLength && this.lastTailByte === CLOSE_BRACE);
-    if (found) {
-      const description = { offset: tailOffset + found.start + 6, length: found.end - found.start - 6 };
+    const found = this.tail.finish(this.options.allowMissingDescription);
+    if (typeof found === 'string') throw this.fail(this.offset, 'truncated', found);
+    if (found.description) {
+      const description = { offset: tailOffset + found.description.offset, length: found.description.length };
       return (this.finished = { length: this.offset, tailOffset, description });
     }
-    if (this.options.allowMissingDescription && this.lastTailByte === SectionType.EOF) {
-      return (this.finished = { length: this.offset, tailOffset });
-    }
-    throw this.fail(
-      this.offset,
-      'truncated',
-      `stream ended inside the device state (${this.tailLength} bytes after the RAM END section): ` +
-        'no EOF (0x00) and VM description (0x06, be32 length, JSON) end it',
-    );
+    return (this.finished = { length: this.offset, tailOffset });
   }
 
   private fail(offset: number, reason: StreamErrorReason, problem: string): StreamError {
@@ -232,7 +200,7 @@ export class StreamParser {
       }
       yield { kind: 'header', version };
     }
-    const config = yield* this.configuration();
+    const config = yield* readConfiguration(() => this.consumed);
     this.ignoreShared = config.record.ignoreShared;
     yield config.record;
     // parseConfigSection: whatever follows is not looked at.
@@ -249,7 +217,7 @@ export class StreamParser {
       const sectionType = type;
       type = undefined;
       if (sectionType === SectionType.COMMAND) {
-        yield* this.command(at);
+        yield* readCommand(at);
       } else if (sectionType === SectionType.START) {
         const head = yield need(5, 'the START section header');
         const sectionId = u32(head, 0);
@@ -299,96 +267,8 @@ export class StreamParser {
     this.tailOffset = this.consumed;
     while (true) {
       const bytes = yield need(REST, 'device state');
-      this.scanTail(bytes);
+      this.tail.scan(bytes);
       yield { kind: 'tail', bytes };
-    }
-  }
-
-  /** The configuration section and the type byte after it (read to find where its subsections end). */
-  private *configuration(): Parse<{ record: ConfigRecord; nextType: number }> {
-    const start = this.consumed;
-    const pieces: Uint8Array[] = [];
-    const take = function* (n: number, what: string): Parse<Uint8Array> {
-      const bytes = (yield need(n, what)).slice();
-      pieces.push(bytes);
-      return bytes;
-    };
-    const type = (yield* take(1, 'the configuration section'))[0]!;
-    if (type !== SectionType.CONFIGURATION) {
-      const problem = `expected the configuration section (0x07) after the header, found ${typeName(type)}`;
-      throw this.fail(start, 'unsupported', problem);
-    }
-    const nameLength = u32(yield* take(4, 'the machine name length'), 0);
-    if (nameLength === 0 || nameLength > MAX_MACHINE_NAME) {
-      throw this.fail(
-        start + 1,
-        'invalid',
-        `machine name of ${nameLength} bytes in the configuration section`,
-      );
-    }
-    const machine = latin1(yield* take(nameLength, 'the machine name'));
-    const capabilities: string[] = [];
-    let uuid: string | undefined;
-    const seen = new Set<string>();
-    while (true) {
-      const at = this.consumed;
-      const next = (yield need(1, 'a section type'))[0]!;
-      if (next !== SectionType.SUBSECTION) {
-        const bytes = Buffer.concat(pieces);
-        const ignoreShared = capabilities.includes('x-ignore-shared');
-        const record: ConfigRecord = { kind: 'config', machine, capabilities, ignoreShared, bytes };
-        return { record: uuid === undefined ? record : { ...record, uuid }, nextType: next };
-      }
-      pieces.push(Uint8Array.of(next));
-      const name = latin1(yield* take((yield* take(1, 'a subsection name length'))[0]!, 'a subsection name'));
-      const version = u32(yield* take(4, `the version of subsection '${name}'`), 0);
-      if (seen.has(name)) throw this.fail(at, 'invalid', `configuration subsection '${name}' twice`);
-      seen.add(name);
-      if (version !== 1) {
-        throw this.fail(
-          at,
-          'unsupported',
-          `configuration subsection '${name}' version ${version} (expected 1)`,
-        );
-      }
-      if (name === 'configuration/target-page-bits') {
-        const bits = u32(yield* take(4, 'the target page bits'), 0);
-        if (bits !== 12) throw this.fail(at, 'unsupported', `target pages of 2^${bits} bytes (only 4096)`);
-      } else if (name === 'configuration/capabilities') {
-        const count = u32(yield* take(4, 'the capability count'), 0);
-        if (count > MAX_CAPABILITIES)
-          throw this.fail(at, 'invalid', `${count} capabilities in the configuration`);
-        for (let i = 0; i < count; i++) {
-          const length = (yield* take(1, 'a capability name length'))[0]!;
-          capabilities.push(latin1(yield* take(length, 'a capability name')));
-        }
-      } else if (name === 'configuration/uuid') {
-        uuid = formatUuid(yield* take(16, 'the UUID'));
-      } else {
-        throw this.fail(at, 'unsupported', `unknown configuration subsection '${name}'`);
-      }
-    }
-  }
-
-  private *command(at: number): Parse {
-    const head = yield need(4, 'the command header');
-    const command = u16(head, 0);
-    const length = u16(head, 2);
-    const name = commandName(command);
-    const data = (yield need(length, `the data of ${name}`)).slice();
-    const accepted = { [MigCommand.OPEN_RETURN_PATH]: 0, [MigCommand.PING]: 4 } as Record<number, number>;
-    if (accepted[command] === length) {
-      yield { kind: 'command', command, data };
-    } else if (accepted[command] !== undefined) {
-      throw this.fail(at, 'invalid', `${name} command with ${length} bytes of data`);
-    } else if (command >= MigCommand.POSTCOPY_ADVISE && command <= MigCommand.RECV_BITMAP) {
-      throw this.fail(
-        at,
-        'unsupported',
-        `${name} command (postcopy, COLO or packaged streams are not supported)`,
-      );
-    } else {
-      throw this.fail(at, 'unsupported', `unknown command ${command} (${length} bytes of data)`);
     }
   }
 
@@ -413,7 +293,9 @@ export class StreamParser {
             `a RAM block list (MEM_SIZE) in the ${type.toUpperCase()} section`,
           );
         }
-        yield* this.blockList(at, value);
+        const list = yield* readBlockList(at, value, this.ignoreShared);
+        this.blocks = list.byName;
+        yield { kind: 'ram-blocks', blocks: list.blocks };
         continue;
       }
       const base = flags & ~RamFlag.CONTINUE;
@@ -456,77 +338,6 @@ export class StreamParser {
       throw this.fail(at, 'invalid', `footer of section ${u32(footer, 1)} ends section ${sectionId}`);
     }
     yield { kind: 'section-end', type, sectionId };
-  }
-
-  /** The MEM_SIZE list: name, used_length (and the region address with x-ignore-shared) per block. */
-  private *blockList(at: number, total: number): Parse {
-    const blocks: RamBlock[] = [];
-    const byName = new Map<string, RamBlock>();
-    const u64 = (b: Uint8Array, what: string) => {
-      const value = u32(b, 0) * 2 ** 32 + u32(b, 4);
-      if (!Number.isSafeInteger(value)) throw this.fail(at, 'invalid', `${what} ${hex(value)} is too large`);
-      return value;
-    };
-    for (let remaining = total; remaining > 0;) {
-      if (blocks.length >= MAX_RAM_BLOCKS)
-        throw this.fail(at, 'invalid', `more than ${MAX_RAM_BLOCKS} RAM blocks`);
-      const name = latin1(yield need((yield need(1, 'a RAM block name length'))[0]!, 'a RAM block name'));
-      const length = u64(yield need(8, `the length of RAM block '${name}'`), `the length of '${name}'`);
-      const addr = this.ignoreShared
-        ? u64(yield need(8, `the address of RAM block '${name}'`), `the address of '${name}'`)
-        : undefined;
-      if (byName.has(name)) throw this.fail(at, 'invalid', `RAM block '${name}' twice in the block list`);
-      if (name.length === 0 || length === 0) {
-        throw this.fail(at, 'invalid', `RAM block '${name}' of ${length} bytes in the block list`);
-      }
-      if (length > remaining) {
-        throw this.fail(
-          at,
-          'invalid',
-          `RAM block lengths exceed the block list's total of ${hex(total)} bytes`,
-        );
-      }
-      const block: RamBlock = addr === undefined ? { name, length } : { name, length, addr };
-      blocks.push(block);
-      byName.set(name, block);
-      remaining -= length;
-    }
-    this.blocks = byName;
-    yield { kind: 'ram-blocks', blocks };
-  }
-
-  /**
-   * Notes every place in the tail that could start the VM description: 0x00 (EOF), 0x06, be32 length,
-   * '{'. The one whose length ends exactly at the end of the stream is the description.
-   */
-  private scanTail(bytes: Uint8Array): void {
-    const keep = this.tailKeep;
-    const base = this.tailLength - keep.length;
-    const size = keep.length + bytes.length;
-    const at = (i: number) => (i < keep.length ? keep[i]! : bytes[i - keep.length]!);
-    let i = Math.max(0, this.tailScanNext - base);
-    for (; i + 6 < size; i++) {
-      if (i >= keep.length) {
-        // Jump to the next 0x00: no candidate starts anywhere else.
-        const zero = bytes.indexOf(0, i - keep.length);
-        if (zero < 0) {
-          i = size;
-          break;
-        }
-        i = zero + keep.length;
-        if (i + 6 >= size) break; // looked at again with the next chunk
-      }
-      if (at(i) !== 0 || at(i + 1) !== SectionType.VMDESCRIPTION || at(i + 6) !== OPEN_BRACE) continue;
-      const length = ((at(i + 2) << 24) | (at(i + 3) << 16) | (at(i + 4) << 8) | at(i + 5)) >>> 0;
-      this.candidates.push({ start: base + i, end: base + i + 6 + length });
-      if (this.candidates.length > MAX_DESCRIPTION_CANDIDATES) this.candidates.shift();
-    }
-    this.tailScanNext = base + i;
-    this.tailLength += bytes.length;
-    this.candidates = this.candidates.filter((c) => c.end >= this.tailLength);
-    this.tailKeep =
-      bytes.length >= 6 ? bytes.slice(bytes.length - 6) : Buffer.concat([keep, bytes]).subarray(-6).slice();
-    if (bytes.length > 0) this.lastTailByte = bytes[bytes.length - 1]!;
   }
 }
 
