@@ -35,6 +35,7 @@ export async function migrateLiveVms(options: {
   readonly signal?: AbortSignal;
 }): Promise<Map<number, LiveVmResult>> {
   const results = new Map<number, LiveVmResult>();
+  if (options.pending.length === 0) return results;
   const digester = new PageDigester(deriveDigestKey(options.secret));
   const dirty = await measureDirtyRates(options.pending.map((v) => options.scan.qmp.get(v)!));
   const parallel = Math.max(1, Math.min(options.maxParallel ?? 1, options.pending.length));
