@@ -191,7 +191,8 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         bandwidthBytesPerSecond: source.linkBitsPerSecond / 8,
         onVerdict: (done, total) => progress({ phase: 'migrate', done, total, unit: 'vms' }),
         ...(options.downtimeLimitMs === undefined ? {} : { downtimeLimitMs: options.downtimeLimitMs }),
-        ...(options.maxParallel === undefined ? {} : { maxParallel: options.maxParallel }),
+        // By default as many migrations at once as there are targets, sharing the source link.
+        maxParallel: options.maxParallel ?? liveTargets.length,
         ...(options.timeoutPerGiB === undefined ? {} : { timeoutPerGiB: options.timeoutPerGiB }),
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       });
