@@ -1,16 +1,8 @@
-import {
-  closeSync,
-  fstatSync,
-  ftruncateSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readSync,
-  writeSync,
-} from 'node:fs';
+import { closeSync, fstatSync, ftruncateSync, fsyncSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { DigestTable } from '../memory/digest-table.js';
+import { openForUpdate, readFully, writeFully } from './file-io.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 
 /**
@@ -47,7 +39,13 @@ export class ContentStore {
     const chunk = new Uint8Array(DIGEST_BYTES * 65536);
     for (let first = 0; first < this.count; first += 65536) {
       const n = Math.min(65536, this.count - first);
-      readFully(digestsFd, chunk, n * DIGEST_BYTES, first * DIGEST_BYTES);
+      readFully(
+        digestsFd,
+        chunk,
+        n * DIGEST_BYTES,
+        first * DIGEST_BYTES,
+        'content store file shorter than its index',
+      );
       for (let i = 0; i < n; i++) this.index.intern(chunk, i * DIGEST_BYTES);
     }
   }
@@ -81,7 +79,13 @@ export class ContentStore {
     const id = this.index.lookup(digest);
     if (id <= 0) return undefined;
     const page = new Uint8Array(PAGE_SIZE);
-    readFully(this.pagesFd, page, PAGE_SIZE, (id - 1) * PAGE_SIZE);
+    readFully(
+      this.pagesFd,
+      page,
+      PAGE_SIZE,
+      (id - 1) * PAGE_SIZE,
+      'content store file shorter than its index',
+    );
     return page;
   }
 
@@ -171,23 +175,4 @@ export class ContentStore {
     closeSync(this.pagesFd);
     closeSync(this.digestsFd);
   }
-}
-
-/** Opens for positioned reads and writes, creating the file (not append mode: it ignores positions). */
-function openForUpdate(path: string): number {
-  closeSync(openSync(path, 'a'));
-  return openSync(path, 'r+');
-}
-
-function readFully(fd: number, into: Uint8Array, length: number, position: number): void {
-  for (let done = 0; done < length;) {
-    const n = readSync(fd, into, done, length - done, position + done);
-    if (n === 0) throw new VmscatterError('VMS_STORE', 'content store file shorter than its index');
-    done += n;
-  }
-}
-
-function writeFully(fd: number, bytes: Uint8Array, position: number): void {
-  for (let done = 0; done < bytes.length;)
-    done += writeSync(fd, bytes, done, bytes.length - done, position + done);
 }

@@ -1,17 +1,9 @@
 import { createHash } from 'node:crypto';
-import {
-  closeSync,
-  fsyncSync,
-  ftruncateSync,
-  openSync,
-  readSync,
-  renameSync,
-  rmSync,
-  writeSync,
-} from 'node:fs';
+import { closeSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
 import { VmscatterError } from '../errors.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { DiskFullError } from './content-store.js';
+import { writeFully } from './file-io.js';
 import { ZERO_ENTRY } from './manifest.js';
 
 /**
@@ -60,7 +52,7 @@ export function rebuildImage(request: RebuildRequest): RebuildResult {
     let runStart = 0;
     let runPages = 0;
     const flush = () => {
-      if (runPages > 0) writeAll(fd, run.subarray(0, runPages * PAGE_SIZE), runStart * PAGE_SIZE);
+      if (runPages > 0) writeFully(fd, run.subarray(0, runPages * PAGE_SIZE), runStart * PAGE_SIZE);
       runPages = 0;
     };
     request.entries.forEach((entry, page) => {
@@ -109,9 +101,4 @@ export function imageSha256(path: string): string {
     closeSync(fd);
   }
   return hash.digest('hex');
-}
-
-function writeAll(fd: number, bytes: Uint8Array, position: number): void {
-  for (let done = 0; done < bytes.length;)
-    done += writeSync(fd, bytes, done, bytes.length - done, position + done);
 }

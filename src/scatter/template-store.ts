@@ -7,16 +7,15 @@ import {
   openSync,
   readdirSync,
   readFileSync,
-  readSync,
   renameSync,
   rmSync,
-  writeSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { DigestTable } from '../memory/digest-table.js';
 import { DIGEST_BYTES } from '../memory/page.js';
 import { ContentStore, DiskFullError } from './content-store.js';
+import { openForUpdate, readFully, writeFully } from './file-io.js';
 
 /**
  * An agent's template store: the pages that occur in most VMs (OS images, libraries, zeroed slabs),
@@ -86,7 +85,13 @@ class Generation {
     const view = new DataView(chunk.buffer);
     for (let first = 0; first < count; first += 65536) {
       const n = Math.min(65536, count - first);
-      readFully(weightsFd, chunk, n * RECORD_BYTES, first * RECORD_BYTES);
+      readFully(
+        weightsFd,
+        chunk,
+        n * RECORD_BYTES,
+        first * RECORD_BYTES,
+        'template weights file shorter than expected',
+      );
       for (let i = 0; i < n; i++) {
         this.weights[first + i] = view.getUint32(i * RECORD_BYTES, true);
         const sequence = Number(view.getBigUint64(i * RECORD_BYTES + 4, true));
@@ -440,23 +445,4 @@ function syncDirectory(path: string): void {
   } finally {
     closeSync(fd);
   }
-}
-
-/** Opens for positioned reads and writes, creating the file (not append mode: it ignores positions). */
-function openForUpdate(path: string): number {
-  closeSync(openSync(path, 'a'));
-  return openSync(path, 'r+');
-}
-
-function readFully(fd: number, into: Uint8Array, length: number, position: number): void {
-  for (let done = 0; done < length;) {
-    const n = readSync(fd, into, done, length - done, position + done);
-    if (n === 0) throw new VmscatterError('VMS_STORE', 'template weights file shorter than expected');
-    done += n;
-  }
-}
-
-function writeFully(fd: number, bytes: Uint8Array, position: number): void {
-  for (let done = 0; done < bytes.length;)
-    done += writeSync(fd, bytes, done, bytes.length - done, position + done);
 }
