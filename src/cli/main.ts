@@ -16,6 +16,26 @@ const version = (JSON.parse(readFileSync(new URL('package.json', root), 'utf8'))
 /** The embedded default topology: loopback, synthetic VMs, no root needed. */
 export const defaultTopology = fileURLToPath(new URL('topologies/local.yaml', root));
 
+/** Options several commands share, defined once. */
+const topologyOption = () =>
+  new Option('--topology <file>', 'topology and job file (YAML)').default(
+    defaultTopology,
+    'topologies/local.yaml',
+  );
+const maxGroupsOption = () =>
+  new Option('--max-groups <count>', 'most multicast groups')
+    .argParser(parseWholeNumber(1, 65535))
+    .default(defaultPlanOptions.maxGroups);
+const seedOption = () =>
+  new Option('--seed <number>', 'placement seed (plans are reproducible)')
+    .argParser(parseWholeNumber(0, 2 ** 31))
+    .default(defaultPlanOptions.seed);
+const secretFileOption = () =>
+  new Option(
+    '--secret-file <file>',
+    'deployment secret, the same file on every host (env VMSCATTER_SECRET_FILE)',
+  );
+
 const program = new Command('vmscatter')
   .description('Live-migrate many VMs from one host to many: shared pages merged, sent once by multicast.')
   .version(version)
@@ -32,24 +52,9 @@ program
 program
   .command('plan')
   .description('scan the VMs of a topology, place them on targets and schedule multicast; moves nothing')
-  .addOption(
-    new Option('--topology <file>', 'topology and job file (YAML)').default(
-      defaultTopology,
-      'topologies/local.yaml',
-    ),
-  )
-  .option(
-    '--max-groups <count>',
-    'most multicast groups',
-    parseWholeNumber(1, 65535),
-    defaultPlanOptions.maxGroups,
-  )
-  .option(
-    '--seed <number>',
-    'placement seed (plans are reproducible)',
-    parseWholeNumber(0, 2 ** 31),
-    defaultPlanOptions.seed,
-  )
+  .addOption(topologyOption())
+  .addOption(maxGroupsOption())
+  .addOption(seedOption())
   .option('--json', 'print the plan as JSON')
   .action(runAction(planCommand));
 
@@ -58,24 +63,9 @@ program
   .description(
     'move the VMs of a topology to their targets: scan, plan, multicast, rebuild and verify each image',
   )
-  .addOption(
-    new Option('--topology <file>', 'topology and job file (YAML)').default(
-      defaultTopology,
-      'topologies/local.yaml',
-    ),
-  )
-  .option(
-    '--max-groups <count>',
-    'most multicast groups',
-    parseWholeNumber(1, 65535),
-    defaultPlanOptions.maxGroups,
-  )
-  .option(
-    '--seed <number>',
-    'placement seed (plans are reproducible)',
-    parseWholeNumber(0, 2 ** 31),
-    defaultPlanOptions.seed,
-  )
+  .addOption(topologyOption())
+  .addOption(maxGroupsOption())
+  .addOption(seedOption())
   .option(
     '--mtu <bytes>',
     'path MTU of the multicast network (default 1500; 9000 on loopback)',
@@ -97,10 +87,7 @@ program
   )
   .option('--dry-run', 'scan, plan and run the pre-flight checks; move nothing')
   .option('--resume', 'leave VMs already verified at their target alone; send only what agents lack')
-  .option(
-    '--secret-file <file>',
-    'deployment secret, the same file on every host (env VMSCATTER_SECRET_FILE)',
-  )
+  .addOption(secretFileOption())
   .option(
     '--work-dir <dir>',
     'where local state lives: generated images, local agents, the loopback secret',
@@ -116,12 +103,7 @@ program
     'move every VM off a host onto the others (before maintenance); exit 0 all moved, 2 partial, 1 error',
   )
   .requiredOption('--host <name>', 'the host to empty (its VMs are those of the topology)')
-  .addOption(
-    new Option('--topology <file>', 'topology and job file (YAML)').default(
-      defaultTopology,
-      'topologies/local.yaml',
-    ),
-  )
+  .addOption(topologyOption())
   .option('--exclude-host <name...>', 'hosts that must not take VMs')
   .option('--dry-run', 'plan and run the pre-flight checks only; nothing moves')
   .option('--max-parallel <count>', 'running VMs migrated at once', parseWholeNumber(1, 64), 1)
@@ -139,10 +121,7 @@ program
       .default('abort'),
   )
   .option('--yes', 'do not ask for confirmation (scripts)')
-  .option(
-    '--secret-file <file>',
-    'deployment secret, the same file on every host (env VMSCATTER_SECRET_FILE)',
-  )
+  .addOption(secretFileOption())
   .option('--work-dir <dir>', 'where local state lives', '.vmscatter')
   .option('--mtu <bytes>', 'path MTU of the multicast network', parseWholeNumber(576, 65535))
   .option('--json', 'print which VMs moved, which stayed and why, as JSON')
@@ -152,17 +131,9 @@ program
   .command('agent')
   .description('serve scatter jobs as one target host of a topology, until stopped')
   .requiredOption('--host <name>', "this host's name in the topology")
-  .addOption(
-    new Option('--topology <file>', 'topology and job file (YAML)').default(
-      defaultTopology,
-      'topologies/local.yaml',
-    ),
-  )
+  .addOption(topologyOption())
   .option('--dir <dir>', 'state directory: content store and rebuilt images (default .vmscatter/agents/HOST)')
-  .option(
-    '--secret-file <file>',
-    'deployment secret, the same file on every host (env VMSCATTER_SECRET_FILE)',
-  )
+  .addOption(secretFileOption())
   .action(runAction(agentCommand));
 
 await program.parseAsync(process.argv);
