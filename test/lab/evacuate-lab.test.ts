@@ -4,7 +4,13 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { connectQmp } from '../../src/qemu/qmp.js';
 import { repoRoot, tempDir } from '../support/fixtures.js';
-import { bootGuest, buildInitramfs, ensureGuestKernel, type Guest } from '../support/qemu-guest.js';
+import {
+  bootGuest,
+  buildInitramfs,
+  ensureGuestKernel,
+  quitQemuAt,
+  type Guest,
+} from '../support/qemu-guest.js';
 import { createLab, labAvailable, watchProcess, type Lab, type ProcessWatch } from './lab.js';
 
 /**
@@ -39,7 +45,7 @@ async function status(path: string): Promise<string | undefined> {
 }
 
 test(
-  'lab evacuate: dry run, partial failure (exit 2, JSON), re-run moves the rest',
+  'lab evacuate: dry run, Ctrl-C, partial failure (exit 2, JSON), re-run moves the rest',
   { timeout: 600_000 },
   async (t) => {
     const available = labAvailable();
@@ -52,13 +58,7 @@ test(
       for (const agent of agents.values()) agent.child.kill('SIGKILL');
       for (const guest of guests) await guest.stop().catch(() => undefined);
       for (const vm of Object.keys(PINS))
-        for (const target of TARGETS) {
-          const path = join(dir, 'agents', target, 'run', `${vm}.qmp`);
-          const qmp = existsSync(path)
-            ? await connectQmp(path, { connectTimeoutMs: 1500 }).catch(() => undefined)
-            : undefined;
-          await qmp?.execute('quit').catch(() => undefined);
-        }
+        for (const target of TARGETS) await quitQemuAt(join(dir, 'agents', target, 'run', `${vm}.qmp`));
       await lab.destroy();
       cleanup();
     });

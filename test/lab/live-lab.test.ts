@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { connectQmp } from '../../src/qemu/qmp.js';
 import { repoRoot, tempDir } from '../support/fixtures.js';
 import {
   bootGuest,
@@ -10,6 +9,7 @@ import {
   ensureGuestKernel,
   GUEST_SUM_MARKER,
   GUEST_TICK_MARKER,
+  quitQemuAt,
   type Guest,
 } from '../support/qemu-guest.js';
 import { createLab, labAvailable, watchProcess, type ProcessWatch } from './lab.js';
@@ -39,13 +39,7 @@ test(
     t.after(async () => {
       for (const guest of guests) await guest.stop().catch(() => undefined);
       for (const vm of ['g1', 'g2', 'g3', 'g4'])
-        for (const target of TARGETS) {
-          const path = join(dir, 'agents', target, 'run', `${vm}.qmp`);
-          if (!existsSync(path)) continue;
-          const qmp = await connectQmp(path, { connectTimeoutMs: 2000 }).catch(() => undefined);
-          await qmp?.execute('quit').catch(() => undefined);
-          await qmp?.close().catch(() => undefined);
-        }
+        for (const target of TARGETS) await quitQemuAt(join(dir, 'agents', target, 'run', `${vm}.qmp`));
       await lab.destroy();
       cleanup();
     });

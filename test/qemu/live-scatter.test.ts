@@ -3,12 +3,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { connectQmp } from '../../src/qemu/qmp.js';
 import {
   bootGuest,
   buildInitramfs,
   ensureGuestKernel,
   GUEST_TICK_MARKER,
+  quitQemuAt,
   type Guest,
 } from '../support/qemu-guest.js';
 import { repoRoot, tempDir } from '../support/fixtures.js';
@@ -87,14 +87,6 @@ async function bootSource(dir: string, port: number): Promise<Source> {
   return { guest, topology };
 }
 
-/** Quits a destination QEMU left running (or left behind by a killed agent) through its QMP socket. */
-async function quitDestination(path: string): Promise<void> {
-  if (!existsSync(path)) return;
-  const qmp = await connectQmp(path, { connectTimeoutMs: 2000 }).catch(() => undefined);
-  await qmp?.execute('quit').catch(() => undefined);
-  await qmp?.close().catch(() => undefined);
-}
-
 test(
   'live scatter: a running guest moves to its target, verified, and keeps running there',
   { timeout: 300_000 },
@@ -103,7 +95,7 @@ test(
     const started: { source?: Source } = {};
     t.after(async () => {
       await started.source?.guest.stop().catch(() => undefined);
-      await quitDestination(join(dir, 'agents', 't1', 'run', 'g1.qmp'));
+      await quitQemuAt(join(dir, 'agents', 't1', 'run', 'g1.qmp'));
       cleanup();
     });
     const source = (started.source = await bootSource(dir, basePort));
@@ -142,7 +134,7 @@ test(
     t.after(async () => {
       started.agent?.kill('SIGKILL');
       await started.source?.guest.stop().catch(() => undefined);
-      await quitDestination(join(runDir, 'g1.qmp'));
+      await quitQemuAt(join(runDir, 'g1.qmp'));
       cleanup();
     });
     const source = (started.source = await bootSource(dir, basePort + 2));

@@ -472,3 +472,11 @@ export async function saveGuestMemory(guest: Guest, path: string, memoryMiB: num
     throw error;
   }
 }
+
+/** Quits the QEMU behind a QMP socket, if one answers there (cleanup of destinations a test left). */
+export async function quitQemuAt(path: string): Promise<void> {
+  if (!existsSync(path)) return;
+  const qmp = await connectQmp(path, { connectTimeoutMs: 2000 }).catch(() => undefined);
+  await qmp?.execute('quit').catch(() => undefined);
+  await qmp?.close().catch(() => undefined);
+}
