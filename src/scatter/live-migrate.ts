@@ -3,7 +3,7 @@ import { DIGEST_BYTES, isZeroPage } from '../memory/page.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import { StreamParser } from '../qemu/migration-stream.js';
 import type { QmpClient } from '../qemu/qmp.js';
-import { AgentLostError, type AgentLink } from './agent-link.js';
+import type { AgentLink } from './agent-link.js';
 import type { CopyStrategy } from './copy-strategy.js';
 import { StreamDigest, type LiveRecord } from './live-records.js';
 import { streamListener, waitMigrationSettled, withTimeout } from './live-source.js';
@@ -70,7 +70,7 @@ export async function migrateLiveVm(options: {
     if (status.status !== 'running') await source.execute('cont').catch(() => undefined);
     return {
       ok: false,
-      error: (error as Error).message,
+      error: error instanceof Error ? error.message : String(error),
       ...counts,
       downtimeMs: 0,
       seconds: (performance.now() - started) / 1000,
@@ -188,8 +188,7 @@ export async function migrateLiveVm(options: {
       seconds: (performance.now() - started) / 1000,
     };
   } catch (error) {
-    if (error instanceof AgentLostError || error instanceof Error) return fail(error);
-    throw error;
+    return fail(error);
   } finally {
     listener.close();
   }
