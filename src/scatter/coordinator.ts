@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
-import { ZERO_PAGE_ID } from '../memory/page.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
 import type { Topology } from '../topology/model.js';
 import { AgentLink } from './agent-link.js';
@@ -142,7 +141,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
     const pages = scan.pages;
     try {
       const problems = preflightProblems(
-        await preflightTargets(liveTargets, readies, work, scan, assignment, topology),
+        await preflightTargets(liveTargets, readies, work, scan, plan.detail, topology),
       );
       if (problems.length > 0) throw new PreflightError(problems);
       if (options.dryRun || options.signal?.aborted) {
@@ -152,7 +151,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           topology,
           liveTargets,
           scan,
-          assignment,
+          plan.detail,
           done,
           seconds,
           options.dryRun === true,
@@ -224,7 +223,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           name: vm.name,
           target: liveTargets[assignment[v]!]!.name,
           pages: scan.vms[v]!.pages.length,
-          zeroPages: scan.vms[v]!.pages.reduce((n, id) => n + (id === ZERO_PAGE_ID ? 1 : 0), 0),
+          zeroPages: index.vmStats[v]!.zero,
           sha256: sha256[v]!,
           wireBytes: Math.round(
             wire.vmBytes[v]! + (outcome.unicastBytesByVm.get(v) ?? 0) + (migrated.get(v)?.sentBytes ?? 0),

@@ -1,4 +1,4 @@
-import { ZERO_PAGE_ID } from '../memory/page.js';
+import type { PageIndex } from '../plan/page-index.js';
 import type { Host, Topology } from '../topology/model.js';
 import type { JobScan } from './job-scan.js';
 import type { liveSummary } from './live-phase.js';
@@ -80,7 +80,7 @@ export function plannedReport(
   topology: Topology,
   targets: readonly Host[],
   scan: JobScan,
-  assignment: Int32Array,
+  { assignment, index }: { readonly assignment: Int32Array; readonly index: PageIndex },
   done: readonly boolean[],
   seconds: ScatterReport['seconds'],
   dryRun: boolean,
@@ -89,7 +89,7 @@ export function plannedReport(
     name: vm.name,
     target: targets[assignment[v]!]!.name,
     pages: scan.vms[v]!.pages.length,
-    zeroPages: scan.vms[v]!.pages.reduce((n, id) => n + (id === ZERO_PAGE_ID ? 1 : 0), 0),
+    zeroPages: index.vmStats[v]!.zero,
     sha256: scan.sha256[v]!,
     wireBytes: 0,
     verified: done[v]!,

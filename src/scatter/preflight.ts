@@ -1,5 +1,6 @@
 import { VmscatterError } from '../errors.js';
-import { PAGE_SIZE, ZERO_PAGE_ID } from '../memory/page.js';
+import { PAGE_SIZE } from '../memory/page.js';
+import type { PageIndex } from '../plan/page-index.js';
 import type { Host, Topology } from '../topology/model.js';
 import type { JobScan } from './job-scan.js';
 import type { JobWork } from './job-work.js';
@@ -63,7 +64,7 @@ export async function preflightTargets(
   readies: readonly { freeBytes: number; qemuVersion: string }[],
   work: JobWork,
   scan: JobScan,
-  assignment: Int32Array,
+  { assignment, index }: { readonly assignment: Int32Array; readonly index: PageIndex },
   topology: Topology,
 ): Promise<PreflightTarget[]> {
   const versions = new Map<number, string>();
@@ -77,7 +78,7 @@ export async function preflightTargets(
     const placed = work.pendingVms.filter((v) => assignment[v] === t);
     const imageBytes = placed
       .filter((v) => topology.vms[v]!.source.kind === 'image')
-      .reduce((n, v) => n + scan.vms[v]!.pages.filter((id) => id !== ZERO_PAGE_ID).length * PAGE_SIZE, 0);
+      .reduce((n, v) => n + (index.vmStats[v]!.pages - index.vmStats[v]!.zero) * PAGE_SIZE, 0);
     return {
       name: host.name,
       freeBytes: readies[t]!.freeBytes,

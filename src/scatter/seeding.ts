@@ -172,12 +172,20 @@ function decideCompression(
   mode: CompressionMode,
   linkBitsPerSecond: number,
 ): CompressionDecision {
-  const ids = work.rounds.flatMap((r) => [...r.ids]);
+  const total = work.rounds.reduce((n, r) => n + r.ids.length, 0);
   const base = { mode, linkBitsPerSecond, roundsCompressed: 0, roundBitsPerSecond: [] };
-  if (mode !== 'adaptive' || ids.length === 0) return { ...base, on: mode === 'on' };
-  const step = Math.max(1, Math.floor(ids.length / SAMPLE_PAGES));
+  if (mode !== 'adaptive' || total === 0) return { ...base, on: mode === 'on' };
+  // Every step-th page of the job, walking the rounds in order (the same pages as indexing their
+  // concatenation, without building it).
+  const step = Math.max(1, Math.floor(total / SAMPLE_PAGES));
   const sample: Uint8Array[] = [];
-  for (let i = 0; i < ids.length && sample.length < SAMPLE_PAGES; i += step) sample.push(pages.read(ids[i]!));
+  let skip = 0;
+  for (const round of work.rounds) {
+    for (let i = skip; i < round.ids.length && sample.length < SAMPLE_PAGES; i += step)
+      sample.push(pages.read(round.ids[i]!));
+    skip = (skip - round.ids.length) % step;
+    if (skip < 0) skip += step;
+  }
   const measured = measureCodec(sample);
   return { ...base, on: shouldCompress(mode, linkBitsPerSecond, measured), measured };
 }
