@@ -1,7 +1,7 @@
 import { PAGE_SIZE } from '../memory/page.js';
 import { randomDigestKey } from '../memory/page-digest.js';
-import { scanTopology } from '../memory/scan.js';
 import { buildScatterPlan, type ScatterPlan } from '../plan/scatter-plan.js';
+import { scanForPlan, type LiveCopyPlan } from '../scatter/live-plan.js';
 import { loadTopology } from '../topology/load.js';
 import { formatBytes } from '../topology/units.js';
 import { Progress } from './progress.js';
@@ -20,7 +20,7 @@ export async function planCommand(options: PlanCommandOptions): Promise<void> {
   const progress = new Progress(!options.json);
   progress.phase(`Scanning ${topology.vms.length} VMs`);
   const scanStarted = performance.now();
-  const scan = await scanTopology(topology, {
+  const scan = await scanForPlan(topology, {
     key: randomDigestKey(),
     onProgress: (done, total) => progress.pages('Scanning', done, total),
   }).finally(() => progress.stop());
@@ -33,15 +33,21 @@ export async function planCommand(options: PlanCommandOptions): Promise<void> {
   const planSeconds = (performance.now() - planStarted) / 1000;
   if (options.json) {
     process.stdout.write(
-      `${JSON.stringify(planReport(plan, topology.file, scanSeconds, planSeconds), null, 2)}\n`,
+      `${JSON.stringify(planReport(plan, scan.live, topology.file, scanSeconds, planSeconds), null, 2)}\n`,
     );
   } else {
-    process.stdout.write(`${renderPlan(plan, topology.file, scanSeconds, planSeconds)}\n`);
+    process.stdout.write(`${renderPlan(plan, scan.live, topology.file, scanSeconds, planSeconds)}\n`);
   }
 }
 
 /** The JSON form of a plan: stable field names scripts can rely on. */
-export function planReport(plan: ScatterPlan, file: string, scanSeconds: number, planSeconds: number) {
+export function planReport(
+  plan: ScatterPlan,
+  live: readonly LiveCopyPlan[],
+  file: string,
+  scanSeconds: number,
+  planSeconds: number,
+) {
   const { naive, dedup, plan: planned } = plan.traffic;
   return {
     topology: file,
@@ -59,11 +65,26 @@ export function planReport(plan: ScatterPlan, file: string, scanSeconds: number,
       plan: planned,
       predictedSeconds: { naive: naive.seconds, dedup: dedup.seconds, plan: planned.seconds },
     },
+    live: live.map((vm) => ({
+      vm: vm.vm,
+      scan: vm.scan,
+      dirtyBytesPerSecond: Math.round(vm.dirtyBytesPerSecond),
+      bandwidthBytesPerSecond: Math.round(vm.bandwidthBytesPerSecond),
+      strategy: vm.copy.strategy,
+      strategyReason: vm.copy.why,
+      predictedPasses: Number.isFinite(vm.copy.passes) ? vm.copy.passes : null,
+    })),
     timings: { scanSeconds, planSeconds },
   };
 }
 
-function renderPlan(plan: ScatterPlan, file: string, scanSeconds: number, planSeconds: number): string {
+function renderPlan(
+  plan: ScatterPlan,
+  live: readonly LiveCopyPlan[],
+  file: string,
+  scanSeconds: number,
+  planSeconds: number,
+): string {
   const { naive, dedup, plan: planned } = plan.traffic;
   const targetRows = plan.targets.map((t) => [
     t.name,
@@ -103,5 +124,23 @@ function renderPlan(plan: ScatterPlan, file: string, scanSeconds: number, planSe
         trafficRow('plan: multicast schedule', planned),
       ],
     ),
+    ...(live.length === 0 ? [] : ['', renderLiveCopy(live)]),
   ].join('\n');
+}
+
+/** How each running VM would be copied, and why (copy-strategy.ts). */
+function renderLiveCopy(live: readonly LiveCopyPlan[]): string {
+  const rows = live.map((vm) => [
+    vm.vm,
+    vm.scan === 'memory-file' ? 'memory file' : 'scan migration',
+    `${formatBytes(vm.dirtyBytesPerSecond)}/s`,
+    `${formatBytes(vm.bandwidthBytesPerSecond)}/s`,
+    vm.copy.strategy,
+    vm.copy.why,
+  ]);
+  return renderTable(
+    ['running VM', 'scanned from', 'dirty rate', 'bandwidth share', 'copy', 'why'],
+    rows,
+    'llrrll',
+  );
 }

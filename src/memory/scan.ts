@@ -15,9 +15,9 @@ export function pageSourceOf(vm: Vm): PageSourceSpec {
         vm: { name: vm.name, pageCount: vm.memoryBytes / PAGE_SIZE, spec: vm.source.model },
       };
     case 'qemu':
+      // Running guests are read through their QEMU (scatter/live-plan.ts, scatter/job-scan.ts).
       throw new InputError(
-        `VM ${vm.name}: scanning a running QEMU guest needs its memory-backend file or a live scan, ` +
-          'which this version does not do yet; give the VM an image or synthetic source',
+        `VM ${vm.name}: a running QEMU guest is scanned through its QMP socket, not as a file`,
       );
   }
 }

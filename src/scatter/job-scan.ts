@@ -10,13 +10,15 @@ import type { QmpClient } from '../qemu/qmp.js';
 import type { Topology } from '../topology/model.js';
 import { ContentStore } from './content-store.js';
 import { imageSha256 } from './image-rebuild.js';
-import { connectSourceQmp, scanLiveVm } from './live-source.js';
+import { scanMemoryFile, sharedMemoryFile } from './live-memory-file.js';
+import { connectSourceQmp, scanLiveVm, type ScannedLiveVm } from './live-source.js';
 import { SourcePages } from './source-pages.js';
 
 /**
  * Phase 3 for a whole job: image VMs fingerprinted from their files (and their SHA-256 taken, which
- * the rebuilt images are checked against), running VMs through their own migration stream (live-source
- * .ts), all into one digest table so pages shared between the two kinds are found too.
+ * the rebuilt images are checked against), running VMs from their shared memory-backend file when they
+ * have one (live-memory-file.ts) or else through a scan migration (live-source.ts), all into one digest
+ * table so pages shared between the two kinds are found too.
  */
 export interface JobScan {
   readonly table: DigestTable;
@@ -25,6 +27,8 @@ export interface JobScan {
   readonly sha256: string[];
   /** QMP of each running VM's source QEMU, by VM index. */
   readonly qmp: Map<number, QmpClient>;
+  /** How each running VM was scanned, by VM index. */
+  readonly liveScans: Map<number, ScannedLiveVm['method']>;
   readonly pages: SourcePages;
   close(): Promise<void>;
 }
@@ -65,6 +69,7 @@ export async function scanJob(
     sha256[v] = imageSha256(path);
   });
   const qmp = new Map<number, QmpClient>();
+  const liveScans = new Map<number, ScannedLiveVm['method']>();
   // The running VMs' pages of this job only: what an earlier job kept is of no use now.
   const storeDir = join(options.runDir, 'source-pages');
   if (live.length > 0) rmSync(storeDir, { recursive: true, force: true });
@@ -76,7 +81,7 @@ export async function scanJob(
       if (vm.source.kind !== 'qemu') continue;
       const client = await connectSourceQmp(vm.source.qmp, vm.name);
       qmp.set(v, client);
-      const scanned = await scanLiveVm({
+      const scanned = await scanRunningVm({
         vm: vm.name,
         qmp: client,
         runDir: options.runDir,
@@ -85,6 +90,7 @@ export async function scanJob(
         store: store!,
       });
       vms[v] = scanned.pages;
+      liveScans.set(v, scanned.method);
     }
   } catch (error) {
     for (const client of qmp.values()) await client.close().catch(() => undefined);
@@ -102,6 +108,7 @@ export async function scanJob(
     vms,
     sha256,
     qmp,
+    liveScans,
     pages,
     close: async () => {
       pages.close();
@@ -109,4 +116,17 @@ export async function scanJob(
       for (const client of qmp.values()) await client.close().catch(() => undefined);
     },
   };
+}
+
+/** Scans a running VM the cheapest way it allows: its shared memory file, else a scan migration. */
+export async function scanRunningVm(options: {
+  readonly vm: string;
+  readonly qmp: QmpClient;
+  readonly runDir: string;
+  readonly table: DigestTable;
+  readonly digester: PageDigester;
+  readonly store?: ContentStore;
+}): Promise<ScannedLiveVm> {
+  const file = await sharedMemoryFile(options.qmp);
+  return file === undefined ? scanLiveVm(options) : scanMemoryFile({ ...options, file });
 }

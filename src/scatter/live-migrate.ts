@@ -46,6 +46,8 @@ export async function migrateLiveVm(options: {
   readonly digester: PageDigester;
   /** Whether the target holds the page with this digest. */
   readonly holds: (digest: Uint8Array) => boolean;
+  /** Told of every page sent as data (not held at the target), by its digest. */
+  readonly onSentInFull?: (digest: Uint8Array) => void;
   readonly maxBandwidthBytesPerSecond: number;
   readonly strategy: CopyStrategy;
   /** QEMU's downtime limit for the final pass (ms). */
@@ -146,6 +148,7 @@ export async function migrateLiveVm(options: {
               continue;
             }
             counts.sentPages++;
+            options.onSentInFull?.(hash);
             batch.push({ ...record, data: record.data.slice() });
             batchBytes += record.data.length + 24;
             continue;

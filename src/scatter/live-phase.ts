@@ -7,6 +7,7 @@ import type { Topology } from '../topology/model.js';
 import type { AgentLink } from './agent-link.js';
 import type { HeldDigests } from './digest-set.js';
 import type { JobScan } from './job-scan.js';
+import type { ScannedLiveVm } from './live-source.js';
 import type { SendRound } from './job-work.js';
 import { chooseCopyStrategy, type CopyDecision } from './copy-strategy.js';
 import { migrateLiveVm, type LiveMigrationResult } from './live-migrate.js';
@@ -41,6 +42,7 @@ export async function migrateLiveVms(options: {
   const parallel = Math.max(1, Math.min(options.maxParallel ?? 1, options.pending.length));
   const downtimeLimitMs = options.downtimeLimitMs ?? QEMU_DOWNTIME_LIMIT_MS;
   const bandwidth = options.bandwidthBytesPerSecond / parallel;
+  const newContent = new NewContentTally(options.plan.targets.length);
   let next = 0;
   const worker = async () => {
     while (next < options.pending.length) {
@@ -69,6 +71,7 @@ export async function migrateLiveVms(options: {
               runDir: options.runDir,
               digester,
               holds: (digest) => options.holds(target, digest),
+              onSentInFull: (digest) => newContent.sent(v, target, digest),
               maxBandwidthBytesPerSecond: bandwidth,
               strategy: copy.strategy,
               downtimeLimitMs,
@@ -82,7 +85,13 @@ export async function migrateLiveVms(options: {
                 : {}),
               ...(options.signal ? { signal: options.signal } : {}),
             });
-      results.set(v, { ...migrated, copy, dirtyBytesPerSecond: dirty[k]! });
+      results.set(v, {
+        ...migrated,
+        copy,
+        dirtyBytesPerSecond: dirty[k]!,
+        scan: options.scan.liveScans.get(v) ?? 'migration',
+        ...newContent.of(v),
+      });
       options.onVerdict(results.size, options.pending.length);
     }
   };
@@ -90,20 +99,57 @@ export async function migrateLiveVms(options: {
   return results;
 }
 
-export interface LiveVmResult extends LiveMigrationResult {
+export interface LiveVmResult extends LiveMigrationResult, NewContentCounts {
   readonly copy: CopyDecision;
   readonly dirtyBytesPerSecond: number;
+  readonly scan: ScannedLiveVm['method'];
+}
+
+/** Of a VM's pages sent as data: how many repeated content already sent as data during the job. */
+export interface NewContentCounts {
+  /** ...to the same target (a reference to the copy sent before would have done). */
+  readonly repeatedPages: number;
+  /** ...to another target only (one multicast would have carried both). */
+  readonly multicastablePages: number;
+}
+
+/**
+ * Content no target held, sent during the live migrations: tallied to measure what multicasting it
+ * (or referring back to it) during the migrations would save, which decides whether that is worth
+ * building (see docs/ARCHITECTURE.md).
+ */
+export class NewContentTally {
+  private readonly ids = new DigestTable(1024);
+  private readonly atTarget = new Set<number>();
+  private readonly counts = new Map<number, { repeatedPages: number; multicastablePages: number }>();
+
+  constructor(private readonly targetCount: number) {}
+
+  sent(vm: number, target: number, digest: Uint8Array): void {
+    const known = this.ids.lookup(digest);
+    const id = known > 0 ? known : this.ids.intern(digest, 0);
+    const key = id * this.targetCount + target;
+    let counts = this.counts.get(vm);
+    if (counts === undefined) this.counts.set(vm, (counts = { repeatedPages: 0, multicastablePages: 0 }));
+    if (this.atTarget.has(key)) counts.repeatedPages++;
+    else if (known > 0) counts.multicastablePages++;
+    this.atTarget.add(key);
+  }
+
+  of(vm: number): NewContentCounts {
+    return this.counts.get(vm) ?? { repeatedPages: 0, multicastablePages: 0 };
+  }
 }
 
 /** QEMU's default downtime limit, which vmscatter leaves as it is. */
-const QEMU_DOWNTIME_LIMIT_MS = 300;
+export const QEMU_DOWNTIME_LIMIT_MS = 300;
 const DIRTY_RATE_SECONDS = 1;
 
 /**
  * Each VM's dirty rate (bytes/s), measured by QEMU over one second, all VMs at once. A VM whose QEMU
  * cannot measure it (an older QEMU) counts as idle: precopy then, which is QEMU's own default.
  */
-async function measureDirtyRates(clients: readonly QmpClient[]): Promise<number[]> {
+export async function measureDirtyRates(clients: readonly QmpClient[]): Promise<number[]> {
   const started = await Promise.all(
     clients.map((qmp) =>
       qmp.execute('calc-dirty-rate', { 'calc-time': DIRTY_RATE_SECONDS }).then(
@@ -166,10 +212,13 @@ export function liveSummary(result: LiveVmResult) {
   return {
     strategy: result.copy.strategy,
     strategyReason: result.copy.why,
+    scan: result.scan,
     dirtyBytesPerSecond: Math.round(result.dirtyBytesPerSecond),
     downtimeMs: result.downtimeMs,
     referencedPages: result.referencedPages,
     sentPages: result.sentPages,
+    repeatedPages: result.repeatedPages,
+    multicastablePages: result.multicastablePages,
     zeroPages: result.zeroPages,
     streamBytes: result.streamBytes,
     sentBytes: result.sentBytes,

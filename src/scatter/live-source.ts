@@ -25,6 +25,8 @@ export class LiveSourceError extends VmscatterError {
 
 export interface ScannedLiveVm {
   readonly pages: VmPages;
+  /** How the memory was read: its shared memory-backend file, or a scan migration. */
+  readonly method: 'memory-file' | 'migration';
   /** RAM blocks in stream order, with the first page index of each in `pages`. */
   readonly blocks: readonly { readonly block: RamBlock; readonly firstPage: number }[];
 }
@@ -57,6 +59,83 @@ export async function connectSourceQmp(path: string, vm: string): Promise<QmpCli
   }
 }
 
+/**
+ * Fingerprints a running VM's pages as they come (in any order, any number of times: the last copy of
+ * a page wins) and keeps the bytes of every distinct page in the store, when there is one (a plan
+ * keeps nothing).
+ */
+export class LivePageCollector {
+  private pageTable = new Uint32Array(0);
+  private seen = new Uint8Array(0);
+  private covered = 0;
+  private readonly digest = new Uint8Array(DIGEST_BYTES);
+  private readonly batchDigests: Uint8Array[] = [];
+  private readonly batchPages: Uint8Array[] = [];
+
+  constructor(
+    private readonly table: DigestTable,
+    private readonly digester: PageDigester,
+    private readonly store: ContentStore | undefined,
+  ) {}
+
+  /** Sizes the page table; every page of the VM must then be seen once before `complete`. */
+  reset(pageCount: number): void {
+    this.pageTable = new Uint32Array(pageCount);
+    this.seen = new Uint8Array(pageCount);
+    this.covered = 0;
+  }
+
+  get pageCount(): number {
+    return this.pageTable.length;
+  }
+
+  get complete(): boolean {
+    return this.covered === this.pageTable.length;
+  }
+
+  get coveredPages(): number {
+    return this.covered;
+  }
+
+  /** Page `index` holds `data[offset..offset+PAGE_SIZE)`; a zero page may be given as `undefined`. */
+  page(index: number, data: Uint8Array | undefined, offset = 0): void {
+    let id = ZERO_PAGE_ID;
+    if (data !== undefined && !isZeroPage(data, offset)) {
+      const { digest, table, store } = this;
+      this.digester.digestInto(data, offset, digest, 0);
+      const known = table.lookup(digest);
+      id = known > 0 ? known : table.intern(digest, 0);
+      if (store !== undefined && !store.has(digest)) {
+        this.batchDigests.push(digest.slice());
+        this.batchPages.push(data.slice(offset, offset + PAGE_SIZE));
+        if (this.batchDigests.length >= 1024) this.flush();
+      }
+    }
+    this.pageTable[index] = id;
+    if (!this.seen[index]) {
+      this.seen[index] = 1;
+      this.covered++;
+    }
+  }
+
+  /** Stores what is batched; call once the scan is over. */
+  flush(): void {
+    const { batchDigests, batchPages } = this;
+    if (batchDigests.length === 0 || this.store === undefined) return;
+    const digests = new Uint8Array(batchDigests.length * DIGEST_BYTES);
+    const pages = new Uint8Array(batchPages.length * PAGE_SIZE);
+    batchDigests.forEach((d, i) => digests.set(d, i * DIGEST_BYTES));
+    batchPages.forEach((p, i) => pages.set(p, i * PAGE_SIZE));
+    this.store.putMany(digests, pages);
+    batchDigests.length = 0;
+    batchPages.length = 0;
+  }
+
+  pages(vm: string): VmPages {
+    return { name: vm, pages: this.pageTable };
+  }
+}
+
 /** Scans a running VM's memory through a migration that is cancelled once every page was seen. */
 export async function scanLiveVm(options: {
   readonly vm: string;
@@ -64,31 +143,16 @@ export async function scanLiveVm(options: {
   readonly runDir: string;
   readonly table: DigestTable;
   readonly digester: PageDigester;
-  readonly store: ContentStore;
+  readonly store?: ContentStore;
 }): Promise<ScannedLiveVm> {
-  const { qmp, table, digester, store } = options;
+  const { qmp } = options;
   mkdirSync(options.runDir, { recursive: true });
   const path = join(options.runDir, `${options.vm}.scan`);
   const listener = streamListener(path);
   const parser = new StreamParser({ allowMissingDescription: true });
+  const collector = new LivePageCollector(options.table, options.digester, options.store);
   let blocks: { block: RamBlock; firstPage: number }[] = [];
   const baseOf = new Map<string, number>();
-  let pageTable = new Uint32Array(0);
-  let seen = new Uint8Array(0);
-  let covered = 0;
-  const digest = new Uint8Array(DIGEST_BYTES);
-  const batchDigests: Uint8Array[] = [];
-  const batchPages: Uint8Array[] = [];
-  const flush = () => {
-    if (batchDigests.length === 0) return;
-    const digests = new Uint8Array(batchDigests.length * DIGEST_BYTES);
-    const pages = new Uint8Array(batchPages.length * PAGE_SIZE);
-    batchDigests.forEach((d, i) => digests.set(d, i * DIGEST_BYTES));
-    batchPages.forEach((p, i) => pages.set(p, i * PAGE_SIZE));
-    store.putMany(digests, pages);
-    batchDigests.length = 0;
-    batchPages.length = 0;
-  };
   const onRecord = (record: StreamRecord) => {
     if (record.kind === 'ram-blocks') {
       let total = 0;
@@ -98,28 +162,12 @@ export async function scanLiveVm(options: {
         total += Math.ceil(block.length / PAGE_SIZE);
         return entry;
       });
-      pageTable = new Uint32Array(total);
-      seen = new Uint8Array(total);
+      collector.reset(total);
       return;
     }
     if (record.kind !== 'page' && record.kind !== 'zero') return;
     const index = baseOf.get(record.block)! + record.offset / PAGE_SIZE;
-    let id = ZERO_PAGE_ID;
-    if (record.kind === 'page' && !isZeroPage(record.data, 0)) {
-      digester.digestInto(record.data, 0, digest, 0);
-      const known = table.lookup(digest);
-      id = known > 0 ? known : table.intern(digest, 0);
-      if (!store.has(digest)) {
-        batchDigests.push(digest.slice());
-        batchPages.push(record.data.slice());
-        if (batchDigests.length >= 1024) flush();
-      }
-    }
-    pageTable[index] = id;
-    if (!seen[index]) {
-      seen[index] = 1;
-      covered++;
-    }
+    collector.page(index, record.kind === 'page' ? record.data : undefined);
   };
   try {
     await qmp.execute('migrate', { uri: `unix:${path}` });
@@ -138,7 +186,7 @@ export async function scanLiveVm(options: {
           reject(error);
           return;
         }
-        if (blocks.length > 0 && covered === pageTable.length) {
+        if (blocks.length > 0 && collector.complete) {
           clearTimeout(timer);
           socket.destroy();
           resolve();
@@ -146,17 +194,21 @@ export async function scanLiveVm(options: {
       });
       socket.once('close', () => {
         clearTimeout(timer);
-        if (covered < pageTable.length || blocks.length === 0)
-          reject(new LiveSourceError(`VM ${options.vm}: the scan stream ended after ${covered} pages`));
+        if (!collector.complete || blocks.length === 0)
+          reject(
+            new LiveSourceError(
+              `VM ${options.vm}: the scan stream ended after ${collector.coveredPages} pages`,
+            ),
+          );
       });
     });
-    flush();
+    collector.flush();
   } finally {
     await qmp.execute('migrate_cancel').catch(() => undefined);
     listener.close();
     await waitMigrationSettled(qmp);
   }
-  return { pages: { name: options.vm, pages: pageTable }, blocks };
+  return { pages: collector.pages(options.vm), blocks, method: 'migration' };
 }
 
 /** Waits until the source's migration is no longer active (after a cancel or a completion). */

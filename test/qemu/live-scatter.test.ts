@@ -28,10 +28,12 @@ function lastTick(serial: string): number {
 }
 
 function runScatter(dir: string, topology: string) {
+  return runCli([cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json']);
+}
+
+function runCli(args: readonly string[]) {
   return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, [
-      ...[cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json'],
-    ]);
+    const child = spawn(process.execPath, args);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk) => (stdout += chunk));
@@ -49,8 +51,17 @@ interface Source {
   readonly topology: string;
 }
 
-/** Boots the source guest and writes a topology moving it to t1 (ports from `port`). */
-async function bootSource(dir: string, port: number): Promise<Source> {
+/** QEMU arguments keeping the guest's RAM in a shared file (which vmscatter then scans directly). */
+const memoryFileArgs = (path: string) => [
+  ...['-object', `memory-backend-file,id=ram0,size=128M,mem-path=${path},share=on`],
+  ...['-machine', 'memory-backend=ram0'],
+];
+
+/**
+ * Boots the source guest and writes a topology moving it to t1 (ports from `port`); with `memoryFile`
+ * its RAM (and its destination's) lives in a shared file.
+ */
+async function bootSource(dir: string, port: number, memoryFile = false): Promise<Source> {
   const kernel = await ensureGuestKernel();
   const initrd = join(dir, 'initrd.gz');
   buildInitramfs(initrd, { seed: 7, workloadMiB: 8 });
@@ -61,7 +72,10 @@ async function bootSource(dir: string, port: number): Promise<Source> {
     initrd,
     memoryMiB: 128,
     qmpSocket: join(dir, 'src.qmp'),
-    extraArgs: ['-qmp', `unix:${vmsQmp},server=on,wait=off`],
+    extraArgs: [
+      ...['-qmp', `unix:${vmsQmp},server=on,wait=off`],
+      ...(memoryFile ? memoryFileArgs(join(dir, 'src.mem')) : []),
+    ],
   });
   while (lastTick(guest.serial()) < 2) await new Promise((r) => setTimeout(r, 200));
   const command = [
@@ -69,6 +83,7 @@ async function bootSource(dir: string, port: number): Promise<Source> {
     ...['-accel', 'tcg', '-m', '128', '-smp', '1', '-nodefaults', '-display', 'none', '-no-reboot'],
     ...['-serial', `file:${join(dir, 't1.serial')}`, '-kernel', kernel, '-initrd', initrd],
     ...['-append', 'console=ttyS0 panic=-1 quiet'],
+    ...(memoryFile ? memoryFileArgs(join(dir, 't1.mem')) : []),
   ];
   const topology = join(dir, 'topology.yaml');
   writeFileSync(
@@ -99,11 +114,15 @@ test(
       cleanup();
     });
     const source = (started.source = await bootSource(dir, basePort));
+    await planShowsCopyStrategy(source, 'migration');
     const ticksBefore = lastTick(source.guest.serial());
     const result = await runScatter(dir, source.topology);
     assert.equal(result.code, 0, `scatter failed: ${result.stderr}\n${result.stdout}`);
-    const vm = JSON.parse(result.stdout).vms[0];
+    const report = JSON.parse(result.stdout);
+    const vm = report.vms[0];
+    t.diagnostic(`scan ${report.seconds.scan.toFixed(2)} s; live ${JSON.stringify(vm.live)}`);
     assert.equal(vm.verified, true, vm.error);
+    assert.equal(vm.live.scan, 'migration');
     assert.equal(vm.target, 't1');
     assert.ok(vm.live.referencedPages > 1000, `pages sent by reference: ${vm.live.referencedPages}`);
     assert.ok(
@@ -115,6 +134,63 @@ test(
       source.guest.exited,
       new Promise((_, reject) => setTimeout(() => reject(new Error('source QEMU still running')), 10_000)),
     ]);
+    const serial = join(dir, 't1.serial');
+    const deadline = Date.now() + 30_000;
+    while (lastTick(existsSync(serial) ? readFileSync(serial, 'latin1') : '') <= ticksBefore + 1) {
+      assert.ok(Date.now() < deadline, `the guest ticks on at the target (it was at ${ticksBefore})`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  },
+);
+
+/**
+ * `vmscatter plan` reads a running guest as a job would (`scan`), measures its dirty rate and shows
+ * the copy strategy a job would choose; the guest is left running, not paused and not migrated.
+ */
+async function planShowsCopyStrategy(source: Source, scan: 'migration' | 'memory-file') {
+  const result = await runCli([cli, 'plan', '--topology', source.topology, '--json']);
+  assert.equal(result.code, 0, `plan failed: ${result.stderr}`);
+  const plan = JSON.parse(result.stdout);
+  assert.equal(plan.live.length, 1);
+  const [live] = plan.live;
+  assert.equal(live.vm, 'g1');
+  assert.equal(live.scan, scan);
+  assert.ok(['precopy', 'precopy-auto-converge', 'stop-and-copy'].includes(live.strategy));
+  assert.ok(live.strategyReason.length > 0);
+  assert.ok(live.dirtyBytesPerSecond >= 0 && live.bandwidthBytesPerSecond === 125_000_000);
+  assert.deepEqual(plan.placement, { g1: 't1' });
+  const text = await runCli([cli, 'plan', '--topology', source.topology]);
+  assert.match(text.stdout, new RegExp(`g1 +${scan === 'memory-file' ? 'memory file' : 'scan migration'} `));
+  const status = (await source.guest.qmp.execute('query-status')) as { status: string };
+  assert.equal(status.status, 'running', 'plan leaves the guest running');
+  const migration = (await source.guest.qmp.execute('query-migrate')) as { status?: string };
+  assert.notEqual(migration.status, 'active', 'no migration left behind');
+}
+
+test(
+  'live scatter from a shared memory file: scanned from the file, moved, running at its target',
+  { timeout: 300_000 },
+  async (t) => {
+    const { dir, cleanup } = tempDir('vms-live-');
+    const started: { source?: Source } = {};
+    t.after(async () => {
+      await started.source?.guest.stop().catch(() => undefined);
+      await quitQemuAt(join(dir, 'agents', 't1', 'run', 'g1.qmp'));
+      cleanup();
+    });
+    const source = (started.source = await bootSource(dir, basePort + 4, true));
+    await planShowsCopyStrategy(source, 'memory-file');
+    const ticksBefore = lastTick(source.guest.serial());
+    const result = await runScatter(dir, source.topology);
+    assert.equal(result.code, 0, `scatter failed: ${result.stderr}\n${result.stdout}`);
+    const report = JSON.parse(result.stdout);
+    const vm = report.vms[0];
+    t.diagnostic(`scan ${report.seconds.scan.toFixed(2)} s; live ${JSON.stringify(vm.live)}`);
+    assert.equal(vm.verified, true, vm.error);
+    assert.equal(vm.live.scan, 'memory-file');
+    // The file holds the guest's RAM: what was seeded from it is referred to in the stream.
+    assert.ok(vm.live.referencedPages > 1000, `pages sent by reference: ${vm.live.referencedPages}`);
+    await source.guest.exited;
     const serial = join(dir, 't1.serial');
     const deadline = Date.now() + 30_000;
     while (lastTick(existsSync(serial) ? readFileSync(serial, 'latin1') : '') <= ticksBefore + 1) {

@@ -1,0 +1,80 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DigestTable } from '../memory/digest-table.js';
+import type { FingerprintResult } from '../memory/fingerprint.js';
+import { PAGE_SIZE, type VmPages } from '../memory/page.js';
+import { PageDigester } from '../memory/page-digest.js';
+import { scanTopology } from '../memory/scan.js';
+import type { QmpClient } from '../qemu/qmp.js';
+import type { Topology } from '../topology/model.js';
+import { chooseCopyStrategy, type CopyDecision } from './copy-strategy.js';
+import { scanRunningVm } from './job-scan.js';
+import { measureDirtyRates, QEMU_DOWNTIME_LIMIT_MS } from './live-phase.js';
+import { connectSourceQmp, type ScannedLiveVm } from './live-source.js';
+
+/**
+ * What `vmscatter plan` learns of running VMs: their pages (read as a job would, from the shared
+ * memory file or a scan migration that is cancelled, so nothing moves), their dirty rates, and the copy
+ * strategy a job would choose for each with the bandwidth it would get.
+ */
+export interface LiveCopyPlan {
+  readonly vm: string;
+  readonly scan: ScannedLiveVm['method'];
+  readonly dirtyBytesPerSecond: number;
+  /** The VM's share of the source's link: a job migrates as many VMs at once as there are targets. */
+  readonly bandwidthBytesPerSecond: number;
+  readonly copy: CopyDecision;
+}
+
+/** Scans every VM of a topology, running ones included, into one digest table. */
+export async function scanForPlan(
+  topology: Topology,
+  options: { readonly key: Uint8Array; readonly onProgress?: (done: number, total: number) => void },
+): Promise<FingerprintResult & { readonly live: LiveCopyPlan[] }> {
+  const running = topology.vms.flatMap((vm, v) => (vm.source.kind === 'qemu' ? [v] : []));
+  const table = new DigestTable(1 << 16);
+  const others = topology.vms.flatMap((vm, v) => (vm.source.kind === 'qemu' ? [] : [v]));
+  const scanned = await scanTopology(
+    { ...topology, vms: others.map((v) => topology.vms[v]!) },
+    { key: options.key, table, ...(options.onProgress ? { onProgress: options.onProgress } : {}) },
+  );
+  const vms: VmPages[] = new Array(topology.vms.length);
+  others.forEach((v, i) => (vms[v] = scanned.vms[i]!));
+  const clients: QmpClient[] = [];
+  const runDir = mkdtempSync(join(tmpdir(), 'vmscatter-plan-'));
+  try {
+    const digester = new PageDigester(options.key);
+    const methods: ScannedLiveVm['method'][] = [];
+    for (const v of running) {
+      const vm = topology.vms[v]!;
+      if (vm.source.kind !== 'qemu') continue;
+      const qmp = await connectSourceQmp(vm.source.qmp, vm.name);
+      clients.push(qmp);
+      const live = await scanRunningVm({ vm: vm.name, qmp, runDir, table, digester });
+      vms[v] = live.pages;
+      methods.push(live.method);
+    }
+    const dirty = await measureDirtyRates(clients);
+    const source = topology.hosts.find((h) => h.role === 'source')!;
+    const targets = topology.hosts.filter((h) => h.role === 'target').length;
+    const bandwidth = source.linkBitsPerSecond / 8 / Math.max(1, Math.min(targets, running.length));
+    const live = running.map((v, i) => ({
+      vm: topology.vms[v]!.name,
+      scan: methods[i]!,
+      dirtyBytesPerSecond: dirty[i]!,
+      bandwidthBytesPerSecond: bandwidth,
+      copy: chooseCopyStrategy({
+        memoryBytes: vms[v]!.pages.length * PAGE_SIZE,
+        dirtyBytesPerSecond: dirty[i]!,
+        bandwidthBytesPerSecond: bandwidth,
+        downtimeLimitMs: QEMU_DOWNTIME_LIMIT_MS,
+      }),
+    }));
+    const totalPages = vms.reduce((sum, vm) => sum + vm.pages.length, 0);
+    return { table, vms, totalPages, live };
+  } finally {
+    for (const qmp of clients) await qmp.close().catch(() => undefined);
+    rmSync(runDir, { recursive: true, force: true });
+  }
+}
