@@ -3,7 +3,7 @@
  * migration and by vmscatter, in the network lab.
  *
  *   npm run bench:qemu [-- --count 8 --memory 256 --targets 4 --rate 1gbit --mtu 9000 --repeat 1
- *                          --methods a,b-zstd,b-xbzrle,c,d --out DIR --quick --json]
+ *                          --methods a,b-zstd,b-xbzrle,c,d --out DIR --quick --memory-file --json]
  *
  * Guests: N guests (default 8 x 256 MiB) under TCG with the same Debian kernel and a busybox initramfs
  * per guest (test/support/qemu-guest.ts, seed = guest number, workload memory/8 with the kernel's
@@ -105,6 +105,11 @@ export interface BenchOptions {
   readonly mtu: number;
   readonly repeat: number;
   readonly methods: readonly MethodId[];
+  /**
+   * Guests keep their RAM in a shared memory-backend file (sources and destinations alike, for every
+   * method), which vmscatter then scans directly instead of through a scan migration.
+   */
+  readonly memoryFile?: boolean;
   readonly log?: (line: string) => void;
 }
 
@@ -216,6 +221,15 @@ const lastTick = (serial: string): number =>
   Number([...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} (\\d+)`, 'g'))].at(-1)?.[1] ?? 0);
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** With --memory-file: the guest's RAM in a shared file at `path` (none otherwise). */
+function memoryFileArgs(options: BenchOptions, path: string): string[] {
+  if (!options.memoryFile) return [];
+  return [
+    ...['-object', `memory-backend-file,id=ram0,size=${options.memoryMiB}M,mem-path=${path},share=on`],
+    ...['-machine', 'memory-backend=ram0'],
+  ];
+}
 
 /** The guest's QEMU arguments after the binary, without QMP and serial (bootGuest adds those). */
 function qemuArgs(kernel: string, initrd: string, memoryMiB: number): string[] {
@@ -353,6 +367,7 @@ async function bootSources(ctx: Context, lab: Lab, dir: string): Promise<Booted[
           extraArgs: [
             ...['-name', `${spec.name},debug-threads=on`],
             ...['-qmp', `unix:${vmsQmp},server=on,wait=off`],
+            ...memoryFileArgs(ctx.options, join(dir, `${spec.name}.src.mem`)),
           ],
           readyTimeoutMs: 180_000,
         });
@@ -481,6 +496,7 @@ async function viaQemu(
         qmpSocket: join(dir, `${spec.name}.dst.qmp`),
         incoming: defer ? 'defer' : `tcp:0.0.0.0:${spec.port}`,
         wrap: [ip, 'netns', 'exec', lab.host(spec.target).namespace],
+        extraArgs: memoryFileArgs(options, join(dir, `${spec.name}.dst.mem`)),
       });
       guests.push(guest);
       return guest;
@@ -647,6 +663,7 @@ function writeTopology(
           qemu,
           ...qemuArgs(ctx.kernel, spec.initrd, options.memoryMiB),
           ...['-serial', `file:${join(dir, `${spec.name}.target.serial`)}`],
+          ...memoryFileArgs(options, join(dir, `${spec.name}.dst.mem`)),
         ];
         return [
           `  - name: ${spec.name}`,
@@ -958,7 +975,8 @@ export function renderTable(result: BenchResult): string {
   const { config } = result;
   const lines = [
     `live migration of ${config.count} running guests x ${config.memoryMiB} MiB (${config.guests.join(', ')}) ` +
-      `-> ${config.targets} targets; source link ${config.rate}, MTU ${config.mtu}; ${config.qemu}`,
+      `-> ${config.targets} targets; source link ${config.rate}, MTU ${config.mtu}; ${config.qemu}` +
+      (config.memoryFile ? '; guest RAM in shared memory files' : ''),
     '',
     'method                          source link      time  downtime median [min-max]   src CPU   ok',
   ];
@@ -1092,6 +1110,7 @@ async function main(argv: readonly string[]): Promise<void> {
       methods: { type: 'string', default: METHODS.join(',') },
       out: { type: 'string', default: join(tmpdir(), 'vmscatter-bench-qemu-vs-scatter') },
       quick: { type: 'boolean', default: false },
+      'memory-file': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
     },
   });
@@ -1111,6 +1130,7 @@ async function main(argv: readonly string[]): Promise<void> {
     mtu: positiveInteger('mtu', values.mtu),
     repeat: positiveInteger('repeat', values.repeat),
     methods: methods as MethodId[],
+    memoryFile: values['memory-file']!,
     log: (line) => process.stderr.write(`${line}\n`),
   };
   // Ctrl-C: exit through process.exit, so the harness's and the lab's exit hooks kill QEMU and remove the lab.

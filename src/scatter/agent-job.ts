@@ -225,15 +225,23 @@ export class AgentJob {
         this.agent.log(`job ${this.id}: ${vm}: destination QEMU waiting for the stream`);
         return this.reply({ t: 'live-ready', vm });
       }
-      case 'live-stream':
-        if (!target || this.liveFailures.has(vm)) return;
+      case 'live-stream': {
+        // Acknowledged once the destination took the bytes (at once when it failed: the stream
+        // then runs to its end, where live-end reports the failure), so the coordinator reads QEMU's
+        // stream no faster than the destination loads it, and QEMU's own convergence logic sees the
+        // real rate: otherwise the destination would still be loading a backlog with the guest stopped.
+        const ack = () => this.reply({ t: 'live-ack', vm });
+        if (!target || this.liveFailures.has(vm)) return ack();
         try {
           target.write(message.records);
+          void target.taken().then(ack);
         } catch (error) {
           this.liveFailures.set(vm, (error as Error).message);
+          ack();
           await target.abort();
         }
         return;
+      }
       case 'live-end': {
         const why =
           this.liveFailures.get(vm) ??

@@ -17,7 +17,8 @@ import { streamListener, waitMigrationSettled, withTimeout } from './live-source
  * source or at its target, never nowhere.
  *
  * Backpressure: the coordinator stops reading QEMU's socket while the control channel's buffer is
- * full, so QEMU sees the real rate and its convergence logic (dirty rate against bandwidth) works.
+ * full or the destination has not taken what was sent (live-ack), so QEMU sees the real rate, end to
+ * end, and its convergence logic (dirty rate against bandwidth) works.
  */
 export interface LiveMigrationResult {
   readonly ok: boolean;
@@ -35,6 +36,14 @@ export interface LiveMigrationResult {
 }
 
 const MESSAGE_BYTES = 1 << 20;
+/**
+ * End-to-end flow control: a message stands for at most this much of QEMU's stream (references put
+ * back), and at most MESSAGES_IN_FLIGHT are not yet taken by the destination. So the source's QEMU is
+ * read at the rate the destination loads, and when it stops the guest for the last pass the
+ * destination is at most about 8 MiB behind, not a whole backlog of expanded references.
+ */
+const MESSAGE_STREAM_BYTES = 4 << 20;
+const MESSAGES_IN_FLIGHT = 2;
 const STEP_TIMEOUT_MS = 120_000;
 
 export async function migrateLiveVm(options: {
@@ -101,13 +110,23 @@ export async function migrateLiveVm(options: {
     const hash = new Uint8Array(DIGEST_BYTES);
     let batch: LiveRecord[] = [];
     let batchBytes = 0;
+    // Stream bytes the batch stands for once the target puts referenced pages back.
+    let batchStreamBytes = 0;
+    let unacknowledged = 0;
+    const acknowledged = async (atMost: number) => {
+      for (; unacknowledged > atMost; unacknowledged--)
+        await link.next('live-ack', (m) => m.vm === vm, STEP_TIMEOUT_MS);
+    };
     const flush = async () => {
       if (batch.length === 0) return;
       link.send({ t: 'live-stream', vm, records: batch });
+      unacknowledged++;
       counts.sentBytes += batchBytes;
       batch = [];
       batchBytes = 0;
+      batchStreamBytes = 0;
       await link.drain();
+      await acknowledged(MESSAGES_IN_FLIGHT - 1);
     };
     await new Promise<void>((resolve, reject) => {
       const abort = () => {
@@ -145,19 +164,21 @@ export async function migrateLiveVm(options: {
               counts.referencedPages++;
               batch.push({ kind: 'ref', block: record.block, offset: record.offset, digest: hash.slice() });
               batchBytes += 40;
+              batchStreamBytes += record.data.length;
               continue;
             }
             counts.sentPages++;
             options.onSentInFull?.(hash);
             batch.push({ ...record, data: record.data.slice() });
             batchBytes += record.data.length + 24;
+            batchStreamBytes += record.data.length;
             continue;
           }
           if (record.kind === 'zero' || record.kind === 'page') counts.zeroPages++;
           batch.push(copyRecord(record));
           batchBytes += 24 + ('bytes' in record ? record.bytes.length : 0);
         }
-        if (batchBytes >= MESSAGE_BYTES) {
+        if (batchBytes >= MESSAGE_BYTES || batchStreamBytes >= MESSAGE_STREAM_BYTES) {
           socket.pause();
           flush().then(() => socket.resume(), reject);
         }
@@ -173,6 +194,7 @@ export async function migrateLiveVm(options: {
       socket.once('error', reject);
     });
     await flush();
+    await acknowledged(0);
     const status = await waitMigrationSettled(source);
     if (status !== 'completed') throw new Error(`VM ${vm}: the source's migration ended '${status}'`);
     const streamEnded = performance.now();

@@ -169,7 +169,12 @@ export async function scanLiveVm(options: {
     const index = baseOf.get(record.block)! + record.offset / PAGE_SIZE;
     collector.page(index, record.kind === 'page' ? record.data : undefined);
   };
+  const before = (await qmp.execute('query-status')) as { status?: string };
+  const parameters = (await qmp.execute('query-migrate-parameters')) as { 'downtime-limit'?: number };
   try {
+    // A downtime limit of 0 keeps QEMU from switching over by itself once the first pass is done
+    // (it still does when no page at all is dirty: the status check below covers that).
+    await qmp.execute('migrate-set-parameters', { 'downtime-limit': 0 });
     await qmp.execute('migrate', { uri: `unix:${path}` });
     const socket = await withTimeout(listener.accepted, 30_000, `VM ${options.vm}: QEMU did not connect`);
     await new Promise<void>((resolve, reject) => {
@@ -207,8 +212,21 @@ export async function scanLiveVm(options: {
     await qmp.execute('migrate_cancel').catch(() => undefined);
     listener.close();
     await waitMigrationSettled(qmp);
+    await restoreAfterScan(qmp, before.status, parameters['downtime-limit']);
   }
   return { pages: collector.pages(options.vm), blocks, method: 'migration' };
+}
+
+/**
+ * Leaves the VM as the scan found it: its downtime limit as it was, and running if it was running
+ * (a scan migration that completed before it could be cancelled stopped the guest at the switch-over;
+ * nothing was lost, the guest only paused for a moment).
+ */
+async function restoreAfterScan(qmp: QmpClient, status: string | undefined, downtimeLimit?: number) {
+  if (downtimeLimit !== undefined)
+    await qmp.execute('migrate-set-parameters', { 'downtime-limit': downtimeLimit }).catch(() => undefined);
+  const now = (await qmp.execute('query-status')) as { status?: string };
+  if (status === 'running' && now.status !== 'running') await qmp.execute('cont');
 }
 
 /** Waits until the source's migration is no longer active (after a cancel or a completion). */

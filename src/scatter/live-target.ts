@@ -26,6 +26,7 @@ export class LiveTarget {
     private readonly qemu: IncomingQemu,
     private readonly socket: net.Socket,
     private readonly writer: StreamWriter,
+    private readonly writes: CountedWrites,
     private readonly pageOf: (digest: Uint8Array) => Uint8Array | undefined,
   ) {
     socket.on('error', (error) => (this.failure ??= error));
@@ -44,8 +45,9 @@ export class LiveTarget {
         s.once('connect', () => resolve(s));
         s.once('error', reject);
       });
-      const writer = new StreamWriter((bytes) => socket.write(bytes));
-      return new LiveTarget(options.vm, qemu, socket, writer, options.pageOf);
+      const writes = new CountedWrites(socket);
+      const writer = new StreamWriter((bytes) => writes.write(bytes));
+      return new LiveTarget(options.vm, qemu, socket, writer, writes, options.pageOf);
     } catch (error) {
       await qemu.kill();
       throw new LiveTargetError(
@@ -70,6 +72,14 @@ export class LiveTarget {
       this.digest.add(full);
       this.writer.write(full);
     }
+  }
+
+  /**
+   * Resolves once the destination's socket took every byte written so far: the destination QEMU is
+   * then at most a socket buffer behind (an error resolves too; the stream's failure is kept).
+   */
+  taken(): Promise<void> {
+    return this.writes.taken();
   }
 
   /**
@@ -104,5 +114,31 @@ export class LiveTarget {
   async abort(): Promise<void> {
     this.socket.destroy();
     await this.qemu.kill();
+  }
+}
+
+/**
+ * Writes to a socket, counting those the socket has handed on (their callbacks run in order, also with
+ * an error once it is destroyed), so a caller can wait until everything written so far was taken
+ * without writing anything more itself: after the stream's end the destination closes its side.
+ */
+class CountedWrites {
+  private written = 0;
+  private handedOn = 0;
+  private readonly waiting: { readonly at: number; readonly resolve: () => void }[] = [];
+
+  constructor(private readonly socket: net.Socket) {}
+
+  write(bytes: Uint8Array): void {
+    this.written++;
+    this.socket.write(bytes, () => {
+      this.handedOn++;
+      while (this.waiting.length > 0 && this.waiting[0]!.at <= this.handedOn) this.waiting.shift()!.resolve();
+    });
+  }
+
+  taken(): Promise<void> {
+    if (this.handedOn === this.written) return Promise.resolve();
+    return new Promise((resolve) => this.waiting.push({ at: this.written, resolve }));
   }
 }

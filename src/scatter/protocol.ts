@@ -7,8 +7,9 @@
  *   seed* -> seeded* (one per multicast round it is a receiver of; the session key travels here)
  *   fetch-from* -> fetched* (pages a peer of its site holds; the agent fetches them there with 'fetch')
  *   vm -> missing? -> pages* -> rebuild -> rebuilt (one per VM image placed on it)
- *   live-incoming -> live-ready, live-stream*, live-end -> live-verified, live-resume -> live-resumed
- *     (one per running VM placed on it; live-abort at any point rolls it back)
+ *   live-incoming -> live-ready, live-stream* -> live-ack*, live-end -> live-verified,
+ *     live-resume -> live-resumed (one per running VM placed on it; live-abort at any point rolls it
+ *     back; each live-stream is acknowledged once the destination QEMU took its bytes)
  *   end
  * and between agents of a site: fetch -> pages (the asking agent checks every page against its digest).
  *
@@ -101,6 +102,7 @@ export type FromAgent =
   /** The outcome of a 'fetch-from': pages stored; the rest will be asked for at rebuild time. */
   | { readonly t: 'fetched'; readonly id: number; readonly stored: number; readonly failed: number }
   | { readonly t: 'live-ready'; readonly vm: string }
+  | { readonly t: 'live-ack'; readonly vm: string }
   | { readonly t: 'live-verified'; readonly vm: string; readonly ok: boolean; readonly error: string }
   | { readonly t: 'live-resumed'; readonly vm: string }
   | { readonly t: 'error'; readonly message: string };
@@ -171,6 +173,7 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
   rebuilt: { vm: isString, ok: isBool, sha256: isString, error: isString },
   fetched: { id: isUint, stored: isUint, failed: isUint },
   'live-ready': { vm: isString },
+  'live-ack': { vm: isString },
   'live-verified': { vm: isString, ok: isBool, error: isString },
   'live-resumed': { vm: isString },
   error: { message: isString },

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { loadTopology } from '../../src/topology/load.js';
 import { repoRoot, tempDir } from '../support/fixtures.js';
 import {
   bootGuest,
@@ -12,58 +14,108 @@ import {
   quitQemuAt,
   type Guest,
 } from '../support/qemu-guest.js';
-import { createLab, labAvailable, watchProcess, type ProcessWatch } from './lab.js';
+import { createLab, findTool, labAvailable, watchProcess, type ProcessWatch } from './lab.js';
 
 /**
- * Live scatter across hosts: four running guests (one writing memory steadily) move from the source to
- * two target hosts in network namespaces. Every guest goes on at its target (its counter passes the
- * value it had), the checksum it computes over the data it wrote at boot is unchanged, and no QEMU is
- * left at the source.
+ * The issue's "done when", literally: `vmscatter scatter --topology topologies/lab-4.yaml` moves the
+ * four running guests that file describes from the source to the three targets of the network lab.
+ * The lab is created with the file's addresses, the guests' kernel and initramfs files go where the
+ * file's commands look for them (its directory, /run/vmscatter-lab-4), and the source guests are booted
+ * in src's namespace with the file's QMP sockets. Every guest goes on at its target (its counter passes
+ * the value it had), the checksum it computes over the data it wrote at boot is unchanged, and no QEMU
+ * is left at the source.
  */
 const cli = join(repoRoot, 'dist/src/cli/main.js');
-const TARGETS = ['t1', 't2'];
+/** As the commands below are given it, relative to the repository (the agents' and the job's cwd). */
+const TOPOLOGY = 'topologies/lab-4.yaml';
+/** The directory lab-4.yaml's QMP sockets and command lines name. */
+const LAB_DIR = '/run/vmscatter-lab-4';
+const HOSTS = ['src', 't1', 't2', 't3'];
+const TARGETS = HOSTS.slice(1);
+const MiB = 1024 * 1024;
 
 const lastOf = (serial: string, marker: string) =>
   [...serial.matchAll(new RegExp(`${marker} (\\w+)`, 'g'))].at(-1)?.[1];
 
+/** The argument after `flag` in a command line. */
+function argAfter(command: readonly string[], flag: string): string {
+  const at = command.indexOf(flag);
+  assert.ok(at >= 0 && at + 1 < command.length, `the command has ${flag}: ${command.join(' ')}`);
+  return command[at + 1]!;
+}
+
 test(
-  'lab live scatter: 4 running guests -> 2 targets, each goes on at its target unchanged',
+  'lab live scatter: topologies/lab-4.yaml, 4 running guests -> 3 targets, each goes on at its target unchanged',
   { timeout: 480_000 },
   async (t) => {
+    const started = Date.now();
     const available = labAvailable();
     assert.ok(available.ok, available.ok ? '' : `the network lab is needed: ${available.why}`);
+
+    // What the file asks for: its hosts, and per guest the paths its command line names.
+    const topology = loadTopology(join(repoRoot, TOPOLOGY));
+    assert.deepEqual(
+      topology.hosts.map((h) => h.name),
+      HOSTS,
+    );
+    const vms = topology.vms.map((vm) => {
+      assert.equal(vm.source.kind, 'qemu', `${vm.name} is a running guest`);
+      const { qmp, command } = vm.source as { qmp: string; command: readonly string[] };
+      const serial = argAfter(command, '-serial').replace(/^file:/, '');
+      const kernel = argAfter(command, '-kernel');
+      const initrd = argAfter(command, '-initrd');
+      for (const path of [qmp, serial, kernel, initrd]) assert.ok(path.startsWith(`${LAB_DIR}/`), path);
+      const memoryMiB = vm.memoryBytes / MiB;
+      // The destination's devices must be the source's: bootGuest's arguments, with the serial to a file.
+      assert.deepEqual(command, [
+        'qemu-system-x86_64',
+        ...['-accel', 'tcg', '-m', String(memoryMiB), '-smp', '1'],
+        ...['-nodefaults', '-display', 'none', '-no-reboot', '-serial', `file:${serial}`],
+        ...['-kernel', kernel, '-initrd', initrd],
+        ...['-append', 'console=ttyS0 panic=-1 quiet'],
+      ]);
+      return { name: vm.name, memoryMiB, qmp, serial, kernel, initrd };
+    });
+    assert.equal(vms.length, 4);
+    assert.equal(new Set(vms.map((vm) => vm.kernel)).size, 1, 'one guest kernel');
+
     const { dir, cleanup } = tempDir('vms-livelab-');
-    const lab = await createLab({ hosts: ['src', ...TARGETS] });
+    const lab = await createLab({ hosts: HOSTS, subnet: '10.77.0.0/24' });
     const guests: Guest[] = [];
     const agents: ProcessWatch[] = [];
     t.after(async () => {
       for (const guest of guests) await guest.stop().catch(() => undefined);
-      for (const vm of ['g1', 'g2', 'g3', 'g4'])
-        for (const target of TARGETS) await quitQemuAt(join(dir, 'agents', target, 'run', `${vm}.qmp`));
+      for (const vm of vms)
+        for (const target of TARGETS) await quitQemuAt(join(dir, 'agents', target, 'run', `${vm.name}.qmp`));
       await lab.destroy();
       cleanup();
+      rmSync(LAB_DIR, { recursive: true, force: true });
     });
+    for (const host of topology.hosts) assert.equal(lab.host(host.name).address, host.address, host.name);
     await lab.shape('src', { rate: '1gbit' });
-    const kernel = await ensureGuestKernel();
-    const vms = [1, 2, 3, 4].map((n) => {
-      const initrd = join(dir, `g${n}.initrd.gz`);
+
+    // The file's directory, afresh (createLab has swept the namespaces, and QEMUs, of dead runs).
+    for (const vm of vms) await quitQemuAt(vm.qmp);
+    rmSync(LAB_DIR, { recursive: true, force: true });
+    mkdirSync(LAB_DIR, { recursive: true });
+    copyFileSync(await ensureGuestKernel(), vms[0]!.kernel);
+    for (const [i, vm] of vms.entries()) {
       // g4 writes memory steadily (1 MB/s); the others touch a little.
-      buildInitramfs(initrd, { seed: n, workloadMiB: 8, dirtyKiBPerSecond: n === 4 ? 1024 : 256 });
-      return {
-        name: `g${n}`,
-        initrd,
-        vmsQmp: join(dir, `g${n}-vms.qmp`),
-        serial: join(dir, `g${n}.target.serial`),
-      };
-    });
+      buildInitramfs(vm.initrd, { seed: i + 1, workloadMiB: 8, dirtyKiBPerSecond: i === 3 ? 1024 : 256 });
+    }
+    // The source guests run in src's namespace. The harness keeps a QMP socket of its own; vmscatter
+    // uses the file's.
+    const ip = findTool('ip');
+    assert.ok(ip, "'ip' (iproute2) is needed");
     for (const vm of vms) {
       guests.push(
         await bootGuest({
-          kernel,
+          kernel: vm.kernel,
           initrd: vm.initrd,
-          memoryMiB: 128,
-          qmpSocket: join(dir, `${vm.name}.qmp`),
-          extraArgs: ['-qmp', `unix:${vm.vmsQmp},server=on,wait=off`],
+          memoryMiB: vm.memoryMiB,
+          qmpSocket: join(dir, `${vm.name}-harness.qmp`),
+          extraArgs: ['-qmp', `unix:${vm.qmp},server=on,wait=off`],
+          wrap: [ip, 'netns', 'exec', lab.host('src').namespace],
           readyTimeoutMs: 120_000,
         }),
       );
@@ -74,40 +126,21 @@ test(
       assert.ok(Date.now() < deadline, 'every guest prints its checksum');
       await new Promise((r) => setTimeout(r, 200));
     }
-    const topology = join(dir, 'topology.yaml');
-    writeFileSync(
-      topology,
-      [
-        'multicast: { base: 239.255.94.0, size: 4, port: 7690 }',
-        'hosts:',
-        `  - { name: src, address: ${lab.host('src').address}, port: 7680, role: source, link: 1Gbit }`,
-        ...TARGETS.map(
-          (name) =>
-            `  - { name: ${name}, address: ${lab.host(name).address}, port: 7681, role: target, memory: 512MiB, maxVms: 2, link: 1Gbit }`,
-        ),
-        'vms:',
-        ...vms.flatMap((vm) => {
-          const command = [
-            'qemu-system-x86_64',
-            ...['-accel', 'tcg', '-m', '128', '-smp', '1', '-nodefaults', '-display', 'none', '-no-reboot'],
-            ...['-serial', `file:${vm.serial}`, '-kernel', kernel, '-initrd', vm.initrd],
-            ...['-append', 'console=ttyS0 panic=-1 quiet'],
-          ];
-          return [
-            `  - name: ${vm.name}`,
-            '    memory: 128MiB',
-            `    source: { qemu: { qmp: ${vm.vmsQmp}, command: ${JSON.stringify(command)} } }`,
-          ];
-        }),
-      ].join('\n'),
-    );
-    writeFileSync(join(dir, 'secret'), 'the live lab deployment secret, 32+', { mode: 0o600 });
+    const booted = Date.now();
+
+    const secret = join(dir, 'secret');
+    writeFileSync(secret, 'the live lab deployment secret, 32+', { mode: 0o600 });
     for (const target of TARGETS) {
       const agent = watchProcess(
-        lab.spawn(target, process.execPath, [
-          ...[cli, 'agent', '--topology', topology, '--host', target],
-          ...['--dir', join(dir, 'agents', target), '--secret-file', join(dir, 'secret')],
-        ]),
+        lab.spawn(
+          target,
+          process.execPath,
+          [
+            ...[cli, 'agent', '--topology', TOPOLOGY, '--host', target],
+            ...['--dir', join(dir, 'agents', target), '--secret-file', secret],
+          ],
+          { cwd: repoRoot },
+        ),
       );
       await agent.waitFor(/listening/, 20_000);
       agents.push(agent);
@@ -117,27 +150,73 @@ test(
       sum: lastOf(g.serial(), GUEST_SUM_MARKER),
     }));
     const job = watchProcess(
-      lab.spawn('src', process.execPath, [
-        ...[cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json'],
-        ...['--secret-file', join(dir, 'secret')],
-      ]),
+      lab.spawn(
+        'src',
+        process.execPath,
+        [
+          ...[cli, 'scatter', '--topology', TOPOLOGY, '--work-dir', dir, '--json'],
+          ...['--secret-file', secret],
+        ],
+        { cwd: repoRoot },
+      ),
     );
     const result = await job.exit(300_000);
+    const scattered = Date.now();
     assert.equal(result.code, 0, `scatter failed: ${result.stderr}\n${result.stdout.slice(-3000)}`);
     const report = JSON.parse(result.stdout);
     t.diagnostic(
       `source link: multicast ${report.source.multicastWireBytes} B; seconds ${JSON.stringify(report.seconds)}`,
     );
     for (const vm of report.vms) {
+      t.diagnostic(
+        `${vm.name} -> ${vm.target}: downtime ${vm.live?.downtimeMs} ms, ${vm.live?.referencedPages} pages ` +
+          `by reference, ${vm.live?.sentPages} sent, stream ${vm.live?.streamBytes} B, ${vm.live?.seconds} s`,
+      );
       assert.equal(vm.verified, true, `${vm.name}: ${vm.error}`);
       assert.ok(vm.live.referencedPages > 0, `${vm.name} sent pages by reference`);
     }
+    // Every VM went to a target, within what the file lets each target take.
     assert.deepEqual(
-      TARGETS.map((target) => report.vms.filter((vm: { target: string }) => vm.target === target).length),
-      [2, 2],
+      report.vms.map((vm: { name: string }) => vm.name).sort(),
+      vms.map((vm) => vm.name).sort(),
     );
+    for (const vm of report.vms) assert.ok(TARGETS.includes(vm.target), `${vm.name} went to ${vm.target}`);
+    // The file lets a target take two of the four: the guests go to several hosts.
+    assert.ok(
+      new Set(report.vms.map((vm: { target: string }) => vm.target)).size >= 2,
+      'spread over targets',
+    );
+    for (const host of topology.hosts.filter((h) => h.role === 'target')) {
+      const placed = report.vms.filter((vm: { target: string }) => vm.target === host.name);
+      const bytes = placed.reduce(
+        (sum: number, vm: { name: string }) =>
+          sum + topology.vms.find((v) => v.name === vm.name)!.memoryBytes,
+        0,
+      );
+      assert.ok(
+        bytes <= host.memoryBytes,
+        `${host.name} holds ${bytes} B of guests, at most ${host.memoryBytes}`,
+      );
+      assert.ok(
+        placed.length <= host.maxVms,
+        `${host.name} holds ${placed.length} VMs, at most ${host.maxVms}`,
+      );
+    }
+
     // No QEMU left at the source; every guest goes on at its target with its data unchanged.
     await Promise.all(guests.map((g) => g.exited));
+    const left = execFileSync(ip, ['netns', 'pids', lab.host('src').namespace], { encoding: 'utf8' })
+      .split('\n')
+      .filter((pid) => pid !== '')
+      .map((pid) => {
+        try {
+          return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+        } catch {
+          return ''; // gone since the listing
+        }
+      })
+      .filter((name) => name.startsWith('qemu'));
+    assert.deepEqual(left, [], 'no QEMU in the source namespace');
     for (const [i, vm] of vms.entries()) {
       const until = Date.now() + 60_000;
       let serial = '';
@@ -151,5 +230,9 @@ test(
       assert.equal(lastOf(serial, GUEST_SUM_MARKER), before[i]!.sum, `${vm.name}'s data unchanged`);
     }
     for (const agent of agents) agent.child.kill('SIGTERM');
+    t.diagnostic(
+      `boot ${((booted - started) / 1000).toFixed(1)} s, scatter ${((scattered - booted) / 1000).toFixed(1)} s, ` +
+        `total ${((Date.now() - started) / 1000).toFixed(1)} s`,
+    );
   },
 );

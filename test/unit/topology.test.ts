@@ -272,20 +272,41 @@ test('topologies/local.yaml: loopback source and three targets, six synthetic VM
   assert.equal(topology.vms.filter((v) => v.excludedTargets.length > 0).length, 1);
 });
 
-test('topologies/lab-4.yaml: four hosts on 10.77.0.0/24, eight 256MiB VMs', () => {
+test('topologies/lab-4.yaml: four hosts on 10.77.0.0/24, four running 128MiB QEMU guests', () => {
   const topology = loadTopology(example('lab-4.yaml'));
   assert.deepEqual(
-    topology.hosts.map((h) => [h.address, h.role]),
+    topology.hosts.map((h) => [h.name, h.address, h.role, h.port]),
     [
-      ['10.77.0.1', 'source'],
-      ['10.77.0.2', 'target'],
-      ['10.77.0.3', 'target'],
-      ['10.77.0.4', 'target'],
+      ['src', '10.77.0.1', 'source', DEFAULT_AGENT_PORT],
+      ['t1', '10.77.0.2', 'target', DEFAULT_AGENT_PORT],
+      ['t2', '10.77.0.3', 'target', DEFAULT_AGENT_PORT],
+      ['t3', '10.77.0.4', 'target', DEFAULT_AGENT_PORT],
     ],
   );
   assert.ok(topology.hosts.every((h) => h.linkBitsPerSecond === 1e9));
-  assert.equal(topology.vms.length, 8);
-  assert.ok(topology.vms.every((v) => v.memoryBytes === 256 * MiB && v.source.kind === 'synthetic'));
+  assert.deepEqual(
+    topology.hosts.filter((h) => h.role === 'target').map((h) => h.maxVms),
+    [2, 2, 2],
+  );
+  const dir = '/run/vmscatter-lab-4';
+  assert.deepEqual(
+    topology.vms.map((v) => [v.name, v.memoryBytes, v.source]),
+    ['g1', 'g2', 'g3', 'g4'].map((name) => [
+      name,
+      128 * MiB,
+      {
+        kind: 'qemu',
+        qmp: `${dir}/${name}.qmp`,
+        command: [
+          'qemu-system-x86_64',
+          ...['-accel', 'tcg', '-m', '128', '-smp', '1', '-nodefaults', '-display', 'none', '-no-reboot'],
+          ...['-serial', `file:${dir}/${name}.target.serial`],
+          ...['-kernel', `${dir}/vmlinuz`, '-initrd', `${dir}/${name}.initrd.gz`],
+          ...['-append', 'console=ttyS0 panic=-1 quiet'],
+        ],
+      },
+    ]),
+  );
 });
 
 test('topologies/rack.yaml: eight 256GiB targets in two sites, 48 VMs in three families', () => {
