@@ -9,11 +9,14 @@ export interface AgentCommandOptions {
   readonly host: string;
   readonly dir?: string;
   readonly secretFile?: string;
+  /** Stop when stdin closes: set by a coordinator that starts the agent, so it never outlives it. */
+  readonly exitOnStdinClose?: boolean;
 }
 
 /**
  * `vmscatter agent`: serves scatter jobs for one target host of a topology until stopped (SIGINT or
- * SIGTERM). One line on stdout says where it listens; its log goes to stderr.
+ * SIGTERM, or stdin closing with --exit-on-stdin-close). One line on stdout says where it listens;
+ * its log goes to stderr.
  */
 export async function agentCommand(options: AgentCommandOptions): Promise<void> {
   const topology = loadTopology(options.topology);
@@ -36,13 +39,26 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
     secret: readSecretFile(secretFile),
     log,
   });
+  // Its coordinator reads stdout; if that one is gone, stdin's end says so and stops the agent.
+  if (options.exitOnStdinClose) process.stdout.on('error', () => undefined);
   process.stdout.write(`agent ${host.name} listening on ${host.address}:${agent.port}\n`);
   await new Promise<void>((resolve) => {
-    const stop = () => {
-      log('stopping');
+    let stopping = false;
+    const stop = (why: string) => {
+      if (stopping) return;
+      stopping = true;
+      log(`stopping (${why})`);
+      // An open stdin would keep the process alive once the agent is closed.
+      if (options.exitOnStdinClose) process.stdin.destroy();
       agent.close().then(resolve, resolve);
     };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    if (options.exitOnStdinClose) {
+      const closed = () => stop('stdin closed: the coordinator that started this agent is gone');
+      process.stdin.once('end', closed);
+      process.stdin.once('error', closed);
+      process.stdin.resume(); // nothing is expected on it; reading is how its end is seen
+    }
   });
 }

@@ -62,30 +62,20 @@ async function evacuate(options: EvacuateCommandOptions): Promise<void> {
     return;
   }
   if (!options.dryRun && !options.yes) await confirm(options.host, topology.vms.length);
-  const controller = new AbortController();
-  const stop = () => controller.abort(new Error('interrupted (Ctrl-C)'));
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
-  let result;
-  try {
-    result = await runJobFromCli(topology, options, {
-      maxGroups: 16,
-      seed: 1,
-      resume: true,
-      insecurePlaintext: false,
-      compression: 'adaptive',
-      dryRun: options.dryRun ?? false,
-      signal: controller.signal,
-      downtimeLimitMs: options.downtimeLimit,
-      maxParallel: options.maxParallel,
-      ...(options.timeoutPerGib === undefined
-        ? {}
-        : { timeoutPerGiB: { seconds: options.timeoutPerGib, action: options.onTimeout } }),
-    });
-  } finally {
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
-  }
+  // Ctrl-C is handled by runJobFromCli: a migration in flight rolls back, the rest stay (exit 1 or 2).
+  const result = await runJobFromCli(topology, options, {
+    maxGroups: 16,
+    seed: 1,
+    resume: true,
+    insecurePlaintext: false,
+    compression: 'adaptive',
+    dryRun: options.dryRun ?? false,
+    downtimeLimitMs: options.downtimeLimit,
+    maxParallel: options.maxParallel,
+    ...(options.timeoutPerGib === undefined
+      ? {}
+      : { timeoutPerGiB: { seconds: options.timeoutPerGib, action: options.onTimeout } }),
+  });
   const vms = result.report.vms;
   const moved = vms.filter((vm) => vm.verified).map((vm) => ({ name: vm.name, target: vm.target }));
   const stayed = vms

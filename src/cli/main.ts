@@ -134,6 +134,10 @@ program
   .addOption(topologyOption())
   .option('--dir <dir>', 'state directory: content store and rebuilt images (default .vmscatter/agents/HOST)')
   .addOption(secretFileOption())
+  .addOption(
+    // For coordinators that start agents themselves (local agents): the agent never outlives them.
+    new Option('--exit-on-stdin-close', 'stop when stdin closes').hideHelp(),
+  )
   .action(runAction(agentCommand));
 
 await program.parseAsync(process.argv);

@@ -11,7 +11,10 @@ export class Progress {
   private phaseStart = performance.now();
 
   constructor(enabled: boolean) {
-    this.spinner = enabled && process.stderr.isTTY ? ora({ stream: process.stderr }) : undefined;
+    // discardStdin off: ora's discarder puts the terminal in raw mode, where Ctrl-C is a byte it
+    // would have to read back into SIGINT; left cooked, Ctrl-C stays a signal the job handles.
+    this.spinner =
+      enabled && process.stderr.isTTY ? ora({ stream: process.stderr, discardStdin: false }) : undefined;
   }
 
   phase(text: string): void {

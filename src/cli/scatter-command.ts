@@ -7,7 +7,7 @@ import {
   type ScatterReport,
 } from '../scatter/coordinator.js';
 import type { Topology } from '../topology/model.js';
-import { startLocalAgents } from '../scatter/local-agents.js';
+import { startLocalAgents, type LocalAgents } from '../scatter/local-agents.js';
 import type { CompressionMode } from '../scatter/page-codec.js';
 import {
   allLoopback,
@@ -42,6 +42,16 @@ export class ScatterIncompleteError extends VmscatterError {
   }
 }
 
+/** Interrupted (Ctrl-C or SIGTERM): the report says which VMs did not move; `--resume` finishes. */
+export class ScatterInterruptedError extends VmscatterError {
+  constructor(message: string) {
+    super('VMS_INTERRUPTED', message, INTERRUPTED_EXIT_CODE);
+  }
+}
+
+/** 128 + SIGINT, as shells report a command stopped by Ctrl-C. */
+export const INTERRUPTED_EXIT_CODE = 130;
+
 /** What a job run from the command line needs besides its topology. */
 export interface JobCommandOptions {
   readonly workDir: string;
@@ -50,16 +60,46 @@ export interface JobCommandOptions {
   readonly mtu?: number;
 }
 
+/** A job run from the command line, and why it was interrupted if it was. */
+export interface CliJobResult {
+  readonly report: ScatterReport;
+  readonly topology: Topology;
+  readonly localAgents: readonly string[];
+  /** The interruption's reason ('interrupted (Ctrl-C)'), the error of every VM it kept from moving. */
+  readonly interrupted?: string;
+}
+
 /**
  * Runs a job the way the commands do: the deployment secret, synthetic VMs written out as images,
- * agents started for loopback targets with none listening (and stopped after), progress on stderr.
+ * agents started for loopback targets with none listening (and stopped after), progress on stderr,
+ * and Ctrl-C (or SIGTERM) ending the job cleanly: see `interruptOnSignals`.
  */
 export async function runJobFromCli(
   loaded: Topology,
   options: JobCommandOptions,
-  job: Omit<ScatterOptions, 'topology' | 'secret' | 'mtu' | 'onProgress' | 'onWarning' | 'workDir'>,
-): Promise<{ report: ScatterReport; topology: Topology; localAgents: readonly string[] }> {
+  job: Omit<
+    ScatterOptions,
+    'topology' | 'secret' | 'mtu' | 'onProgress' | 'onWarning' | 'workDir' | 'signal'
+  >,
+): Promise<CliJobResult> {
   const progress = new Progress(!options.json);
+  let agents: LocalAgents | undefined;
+  const interrupt = interruptOnSignals(progress, () => agents?.stopNow());
+  try {
+    return await runJob(loaded, options, job, progress, interrupt.signal, (started) => (agents = started));
+  } finally {
+    interrupt.dispose();
+  }
+}
+
+async function runJob(
+  loaded: Topology,
+  options: JobCommandOptions,
+  job: Omit<ScatterOptions, 'topology' | 'secret' | 'mtu' | 'onProgress' | 'onWarning' | 'workDir'>,
+  progress: Progress,
+  signal: AbortSignal,
+  onAgents: (agents: LocalAgents) => void,
+): Promise<CliJobResult> {
   const secretFile = resolveSecretFile(
     options.secretFile ?? process.env.VMSCATTER_SECRET_FILE,
     loaded,
@@ -77,35 +117,93 @@ export async function runJobFromCli(
     secretFile,
     options.workDir,
   );
+  onAgents(agents);
   try {
     const report = await runScatter({
       ...job,
       topology,
       secret,
+      signal,
       // Loopback carries 64 KiB datagrams; a real network gets the safe default unless told.
       mtu: options.mtu ?? (allLoopback(topology.hosts) ? 9000 : 1500),
       workDir: options.workDir,
       onProgress: (event) => showProgress(progress, event),
       onWarning: (line) => process.stderr.write(`vmscatter: warning: ${line}\n`),
     });
-    return { report, topology, localAgents: agents.started };
+    const interrupted = signal.aborted ? reasonOf(signal) : undefined;
+    return { report, topology, localAgents: agents.started, ...(interrupted ? { interrupted } : {}) };
   } finally {
     progress.stop();
     await agents.stop();
   }
 }
 
+/**
+ * Ctrl-C (SIGINT) or SIGTERM during a job: the first aborts the signal, which the job honours
+ * promptly (no VM starts moving, the multicast round on the wire stops, a live migration in flight
+ * rolls back), so the report still comes and the agents are told the job ended. A second one is
+ * the operator insisting: the local agents are told to stop and the process exits at once (130).
+ */
+function interruptOnSignals(
+  progress: Progress,
+  stopAgentsNow: () => void,
+): { signal: AbortSignal; dispose: () => void } {
+  const controller = new AbortController();
+  const onSignal = (name: NodeJS.Signals) => {
+    if (!controller.signal.aborted) {
+      const why = name === 'SIGINT' ? 'interrupted (Ctrl-C)' : `interrupted (${name})`;
+      controller.abort(new Error(why));
+      // Someone at the terminal is told the job heard them; scripts get only the final line.
+      if (process.stderr.isTTY) {
+        progress.stop();
+        process.stderr.write(`vmscatter: ${why}: ending the job (again to stop at once)\n`);
+      }
+      return;
+    }
+    progress.stop();
+    stopAgentsNow();
+    process.stderr.write(
+      `vmscatter: ${reasonOf(controller.signal)} twice: stopped at once; VMs not verified keep ` +
+        'running at the source, run again with --resume\n',
+    );
+    process.exit(INTERRUPTED_EXIT_CODE);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}
+
+function reasonOf(signal: AbortSignal): string {
+  return signal.reason instanceof Error ? signal.reason.message : 'interrupted';
+}
+
+/** VM names for a one-line message: the first few, then how many more. */
+function namesOf(vms: readonly { name: string }[], shown = 8): string {
+  const names = vms.slice(0, shown).map((vm) => vm.name);
+  return vms.length > shown ? `${names.join(', ')} and ${vms.length - shown} more` : names.join(', ');
+}
+
 /** `vmscatter scatter`: the whole job, from the source host. */
 export async function scatterCommand(options: ScatterCommandOptions): Promise<void> {
-  const { report, topology, localAgents } = await runJobFromCli(loadTopology(options.topology), options, {
-    maxGroups: options.maxGroups,
-    seed: options.seed,
-    resume: options.resume ?? false,
-    ...(options.roundPages === undefined ? {} : { roundPages: options.roundPages }),
-    insecurePlaintext: options.insecurePlaintext ?? false,
-    compression: options.compression ?? 'adaptive',
-    dryRun: options.dryRun ?? false,
-  });
+  const { report, topology, localAgents, interrupted } = await runJobFromCli(
+    loadTopology(options.topology),
+    options,
+    {
+      maxGroups: options.maxGroups,
+      seed: options.seed,
+      resume: options.resume ?? false,
+      ...(options.roundPages === undefined ? {} : { roundPages: options.roundPages }),
+      insecurePlaintext: options.insecurePlaintext ?? false,
+      compression: options.compression ?? 'adaptive',
+      dryRun: options.dryRun ?? false,
+    },
+  );
   const agents = { started: localAgents };
   process.stdout.write(
     options.json
@@ -113,7 +211,14 @@ export async function scatterCommand(options: ScatterCommandOptions): Promise<vo
       : `${renderReport(report, topology.file)}\n`,
   );
   const failed = report.vms.filter((vm) => !vm.verified);
-  if (failed.length > 0 && !report.planned?.dryRun)
+  if (report.planned?.dryRun) return;
+  // Interrupted after the last VM was verified: nothing was kept from moving, so it succeeded.
+  if (interrupted !== undefined && failed.length > 0)
+    throw new ScatterInterruptedError(
+      `${interrupted}: ${failed.length} of ${report.vms.length} VMs not moved (they keep running at the ` +
+        `source): ${namesOf(failed)}; run again with --resume to finish the job`,
+    );
+  if (failed.length > 0)
     throw new ScatterIncompleteError(
       `${failed.length} of ${report.vms.length} VMs not verified (they keep running at the source): ` +
         failed.map((vm) => `${vm.name} (${vm.error})`).join('; ') +

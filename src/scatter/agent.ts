@@ -108,6 +108,10 @@ export class Agent {
         return;
       }
       const job = role;
+      // A job can end with a round still on the wire (the coordinator was interrupted): its receivers
+      // must not wait on for a sender that stopped, nor keep this process alive. What finished
+      // is kept; what did not is dropped, and said to be.
+      if (message.t === 'end') job.abandon('ended by the coordinator');
       job.handle(message).catch((error: unknown) => {
         const text = error instanceof VmscatterError ? error.message : String(error);
         this.log(`job ${job.id}: ${text}`);

@@ -46,7 +46,12 @@ export interface ScatterOptions {
   readonly onWarning?: (line: string) => void;
   /** Scan, plan and run the pre-flight checks, then stop: nothing moves. */
   readonly dryRun?: boolean;
-  /** Ctrl-C: no new VM starts moving; a live migration in flight rolls back. */
+  /**
+   * Ctrl-C: no new VM starts moving; the multicast round on the wire stops at once and no other
+   * starts; a live migration in flight rolls back. VMs not verified by then are reported with the
+   * signal's reason as their error, and the agents are told the job ended (they drop what is
+   * unfinished). An image rebuild under way finishes: its pages are at the target already.
+   */
   readonly signal?: AbortSignal;
   /** Running VMs: QEMU's downtime limit (ms), migrations at once, time allowed per GiB. */
   readonly downtimeLimitMs?: number;
@@ -146,7 +151,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       if (problems.length > 0) throw new PreflightError(problems);
       if (options.dryRun || options.signal?.aborted) {
         for (const link of links) link.send({ t: 'end' });
-        return plannedReport(
+        const planned = plannedReport(
           job,
           topology,
           liveTargets,
@@ -156,30 +161,53 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           seconds,
           options.dryRun === true,
         );
+        const reason = interruption(options.signal);
+        if (options.dryRun || reason === undefined) return planned;
+        return { ...planned, vms: planned.vms.map((vm) => (vm.verified ? vm : { ...vm, error: reason })) };
       }
+      // Agents lost before the job's end; the end closes every channel, so it is read before that.
+      let lostAtEnd: readonly (string | undefined)[] | undefined;
+      const endJob = async (): Promise<readonly (string | undefined)[]> => {
+        if (lostAtEnd) return lostAtEnd;
+        lostAtEnd = links.map((link) => link.lost);
+        for (const link of links) {
+          link.send({ t: 'end' });
+          await link.drain().catch(() => undefined);
+        }
+        return lostAtEnd;
+      };
       t = performance.now();
       // Site peers serve over their own links while the source multicasts over its own.
-      const [seeded, fetched] = await Promise.all([
-        seedRounds(work, plan, links, pages, source, {
-          mtu: options.mtu,
-          compression: options.compression ?? 'adaptive',
-          insecurePlaintext: options.insecurePlaintext,
-          onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),
-        }),
-        fetchFromPeers(work.peerFetches, links, pages),
-      ]);
+      const fetching = fetchFromPeers(work.peerFetches, links, pages);
+      fetching.catch(() => undefined); // awaited below; a seeding failure must not leave it unhandled
+      const seeded = await seedRounds(work, plan, links, pages, source, {
+        mtu: options.mtu,
+        compression: options.compression ?? 'adaptive',
+        insecurePlaintext: options.insecurePlaintext,
+        onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
+      });
+      // Interrupted: fetches from peers are not waited for. The job's end makes each agent close its
+      // channel, which fails what is still waited for on it.
+      if (options.signal?.aborted) await endJob();
+      const fetched = await fetching;
       seconds.seed = (performance.now() - t) / 1000;
 
       t = performance.now();
-      const imageWork = { ...work, pendingVms: work.pendingVms.filter((v) => !scan.qmp.has(v)) };
+      // Interrupted before the rebuild: no VM starts moving.
+      const imageWork = {
+        ...work,
+        pendingVms: options.signal?.aborted ? [] : work.pendingVms.filter((v) => !scan.qmp.has(v)),
+      };
       const outcome = await rebuildAll(imageWork, plan, links, pages, scan.vms, sha256, (done, total) =>
         progress({ phase: 'rebuild', done, total, unit: 'vms' }),
       );
       seconds.rebuild = (performance.now() - t) / 1000;
 
       t = performance.now();
+      const livePending = options.signal?.aborted ? [] : work.pendingVms.filter((v) => scan.qmp.has(v));
       const migrated = await migrateLiveVms({
-        pending: work.pendingVms.filter((v) => scan.qmp.has(v)),
+        pending: livePending,
         topology,
         scan,
         plan,
@@ -212,12 +240,10 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         targetCount: liveTargets.length,
         unicastBytes: outcome.unicastBytesByTarget,
       });
-      for (const link of links) {
-        link.send({ t: 'end' });
-        await link.drain().catch(() => undefined);
-      }
+      const lost = await endJob();
+      const reason = interruption(options.signal);
       const vms: VmReport[] = topology.vms.map((vm, v) => {
-        const failure = outcome.errors.get(v) ?? (done[v] ? undefined : links[assignment[v]!]!.lost);
+        const failure = outcome.errors.get(v) ?? (done[v] ? undefined : (lost[assignment[v]!] ?? reason));
         const verified = done[v] || outcome.verified.has(v);
         return {
           name: vm.name,
@@ -243,7 +269,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           unicastPages: outcome.unicastPages[i]!,
           peerPages: fetched[i]!,
           wireBytes: Math.round(wire.targetBytes[i]!),
-          ...(links[i]!.lost ? { lost: links[i]!.lost } : {}),
+          ...(lost[i] ? { lost: lost[i] } : {}),
         })),
         ...connected.failures.map((failure, i) => ({
           name: connected.failedHosts[i]!,
@@ -289,4 +315,11 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
   } finally {
     for (const link of links) link.close();
   }
+}
+
+/** Why the job was interrupted (the signal's reason, as the VMs' error), if it was. */
+function interruption(signal: AbortSignal | undefined): string | undefined {
+  if (!signal?.aborted) return undefined;
+  const reason: unknown = signal.reason;
+  return reason instanceof Error ? reason.message : typeof reason === 'string' ? reason : 'interrupted';
 }

@@ -32,6 +32,9 @@ export interface LiveMigrationResult {
   readonly sentBytes: number;
   /** The source's own downtime figure plus the time from the stream's end to the target running (ms). */
   readonly downtimeMs: number;
+  /** The two parts of the downtime: QEMU's figure at the source, and stream end to running (ms). */
+  readonly sourceDowntimeMs: number;
+  readonly switchoverMs: number;
   readonly seconds: number;
 }
 
@@ -84,6 +87,8 @@ export async function migrateLiveVm(options: {
       error: error instanceof Error ? error.message : String(error),
       ...counts,
       downtimeMs: 0,
+      sourceDowntimeMs: 0,
+      switchoverMs: 0,
       seconds: (performance.now() - started) / 1000,
     };
   };
@@ -193,23 +198,27 @@ export async function migrateLiveVm(options: {
       });
       socket.once('error', reject);
     });
+    // QEMU closes the stream once its migration completed: the guest is stopped from then on.
+    const streamEnded = performance.now();
     await flush();
     await acknowledged(0);
     const status = await waitMigrationSettled(source);
     if (status !== 'completed') throw new Error(`VM ${vm}: the source's migration ended '${status}'`);
-    const streamEnded = performance.now();
     link.send({ t: 'live-end', vm, sha256: digest.hex() });
     const verdict = await link.next('live-verified', (m) => m.vm === vm, STEP_TIMEOUT_MS);
     if (!verdict.ok) throw new Error(`VM ${vm}: not verified at ${link.host.name}: ${verdict.error}`);
     link.send({ t: 'live-resume', vm });
     await link.next('live-resumed', (m) => m.vm === vm, STEP_TIMEOUT_MS);
+    const switchoverMs = Math.round(performance.now() - streamEnded);
     const info = (await source.execute('query-migrate')) as { downtime?: number };
     // The VM runs at its target: the source's QEMU has nothing left to do.
     await source.execute('quit').catch(() => undefined);
     return {
       ok: true,
       ...counts,
-      downtimeMs: Math.round((info.downtime ?? 0) + (performance.now() - streamEnded)),
+      downtimeMs: (info.downtime ?? 0) + switchoverMs,
+      sourceDowntimeMs: info.downtime ?? 0,
+      switchoverMs,
       seconds: (performance.now() - started) / 1000,
     };
   } catch (error) {

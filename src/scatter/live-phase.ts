@@ -183,6 +183,8 @@ const notMigrated: LiveMigrationResult = {
   streamBytes: 0,
   sentBytes: 0,
   downtimeMs: 0,
+  sourceDowntimeMs: 0,
+  switchoverMs: 0,
   seconds: 0,
 };
 
@@ -215,6 +217,8 @@ export function liveSummary(result: LiveVmResult) {
     scan: result.scan,
     dirtyBytesPerSecond: Math.round(result.dirtyBytesPerSecond),
     downtimeMs: result.downtimeMs,
+    sourceDowntimeMs: result.sourceDowntimeMs,
+    switchoverMs: result.switchoverMs,
     referencedPages: result.referencedPages,
     sentPages: result.sentPages,
     repeatedPages: result.repeatedPages,

@@ -11,11 +11,19 @@ import { isLoopback } from './workspace.js';
  * Agents for the loopback targets of a topology that have none listening: started as child processes
  * of the coordinator (no root needed), each with its own state directory and log, and stopped when the
  * job ends. This is what makes `vmscatter scatter` on the embedded default a one-command job.
+ *
+ * Each runs in a process group of its own, so a Ctrl-C at the terminal reaches only the coordinator,
+ * which then ends the job with the agents still there to hear it. Each also exits when its stdin (a
+ * pipe from the coordinator) closes: a coordinator that dies without stopping them (SIGKILL) leaves
+ * no agent behind.
  */
 export interface LocalAgents {
   /** Names of the hosts whose agents were started here. */
   readonly started: readonly string[];
+  /** Stops them (SIGTERM, SIGKILL after a grace) and waits until they are gone. */
   stop(): Promise<void>;
+  /** Tells them to stop, without waiting: for a coordinator about to exit at once. */
+  stopNow(): void;
 }
 
 const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
@@ -51,10 +59,13 @@ export async function startLocalAgents(
           dir,
           '--secret-file',
           secretFile,
+          '--exit-on-stdin-close',
         ],
-        { stdio: ['ignore', 'pipe', log] },
+        { stdio: ['pipe', 'pipe', log], detached: true },
       );
       closeSync(log);
+      // Nothing is written to it: it is open for as long as this process lives, and that is all.
+      child.stdin!.on('error', () => undefined);
       children.push(child);
       await ready(child, host, join(dir, 'agent.log'));
       started.push(host.name);
@@ -63,7 +74,11 @@ export async function startLocalAgents(
     await stop();
     throw error;
   }
-  return { started, stop };
+  const stopNow = () => {
+    for (const child of children)
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+  };
+  return { started, stop, stopNow };
 }
 
 /** Whether something accepts connections at the host's control port. */
@@ -113,5 +128,6 @@ function stopChild(child: ChildProcess): Promise<void> {
       resolve();
     });
     child.kill('SIGTERM');
+    child.stdin?.end(); // the same request, should the signal not be handled yet
   });
 }

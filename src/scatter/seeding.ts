@@ -33,6 +33,11 @@ export interface SeedOptions {
   readonly compression: CompressionMode;
   readonly insecurePlaintext: boolean;
   readonly onProgress: (sentPages: number, totalPages: number) => void;
+  /**
+   * Ctrl-C: no new round starts, and the round on the wire stops at once. Its receivers keep what
+   * they stored; the job's end (sent by the coordinator) releases them.
+   */
+  readonly signal?: AbortSignal;
 }
 
 export interface CompressionDecision {
@@ -64,6 +69,8 @@ export interface SeedResult {
   readonly roundReceivers: number[][];
   /** Per round: the receivers that reported every object of it stored. */
   readonly roundCompleted: number[][];
+  /** Stopped by the signal before every round was sent (the arrays cover the rounds begun). */
+  readonly interrupted: boolean;
 }
 
 /** Pages per transport object: about 4 MiB raw, the object size the transport was tuned with. */
@@ -99,6 +106,7 @@ export async function seedRounds(
         );
   const encodings: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
   let sentPages = 0;
+  let interrupted = false;
   let payloadBytes = 0;
   let wireBytes = 0;
   const packets = { data: 0, parity: 0, repair: 0 };
@@ -120,6 +128,10 @@ export async function seedRounds(
     let next: Promise<EncodedRound> | undefined =
       work.rounds[0] && encoder.encode(work.rounds[0].ids, compression.on);
     for (const [r, round] of work.rounds.entries()) {
+      if (options.signal?.aborted) {
+        interrupted = true;
+        break;
+      }
       const encoded = await next!;
       if (encoded.counts.compressed > 0) compression.roundsCompressed++;
       const following = work.rounds[r + 1];
@@ -143,6 +155,10 @@ export async function seedRounds(
         packets.data += result.stats.dataPackets;
         packets.parity += result.stats.parityPackets;
         packets.repair += result.stats.repairPackets;
+        if (result.aborted) {
+          interrupted = true;
+          break;
+        }
       }
       sentPages += round.ids.length;
       options.onProgress(sentPages, totalPages);
@@ -154,7 +170,7 @@ export async function seedRounds(
   return {
     multicastPayloadBytes: payloadBytes,
     multicastWireBytes: wireBytes,
-    rounds: work.rounds.length,
+    rounds: roundWireBytes.length,
     uniquePagesSent: sentPages,
     encodings,
     compression,
@@ -162,6 +178,7 @@ export async function seedRounds(
     roundWireBytes,
     roundReceivers,
     roundCompleted,
+    interrupted,
   };
 }
 
@@ -206,6 +223,8 @@ async function seedRound(
   finalRateBytesPerSecond: number;
   seconds: number;
   completed: number[];
+  /** Stopped by the signal: the figures are what went out before it. */
+  aborted: boolean;
 }> {
   const group = plan.groups[round.group]!;
   const session = randomInt(1, 2 ** 32 - 1);
@@ -245,8 +264,13 @@ async function seedRound(
     },
   );
   const started = performance.now();
-  const result = await sender.run();
+  const signal = options.signal;
+  const result = await sender.run(signal).catch((error: unknown) => {
+    if (!signal?.aborted) throw error;
+    return undefined;
+  });
   const seconds = Math.max(1e-3, (performance.now() - started) / 1000);
+  if (!result) return abortedRound(batches, sender.result().stats, sender.rateBytesPerSecond, seconds);
   // An agent the session dropped gets what it lacks over the control channel at rebuild time.
   const completed: number[] = [];
   await Promise.all(
@@ -269,5 +293,32 @@ async function seedRound(
     finalRateBytesPerSecond: sender.rateBytesPerSecond,
     seconds,
     completed,
+    aborted: false,
+  };
+}
+
+/**
+ * A round stopped by the signal: what crossed the link so far, and no receiver complete. The
+ * coordinator does not wait for the receivers' 'seeded' replies: none may come for a session the
+ * sender left, and its end of the job releases them.
+ */
+function abortedRound(
+  batches: readonly Uint8Array[],
+  stats: SessionResult['stats'],
+  finalRateBytesPerSecond: number,
+  seconds: number,
+) {
+  const packets = stats.dataPackets + stats.parityPackets + stats.repairPackets;
+  return {
+    payloadBytes: Math.min(
+      stats.payloadBytes,
+      batches.reduce((n, b) => n + b.length, 0),
+    ),
+    wireBytes: stats.payloadBytes + packets * DATAGRAM_OVERHEAD_BYTES,
+    stats,
+    finalRateBytesPerSecond,
+    seconds,
+    completed: [],
+    aborted: true,
   };
 }
