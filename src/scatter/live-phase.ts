@@ -13,9 +13,9 @@ import { chooseCopyStrategy, type CopyDecision } from './copy-strategy.js';
 import { migrateLiveVm, type LiveMigrationResult } from './live-migrate.js';
 
 /**
- * Phase 5 for running VMs: one after another (each migration takes the source's link for itself),
- * each sent by reference to what its target holds: pages announced before the job, and pages multicast
- * to it in rounds it reported complete.
+ * Phase 5 for running VMs: up to `maxParallel` at once, sharing the source's link evenly, each with
+ * the copy strategy its measured dirty rate calls for, and each sent by reference to what its target
+ * holds: pages announced before the job, and pages multicast to it in rounds it reported complete.
  */
 export async function migrateLiveVms(options: {
   readonly pending: readonly number[];
