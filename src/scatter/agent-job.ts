@@ -220,6 +220,7 @@ export class AgentJob {
           command: message.command,
           dir: join(this.options.dir, 'run'),
           pageOf: (digest) => this.agent.store.get(digest),
+          digester: this.digester,
         });
         this.liveTargets.set(vm, started);
         this.agent.log(`job ${this.id}: ${vm}: destination QEMU waiting for the stream`);

@@ -5,12 +5,13 @@ import { StreamParser } from '../qemu/migration-stream.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { AgentLink } from './agent-link.js';
 import type { CopyStrategy } from './copy-strategy.js';
-import { StreamDigest, type LiveRecord } from './live-records.js';
+import { StreamDigest, StreamPageMemory, type LiveRecord } from './live-records.js';
 import { streamListener, waitMigrationSettled, withTimeout } from './live-source.js';
 
 /**
  * Phase 5 for a running VM: QEMU migrates into the coordinator, which passes the stream on to the
- * target agent record by record, sending a page the target holds as its digest. The agent writes the
+ * target agent record by record, sending a page the target holds, or one this stream already carried
+ * in full (StreamPageMemory), as its digest. The agent writes the
  * stream, pages put back, into a destination QEMU started paused. Only when both ends agree on the
  * stream's digest and the destination has loaded it does the destination resume and the source quit;
  * on any failure before that the destination is killed and the source resumed: the VM runs at its
@@ -113,6 +114,7 @@ export async function migrateLiveVm(options: {
     const parser = new StreamParser();
     const digest = new StreamDigest();
     const hash = new Uint8Array(DIGEST_BYTES);
+    const sentBefore = new StreamPageMemory();
     let batch: LiveRecord[] = [];
     let batchBytes = 0;
     // Stream bytes the batch stands for once the target puts referenced pages back.
@@ -165,7 +167,7 @@ export async function migrateLiveVm(options: {
           digest.add(record);
           if (record.kind === 'page' && !isZeroPage(record.data, 0)) {
             options.digester.digestInto(record.data, 0, hash, 0);
-            if (options.holds(hash)) {
+            if (options.holds(hash) || sentBefore.has(hash)) {
               counts.referencedPages++;
               batch.push({ kind: 'ref', block: record.block, offset: record.offset, digest: hash.slice() });
               batchBytes += 40;
@@ -173,6 +175,7 @@ export async function migrateLiveVm(options: {
               continue;
             }
             counts.sentPages++;
+            sentBefore.remember(hash);
             options.onSentInFull?.(hash);
             batch.push({ ...record, data: record.data.slice() });
             batchBytes += record.data.length + 24;

@@ -1,4 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
+import { DigestTable } from '../memory/digest-table.js';
 import type { StreamRecord } from '../qemu/migration-stream.js';
 
 /**
@@ -110,5 +111,38 @@ export function isLiveRecord(value: unknown): value is LiveRecord {
       );
     default:
       return false;
+  }
+}
+
+/** Distinct pages a stream remembers: 16,384 (64 MiB at the agent, per VM migrating to it). */
+export const STREAM_MEMORY_PAGES = 16_384;
+
+/**
+ * The pages a VM's stream has carried in full, remembered alike at both ends, so that a later page
+ * with the same content (a guest rewriting what it wrote, or a page written twice) goes as a reference
+ * too. Both ends remember the first STREAM_MEMORY_PAGES distinct non-zero pages sent in full, in
+ * stream order, so they agree on what is remembered without telling each other; the coordinator keeps
+ * only the digests, the agent the pages as well.
+ */
+export class StreamPageMemory {
+  private readonly ids = new DigestTable(1024);
+  private readonly pages: Uint8Array[] = [];
+
+  constructor(private readonly capacity = STREAM_MEMORY_PAGES) {}
+
+  has(digest: Uint8Array): boolean {
+    return this.ids.lookup(digest) > 0;
+  }
+
+  /** Remembers a page sent in full (its bytes only when given: the agent's side). */
+  remember(digest: Uint8Array, page?: Uint8Array): void {
+    if (this.ids.size >= this.capacity || this.has(digest)) return;
+    const id = this.ids.intern(digest, 0);
+    if (page !== undefined) this.pages[id] = page;
+  }
+
+  get(digest: Uint8Array): Uint8Array | undefined {
+    const id = this.ids.lookup(digest);
+    return id > 0 ? this.pages[id] : undefined;
   }
 }

@@ -2,7 +2,9 @@ import net from 'node:net';
 import { VmscatterError } from '../errors.js';
 import { startIncomingQemu, type IncomingQemu } from '../qemu/incoming.js';
 import { StreamWriter, type StreamRecord } from '../qemu/migration-stream.js';
-import { StreamDigest, type LiveRecord } from './live-records.js';
+import { StreamDigest, StreamPageMemory, type LiveRecord } from './live-records.js';
+import { DIGEST_BYTES, isZeroPage } from '../memory/page.js';
+import type { PageDigester } from '../memory/page-digest.js';
 
 /**
  * The target side of one running VM's migration: a destination QEMU started paused, the stream from
@@ -19,6 +21,8 @@ const LOAD_TIMEOUT_MS = 120_000;
 
 export class LiveTarget {
   private readonly digest = new StreamDigest();
+  private readonly sentBefore = new StreamPageMemory();
+  private readonly pageDigest = new Uint8Array(DIGEST_BYTES);
   private failure: Error | undefined;
 
   private constructor(
@@ -28,6 +32,7 @@ export class LiveTarget {
     private readonly writer: StreamWriter,
     private readonly writes: CountedWrites,
     private readonly pageOf: (digest: Uint8Array) => Uint8Array | undefined,
+    private readonly digester: PageDigester,
   ) {
     socket.on('error', (error) => (this.failure ??= error));
   }
@@ -37,6 +42,8 @@ export class LiveTarget {
     readonly command: readonly string[];
     readonly dir: string;
     readonly pageOf: (digest: Uint8Array) => Uint8Array | undefined;
+    /** The job's page digester: pages sent in full are remembered by digest. */
+    readonly digester: PageDigester;
   }): Promise<LiveTarget> {
     const qemu = await startIncomingQemu(options);
     try {
@@ -47,7 +54,7 @@ export class LiveTarget {
       });
       const writes = new CountedWrites(socket);
       const writer = new StreamWriter((bytes) => writes.write(bytes));
-      return new LiveTarget(options.vm, qemu, socket, writer, writes, options.pageOf);
+      return new LiveTarget(options.vm, qemu, socket, writer, writes, options.pageOf, options.digester);
     } catch (error) {
       await qemu.kill();
       throw new LiveTargetError(
@@ -62,13 +69,20 @@ export class LiveTarget {
     for (const record of records) {
       let full: StreamRecord;
       if (record.kind === 'ref') {
-        const data = this.pageOf(record.digest);
+        const data = this.pageOf(record.digest) ?? this.sentBefore.get(record.digest);
         if (!data)
           throw new LiveTargetError(
             `VM ${this.vm}: a page referenced at ${record.block}+${record.offset} is not held`,
           );
         full = { kind: 'page', block: record.block, offset: record.offset, data };
-      } else full = record;
+      } else {
+        full = record;
+        // Remembered as the coordinator does: every non-zero page that came in full.
+        if (record.kind === 'page' && !isZeroPage(record.data, 0)) {
+          this.digester.digestInto(record.data, 0, this.pageDigest, 0);
+          this.sentBefore.remember(this.pageDigest.slice(), record.data.slice());
+        }
+      }
       this.digest.add(full);
       this.writer.write(full);
     }
