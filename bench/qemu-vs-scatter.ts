@@ -682,6 +682,8 @@ interface ScatterVm {
   target: string;
   verified: boolean;
   error?: string;
+  /** Bytes on the source's link charged to this VM: its share of the multicast and its live stream. */
+  wireBytes?: number;
   live?: { downtimeMs?: number; seconds?: number; referencedPages?: number; sentPages?: number };
 }
 
@@ -815,7 +817,12 @@ async function viaVmscatter(
         source: report.source,
         pages: report.pages,
         compression: report.compression,
-        live: (report.vms ?? []).map((vm) => ({ name: vm.name, target: vm.target, ...vm.live })),
+        live: (report.vms ?? []).map((vm) => ({
+          name: vm.name,
+          target: vm.target,
+          wireBytes: vm.wireBytes,
+          ...vm.live,
+        })),
       },
     };
   } finally {

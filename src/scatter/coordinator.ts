@@ -216,6 +216,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         secret: options.secret,
         holds: heldForLive(work.rounds, seeded.roundCompleted, held, scan.table, liveTargets.length),
         bandwidthBytesPerSecond: source.linkBitsPerSecond / 8,
+        compress: (options.compression ?? 'adaptive') !== 'off',
         onVerdict: (done, total) => progress({ phase: 'migrate', done, total, unit: 'vms' }),
         ...(options.downtimeLimitMs === undefined ? {} : { downtimeLimitMs: options.downtimeLimitMs }),
         // By default as many migrations at once as there are targets, sharing the source link.

@@ -6,6 +6,7 @@ import type { QmpClient } from '../qemu/qmp.js';
 import type { AgentLink } from './agent-link.js';
 import type { CopyStrategy } from './copy-strategy.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './live-records.js';
+import { encodePage, PageEncoding } from './page-codec.js';
 import { streamListener, waitMigrationSettled, withTimeout } from './live-source.js';
 
 /**
@@ -24,9 +25,10 @@ import { streamListener, waitMigrationSettled, withTimeout } from './live-source
 export interface LiveMigrationResult {
   readonly ok: boolean;
   readonly error?: string;
-  /** Pages sent as references (held at the target), as data, and as zero records. */
+  /** Pages sent as references (held at the target), as data (of which compressed), and as zero records. */
   readonly referencedPages: number;
   readonly sentPages: number;
+  readonly compressedPages: number;
   readonly zeroPages: number;
   /** Bytes of stream QEMU produced, and bytes sent to the agent (records, before channel framing). */
   readonly streamBytes: number;
@@ -62,6 +64,8 @@ export async function migrateLiveVm(options: {
   /** Told of every page sent as data (not held at the target), by its digest. */
   readonly onSentInFull?: (digest: Uint8Array) => void;
   readonly maxBandwidthBytesPerSecond: number;
+  /** Pages sent in full go LZ4-compressed when that shrinks them (uniform pages always as one word). */
+  readonly compress: boolean;
   readonly strategy: CopyStrategy;
   /** QEMU's downtime limit for the final pass (ms). */
   readonly downtimeLimitMs: number;
@@ -75,7 +79,14 @@ export async function migrateLiveVm(options: {
 }): Promise<LiveMigrationResult> {
   const { vm, source, link } = options;
   const started = performance.now();
-  const counts = { referencedPages: 0, sentPages: 0, zeroPages: 0, streamBytes: 0, sentBytes: 0 };
+  const counts = {
+    referencedPages: 0,
+    sentPages: 0,
+    compressedPages: 0,
+    zeroPages: 0,
+    streamBytes: 0,
+    sentBytes: 0,
+  };
   const fail = async (error: unknown): Promise<LiveMigrationResult> => {
     // Roll back: the destination goes, the source runs on (whether or not it had stopped).
     link.send({ t: 'live-abort', vm });
@@ -177,8 +188,15 @@ export async function migrateLiveVm(options: {
             counts.sentPages++;
             sentBefore.remember(hash);
             options.onSentInFull?.(hash);
-            batch.push({ ...record, data: record.data.slice() });
-            batchBytes += record.data.length + 24;
+            const { encoding, payload } = encodePage(record.data, options.compress);
+            if (encoding === PageEncoding.Raw) {
+              batch.push({ ...record, data: record.data.slice() });
+              batchBytes += record.data.length + 24;
+            } else {
+              counts.compressedPages++;
+              batch.push({ kind: 'packed', block: record.block, offset: record.offset, encoding, payload });
+              batchBytes += payload.length + 24;
+            }
             batchStreamBytes += record.data.length;
             continue;
           }

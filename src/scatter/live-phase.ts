@@ -27,6 +27,11 @@ export async function migrateLiveVms(options: {
   readonly secret: Uint8Array;
   readonly holds: (target: number, digest: Uint8Array) => boolean;
   readonly bandwidthBytesPerSecond: number;
+  /**
+   * Pages sent in full are compressed (unless the job's compression is off): each stream is capped at
+   * its share of the link, below what LZ4 compresses on one core (70-320 MB/s, page-codec.ts).
+   */
+  readonly compress: boolean;
   readonly onVerdict: (done: number, total: number) => void;
   readonly downtimeLimitMs?: number;
   /** Migrations at once (they share the source's link: each gets its share of the bandwidth). */
@@ -73,6 +78,7 @@ export async function migrateLiveVms(options: {
               holds: (digest) => options.holds(target, digest),
               onSentInFull: (digest) => newContent.sent(v, target, digest),
               maxBandwidthBytesPerSecond: bandwidth,
+              compress: options.compress,
               strategy: copy.strategy,
               downtimeLimitMs,
               ...(options.timeoutPerGiB
@@ -179,6 +185,7 @@ const notMigrated: LiveMigrationResult = {
   ok: false,
   referencedPages: 0,
   sentPages: 0,
+  compressedPages: 0,
   zeroPages: 0,
   streamBytes: 0,
   sentBytes: 0,
@@ -221,6 +228,7 @@ export function liveSummary(result: LiveVmResult) {
     switchoverMs: result.switchoverMs,
     referencedPages: result.referencedPages,
     sentPages: result.sentPages,
+    compressedPages: result.compressedPages,
     repeatedPages: result.repeatedPages,
     multicastablePages: result.multicastablePages,
     zeroPages: result.zeroPages,

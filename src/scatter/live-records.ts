@@ -13,7 +13,15 @@ import type { StreamRecord } from '../qemu/migration-stream.js';
  */
 export type LiveRecord =
   | StreamRecord
-  | { readonly kind: 'ref'; readonly block: string; readonly offset: number; readonly digest: Uint8Array };
+  | { readonly kind: 'ref'; readonly block: string; readonly offset: number; readonly digest: Uint8Array }
+  /** A page sent in full but encoded (page-codec.ts: LZ4 or a uniform word), smaller than the page. */
+  | {
+      readonly kind: 'packed';
+      readonly block: string;
+      readonly offset: number;
+      readonly encoding: number;
+      readonly payload: Uint8Array;
+    };
 
 const encoder = new TextEncoder();
 
@@ -87,6 +95,14 @@ export function isLiveRecord(value: unknown): value is LiveRecord {
       return str(r.block) && uint(r.offset) && bytes(r.data) && (r.data as Uint8Array).length === 4096;
     case 'ref':
       return str(r.block) && uint(r.offset) && bytes(r.digest) && (r.digest as Uint8Array).length === 16;
+    case 'packed':
+      return (
+        str(r.block) &&
+        uint(r.offset) &&
+        uint(r.encoding) &&
+        bytes(r.payload) &&
+        (r.payload as Uint8Array).length < 4096
+      );
     case 'zero':
       return str(r.block) && uint(r.offset) && uint(r.fill) && (r.fill as number) < 256;
     case 'config':

@@ -3,6 +3,7 @@ import { VmscatterError } from '../errors.js';
 import { startIncomingQemu, type IncomingQemu } from '../qemu/incoming.js';
 import { StreamWriter, type StreamRecord } from '../qemu/migration-stream.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './live-records.js';
+import { decodePage } from './page-codec.js';
 import { DIGEST_BYTES, isZeroPage } from '../memory/page.js';
 import type { PageDigester } from '../memory/page-digest.js';
 
@@ -75,17 +76,28 @@ export class LiveTarget {
             `VM ${this.vm}: a page referenced at ${record.block}+${record.offset} is not held`,
           );
         full = { kind: 'page', block: record.block, offset: record.offset, data };
+      } else if (record.kind === 'packed') {
+        const data = decodePage(record.encoding, record.payload);
+        if (!data)
+          throw new LiveTargetError(
+            `VM ${this.vm}: a packed page at ${record.block}+${record.offset} does not decode`,
+          );
+        full = { kind: 'page', block: record.block, offset: record.offset, data };
+        this.remember(data);
       } else {
         full = record;
-        // Remembered as the coordinator does: every non-zero page that came in full.
-        if (record.kind === 'page' && !isZeroPage(record.data, 0)) {
-          this.digester.digestInto(record.data, 0, this.pageDigest, 0);
-          this.sentBefore.remember(this.pageDigest.slice(), record.data.slice());
-        }
+        if (record.kind === 'page') this.remember(record.data);
       }
       this.digest.add(full);
       this.writer.write(full);
     }
+  }
+
+  /** Remembers a page that came in full as the coordinator does (StreamPageMemory): if not zero. */
+  private remember(page: Uint8Array): void {
+    if (isZeroPage(page, 0)) return;
+    this.digester.digestInto(page, 0, this.pageDigest, 0);
+    this.sentBefore.remember(this.pageDigest.slice(), page.slice());
   }
 
   /**
