@@ -104,9 +104,21 @@ export class ControlChannel {
     return this.sendFrame(KIND_MESSAGE, packr.pack(message));
   }
 
+  /**
+   * Resolves when the socket's buffer has drained, or when the channel closes: a peer that dies with
+   * our buffer full never drains it, and a sender waiting here must go on to find the channel closed.
+   */
   drain(): Promise<void> {
-    if (!this.socket.writableNeedDrain) return Promise.resolve();
-    return new Promise((resolve) => this.socket.once('drain', () => resolve()));
+    if (this.closedWith || !this.socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
   }
 
   close(): void {

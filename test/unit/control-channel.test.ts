@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { test } from 'node:test';
 import fc from 'fast-check';
@@ -139,4 +140,37 @@ test('heartbeats keep a quiet but live connection open', async (t) => {
   const reply = nextMessage(client);
   serverSide!.send('still here');
   assert.equal(await reply, 'still here');
+});
+
+test('drain() returns when the peer dies with our buffer full (a killed agent never hangs its sender)', async (t) => {
+  // The peer: a control server in a child process that stops reading after the first message.
+  const child = spawn(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `const { listenControl } = await import(${JSON.stringify(new URL('../../src/control/control-channel.js', import.meta.url).href)});
+       const server = await listenControl('127.0.0.1', 0, { secret: ${JSON.stringify(secret)} }, (channel) =>
+         channel.onMessage(() => { for (;;); }));
+       process.stdout.write(server.port + '\\n');`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  t.after(() => child.kill('SIGKILL'));
+  const port = Number(
+    await new Promise<string>((resolve) => child.stdout.once('data', (d) => resolve(`${d}`))),
+  );
+  const client = await connectControl('127.0.0.1', port, { secret });
+  t.after(() => client.close());
+  const blob = new Uint8Array(8 * 2 ** 20);
+  // Fill the peer's receive buffer and ours until a send says the buffer is full.
+  for (let i = 0; i < 64 && client.send({ blob }); i++);
+  const drained = client.drain();
+  child.kill('SIGKILL');
+  const outcome = await Promise.race([
+    drained.then(() => 'returned'),
+    new Promise((resolve) => setTimeout(() => resolve('still waiting'), 10_000)),
+  ]);
+  assert.equal(outcome, 'returned');
+  assert.equal(await closed(client).then(() => client.closed), true);
 });
