@@ -12,11 +12,11 @@ import { streamListener, waitMigrationSettled, withTimeout } from './live-source
 /**
  * Phase 5 for a running VM: QEMU migrates into the coordinator, which passes the stream on to the
  * target agent record by record, sending a page the target holds, or one this stream already carried
- * in full (StreamPageMemory), as its digest. The agent writes the
- * stream, pages put back, into a destination QEMU started paused. Only when both ends agree on the
- * stream's digest and the destination has loaded it does the destination resume and the source quit;
- * on any failure before that the destination is killed and the source resumed: the VM runs at its
- * source or at its target, never nowhere.
+ * in full (StreamPageMemory), as its digest, and any other page compressed where LZ4 shrinks it. The
+ * agent writes the stream, pages put back, into a destination QEMU started paused. Only when both ends
+ * agree on the stream's digest and the destination has loaded it does the destination resume and the
+ * source quit; on any failure before that the destination is killed and the source resumed: the VM
+ * runs at its source or at its target, never nowhere.
  *
  * Backpressure: the coordinator stops reading QEMU's socket while the control channel's buffer is
  * full or the destination has not taken what was sent (live-ack), so QEMU sees the real rate, end to

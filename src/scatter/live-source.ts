@@ -1,4 +1,4 @@
-import { mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
@@ -52,6 +52,8 @@ export function streamListener(path: string): { accepted: Promise<net.Socket>; c
 }
 
 export async function connectSourceQmp(path: string, vm: string): Promise<QmpClient> {
+  if (!existsSync(path))
+    throw new LiveSourceError(`VM ${vm}: no QMP socket at ${path} (is the VM running, with -qmp there?)`);
   try {
     return await connectQmp(path, { connectTimeoutMs: 10_000 });
   } catch (error) {

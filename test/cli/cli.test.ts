@@ -81,6 +81,27 @@ test('plan on a missing file and an infeasible job: clear errors', (t) => {
   assertNoStack(infeasible.stderr);
 });
 
+test('plan of a running VM whose QMP socket is not there: exit 7, the VM and socket named', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const file = join(dir, 'live.yaml');
+  writeFileSync(
+    file,
+    [
+      'hosts:',
+      '  - { name: src, address: 127.0.0.1, role: source, link: 1Gbit }',
+      '  - { name: t1, address: 127.0.0.1, port: 7412, role: target, memory: 1GiB, link: 1Gbit }',
+      'vms:',
+      '  - { name: g1, memory: 128MiB, source: { qemu: { qmp: g1.qmp, command: [qemu-system-x86_64] } } }',
+      '',
+    ].join('\n'),
+  );
+  const result = run('plan', '--topology', file);
+  assert.equal(result.code, 7, result.stderr);
+  assert.match(result.stderr, /VM g1: no QMP socket at .*g1\.qmp/);
+  assertNoStack(result.stderr);
+});
+
 test('a bad option value is refused with the option named', () => {
   const { code, stderr } = run('plan', '--max-groups', 'lots');
   assert.notEqual(code, 0);
