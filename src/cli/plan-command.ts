@@ -20,10 +20,24 @@ export async function planCommand(options: PlanCommandOptions): Promise<void> {
   const progress = new Progress(!options.json);
   progress.phase(`Scanning ${topology.vms.length} VMs`);
   const scanStarted = performance.now();
+  // Ctrl-C while a running VM is scanned stops the scan and leaves the VM as it was found (with no
+  // running VM, Ctrl-C keeps its default: nothing to put back).
+  const interrupt = new AbortController();
+  const stop = (signal: NodeJS.Signals) =>
+    interrupt.abort(new Error(signal === 'SIGINT' ? 'interrupted (Ctrl-C)' : `interrupted (${signal})`));
+  if (topology.vms.some((vm) => vm.source.kind === 'qemu')) {
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  }
   const scan = await scanForPlan(topology, {
     key: randomDigestKey(),
     onProgress: (done, total) => progress.pages('Scanning', done, total),
-  }).finally(() => progress.stop());
+    signal: interrupt.signal,
+  }).finally(() => {
+    progress.stop();
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  });
   const scanSeconds = (performance.now() - scanStarted) / 1000;
   const planStarted = performance.now();
   const plan = buildScatterPlan(topology, scan.vms, scan.table.size, {

@@ -84,7 +84,8 @@ export async function runJobFromCli(
 ): Promise<CliJobResult> {
   const progress = new Progress(!options.json);
   let agents: LocalAgents | undefined;
-  const interrupt = interruptOnSignals(progress, () => agents?.stopNow());
+  const running = loaded.vms.some((vm) => vm.source.kind === 'qemu');
+  const interrupt = interruptOnSignals(progress, running, () => agents?.stopNow());
   try {
     return await runJob(loaded, options, job, progress, interrupt.signal, (started) => (agents = started));
   } finally {
@@ -142,10 +143,14 @@ async function runJob(
  * Ctrl-C (SIGINT) or SIGTERM during a job: the first aborts the signal, which the job honours
  * promptly (no VM starts moving, the multicast round on the wire stops, a live migration in flight
  * rolls back), so the report still comes and the agents are told the job ended. A second one is
- * the operator insisting: the local agents are told to stop and the process exits at once (130).
+ * the operator insisting: the local agents are told to stop and the process exits at once (130),
+ * unless the job has running VMs: exiting then could leave one stopped at its source (mid-scan,
+ * stop-and-copy, past the switch-over) with its destination gone, so the rollback, which takes
+ * seconds, always runs to its end.
  */
 function interruptOnSignals(
   progress: Progress,
+  runningVms: boolean,
   stopAgentsNow: () => void,
 ): { signal: AbortSignal; dispose: () => void } {
   const controller = new AbortController();
@@ -161,6 +166,13 @@ function interruptOnSignals(
       return;
     }
     progress.stop();
+    if (runningVms) {
+      process.stderr.write(
+        `vmscatter: ${reasonOf(controller.signal)} again: running VMs are being put back at their ` +
+          'source first; this ends within seconds\n',
+      );
+      return;
+    }
     stopAgentsNow();
     process.stderr.write(
       `vmscatter: ${reasonOf(controller.signal)} twice: stopped at once; VMs not verified keep ` +

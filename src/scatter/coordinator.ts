@@ -98,6 +98,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       secret: options.secret,
       runDir,
       onProgress: (done, total) => progress({ phase: 'scan', done, total, unit: 'pages' }),
+      ...(options.signal === undefined ? {} : { signal: options.signal }),
     });
     const { sha256 } = scan;
     seconds.scan = (performance.now() - t) / 1000;

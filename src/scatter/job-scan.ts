@@ -1,6 +1,6 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { InputError } from '../errors.js';
+import { InputError, VmscatterError } from '../errors.js';
 import { DigestTable } from '../memory/digest-table.js';
 import { fingerprintVms } from '../memory/fingerprint.js';
 import { PAGE_SIZE, type VmPages } from '../memory/page.js';
@@ -39,6 +39,8 @@ export async function scanJob(
     readonly secret: Uint8Array;
     readonly runDir: string;
     readonly onProgress?: (done: number, total: number) => void;
+    /** Ctrl-C: a scan migration under way stops, its guest left as it was found. */
+    readonly signal?: AbortSignal;
   },
 ): Promise<JobScan> {
   const key = deriveDigestKey(options.secret);
@@ -88,6 +90,7 @@ export async function scanJob(
         table,
         digester,
         store: store!,
+        ...(options.signal ? { signal: options.signal } : {}),
       });
       vms[v] = scanned.pages;
       liveScans.set(v, scanned.method);
@@ -95,6 +98,12 @@ export async function scanJob(
   } catch (error) {
     for (const client of qmp.values()) await client.close().catch(() => undefined);
     store?.close();
+    if (options.signal?.aborted)
+      throw new VmscatterError(
+        'VMS_INTERRUPTED',
+        `${(error as Error).message} while scanning: nothing moved, every VM runs on at its source`,
+        130,
+      );
     throw error;
   }
   const pages = new SourcePages(
@@ -126,6 +135,7 @@ export async function scanRunningVm(options: {
   readonly table: DigestTable;
   readonly digester: PageDigester;
   readonly store?: ContentStore;
+  readonly signal?: AbortSignal;
 }): Promise<ScannedLiveVm> {
   const file = await sharedMemoryFile(options.qmp);
   return file === undefined ? scanLiveVm(options) : scanMemoryFile({ ...options, file });

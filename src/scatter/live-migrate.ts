@@ -25,7 +25,10 @@ import { streamListener, waitMigrationSettled, withTimeout } from './live-source
 export interface LiveMigrationResult {
   readonly ok: boolean;
   readonly error?: string;
-  /** Pages sent as references (held at the target), as data (of which compressed), and as zero records. */
+  /**
+   * Pages sent as references (held at the target), as data (of which encoded smaller: LZ4, or one word
+   * for a uniform page), and as zero records.
+   */
   readonly referencedPages: number;
   readonly sentPages: number;
   readonly compressedPages: number;
@@ -131,10 +134,14 @@ export async function migrateLiveVm(options: {
     // Stream bytes the batch stands for once the target puts referenced pages back.
     let batchStreamBytes = 0;
     let unacknowledged = 0;
+    // Counted down before each wait, so two waiters at once never wait for the same ack.
     const acknowledged = async (atMost: number) => {
-      for (; unacknowledged > atMost; unacknowledged--)
+      while (unacknowledged > atMost) {
+        unacknowledged--;
         await link.next('live-ack', (m) => m.vm === vm, STEP_TIMEOUT_MS);
+      }
     };
+    let flushing: Promise<void> = Promise.resolve();
     const flush = async () => {
       if (batch.length === 0) return;
       link.send({ t: 'live-stream', vm, records: batch });
@@ -206,7 +213,14 @@ export async function migrateLiveVm(options: {
         }
         if (batchBytes >= MESSAGE_BYTES || batchStreamBytes >= MESSAGE_STREAM_BYTES) {
           socket.pause();
-          flush().then(() => socket.resume(), reject);
+          flushing = flush();
+          flushing.then(
+            () => socket.resume(),
+            (error: unknown) => {
+              socket.destroy(); // its 'close' clears the timer and the abort listener
+              reject(error);
+            },
+          );
         }
       });
       socket.once('close', () => {
@@ -221,6 +235,8 @@ export async function migrateLiveVm(options: {
     });
     // QEMU closes the stream once its migration completed: the guest is stopped from then on.
     const streamEnded = performance.now();
+    // A paused socket still closes: the flush its last chunk started may still be under way.
+    await flushing;
     await flush();
     await acknowledged(0);
     const status = await waitMigrationSettled(source);

@@ -125,6 +125,8 @@ export interface NewContentCounts {
  * building (see docs/ARCHITECTURE.md).
  */
 export class NewContentTally {
+  /** Pairs tallied at most (a measurement, so bounded: 4M pairs are 16 GiB of new content). */
+  static readonly MAX_PAIRS = 1 << 22;
   private readonly ids = new DigestTable(1024);
   private readonly atTarget = new Set<number>();
   private readonly counts = new Map<number, { repeatedPages: number; multicastablePages: number }>();
@@ -132,6 +134,7 @@ export class NewContentTally {
   constructor(private readonly targetCount: number) {}
 
   sent(vm: number, target: number, digest: Uint8Array): void {
+    if (this.atTarget.size >= NewContentTally.MAX_PAIRS) return;
     const known = this.ids.lookup(digest);
     const id = known > 0 ? known : this.ids.intern(digest, 0);
     const key = id * this.targetCount + target;

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { VmscatterError } from '../errors.js';
 import { DigestTable } from '../memory/digest-table.js';
 import type { FingerprintResult } from '../memory/fingerprint.js';
 import { PAGE_SIZE, type VmPages } from '../memory/page.js';
@@ -30,7 +31,12 @@ export interface LiveCopyPlan {
 /** Scans every VM of a topology, running ones included, into one digest table. */
 export async function scanForPlan(
   topology: Topology,
-  options: { readonly key: Uint8Array; readonly onProgress?: (done: number, total: number) => void },
+  options: {
+    readonly key: Uint8Array;
+    readonly onProgress?: (done: number, total: number) => void;
+    /** Ctrl-C: a scan migration under way stops, its guest left as it was found. */
+    readonly signal?: AbortSignal;
+  },
 ): Promise<FingerprintResult & { readonly live: LiveCopyPlan[] }> {
   const running = topology.vms.flatMap((vm, v) => (vm.source.kind === 'qemu' ? [v] : []));
   const table = new DigestTable(1 << 16);
@@ -51,7 +57,14 @@ export async function scanForPlan(
       if (vm.source.kind !== 'qemu') continue;
       const qmp = await connectSourceQmp(vm.source.qmp, vm.name);
       clients.push(qmp);
-      const live = await scanRunningVm({ vm: vm.name, qmp, runDir, table, digester });
+      const live = await scanRunningVm({
+        vm: vm.name,
+        qmp,
+        runDir,
+        table,
+        digester,
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
       vms[v] = live.pages;
       methods.push(live.method);
     }
@@ -73,6 +86,10 @@ export async function scanForPlan(
     }));
     const totalPages = vms.reduce((sum, vm) => sum + vm.pages.length, 0);
     return { table, vms, totalPages, live };
+  } catch (error) {
+    if (options.signal?.aborted)
+      throw new VmscatterError('VMS_INTERRUPTED', `${(error as Error).message}: the plan stopped`, 130);
+    throw error;
   } finally {
     for (const qmp of clients) await qmp.close().catch(() => undefined);
     rmSync(runDir, { recursive: true, force: true });

@@ -146,6 +146,8 @@ export async function scanLiveVm(options: {
   readonly table: DigestTable;
   readonly digester: PageDigester;
   readonly store?: ContentStore;
+  /** Ctrl-C: the scan stops, and the guest is left as it was found. */
+  readonly signal?: AbortSignal;
 }): Promise<ScannedLiveVm> {
   const { qmp } = options;
   mkdirSync(options.runDir, { recursive: true });
@@ -184,6 +186,14 @@ export async function scanLiveVm(options: {
         () => reject(new LiveSourceError(`VM ${options.vm}: scan took over ${SCAN_TIMEOUT_MS / 1000} s`)),
         SCAN_TIMEOUT_MS,
       );
+      const abort = () => {
+        clearTimeout(timer);
+        socket.destroy();
+        reject(options.signal?.reason ?? new Error('interrupted'));
+      };
+      if (options.signal?.aborted) return abort();
+      options.signal?.addEventListener('abort', abort, { once: true });
+      socket.once('close', () => options.signal?.removeEventListener('abort', abort));
       socket.on('data', (chunk: Buffer) => {
         try {
           for (const record of parser.push(chunk)) onRecord(record);
@@ -213,8 +223,11 @@ export async function scanLiveVm(options: {
   } finally {
     await qmp.execute('migrate_cancel').catch(() => undefined);
     listener.close();
-    await waitMigrationSettled(qmp);
-    await restoreAfterScan(qmp, before.status, parameters['downtime-limit']);
+    try {
+      await waitMigrationSettled(qmp);
+    } finally {
+      await restoreAfterScan(qmp, before.status, parameters['downtime-limit']);
+    }
   }
   return { pages: collector.pages(options.vm), blocks, method: 'migration' };
 }
@@ -226,9 +239,16 @@ export async function scanLiveVm(options: {
  */
 async function restoreAfterScan(qmp: QmpClient, status: string | undefined, downtimeLimit?: number) {
   if (downtimeLimit !== undefined)
-    await qmp.execute('migrate-set-parameters', { 'downtime-limit': downtimeLimit }).catch(() => undefined);
-  const now = (await qmp.execute('query-status')) as { status?: string };
-  if (status === 'running' && now.status !== 'running') await qmp.execute('cont');
+    await qmp.execute('migrate-set-parameters', { 'downtime-limit': downtimeLimit });
+  if (status !== 'running') return;
+  // Just after a completion QEMU may still be finishing it, when `cont` is refused: wait that out.
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const now = (await qmp.execute('query-status')) as { status?: string };
+    if (now.status === 'running') return;
+    if (now.status !== 'finish-migrate' || Date.now() > deadline) return void (await qmp.execute('cont'));
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 /** Waits until the source's migration is no longer active (after a cancel or a completion). */
