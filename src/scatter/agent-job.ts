@@ -244,9 +244,15 @@ export class AgentJob {
         return;
       }
       case 'live-end': {
+        // A destination that went away while loading (killed by a rollback, or crashed) fails this VM
+        // only: the error is its verdict, not the job's.
         const why =
           this.liveFailures.get(vm) ??
-          (target ? await target.finish(message.sha256) : 'no destination was started');
+          (target
+            ? await target
+                .finish(message.sha256)
+                .catch((error: unknown) => `destination QEMU: ${(error as Error).message}`)
+            : 'no destination was started');
         if (why && target) await target.abort();
         if (why) this.liveTargets.delete(vm);
         this.agent.log(`job ${this.id}: ${vm}: ${why ? `not verified: ${why}` : 'stream verified'}`);
