@@ -11,7 +11,7 @@ import type { Topology } from '../topology/model.js';
 import { ContentStore } from './content-store.js';
 import { imageSha256 } from './image-rebuild.js';
 import { scanMemoryFile, sharedMemoryFile } from './live-memory-file.js';
-import { connectSourceQmp, scanLiveVm, type ScannedLiveVm } from './live-source.js';
+import { connectSourceQmp, scanLiveVm, type LiveScanOptions, type ScannedLiveVm } from './live-source.js';
 import { SourcePages } from './source-pages.js';
 
 /**
@@ -128,15 +128,7 @@ export async function scanJob(
 }
 
 /** Scans a running VM the cheapest way it allows: its shared memory file, else a scan migration. */
-export async function scanRunningVm(options: {
-  readonly vm: string;
-  readonly qmp: QmpClient;
-  readonly runDir: string;
-  readonly table: DigestTable;
-  readonly digester: PageDigester;
-  readonly store?: ContentStore;
-  readonly signal?: AbortSignal;
-}): Promise<ScannedLiveVm> {
+export async function scanRunningVm(options: LiveScanOptions): Promise<ScannedLiveVm> {
   const file = await sharedMemoryFile(options.qmp);
   return file === undefined ? scanLiveVm(options) : scanMemoryFile({ ...options, file });
 }

@@ -1,12 +1,9 @@
 import { closeSync, openSync, statSync } from 'node:fs';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import type { DigestTable } from '../memory/digest-table.js';
 import { PAGE_SIZE } from '../memory/page.js';
-import type { PageDigester } from '../memory/page-digest.js';
 import type { QmpClient } from '../qemu/qmp.js';
-import type { ContentStore } from './content-store.js';
 import { readFully } from './file-io.js';
-import { LivePageCollector, type ScannedLiveVm } from './live-source.js';
+import { LivePageCollector, type LiveScanOptions, type ScannedLiveVm } from './live-source.js';
 
 /**
  * Scanning a running VM from its shared memory-backend file instead of a scan migration.
@@ -56,13 +53,9 @@ export async function sharedMemoryFile(qmp: QmpClient): Promise<SharedMemoryFile
 /** Pages read per step; between steps the event loop runs (QMP, agents' links). */
 const CHUNK_PAGES = 1024;
 
-export async function scanMemoryFile(options: {
-  readonly vm: string;
-  readonly file: SharedMemoryFile;
-  readonly table: DigestTable;
-  readonly digester: PageDigester;
-  readonly store?: ContentStore;
-}): Promise<ScannedLiveVm> {
+export async function scanMemoryFile(
+  options: Pick<LiveScanOptions, 'vm' | 'table' | 'digester' | 'store'> & { readonly file: SharedMemoryFile },
+): Promise<ScannedLiveVm> {
   const { file } = options;
   const collector = new LivePageCollector(options.table, options.digester, options.store);
   const pageCount = Math.floor(file.bytes / PAGE_SIZE);

@@ -44,6 +44,20 @@ export interface LiveMigrationResult {
   readonly seconds: number;
 }
 
+/** A migration's figures before anything moved (and of one that never started). */
+export const NOTHING_MOVED = {
+  referencedPages: 0,
+  sentPages: 0,
+  compressedPages: 0,
+  zeroPages: 0,
+  streamBytes: 0,
+  sentBytes: 0,
+  downtimeMs: 0,
+  sourceDowntimeMs: 0,
+  switchoverMs: 0,
+  seconds: 0,
+} as const;
+
 const MESSAGE_BYTES = 1 << 20;
 /**
  * End-to-end flow control: a message stands for at most this much of QEMU's stream (references put
@@ -82,14 +96,7 @@ export async function migrateLiveVm(options: {
 }): Promise<LiveMigrationResult> {
   const { vm, source, link } = options;
   const started = performance.now();
-  const counts = {
-    referencedPages: 0,
-    sentPages: 0,
-    compressedPages: 0,
-    zeroPages: 0,
-    streamBytes: 0,
-    sentBytes: 0,
-  };
+  const counts: { -readonly [K in keyof typeof NOTHING_MOVED]: number } = { ...NOTHING_MOVED };
   const fail = async (error: unknown): Promise<LiveMigrationResult> => {
     // Roll back: the destination goes, the source runs on (whether or not it had stopped).
     link.send({ t: 'live-abort', vm });
@@ -101,9 +108,6 @@ export async function migrateLiveVm(options: {
       ok: false,
       error: error instanceof Error ? error.message : String(error),
       ...counts,
-      downtimeMs: 0,
-      sourceDowntimeMs: 0,
-      switchoverMs: 0,
       seconds: (performance.now() - started) / 1000,
     };
   };

@@ -10,7 +10,7 @@ import type { JobScan } from './job-scan.js';
 import type { ScannedLiveVm } from './live-source.js';
 import type { SendRound } from './job-work.js';
 import { chooseCopyStrategy, type CopyDecision } from './copy-strategy.js';
-import { migrateLiveVm, type LiveMigrationResult } from './live-migrate.js';
+import { migrateLiveVm, NOTHING_MOVED, type LiveMigrationResult } from './live-migrate.js';
 
 /**
  * Phase 5 for running VMs: up to `maxParallel` at once, sharing the source's link evenly, each with
@@ -184,19 +184,7 @@ export async function measureDirtyRates(clients: readonly QmpClient[]): Promise<
   );
 }
 
-const notMigrated: LiveMigrationResult = {
-  ok: false,
-  referencedPages: 0,
-  sentPages: 0,
-  compressedPages: 0,
-  zeroPages: 0,
-  streamBytes: 0,
-  sentBytes: 0,
-  downtimeMs: 0,
-  sourceDowntimeMs: 0,
-  switchoverMs: 0,
-  seconds: 0,
-};
+const notMigrated: LiveMigrationResult = { ok: false, ...NOTHING_MOVED };
 
 /**
  * What a target holds, as far as a running VM's stream may refer to it: what it announced before the

@@ -138,17 +138,22 @@ export class LivePageCollector {
   }
 }
 
-/** Scans a running VM's memory through a migration that is cancelled once every page was seen. */
-export async function scanLiveVm(options: {
+/** What scanning a running VM needs, whichever way it is read. */
+export interface LiveScanOptions {
   readonly vm: string;
   readonly qmp: QmpClient;
+  /** Where a scan migration's socket goes. */
   readonly runDir: string;
   readonly table: DigestTable;
   readonly digester: PageDigester;
+  /** Keeps the bytes of every distinct page (a job's scan; a plan keeps none). */
   readonly store?: ContentStore;
   /** Ctrl-C: the scan stops, and the guest is left as it was found. */
   readonly signal?: AbortSignal;
-}): Promise<ScannedLiveVm> {
+}
+
+/** Scans a running VM's memory through a migration that is cancelled once every page was seen. */
+export async function scanLiveVm(options: LiveScanOptions): Promise<ScannedLiveVm> {
   const { qmp } = options;
   mkdirSync(options.runDir, { recursive: true });
   const path = join(options.runDir, `${options.vm}.scan`);
