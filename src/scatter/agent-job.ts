@@ -246,17 +246,23 @@ export class AgentJob {
       case 'live-end': {
         // A destination that went away while loading (killed by a rollback, or crashed) fails this VM
         // only: the error is its verdict, not the job's.
-        const why =
-          this.liveFailures.get(vm) ??
-          (target
-            ? await target
-                .finish(message.sha256)
-                .catch((error: unknown) => `destination QEMU: ${(error as Error).message}`)
-            : 'no destination was started');
+        const failed = this.liveFailures.get(vm);
+        const outcome =
+          failed !== undefined
+            ? { why: failed }
+            : target
+              ? await target
+                  .finish(message.sha256)
+                  .catch((error: unknown) => ({ why: `destination QEMU: ${(error as Error).message}` }))
+              : { why: 'no destination was started' };
+        const why = 'why' in outcome ? outcome.why : undefined;
         if (why && target) await target.abort();
         if (why) this.liveTargets.delete(vm);
-        this.agent.log(`job ${this.id}: ${vm}: ${why ? `not verified: ${why}` : 'stream verified'}`);
-        return this.reply({ t: 'live-verified', vm, ok: !why, error: why ?? '' });
+        this.agent.log(
+          `job ${this.id}: ${vm}: ${why ? `not verified: ${why}` : 'stream verified, memory read'}`,
+        );
+        const memory = 'memory' in outcome ? outcome.memory : new Uint8Array(0);
+        return this.reply({ t: 'live-verified', vm, ok: !why, error: why ?? '', memory });
       }
       case 'live-resume':
         if (!target) throw new VmscatterError('VMS_PROTOCOL', `resume of ${vm}, which is not waiting here`);

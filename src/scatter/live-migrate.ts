@@ -1,10 +1,13 @@
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { DIGEST_BYTES, isZeroPage } from '../memory/page.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import { StreamParser } from '../qemu/migration-stream.js';
+import { openGuestRam, type GuestRamMethod } from '../qemu/guest-ram.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { AgentLink } from './agent-link.js';
 import type { CopyStrategy } from './copy-strategy.js';
+import { compareMemory, decodeMemoryDigests, digestGuestRam } from './live-memory-check.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './live-records.js';
 import { encodePage, PageEncoding } from './page-codec.js';
 import { streamListener, waitMigrationSettled, withTimeout } from './live-source.js';
@@ -25,6 +28,13 @@ import { streamListener, waitMigrationSettled, withTimeout } from './live-source
 export interface LiveMigrationResult {
   readonly ok: boolean;
   readonly error?: string;
+  /**
+   * The stream arrived whole but the target's guest memory was not the source's (pages QEMU never
+   * sent): rolled back, and worth another try.
+   */
+  readonly memoryMismatch?: boolean;
+  /** How the source's RAM was read for the memory check (absent when the check was not reached). */
+  readonly memoryCheck?: { readonly method: GuestRamMethod; readonly ms: number };
   /**
    * Pages sent as references (held at the target), as data (of which encoded smaller: LZ4, or one word
    * for a uniform page), and as zero records.
@@ -73,6 +83,8 @@ export async function migrateLiveVm(options: {
   readonly vm: string;
   readonly command: readonly string[];
   readonly source: QmpClient;
+  /** The source QEMU's QMP socket (finds its process, whose memory the check reads). */
+  readonly sourceQmpSocket?: string;
   readonly link: AgentLink;
   readonly runDir: string;
   readonly digester: PageDigester;
@@ -97,6 +109,7 @@ export async function migrateLiveVm(options: {
   const { vm, source, link } = options;
   const started = performance.now();
   const counts: { -readonly [K in keyof typeof NOTHING_MOVED]: number } = { ...NOTHING_MOVED };
+  let memoryCheck: LiveMigrationResult['memoryCheck'];
   const fail = async (error: unknown): Promise<LiveMigrationResult> => {
     // Roll back: the destination goes, the source runs on (whether or not it had stopped).
     link.send({ t: 'live-abort', vm });
@@ -107,10 +120,13 @@ export async function migrateLiveVm(options: {
     return {
       ok: false,
       error: error instanceof Error ? error.message : String(error),
+      ...(error instanceof MemoryMismatch ? { memoryMismatch: true } : {}),
+      ...(memoryCheck ? { memoryCheck } : {}),
       ...counts,
       seconds: (performance.now() - started) / 1000,
     };
   };
+  mkdirSync(options.runDir, { recursive: true, mode: 0o700 });
   const listener = streamListener(join(options.runDir, `${vm}.out`));
   try {
     link.send({ t: 'live-incoming', vm, command: [...options.command] });
@@ -246,8 +262,28 @@ export async function migrateLiveVm(options: {
     const status = await waitMigrationSettled(source);
     if (status !== 'completed') throw new Error(`VM ${vm}: the source's migration ended '${status}'`);
     link.send({ t: 'live-end', vm, sha256: digest.hex() });
+    // The source is stopped now: its RAM is read while the target loads the stream's end and reads its
+    // own, and the two must agree chunk for chunk before the target may run.
+    const checkStarted = performance.now();
+    const ram = await openGuestRam(source, {
+      ...(options.sourceQmpSocket ? { qmpSocket: options.sourceQmpSocket } : {}),
+      scratchDir: join(options.runDir, 'ram'),
+      name: vm,
+      running: false,
+    });
+    let sourceMemory;
+    try {
+      sourceMemory = await digestGuestRam(ram, options.signal);
+    } finally {
+      ram.close();
+    }
     const verdict = await link.next('live-verified', (m) => m.vm === vm, STEP_TIMEOUT_MS);
     if (!verdict.ok) throw new Error(`VM ${vm}: not verified at ${link.host.name}: ${verdict.error}`);
+    memoryCheck = { method: ram.method, ms: Math.round(performance.now() - checkStarted) };
+    const targetMemory = decodeMemoryDigests(verdict.memory);
+    if (!targetMemory) throw new Error(`VM ${vm}: ${link.host.name} sent no readable memory digests`);
+    const differs = compareMemory(sourceMemory, targetMemory);
+    if (differs) throw new MemoryMismatch(`VM ${vm}: at ${link.host.name}, ${differs}`);
     link.send({ t: 'live-resume', vm });
     await link.next('live-resumed', (m) => m.vm === vm, STEP_TIMEOUT_MS);
     const switchoverMs = Math.round(performance.now() - streamEnded);
@@ -256,6 +292,7 @@ export async function migrateLiveVm(options: {
     await source.execute('quit').catch(() => undefined);
     return {
       ok: true,
+      ...(memoryCheck ? { memoryCheck } : {}),
       ...counts,
       downtimeMs: (info.downtime ?? 0) + switchoverMs,
       sourceDowntimeMs: info.downtime ?? 0,
@@ -268,6 +305,9 @@ export async function migrateLiveVm(options: {
     listener.close();
   }
 }
+
+/** The target's memory differs from the source's: the one failure another attempt may cure. */
+class MemoryMismatch extends Error {}
 
 /** Records that may alias the parser's chunk are copied before they are queued. */
 function copyRecord(record: LiveRecord): LiveRecord {

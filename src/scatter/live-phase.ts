@@ -64,35 +64,44 @@ export async function migrateLiveVms(options: {
         bandwidthBytesPerSecond: bandwidth,
         downtimeLimitMs,
       });
-      // Ctrl-C: migrations not started yet stay where they are.
-      const migrated =
-        link.lost || options.signal?.aborted
-          ? { ...notMigrated, error: link.lost ?? 'interrupted before it started' }
-          : await migrateLiveVm({
-              vm: vm.name,
-              command: vm.source.command,
-              source: options.scan.qmp.get(v)!,
-              link,
-              runDir: options.runDir,
-              digester,
-              holds: (digest) => options.holds(target, digest),
-              onSentInFull: (digest) => newContent.sent(v, target, digest),
-              maxBandwidthBytesPerSecond: bandwidth,
-              compress: options.compress,
-              strategy: copy.strategy,
-              downtimeLimitMs,
-              ...(options.timeoutPerGiB
-                ? {
-                    timeout: {
-                      ms: options.timeoutPerGiB.seconds * 1000 * Math.max(1, memoryBytes / 2 ** 30),
-                      action: options.timeoutPerGiB.action,
-                    },
-                  }
-                : {}),
-              ...(options.signal ? { signal: options.signal } : {}),
-            });
+      // Ctrl-C: migrations not started yet stay where they are. A memory check that failed rolled the
+      // VM back to its source, which runs on; another attempt resends every page, so it is tried again.
+      const rollbacks: string[] = [];
+      let migrated: LiveMigrationResult;
+      for (;;) {
+        migrated =
+          link.lost || options.signal?.aborted
+            ? { ...notMigrated, error: link.lost ?? 'interrupted before it started' }
+            : await migrateLiveVm({
+                vm: vm.name,
+                command: vm.source.command,
+                source: options.scan.qmp.get(v)!,
+                sourceQmpSocket: vm.source.qmp,
+                link,
+                runDir: options.runDir,
+                digester,
+                holds: (digest) => options.holds(target, digest),
+                onSentInFull: (digest) => newContent.sent(v, target, digest),
+                maxBandwidthBytesPerSecond: bandwidth,
+                compress: options.compress,
+                strategy: copy.strategy,
+                downtimeLimitMs,
+                ...(options.timeoutPerGiB
+                  ? {
+                      timeout: {
+                        ms: options.timeoutPerGiB.seconds * 1000 * Math.max(1, memoryBytes / 2 ** 30),
+                        action: options.timeoutPerGiB.action,
+                      },
+                    }
+                  : {}),
+                ...(options.signal ? { signal: options.signal } : {}),
+              });
+        if (!migrated.memoryMismatch || rollbacks.length >= MEMORY_CHECK_RETRIES) break;
+        rollbacks.push(migrated.error ?? 'memory differs');
+      }
       results.set(v, {
         ...migrated,
+        rollbacks,
         copy,
         dirtyBytesPerSecond: dirty[k]!,
         scan: options.scan.liveScans.get(v) ?? 'migration',
@@ -106,6 +115,8 @@ export async function migrateLiveVms(options: {
 }
 
 export interface LiveVmResult extends LiveMigrationResult, NewContentCounts {
+  /** Why each earlier attempt was rolled back (its memory check failed), oldest first. */
+  readonly rollbacks: readonly string[];
   readonly copy: CopyDecision;
   readonly dirtyBytesPerSecond: number;
   readonly scan: ScannedLiveVm['method'];
@@ -149,6 +160,12 @@ export class NewContentTally {
     return this.counts.get(vm) ?? { repeatedPages: 0, multicastablePages: 0 };
   }
 }
+
+/**
+ * Attempts after a failed memory check. QEMU 7.2's dirty tracking under multi-threaded TCG loses a
+ * page now and then; a new attempt starts from a full pass, so a second failure in a row is rare.
+ */
+export const MEMORY_CHECK_RETRIES = 2;
 
 /** QEMU's default downtime limit, which vmscatter leaves as it is. */
 export const QEMU_DOWNTIME_LIMIT_MS = 300;
@@ -213,6 +230,8 @@ export function liveSummary(result: LiveVmResult) {
     strategy: result.copy.strategy,
     strategyReason: result.copy.why,
     scan: result.scan,
+    memoryCheck: result.memoryCheck ?? null,
+    rollbacks: result.rollbacks,
     dirtyBytesPerSecond: Math.round(result.dirtyBytesPerSecond),
     downtimeMs: result.downtimeMs,
     sourceDowntimeMs: result.sourceDowntimeMs,

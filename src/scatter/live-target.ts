@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { startIncomingQemu, type IncomingQemu } from '../qemu/incoming.js';
 import { StreamWriter, type StreamRecord } from '../qemu/migration-stream.js';
@@ -6,6 +7,8 @@ import { StreamDigest, StreamPageMemory, type LiveRecord } from './live-records.
 import { decodePage } from './page-codec.js';
 import { DIGEST_BYTES, isZeroPage } from '../memory/page.js';
 import type { PageDigester } from '../memory/page-digest.js';
+import { openGuestRam } from '../qemu/guest-ram.js';
+import { digestGuestRam, encodeMemoryDigests } from './live-memory-check.js';
 
 /**
  * The target side of one running VM's migration: a destination QEMU started paused, the stream from
@@ -34,6 +37,7 @@ export class LiveTarget {
     private readonly writes: CountedWrites,
     private readonly pageOf: (digest: Uint8Array) => Uint8Array | undefined,
     private readonly digester: PageDigester,
+    private readonly scratchDir: string,
   ) {
     socket.on('error', (error) => (this.failure ??= error));
   }
@@ -55,7 +59,16 @@ export class LiveTarget {
       });
       const writes = new CountedWrites(socket);
       const writer = new StreamWriter((bytes) => writes.write(bytes));
-      return new LiveTarget(options.vm, qemu, socket, writer, writes, options.pageOf, options.digester);
+      return new LiveTarget(
+        options.vm,
+        qemu,
+        socket,
+        writer,
+        writes,
+        options.pageOf,
+        options.digester,
+        join(options.dir, 'ram'),
+      );
     } catch (error) {
       await qemu.kill();
       throw new LiveTargetError(
@@ -109,26 +122,39 @@ export class LiveTarget {
   }
 
   /**
-   * The stream is complete: closes it, waits for the destination to finish loading, and compares
-   * digests. Resolves with the reason it must not resume, or undefined when it may.
+   * The stream is complete: closes it, waits for the destination to finish loading, compares stream
+   * digests, then reads the loaded guest RAM for the memory check (live-memory-check.ts). Resolves with
+   * the reason it must not resume, or with the RAM's digests (encoded) when the stream agreed.
    */
-  async finish(sourceSha256: string): Promise<string | undefined> {
+  async finish(sourceSha256: string): Promise<{ readonly why: string } | { readonly memory: Uint8Array }> {
     await new Promise<void>((resolve) => this.socket.end(() => resolve()));
-    if (this.failure) return `destination stream: ${this.failure.message}`;
+    if (this.failure) return { why: `destination stream: ${this.failure.message}` };
     const deadline = Date.now() + LOAD_TIMEOUT_MS;
     for (;;) {
       const info = (await this.qemu.qmp.execute('query-status')) as { status?: string };
       if (info.status === 'paused' || info.status === 'prelaunch') break;
-      if (info.status !== 'inmigrate') return `destination QEMU is '${info.status}' after loading`;
-      if (Date.now() > deadline) return `destination QEMU still loading after ${LOAD_TIMEOUT_MS / 1000} s`;
+      if (info.status !== 'inmigrate') return { why: `destination QEMU is '${info.status}' after loading` };
+      if (Date.now() > deadline)
+        return { why: `destination QEMU still loading after ${LOAD_TIMEOUT_MS / 1000} s` };
       await new Promise((r) => setTimeout(r, 20));
     }
     const migration = (await this.qemu.qmp.execute('query-migrate')) as { status?: string };
     if (migration.status !== undefined && migration.status !== 'completed')
-      return `destination migration status '${migration.status}'`;
+      return { why: `destination migration status '${migration.status}'` };
     const own = this.digest.hex();
-    if (own !== sourceSha256) return `stream digest ${own} differs from the source's ${sourceSha256}`;
-    return undefined;
+    if (own !== sourceSha256)
+      return { why: `stream digest ${own} differs from the source's ${sourceSha256}` };
+    const ram = await openGuestRam(this.qemu.qmp, {
+      ...(this.qemu.process.pid !== undefined ? { pid: this.qemu.process.pid } : {}),
+      scratchDir: this.scratchDir,
+      name: this.vm,
+      running: false,
+    });
+    try {
+      return { memory: encodeMemoryDigests(await digestGuestRam(ram)) };
+    } finally {
+      ram.close();
+    }
   }
 
   async resume(): Promise<void> {

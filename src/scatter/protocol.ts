@@ -103,7 +103,17 @@ export type FromAgent =
   | { readonly t: 'fetched'; readonly id: number; readonly stored: number; readonly failed: number }
   | { readonly t: 'live-ready'; readonly vm: string }
   | { readonly t: 'live-ack'; readonly vm: string }
-  | { readonly t: 'live-verified'; readonly vm: string; readonly ok: boolean; readonly error: string }
+  /**
+   * The stream was loaded and its digest agreed (ok), with the loaded guest RAM's digests for the
+   * memory check (live-memory-check.ts); or why not.
+   */
+  | {
+      readonly t: 'live-verified';
+      readonly vm: string;
+      readonly ok: boolean;
+      readonly error: string;
+      readonly memory: Uint8Array;
+    }
   | { readonly t: 'live-resumed'; readonly vm: string }
   | { readonly t: 'error'; readonly message: string };
 
@@ -174,7 +184,7 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
   fetched: { id: isUint, stored: isUint, failed: isUint },
   'live-ready': { vm: isString },
   'live-ack': { vm: isString },
-  'live-verified': { vm: isString, ok: isBool, error: isString },
+  'live-verified': { vm: isString, ok: isBool, error: isString, memory: isBytes },
   'live-resumed': { vm: isString },
   error: { message: isString },
 };

@@ -27,6 +27,13 @@ export const GUEST_READY_MARKER = 'VMSCATTER-GUEST-READY';
 export const GUEST_TICK_MARKER = 'VMSCATTER-TICK';
 /** Printed with the md5 of the guest's private data every 5 ticks. */
 export const GUEST_SUM_MARKER = 'VMSCATTER-SUM';
+/** Printed by the self-check when data the guest wrote reads back different: its memory was lost. */
+export const GUEST_CHECK_FAIL_MARKER = 'VMSCATTER-CHECK-FAIL';
+/** Printed by the self-check after each pass over its files in which every file read back intact. */
+export const GUEST_CHECK_OK_MARKER = 'VMSCATTER-CHECK-OK';
+/** What a guest kernel prints when its own memory is corrupt (an oops, a bad page, a broken list). */
+export const GUEST_KERNEL_FAULT =
+  /Oops|BUG:|Kernel panic|general protection|Bad page|list_add corruption|segfault/;
 /** Kept across test runs: the kernel package is ~70 MB, its unpacked subset ~45 MB. */
 export const DEFAULT_GUEST_CACHE = join(tmpdir(), 'vmscatter-guest-cache');
 const MiB = 2 ** 20;
@@ -170,6 +177,13 @@ export interface InitramfsOptions {
   readonly rereadCommon?: boolean;
   /** A statically linked busybox (default: the first `busybox` on PATH). */
   readonly busybox?: string;
+  /**
+   * Self-checking writers, one per vCPU: each keeps rewriting `files` files of `fileMiB` MiB from
+   * /dev/urandom in tmpfs and, before rewriting one, checks it against the md5 taken when it was
+   * written, printing GUEST_CHECK_FAIL_MARKER on a mismatch and GUEST_CHECK_OK_MARKER after each clean
+   * pass. A page lost by a migration shows up as a failed check (or, in kernel memory, as an oops).
+   */
+  readonly selfCheck?: { readonly writers: number; readonly files: number; readonly fileMiB: number };
 }
 
 /** Seeded bytes that look like memory: half random (compressed or encrypted data), half text records. */
@@ -223,8 +237,34 @@ const LINK = 0o120777;
 const CHAR = 0o020600;
 
 /** The guest's /init: mount, load the workload into memory, say ready, then keep dirtying pages. */
-function initScript(seed: number, dirtyPages: number, ringPages?: number, reread = false): string {
+function initScript(
+  seed: number,
+  dirtyPages: number,
+  ringPages?: number,
+  reread = false,
+  selfCheck?: InitramfsOptions['selfCheck'],
+): string {
   const ring = ringPages ?? Math.max(1024, dirtyPages * 16); // by default over a 4 MiB+ file
+  const checker = selfCheck
+    ? `mkdir -p /run/check
+check() {
+  pass=0
+  while :; do
+    pass=$((pass + 1)); bad=0
+    for k in $(seq 1 ${selfCheck.files}); do
+      f=/run/check/$1-$k
+      if [ -f $f.sum ]; then
+        [ "$(md5sum < $f | cut -c1-32)" = "$(cat $f.sum)" ] || { bad=1; echo "${GUEST_CHECK_FAIL_MARKER} $f"; }
+      fi
+      dd if=/dev/urandom of=$f bs=1048576 count=${selfCheck.fileMiB} 2>/dev/null
+      md5sum < $f | cut -c1-32 > $f.sum
+    done
+    [ $bad -eq 0 ] && echo "${GUEST_CHECK_OK_MARKER} $1 $pass"
+  done
+}
+for w in $(seq 1 ${selfCheck.writers}); do check $w & done
+`
+    : '';
   return `#!/bin/sh
 # vmscatter test guest, seed ${seed} (test/support/qemu-guest.ts)
 /bin/busybox --install -s /bin
@@ -241,7 +281,7 @@ cp -r /data/common /data/private /run/work/
 dd if=/dev/urandom of=/run/work/dirty bs=4096 count=${ring} 2>/dev/null
 read -r uptime _ < /proc/uptime
 echo "${GUEST_READY_MARKER} seed=${seed} uptime=$uptime workload-started=$started"
-n=0
+${checker}n=0
 while :; do
   n=$((n + 1))
   echo "$n" > /run/work/counter
@@ -278,7 +318,9 @@ export function buildInitramfs(path: string, options: InitramfsOptions): void {
     {
       name: 'init',
       mode: EXEC,
-      data: Buffer.from(initScript(options.seed, dirtyPages, ringPages, options.rereadCommon)),
+      data: Buffer.from(
+        initScript(options.seed, dirtyPages, ringPages, options.rereadCommon, options.selfCheck),
+      ),
     },
   );
   for (const [i, file] of (options.sharedFiles ?? []).entries()) {
@@ -303,6 +345,8 @@ export interface BootOptions {
   readonly extraArgs?: readonly string[];
   /** Start as a migration target (`-incoming <uri>`) and do not wait for the ready marker. */
   readonly incoming?: string;
+  /** vCPUs (default 1); more than one runs multi-threaded TCG. */
+  readonly cpus?: number;
   /** Kernel command line (default `console=ttyS0 panic=-1 quiet`). */
   readonly append?: string;
   /** Wait this long for the ready marker (default 60 s). */
@@ -338,7 +382,7 @@ export async function bootGuest(options: BootOptions): Promise<Guest> {
   const started = Date.now();
   const qemu = options.qemu ?? process.env.VMSCATTER_QEMU ?? 'qemu-system-x86_64';
   const args = [
-    ...['-accel', 'tcg', '-m', String(options.memoryMiB), '-smp', '1'],
+    ...['-accel', 'tcg', '-m', String(options.memoryMiB), '-smp', String(options.cpus ?? 1)],
     ...['-nodefaults', '-display', 'none', '-no-reboot', '-serial', 'stdio'],
     ...['-kernel', options.kernel, '-initrd', options.initrd],
     ...['-append', options.append ?? 'console=ttyS0 panic=-1 quiet'],

@@ -1,0 +1,282 @@
+import { chmodSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readSync, rmSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { VmscatterError } from '../errors.js';
+import { listeningSocketInode, mainRam, parseMaps, ramCandidates, type MainRam } from './memory-map.js';
+import type { QmpClient } from './qmp.js';
+
+/**
+ * Reading a QEMU guest's main RAM from outside the guest, without a migration, the fastest way the VM
+ * and our privileges allow:
+ *
+ * 1. `memory-file`: the guest's RAM is a shared memory-backend file; read the file.
+ * 2. `process-memory`: read QEMU's own mapping of the RAM block through `/proc/PID/mem` (root, or the
+ *    process that started QEMU). The mapping is found by its size among QEMU's anonymous mappings and
+ *    confirmed by comparing sample pages with what `pmemsave` writes for the same guest addresses.
+ * 3. `pmemsave`: QEMU writes guest-physical ranges into a private file (mode 0600 in a 0700 directory),
+ *    at most 4 MiB per command so QEMU's main loop is never held for long.
+ *
+ * Whatever the method, offsets are offsets into the main RAM block and only the ranges the guest sees
+ * (`MainRam.ranges`) are read, so two ends read the same bytes the same way.
+ */
+export class GuestRamError extends VmscatterError {
+  constructor(message: string) {
+    super('VMS_GUEST_RAM', message, 7);
+  }
+}
+
+export type GuestRamMethod = 'memory-file' | 'process-memory' | 'pmemsave';
+
+export interface GuestRam {
+  readonly method: GuestRamMethod;
+  readonly map: MainRam;
+  /** Reads `length` bytes at block offset `offset` into `into` (within one range of `map`). */
+  read(into: Uint8Array, offset: number, length: number): Promise<void>;
+  close(): void;
+}
+
+/** The most one `pmemsave` writes, so a running guest's I/O never waits long on QEMU's main loop. */
+export const PMEMSAVE_STEP_BYTES = 4 << 20;
+
+export interface SharedMemoryFile {
+  /** The backend's QOM path, e.g. `/objects/ram0`. */
+  readonly backend: string;
+  readonly path: string;
+  readonly bytes: number;
+}
+
+/**
+ * The VM's memory-backend file when it has one this process can read whole; undefined otherwise (no
+ * `memory-backend` machine property, a RAM or memfd backend, a private mapping whose file does not see
+ * the guest's writes, or a file that is not there).
+ */
+export async function sharedMemoryFile(qmp: QmpClient): Promise<SharedMemoryFile | undefined> {
+  const qomGet = (path: string, property: string) =>
+    qmp.execute('qom-get', { path, property }).catch(() => undefined);
+  const link = await qomGet('/machine', 'memory-backend');
+  if (typeof link !== 'string' || link === '') return undefined;
+  // QEMU answers with the link's QOM path; an id alone names an object under /objects.
+  const backend = link.startsWith('/') ? link : `/objects/${link}`;
+  const [path, share, bytes] = await Promise.all([
+    qomGet(backend, 'mem-path'),
+    qomGet(backend, 'share'),
+    qomGet(backend, 'size'),
+  ]);
+  if (typeof path !== 'string' || path === '' || share !== true || typeof bytes !== 'number')
+    return undefined;
+  try {
+    if (statSync(path).size < bytes) return undefined;
+    closeSync(openSync(path, 'r'));
+  } catch {
+    return undefined;
+  }
+  return { backend, path, bytes };
+}
+
+/** The main RAM's layout as this QEMU reports it. */
+export async function mainRamOf(qmp: QmpClient): Promise<MainRam> {
+  const hmp = async (command: string) =>
+    String(await qmp.execute('human-monitor-command', { 'command-line': command }));
+  const map = mainRam(await hmp('info ramblock'), await hmp('info mtree -f'));
+  if (!map) throw new GuestRamError(`QEMU at ${qmp.path}: cannot tell where the guest's RAM is`);
+  return map;
+}
+
+/**
+ * The pid of the process listening on the unix socket at `path` (a QEMU's QMP socket): its inode in
+ * /proc/net/unix, then the process holding that socket. Undefined when it cannot be seen from here.
+ */
+export function pidListeningAt(path: string): number | undefined {
+  let inode: number | undefined;
+  try {
+    inode = listeningSocketInode(readFileSync('/proc/net/unix', 'utf8'), resolve(path));
+  } catch {
+    return undefined;
+  }
+  if (inode === undefined) return undefined;
+  const wanted = `socket:[${inode}]`;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${entry}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        if (readlinkSync(`/proc/${entry}/fd/${fd}`) === wanted) return Number(entry);
+      } catch {
+        // the fd closed meanwhile
+      }
+    }
+  }
+  return undefined;
+}
+
+export async function openGuestRam(
+  qmp: QmpClient,
+  options: {
+    /** QEMU's pid, when known (the agent started it); else looked up from `qmpSocket`. */
+    readonly pid?: number;
+    readonly qmpSocket?: string;
+    /** A directory QEMU may write `pmemsave` output into (made 0700 here). */
+    readonly scratchDir: string;
+    readonly name: string;
+    /** Whether the guest may be running (its pages then may change between two reads). */
+    readonly running: boolean;
+    /** Leave out the faster methods (tests of the `pmemsave` path). */
+    readonly only?: GuestRamMethod;
+  },
+): Promise<GuestRam> {
+  const map = await mainRamOf(qmp);
+  mkdirSync(options.scratchDir, { recursive: true, mode: 0o700 });
+  chmodSync(options.scratchDir, 0o700);
+  const scratch = join(options.scratchDir, `${options.name}.ram`);
+  const viaPmemsave = pmemsaveReader(qmp, map, scratch);
+  if (options.only === undefined || options.only === 'memory-file') {
+    const file = await sharedMemoryFile(qmp);
+    if (file && file.bytes === map.bytes && file.backend.split('/').at(-1) === map.block)
+      return fileReader('memory-file', file.path, 0, map, viaPmemsave.close);
+  }
+  if (options.only === undefined || options.only === 'process-memory') {
+    const pid = options.pid ?? (options.qmpSocket ? pidListeningAt(options.qmpSocket) : undefined);
+    const base = pid === undefined ? undefined : await findRamMapping(pid, map, viaPmemsave, options.running);
+    if (pid !== undefined && base !== undefined)
+      return fileReader('process-memory', `/proc/${pid}/mem`, base, map, viaPmemsave.close);
+  }
+  if (options.only !== undefined && options.only !== 'pmemsave')
+    throw new GuestRamError(`${options.name}: its RAM cannot be read by ${options.only}`);
+  return viaPmemsave;
+}
+
+function fileReader(
+  method: GuestRamMethod,
+  path: string,
+  base: number,
+  map: MainRam,
+  cleanup: () => void,
+): GuestRam {
+  const fd = openSync(path, 'r');
+  return {
+    method,
+    map,
+    read: (into, offset, length) => {
+      for (let done = 0; done < length;) {
+        const n = readSync(fd, into, done, length - done, base + offset + done);
+        if (n === 0) throw new GuestRamError(`${path} ended at ${base + offset + done}`);
+        done += n;
+      }
+      return Promise.resolve();
+    },
+    close: () => {
+      closeSync(fd);
+      cleanup();
+    },
+  };
+}
+
+function pmemsaveReader(qmp: QmpClient, map: MainRam, scratch: string): GuestRam {
+  return {
+    method: 'pmemsave',
+    map,
+    read: async (into, offset, length) => {
+      const range = map.ranges.find((r) => offset >= r.offset && offset + length <= r.offset + r.length);
+      if (!range) throw new GuestRamError(`${map.block}+${offset}: not a range the guest sees`);
+      for (let done = 0; done < length; done += PMEMSAVE_STEP_BYTES) {
+        const size = Math.min(PMEMSAVE_STEP_BYTES, length - done);
+        await qmp.execute('pmemsave', {
+          val: range.gpa + offset - range.offset + done,
+          size,
+          filename: scratch,
+        });
+        const fd = openSync(scratch, 'r');
+        try {
+          for (let got = 0; got < size;) {
+            const n = readSync(fd, into, done + got, size - got, got);
+            if (n === 0) throw new GuestRamError(`pmemsave wrote less than ${size} bytes to ${scratch}`);
+            got += n;
+          }
+        } finally {
+          closeSync(fd);
+          rmSync(scratch, { force: true });
+        }
+      }
+    },
+    close: () => rmSync(scratch, { force: true }),
+  };
+}
+
+const SAMPLES = 8;
+
+/**
+ * QEMU's host address of the main RAM block: the anonymous mapping of its exact size whose sample
+ * pages equal what `pmemsave` gives for the same guest addresses (all of them when the guest is
+ * stopped, most of them while it runs, and at least one not all zero unless it is the only candidate).
+ */
+async function findRamMapping(
+  pid: number,
+  map: MainRam,
+  viaPmemsave: GuestRam,
+  running: boolean,
+): Promise<number | undefined> {
+  let candidates;
+  let fd: number;
+  try {
+    candidates = ramCandidates(parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')), map.bytes);
+    fd = openSync(`/proc/${pid}/mem`, 'r');
+  } catch {
+    return undefined; // not ours to read
+  }
+  try {
+    if (candidates.length === 0) return undefined;
+    const offsets = sampleOffsets(map);
+    const expected = new Uint8Array(4096);
+    const seen = new Uint8Array(4096);
+    const scores = candidates.map(() => ({ equal: 0, nonZero: 0 }));
+    for (const offset of offsets) {
+      await viaPmemsave.read(expected, offset, 4096);
+      const nonZero = expected.some((b) => b !== 0);
+      candidates.forEach((candidate, c) => {
+        try {
+          if (readSync(fd, seen, 0, 4096, candidate.start + offset) !== 4096) return;
+        } catch {
+          return;
+        }
+        if (Buffer.compare(seen, expected) !== 0) return;
+        scores[c]!.equal++;
+        if (nonZero) scores[c]!.nonZero++;
+      });
+    }
+    const needed = running ? Math.ceil(offsets.length / 2) : offsets.length;
+    const fits = candidates.filter(
+      (_, c) => scores[c]!.equal >= needed && (scores[c]!.nonZero > 0 || candidates.length === 1),
+    );
+    return fits.length === 1 ? fits[0]!.start : undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Page offsets spread over the ranges the guest sees, past the first MiB (firmware areas). */
+function sampleOffsets(map: MainRam): number[] {
+  const pages = map.ranges.flatMap((r) => {
+    const first = Math.ceil(Math.max(r.offset, 1 << 20) / 4096);
+    const last = Math.floor((r.offset + r.length) / 4096) - 1;
+    return last >= first ? [{ first, last }] : [];
+  });
+  const total = pages.reduce((n, p) => n + p.last - p.first + 1, 0);
+  const offsets: number[] = [];
+  for (let i = 0; i < SAMPLES && total > 0; i++) {
+    let k = Math.floor(((i + 0.5) * total) / SAMPLES);
+    for (const p of pages) {
+      const n = p.last - p.first + 1;
+      if (k < n) {
+        offsets.push((p.first + k) * 4096);
+        break;
+      }
+      k -= n;
+    }
+  }
+  return offsets;
+}
