@@ -142,11 +142,17 @@ function renderPlan(
   ].join('\n');
 }
 
+const SCAN_METHOD: Record<LiveCopyPlan['scan'], string> = {
+  'memory-file': 'memory file',
+  'process-memory': 'process memory',
+  pmemsave: 'pmemsave',
+};
+
 /** How each running VM would be copied, and why (copy-strategy.ts). */
 function renderLiveCopy(live: readonly LiveCopyPlan[]): string {
   const rows = live.map((vm) => [
     vm.vm,
-    vm.scan === 'memory-file' ? 'memory file' : 'scan migration',
+    SCAN_METHOD[vm.scan],
     `${formatBytes(vm.dirtyBytesPerSecond)}/s`,
     `${formatBytes(vm.bandwidthBytesPerSecond)}/s`,
     vm.copy.strategy,

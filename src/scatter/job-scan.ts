@@ -10,14 +10,14 @@ import type { QmpClient } from '../qemu/qmp.js';
 import type { Topology } from '../topology/model.js';
 import { ContentStore } from './content-store.js';
 import { imageSha256 } from './image-rebuild.js';
-import { scanMemoryFile, sharedMemoryFile } from './live-memory-file.js';
-import { connectSourceQmp, scanLiveVm, type LiveScanOptions, type ScannedLiveVm } from './live-source.js';
+import { scanRunningVm } from './live-scan.js';
+import { connectSourceQmp, type ScannedLiveVm } from './live-source.js';
 import { SourcePages } from './source-pages.js';
 
 /**
  * Phase 3 for a whole job: image VMs fingerprinted from their files (and their SHA-256 taken, which
  * the rebuilt images are checked against), running VMs from their shared memory-backend file when they
- * have one (live-memory-file.ts) or else through a scan migration (live-source.ts), all into one digest
+ * have one, else from QEMU's process memory or pmemsave (live-scan.ts), all into one digest
  * table so pages shared between the two kinds are found too.
  */
 export interface JobScan {
@@ -39,7 +39,7 @@ export async function scanJob(
     readonly secret: Uint8Array;
     readonly runDir: string;
     readonly onProgress?: (done: number, total: number) => void;
-    /** Ctrl-C: a scan migration under way stops, its guest left as it was found. */
+    /** Ctrl-C: a scan under way stops (the guest never noticed it). */
     readonly signal?: AbortSignal;
   },
 ): Promise<JobScan> {
@@ -86,6 +86,7 @@ export async function scanJob(
       const scanned = await scanRunningVm({
         vm: vm.name,
         qmp: client,
+        qmpSocket: vm.source.qmp,
         runDir: options.runDir,
         table,
         digester,
@@ -125,10 +126,4 @@ export async function scanJob(
       for (const client of qmp.values()) await client.close().catch(() => undefined);
     },
   };
-}
-
-/** Scans a running VM the cheapest way it allows: its shared memory file, else a scan migration. */
-export async function scanRunningVm(options: LiveScanOptions): Promise<ScannedLiveVm> {
-  const file = await sharedMemoryFile(options.qmp);
-  return file === undefined ? scanLiveVm(options) : scanMemoryFile({ ...options, file });
 }

@@ -104,7 +104,7 @@ export async function migrateLiveVms(options: {
         rollbacks,
         copy,
         dirtyBytesPerSecond: dirty[k]!,
-        scan: options.scan.liveScans.get(v) ?? 'migration',
+        scan: options.scan.liveScans.get(v) ?? 'pmemsave',
         ...newContent.of(v),
       });
       options.onVerdict(results.size, options.pending.length);

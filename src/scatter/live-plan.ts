@@ -10,13 +10,13 @@ import { scanTopology } from '../memory/scan.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { Topology } from '../topology/model.js';
 import { chooseCopyStrategy, type CopyDecision } from './copy-strategy.js';
-import { scanRunningVm } from './job-scan.js';
+import { scanRunningVm } from './live-scan.js';
 import { measureDirtyRates, QEMU_DOWNTIME_LIMIT_MS } from './live-phase.js';
 import { connectSourceQmp, type ScannedLiveVm } from './live-source.js';
 
 /**
  * What `vmscatter plan` learns of running VMs: their pages (read as a job would, from the shared
- * memory file or a scan migration that is cancelled, so nothing moves), their dirty rates, and the copy
+ * memory file, QEMU's process memory or pmemsave, so nothing moves), their dirty rates, and the copy
  * strategy a job would choose for each with the bandwidth it would get.
  */
 export interface LiveCopyPlan {
@@ -34,7 +34,7 @@ export async function scanForPlan(
   options: {
     readonly key: Uint8Array;
     readonly onProgress?: (done: number, total: number) => void;
-    /** Ctrl-C: a scan migration under way stops, its guest left as it was found. */
+    /** Ctrl-C: a scan under way stops (the guest never noticed it). */
     readonly signal?: AbortSignal;
   },
 ): Promise<FingerprintResult & { readonly live: LiveCopyPlan[] }> {
@@ -60,6 +60,7 @@ export async function scanForPlan(
       const live = await scanRunningVm({
         vm: vm.name,
         qmp,
+        qmpSocket: vm.source.qmp,
         runDir,
         table,
         digester,

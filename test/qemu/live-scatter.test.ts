@@ -14,9 +14,10 @@ import {
 import { repoRoot, tempDir } from '../support/fixtures.js';
 
 /**
- * Running QEMU guests move, live, to a target agent on loopback: scanned through their own migration
- * stream (then cancelled), their pages seeded by multicast, then migrated with every seeded page sent
- * as a reference; the stream digests agree before the destination resumes. And when the target's agent
+ * Running QEMU guests move, live, to a target agent on loopback: scanned from their memory as they run
+ * (QEMU's process memory, or their shared memory file), their pages seeded by multicast, then migrated
+ * with every seeded page sent as a reference; the stream digests and the guest memory at both ends
+ * agree before the destination resumes. And when the target's agent
  * dies mid-migration, the guest runs on at its source.
  */
 const cli = join(repoRoot, 'dist/src/cli/main.js');
@@ -111,7 +112,7 @@ async function bootSource(dir: string, port: number, memoryFile = false): Promis
 async function moveOneGuest(
   t: TestContext,
   port: number,
-  scan: 'migration' | 'memory-file',
+  scan: 'process-memory' | 'memory-file',
 ): Promise<{ target: string; live: Record<string, number | string> }> {
   const { dir, cleanup } = tempDir('vms-live-');
   const started: { source?: Source } = {};
@@ -130,6 +131,8 @@ async function moveOneGuest(
   t.diagnostic(`scan ${report.seconds.scan.toFixed(2)} s; live ${JSON.stringify(vm.live)}`);
   assert.equal(vm.verified, true, vm.error);
   assert.equal(vm.live.scan, scan);
+  assert.equal(vm.live.memoryCheck.method, scan);
+  assert.deepEqual(vm.live.rollbacks, []);
   // What was seeded (read from the stream or the file) is referred to in the live stream.
   assert.ok(vm.live.referencedPages > 1000, `pages sent by reference: ${vm.live.referencedPages}`);
   // The source QEMU quit; the guest's counter goes on at the target.
@@ -150,7 +153,7 @@ test(
   'live scatter: a running guest moves to its target, verified, and keeps running there',
   { timeout: 300_000 },
   async (t) => {
-    const vm = await moveOneGuest(t, basePort, 'migration');
+    const vm = await moveOneGuest(t, basePort, 'process-memory');
     assert.equal(vm.target, 't1');
     assert.ok(
       Number(vm.live.sentBytes) < 0.5 * Number(vm.live.streamBytes),
@@ -165,7 +168,7 @@ test(
  * `vmscatter plan` reads a running guest as a job would (`scan`), measures its dirty rate and shows
  * the copy strategy a job would choose; the guest is left running, not paused and not migrated.
  */
-async function planShowsCopyStrategy(source: Source, scan: 'migration' | 'memory-file') {
+async function planShowsCopyStrategy(source: Source, scan: 'process-memory' | 'memory-file') {
   const result = await runCli([cli, 'plan', '--topology', source.topology, '--json']);
   assert.equal(result.code, 0, `plan failed: ${result.stderr}`);
   const plan = JSON.parse(result.stdout);
@@ -178,7 +181,7 @@ async function planShowsCopyStrategy(source: Source, scan: 'migration' | 'memory
   assert.ok(live.dirtyBytesPerSecond >= 0 && live.bandwidthBytesPerSecond === 125_000_000);
   assert.deepEqual(plan.placement, { g1: 't1' });
   const text = await runCli([cli, 'plan', '--topology', source.topology]);
-  assert.match(text.stdout, new RegExp(`g1 +${scan === 'memory-file' ? 'memory file' : 'scan migration'} `));
+  assert.match(text.stdout, new RegExp(`g1 +${scan === 'memory-file' ? 'memory file' : 'process memory'} `));
   const status = (await source.guest.qmp.execute('query-status')) as { status: string };
   assert.equal(status.status, 'running', 'plan leaves the guest running');
   const migration = (await source.guest.qmp.execute('query-migrate')) as { status?: string };

@@ -58,37 +58,33 @@ async function bootSource(t: TestContext, dir: string) {
   return { guest, vmsQmp, command };
 }
 
-test(
-  'guest RAM: process memory and pmemsave read the same bytes',
-  { timeout: 120_000 },
-  async (t) => {
-    const { dir, cleanup } = tempDir('vms-ram-');
-    t.after(cleanup);
-    const { guest } = await bootSource(t, dir);
-    await guest.qmp.execute('stop');
-    const read = async (only: GuestRamMethod) => {
-      const ram = await openGuestRam(guest.qmp, {
-        qmpSocket: join(dir, 'src.qmp'),
-        scratchDir: join(dir, 'ram'),
-        name: 'g1',
-        running: false,
-        only,
-      });
-      try {
-        assert.equal(ram.method, only);
-        return await digestGuestRam(ram);
-      } finally {
-        ram.close();
-      }
-    };
-    const viaProcess = await read('process-memory');
-    const viaPmemsave = await read('pmemsave');
-    await guest.qmp.execute('cont');
-    assert.equal(viaProcess.block, 'pc.ram');
-    assert.ok(viaProcess.digests.length >= 127 * 32);
-    assert.deepEqual(viaProcess, viaPmemsave);
-  },
-);
+test('guest RAM: process memory and pmemsave read the same bytes', { timeout: 120_000 }, async (t) => {
+  const { dir, cleanup } = tempDir('vms-ram-');
+  t.after(cleanup);
+  const { guest } = await bootSource(t, dir);
+  await guest.qmp.execute('stop');
+  const read = async (only: GuestRamMethod) => {
+    const ram = await openGuestRam(guest.qmp, {
+      qmpSocket: join(dir, 'src.qmp'),
+      scratchDir: join(dir, 'ram'),
+      name: 'g1',
+      running: false,
+      only,
+    });
+    try {
+      assert.equal(ram.method, only);
+      return await digestGuestRam(ram);
+    } finally {
+      ram.close();
+    }
+  };
+  const viaProcess = await read('process-memory');
+  const viaPmemsave = await read('pmemsave');
+  await guest.qmp.execute('cont');
+  assert.equal(viaProcess.block, 'pc.ram');
+  assert.ok(viaProcess.digests.length >= 127 * 32);
+  assert.deepEqual(viaProcess, viaPmemsave);
+});
 
 /**
  * A QMP client whose `migrate` goes through a proxy that changes one byte of one non-zero page of the
