@@ -1,0 +1,283 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  bootGuest,
+  buildInitramfs,
+  ensureGuestKernel,
+  GUEST_CHECK_FAIL_MARKER,
+  GUEST_CHECK_OK_MARKER,
+  GUEST_KERNEL_FAULT,
+  GUEST_TICK_MARKER,
+  quitQemuAt,
+} from './qemu-guest.js';
+
+/**
+ * Live scatters in a row of one self-checking guest (q35, 2 vCPUs under multi-threaded TCG, one
+ * writer per vCPU rewriting and checking its files), each move from where the last one left it, on
+ * loopback with `vmscatter scatter`. After each move the guest must be alive where the report says
+ * it is: at its target, its ticks going on and its own data check passing there; or, after a
+ * rollback, at its source, the same. A guest dead or failing its check where it runs is the failure
+ * this tool must never have.
+ */
+export interface SoakOptions {
+  readonly runs: number;
+  readonly dir: string;
+  /** The compiled CLI (dist/src/cli/main.js). */
+  readonly cli: string;
+  readonly memoryMiB?: number;
+  /** Ports from here on (4 per run). */
+  readonly basePort: number;
+  readonly log?: (line: string) => void;
+}
+
+export type SoakOutcome =
+  /** Verified at the target and alive there with its check passing. */
+  | 'alive'
+  /** Not moved (rolled back), alive at its source. */
+  | 'stayed'
+  /** Dead or failing its own check where the report says it runs. */
+  | 'lost';
+
+export interface SoakRun {
+  readonly run: number;
+  readonly outcome: SoakOutcome;
+  /** Memory checks that failed and were retried within the run (QEMU lost pages; caught). */
+  readonly rollbacks: readonly string[];
+  readonly seconds: number;
+  readonly downtimeMs?: number;
+  readonly cause?: string;
+}
+
+export interface SoakSummary {
+  readonly runs: number;
+  readonly alive: number;
+  readonly stayed: number;
+  readonly lost: number;
+  /** Memory-check catches: pages QEMU's own migration lost, rolled back before the guest ran. */
+  readonly qemuLostPagesCaught: number;
+  readonly details: readonly SoakRun[];
+}
+
+const CHECK = { writers: 2, files: 4, fileMiB: 4 } as const;
+
+function lastTick(serial: string): number {
+  const ticks = [...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} (\\d+)`, 'g'))];
+  return ticks.length === 0 ? 0 : Number(ticks.at(-1)![1]);
+}
+
+/**
+ * Waits until `read()` (a console) shows the guest alive and checking: ticks past `afterTick + 3` and
+ * a clean pass of every writer; undefined then, or the reason it is not.
+ */
+async function aliveAndChecking(read: () => string, afterTick: number): Promise<string | undefined> {
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    const text = read();
+    const fault = GUEST_KERNEL_FAULT.exec(text);
+    if (fault) return `guest kernel: ${text.slice(fault.index, fault.index + 160).replace(/\s+/g, ' ')}`;
+    if (text.includes(GUEST_CHECK_FAIL_MARKER)) return 'its own data check failed';
+    const oks = new Set(
+      [...text.matchAll(new RegExp(`${GUEST_CHECK_OK_MARKER} (\\d+)`, 'g'))].map((m) => m[1]),
+    );
+    if (lastTick(text) > afterTick + 3 && oks.size >= CHECK.writers) return undefined;
+    if (Date.now() > deadline) return `no ticks or clean checks within 120 s (tick ${lastTick(text)})`;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+function runCli(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, args);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 600_000);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+export async function soakLiveScatters(options: SoakOptions): Promise<SoakSummary> {
+  const { dir } = options;
+  const memoryMiB = options.memoryMiB ?? 256;
+  const log = options.log ?? (() => undefined);
+  const kernel = await ensureGuestKernel();
+  const initrd = join(dir, 'initrd.gz');
+  buildInitramfs(initrd, { seed: 5, workloadMiB: 8, selfCheck: CHECK });
+  const machine = ['-machine', 'q35', '-smp', '2'];
+  const guest = await bootGuest({
+    kernel,
+    initrd,
+    memoryMiB,
+    qmpSocket: join(dir, 'src.qmp'),
+    extraArgs: [...machine, '-qmp', `unix:${join(dir, 'src-vms.qmp')},server=on,wait=off`],
+  });
+  // Where the guest runs now: its QMP socket for vmscatter and how to read its console.
+  let at = { qmp: join(dir, 'src-vms.qmp'), serial: () => guest.serial() };
+  const details: SoakRun[] = [];
+  const destinations: string[] = [];
+  try {
+    const first = await aliveAndChecking(at.serial, 0);
+    if (first) throw new Error(`the soak guest is not healthy before any move: ${first}`);
+    for (let run = 1; run <= options.runs; run++) {
+      const work = join(dir, `run-${run}`);
+      mkdirSync(work, { recursive: true });
+      const serialPath = join(work, 'target.serial');
+      const command = [
+        'qemu-system-x86_64',
+        ...['-accel', 'tcg', '-m', String(memoryMiB), ...machine, '-nodefaults', '-display', 'none'],
+        ...['-no-reboot', '-serial', `file:${serialPath}`, '-kernel', kernel, '-initrd', initrd],
+        ...['-append', 'console=ttyS0 panic=-1 quiet'],
+      ];
+      const port = options.basePort + run * 4;
+      const topology = join(work, 'topology.yaml');
+      writeFileSync(
+        topology,
+        [
+          `multicast: { base: 239.255.${100 + (port % 100)}.0, size: 4, port: ${port + 3} }`,
+          'hosts:',
+          `  - { name: src, address: 127.0.0.1, port: ${port}, role: source, link: 1Gbit }`,
+          `  - { name: t1, address: 127.0.0.1, port: ${port + 1}, role: target, memory: 4GiB, link: 1Gbit }`,
+          'vms:',
+          '  - name: g1',
+          `    memory: ${memoryMiB}MiB`,
+          `    source: { qemu: { qmp: ${at.qmp}, command: ${JSON.stringify(command)} } }`,
+        ].join('\n'),
+      );
+      const tickBefore = lastTick(at.serial());
+      const started = Date.now();
+      const result = await runCli([
+        options.cli,
+        'scatter',
+        '--topology',
+        topology,
+        '--work-dir',
+        work,
+        '--json',
+      ]);
+      let report: {
+        vms?: { verified?: boolean; error?: string; live?: { rollbacks?: string[]; downtimeMs?: number } }[];
+      };
+      try {
+        report = JSON.parse(result.stdout);
+      } catch {
+        report = {};
+      }
+      const vm = report.vms?.[0];
+      const rollbacks = vm?.live?.rollbacks ?? [];
+      const seconds = (Date.now() - started) / 1000;
+      let outcome: SoakOutcome;
+      let cause: string | undefined;
+      if (vm?.verified) {
+        const qmp = join(work, 'agents', 't1', 'run', 'g1.qmp');
+        destinations.push(qmp);
+        const read = () => (existsSync(serialPath) ? readFileSync(serialPath, 'latin1') : '');
+        cause = await aliveAndChecking(read, 0);
+        outcome = cause ? 'lost' : 'alive';
+        at = { qmp, serial: read };
+      } else {
+        // Not moved: the guest must run on, checking, at its source.
+        const why = await aliveAndChecking(at.serial, tickBefore);
+        outcome = why ? 'lost' : 'stayed';
+        cause = why ?? vm?.error ?? `exit ${result.code}: ${result.stderr.slice(-300)}`;
+      }
+      const entry: SoakRun = {
+        run,
+        outcome,
+        rollbacks,
+        seconds,
+        ...(vm?.live?.downtimeMs !== undefined && vm.verified ? { downtimeMs: vm.live.downtimeMs } : {}),
+        ...(cause ? { cause } : {}),
+      };
+      details.push(entry);
+      log(JSON.stringify(entry));
+      if (outcome === 'lost') break; // nothing left to move
+    }
+  } finally {
+    await guest.stop().catch(() => undefined);
+    for (const qmp of destinations) await quitQemuAt(qmp).catch(() => undefined);
+  }
+  return {
+    runs: details.length,
+    alive: details.filter((d) => d.outcome === 'alive').length,
+    stayed: details.filter((d) => d.outcome === 'stayed').length,
+    lost: details.filter((d) => d.outcome === 'lost').length,
+    qemuLostPagesCaught: details.reduce((n, d) => n + d.rollbacks.length, 0),
+    details,
+  };
+}
+
+/**
+ * The baseline: QEMU's own migration (`migrate` into a destination started with `-incoming`, no
+ * vmscatter, no memory check) of the same self-checking guest, `runs` times in a row. Guests it leaves
+ * dead or failing their check are what QEMU itself loses, which vmscatter's memory check must catch.
+ */
+export async function soakQemuMigrations(options: SoakOptions): Promise<SoakSummary> {
+  const { dir } = options;
+  const memoryMiB = options.memoryMiB ?? 256;
+  const log = options.log ?? (() => undefined);
+  const kernel = await ensureGuestKernel();
+  const initrd = join(dir, 'initrd.gz');
+  buildInitramfs(initrd, { seed: 5, workloadMiB: 8, selfCheck: CHECK });
+  const args = { kernel, initrd, memoryMiB, extraArgs: ['-machine', 'q35', '-smp', '2'] };
+  let current = await bootGuest({ ...args, qmpSocket: join(dir, 'qemu-0.qmp') });
+  const details: SoakRun[] = [];
+  try {
+    for (let run = 1; run <= options.runs; run++) {
+      const incoming = join(dir, `qemu-${run}.in`);
+      const next = await bootGuest({
+        ...args,
+        qmpSocket: join(dir, `qemu-${run}.qmp`),
+        incoming: `unix:${incoming}`,
+      });
+      const started = Date.now();
+      await current.qmp.execute('migrate', { uri: `unix:${incoming}` });
+      let status = 'active';
+      let downtimeMs: number | undefined;
+      while (['setup', 'active', 'device', 'pre-switchover'].includes(status)) {
+        await new Promise((r) => setTimeout(r, 100));
+        const info = (await current.qmp.execute('query-migrate')) as { status?: string; downtime?: number };
+        status = info.status ?? 'none';
+        downtimeMs = info.downtime;
+      }
+      const seconds = (Date.now() - started) / 1000;
+      let outcome: SoakOutcome;
+      let cause: string | undefined;
+      if (status === 'completed') {
+        await current.stop();
+        current = next;
+        cause = await aliveAndChecking(() => next.serial(), 0);
+        outcome = cause ? 'lost' : 'alive';
+      } else {
+        await next.stop();
+        cause = `migration ${status}`;
+        outcome = 'stayed';
+      }
+      const entry: SoakRun = {
+        run,
+        outcome,
+        rollbacks: [],
+        seconds,
+        ...(downtimeMs !== undefined ? { downtimeMs } : {}),
+        ...(cause ? { cause } : {}),
+      };
+      details.push(entry);
+      log(JSON.stringify(entry));
+      if (outcome === 'lost') break;
+    }
+  } finally {
+    await current.stop().catch(() => undefined);
+  }
+  return {
+    runs: details.length,
+    alive: details.filter((d) => d.outcome === 'alive').length,
+    stayed: details.filter((d) => d.outcome === 'stayed').length,
+    lost: details.filter((d) => d.outcome === 'lost').length,
+    qemuLostPagesCaught: 0,
+    details,
+  };
+}
