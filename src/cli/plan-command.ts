@@ -1,7 +1,7 @@
 import { PAGE_SIZE } from '../memory/page.js';
 import { randomDigestKey } from '../memory/page-digest.js';
 import { buildScatterPlan, type ScatterPlan } from '../plan/scatter-plan.js';
-import { scanForPlan, type LiveCopyPlan } from '../scatter/live-plan.js';
+import { scanForPlan, type LiveCopyPlan } from '../live/plan.js';
 import { loadTopology } from '../topology/load.js';
 import { formatBytes } from '../topology/units.js';
 import { Progress } from './progress.js';
@@ -148,7 +148,7 @@ const SCAN_METHOD: Record<LiveCopyPlan['scan'], string> = {
   pmemsave: 'pmemsave',
 };
 
-/** How each running VM would be copied, and why (copy-strategy.ts). */
+/** How each running VM would be copied, and why (live/copy-strategy.ts). */
 function renderLiveCopy(live: readonly LiveCopyPlan[]): string {
   const rows = live.map((vm) => [
     vm.vm,

@@ -37,8 +37,19 @@ export class StreamWriter {
   private ignoreShared = false;
   private lastBlock: string | undefined;
 
-  /** `sink` gets each record's bytes as one buffer (tail bytes as given, not copied). */
-  constructor(private readonly sink: (bytes: Uint8Array) => void) {}
+  private readonly scratch: Buffer | undefined;
+
+  /**
+   * `sink` gets each record's bytes as one buffer (tail bytes as given, not copied). With `sinkCopies`
+   * the sink copies them before it returns, so page records are built in one reused buffer instead of
+   * a new one each (the agent writes thousands a message).
+   */
+  constructor(
+    private readonly sink: (bytes: Uint8Array) => void,
+    options: { readonly sinkCopies?: boolean } = {},
+  ) {
+    if (options.sinkCopies) this.scratch = Buffer.allocUnsafe(8 + 256 + STREAM_PAGE_SIZE);
+  }
 
   /** Bytes written so far. */
   get offset(): number {
@@ -240,7 +251,8 @@ export class StreamWriter {
     const useContinue = this.lastBlock === block && continued !== false;
     const name = useContinue ? undefined : this.blockName(block);
     const nameBytes = name ? 1 + name.length : 0;
-    const bytes = Buffer.allocUnsafe(8 + nameBytes + extra);
+    const length = 8 + nameBytes + extra;
+    const bytes = this.scratch ? this.scratch.subarray(0, length) : Buffer.allocUnsafe(length);
     writeU64(bytes, 0, offset, flag | (useContinue ? RamFlag.CONTINUE : 0));
     if (name) {
       bytes[8] = name.length;

@@ -12,7 +12,7 @@ import { ReceiverSession } from '../transport/session.js';
 import type { AgentOptions } from './agent.js';
 import { chooseAnnouncement } from './digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
-import { LiveTarget } from './live-target.js';
+import { LiveTarget } from '../live/target.js';
 import { decodeManifest } from './manifest.js';
 import { decodeBatch, sliceBatch } from './page-batches.js';
 import { PROTOCOL_VERSION, type FromAgent, type ToAgent, type VerifiedImage } from './protocol.js';
@@ -219,7 +219,7 @@ export class AgentJob {
           vm,
           command: message.command,
           dir: join(this.options.dir, 'run'),
-          pageOf: (digest) => this.agent.store.get(digest),
+          pageOf: (digest, into) => this.agent.store.get(digest, into),
           digester: this.digester,
         });
         this.liveTargets.set(vm, started);

@@ -74,11 +74,11 @@ export class ContentStore {
     return this.index.lookup(digest) > 0;
   }
 
-  /** The page with this digest, or undefined. */
-  get(digest: Uint8Array): Uint8Array | undefined {
+  /** The page with this digest (read into `into` when given), or undefined. */
+  get(digest: Uint8Array, into?: Uint8Array): Uint8Array | undefined {
     const id = this.index.lookup(digest);
     if (id <= 0) return undefined;
-    const page = new Uint8Array(PAGE_SIZE);
+    const page = into ?? new Uint8Array(PAGE_SIZE);
     readFully(
       this.pagesFd,
       page,

@@ -9,7 +9,8 @@ import { connectAgents, fetchFromPeers, trustedAnnouncement } from './job-agents
 import { plannedReport, type ScatterReport, type TargetReport, type VmReport } from './job-report.js';
 import { scanJob } from './job-scan.js';
 import { planJobWork } from './job-work.js';
-import { heldForLive, liveSummary, migrateLiveVms } from './live-phase.js';
+import { startDirtyRates } from '../live/dirty-rate.js';
+import { heldForLive, liveSummary, migrateLiveVms } from '../live/phase.js';
 import type { CompressionMode } from './page-codec.js';
 import { preflightProblems, preflightTargets, PreflightError } from './preflight.js';
 import { rebuildAll } from './rebuild-phase.js';
@@ -178,6 +179,9 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         return lostAtEnd;
       };
       t = performance.now();
+      // The running VMs' dirty rates are measured while seeding runs (the copy strategy needs them).
+      const livePlanned = work.pendingVms.filter((v) => scan.qmp.has(v));
+      const dirtyRates = startDirtyRates(livePlanned.map((v) => scan.qmp.get(v)!));
       // Site peers serve over their own links while the source multicasts over its own.
       const fetching = fetchFromPeers(work.peerFetches, links, pages);
       fetching.catch(() => undefined); // awaited below; a seeding failure must not leave it unhandled
@@ -206,7 +210,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       seconds.rebuild = (performance.now() - t) / 1000;
 
       t = performance.now();
-      const livePending = options.signal?.aborted ? [] : work.pendingVms.filter((v) => scan.qmp.has(v));
+      const livePending = options.signal?.aborted ? [] : livePlanned;
       const migrated = await migrateLiveVms({
         pending: livePending,
         topology,
@@ -220,8 +224,9 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         compress: (options.compression ?? 'adaptive') !== 'off',
         onVerdict: (done, total) => progress({ phase: 'migrate', done, total, unit: 'vms' }),
         ...(options.downtimeLimitMs === undefined ? {} : { downtimeLimitMs: options.downtimeLimitMs }),
-        // By default as many migrations at once as there are targets, sharing the source link.
-        maxParallel: options.maxParallel ?? liveTargets.length,
+        dirtyRates,
+        // By default every running VM at once, sharing the source link.
+        ...(options.maxParallel === undefined ? {} : { maxParallel: options.maxParallel }),
         ...(options.timeoutPerGiB === undefined ? {} : { timeoutPerGiB: options.timeoutPerGiB }),
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       });

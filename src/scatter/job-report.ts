@@ -1,7 +1,7 @@
 import type { PageIndex } from '../plan/page-index.js';
 import type { Host, Topology } from '../topology/model.js';
 import type { JobScan } from './job-scan.js';
-import type { liveSummary } from './live-phase.js';
+import type { liveSummary } from '../live/phase.js';
 import type { CompressionDecision } from './seeding.js';
 
 /**

@@ -10,14 +10,14 @@ import type { QmpClient } from '../qemu/qmp.js';
 import type { Topology } from '../topology/model.js';
 import { ContentStore } from './content-store.js';
 import { imageSha256 } from './image-rebuild.js';
-import { scanRunningVm } from './live-scan.js';
-import { connectSourceQmp, type ScannedLiveVm } from './live-source.js';
+import { scanRunningVm } from '../live/scan.js';
+import { connectSourceQmp, type ScannedLiveVm } from '../live/source.js';
 import { SourcePages } from './source-pages.js';
 
 /**
  * Phase 3 for a whole job: image VMs fingerprinted from their files (and their SHA-256 taken, which
  * the rebuilt images are checked against), running VMs from their shared memory-backend file when they
- * have one, else from QEMU's process memory or pmemsave (live-scan.ts), all into one digest
+ * have one, else from QEMU's process memory or pmemsave (live/scan.ts), all into one digest
  * table so pages shared between the two kinds are found too.
  */
 export interface JobScan {

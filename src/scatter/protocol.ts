@@ -17,7 +17,7 @@
  * `parseFromAgent`); anything else is dropped and counted by the receiving side, never trusted.
  */
 
-import { isLiveRecord, type LiveRecord } from './live-records.js';
+import { isLiveRecord, type LiveRecord } from '../live/records.js';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -105,7 +105,7 @@ export type FromAgent =
   | { readonly t: 'live-ack'; readonly vm: string }
   /**
    * The stream was loaded and its digest agreed (ok), with the loaded guest RAM's digests for the
-   * memory check (live-memory-check.ts); or why not.
+   * memory check (live/memory-check.ts); or why not.
    */
   | {
       readonly t: 'live-verified';

@@ -185,8 +185,8 @@ export class TemplateStore {
   }
 
   /** The page with this digest, or undefined. */
-  get(digest: Uint8Array): Uint8Array | undefined {
-    return this.live.pages.get(digest);
+  get(digest: Uint8Array, into?: Uint8Array): Uint8Array | undefined {
+    return this.live.pages.get(digest, into);
   }
 
   /** The weight recorded for a held page, or undefined. */

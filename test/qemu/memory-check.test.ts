@@ -11,8 +11,8 @@ import { StreamParser, StreamWriter } from '../../src/qemu/migration-stream.js';
 import { connectQmp, type QmpClient } from '../../src/qemu/qmp.js';
 import { Agent } from '../../src/scatter/agent.js';
 import { AgentLink } from '../../src/scatter/agent-link.js';
-import { digestGuestRam } from '../../src/scatter/live-memory-check.js';
-import { migrateLiveVm } from '../../src/scatter/live-migrate.js';
+import { digestGuestRam } from '../../src/live/memory-check.js';
+import { migrateLiveVm } from '../../src/live/migrate.js';
 import { PROTOCOL_VERSION } from '../../src/scatter/protocol.js';
 import { tempDir } from '../support/fixtures.js';
 import {
@@ -166,7 +166,6 @@ async function migrate(source: QmpClient, vmsQmp: string, command: string[], lin
     runDir: join(dir, 'run'),
     digester: new PageDigester(deriveDigestKey(secret)),
     holds: () => false,
-    maxBandwidthBytesPerSecond: 1e9,
     compress: true,
     strategy: 'precopy',
     downtimeLimitMs: 300,

@@ -10,6 +10,7 @@ import {
   GUEST_KERNEL_FAULT,
   GUEST_TICK_MARKER,
   quitQemuAt,
+  type Guest,
 } from './qemu-guest.js';
 
 /**
@@ -109,20 +110,28 @@ export async function soakLiveScatters(options: SoakOptions): Promise<SoakSummar
   const initrd = join(dir, 'initrd.gz');
   buildInitramfs(initrd, { seed: 5, workloadMiB: 8, selfCheck: CHECK });
   const machine = ['-machine', 'q35', '-smp', '2'];
-  const guest = await bootGuest({
-    kernel,
-    initrd,
-    memoryMiB,
-    qmpSocket: join(dir, 'src.qmp'),
-    extraArgs: [...machine, '-qmp', `unix:${join(dir, 'src-vms.qmp')},server=on,wait=off`],
-  });
-  // Where the guest runs now: its QMP socket for vmscatter and how to read its console.
-  let at = { qmp: join(dir, 'src-vms.qmp'), serial: () => guest.serial() };
+  const sources: Guest[] = [];
+  // A fresh guest at the source: at the start, and after a guest was lost (so every run counts).
+  const freshSource = async () => {
+    const n = sources.length;
+    const vmsQmp = join(dir, `src-${n}-vms.qmp`);
+    const guest = await bootGuest({
+      kernel,
+      initrd,
+      memoryMiB,
+      qmpSocket: join(dir, `src-${n}.qmp`),
+      extraArgs: [...machine, '-qmp', `unix:${vmsQmp},server=on,wait=off`],
+    });
+    sources.push(guest);
+    const healthy = await aliveAndChecking(() => guest.serial(), 0);
+    if (healthy) throw new Error(`the soak guest is not healthy before any move: ${healthy}`);
+    return { qmp: vmsQmp, serial: () => guest.serial() };
+  };
   const details: SoakRun[] = [];
   const destinations: string[] = [];
   try {
-    const first = await aliveAndChecking(at.serial, 0);
-    if (first) throw new Error(`the soak guest is not healthy before any move: ${first}`);
+    // Where the guest runs now: its QMP socket for vmscatter and how to read its console.
+    let at = await freshSource();
     for (let run = 1; run <= options.runs; run++) {
       const work = join(dir, `run-${run}`);
       mkdirSync(work, { recursive: true });
@@ -195,10 +204,13 @@ export async function soakLiveScatters(options: SoakOptions): Promise<SoakSummar
       };
       details.push(entry);
       log(JSON.stringify(entry));
-      if (outcome === 'lost') break; // nothing left to move
+      if (outcome === 'lost') {
+        await quitQemuAt(at.qmp).catch(() => undefined);
+        at = await freshSource();
+      }
     }
   } finally {
-    await guest.stop().catch(() => undefined);
+    for (const guest of sources) await guest.stop().catch(() => undefined);
     for (const qmp of destinations) await quitQemuAt(qmp).catch(() => undefined);
   }
   return {
@@ -224,7 +236,12 @@ export async function soakQemuMigrations(options: SoakOptions): Promise<SoakSumm
   const initrd = join(dir, 'initrd.gz');
   buildInitramfs(initrd, { seed: 5, workloadMiB: 8, selfCheck: CHECK });
   const args = { kernel, initrd, memoryMiB, extraArgs: ['-machine', 'q35', '-smp', '2'] };
-  let current = await bootGuest({ ...args, qmpSocket: join(dir, 'qemu-0.qmp') });
+  const healthy = async (guest: Guest) => {
+    const why = await aliveAndChecking(() => guest.serial(), 0);
+    if (why) throw new Error(`the soak guest is not healthy before any move: ${why}`);
+    return guest;
+  };
+  let current = await healthy(await bootGuest({ ...args, qmpSocket: join(dir, 'qemu-0.qmp') }));
   const details: SoakRun[] = [];
   try {
     for (let run = 1; run <= options.runs; run++) {
@@ -267,7 +284,10 @@ export async function soakQemuMigrations(options: SoakOptions): Promise<SoakSumm
       };
       details.push(entry);
       log(JSON.stringify(entry));
-      if (outcome === 'lost') break;
+      if (outcome === 'lost') {
+        await current.stop();
+        current = await healthy(await bootGuest({ ...args, qmpSocket: join(dir, `qemu-${run}-fresh.qmp`) }));
+      }
     }
   } finally {
     await current.stop().catch(() => undefined);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { chooseCopyStrategy, MAX_PLAIN_PASSES } from '../../src/scatter/copy-strategy.js';
+import { chooseCopyStrategy, MAX_PLAIN_PASSES } from '../../src/live/copy-strategy.js';
 
 const MiB = 2 ** 20;
 const base = { memoryBytes: 256 * MiB, bandwidthBytesPerSecond: 125e6, downtimeLimitMs: 300 };

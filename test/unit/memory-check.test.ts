@@ -14,7 +14,7 @@ import {
   decodeMemoryDigests,
   encodeMemoryDigests,
   type MemoryDigests,
-} from '../../src/scatter/live-memory-check.js';
+} from '../../src/live/memory-check.js';
 
 /** `info ramblock` and `info mtree -f` as QEMU 7.2 prints them (pc, RAM in a memory backend "ram0"). */
 const RAMBLOCK_PC = `              Block Name    PSize              Offset               Used              Total

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { StreamPageMemory } from '../../src/scatter/live-records.js';
+import { StreamPageMemory } from '../../src/live/records.js';
 
 /**
  * Both ends of a live stream remember the pages it carried in full by the same rule, without telling

@@ -10,9 +10,10 @@ import { scanTopology } from '../memory/scan.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { Topology } from '../topology/model.js';
 import { chooseCopyStrategy, type CopyDecision } from './copy-strategy.js';
-import { scanRunningVm } from './live-scan.js';
-import { measureDirtyRates, QEMU_DOWNTIME_LIMIT_MS } from './live-phase.js';
-import { connectSourceQmp, type ScannedLiveVm } from './live-source.js';
+import { scanRunningVm } from './scan.js';
+import { startDirtyRates } from './dirty-rate.js';
+import { QEMU_DOWNTIME_LIMIT_MS } from './phase.js';
+import { connectSourceQmp, type ScannedLiveVm } from './source.js';
 
 /**
  * What `vmscatter plan` learns of running VMs: their pages (read as a job would, from the shared
@@ -23,7 +24,7 @@ export interface LiveCopyPlan {
   readonly vm: string;
   readonly scan: ScannedLiveVm['method'];
   readonly dirtyBytesPerSecond: number;
-  /** The VM's share of the source's link: a job migrates as many VMs at once as there are targets. */
+  /** The VM's share of the source's link: a job migrates every running VM at once. */
   readonly bandwidthBytesPerSecond: number;
   readonly copy: CopyDecision;
 }
@@ -69,10 +70,9 @@ export async function scanForPlan(
       vms[v] = live.pages;
       methods.push(live.method);
     }
-    const dirty = await measureDirtyRates(clients);
+    const dirty = await startDirtyRates(clients).rates();
     const source = topology.hosts.find((h) => h.role === 'source')!;
-    const targets = topology.hosts.filter((h) => h.role === 'target').length;
-    const bandwidth = source.linkBitsPerSecond / 8 / Math.max(1, Math.min(targets, running.length));
+    const bandwidth = source.linkBitsPerSecond / 8 / Math.max(1, running.length);
     const live = running.map((v, i) => ({
       vm: topology.vms[v]!.name,
       scan: methods[i]!,

@@ -6,11 +6,11 @@ import { DIGEST_BYTES, isZeroPage, PAGE_SIZE, ZERO_PAGE_ID, type VmPages } from 
 import type { PageDigester } from '../memory/page-digest.js';
 import type { GuestRamMethod } from '../qemu/guest-ram.js';
 import { connectQmp, type QmpClient } from '../qemu/qmp.js';
-import type { ContentStore } from './content-store.js';
+import type { ContentStore } from '../scatter/content-store.js';
 
 /**
  * The source side of live VMs: reaching a running QEMU, and collecting the fingerprints (and, for a
- * job, the bytes) of its pages as a scan reads them (live-scan.ts).
+ * job, the bytes) of its pages as a scan reads them (scan.ts).
  */
 export class LiveSourceError extends VmscatterError {
   constructor(message: string) {

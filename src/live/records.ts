@@ -3,49 +3,58 @@ import { DigestTable } from '../memory/digest-table.js';
 import type { StreamRecord } from '../qemu/migration-stream.js';
 
 /**
- * A live migration stream as it travels from the coordinator to a target agent: the records of QEMU's
- * stream, except that a page the target already holds travels as its digest (a reference) and the
- * agent puts the page back before writing the stream into the destination QEMU.
+ * A live migration stream as it travels from the coordinator to a target agent: QEMU's records, except
+ * that page and zero records travel in runs of one RAM block packed into byte arrays (batch.ts),
+ * where a page the target already holds is its digest (a reference) that the agent puts back before
+ * writing the stream into the destination QEMU.
  *
- * Both ends hash the stream in one canonical form (every record as QEMU's stream carries it, pages
- * expanded), so before the destination resumes they can agree that what it loaded is, record for
- * record and in order, what the source sent.
+ * Both ends hash the stream in one canonical form, so before the destination resumes they can agree
+ * that what it loaded is, record for record and in order, what the source sent: every record that is
+ * not a page as QEMU's stream carries it, and every page as its position and its keyed page digest
+ * (16 bytes), which each end computes from the bytes it read or wrote (one hash per page at each end;
+ * the guest memory itself is compared apart, memory-check.ts).
  */
 export type LiveRecord =
-  | StreamRecord
-  | { readonly kind: 'ref'; readonly block: string; readonly offset: number; readonly digest: Uint8Array }
-  /** A page sent in full but encoded (page-codec.ts: LZ4 or a uniform word), smaller than the page. */
-  | {
-      readonly kind: 'packed';
-      readonly block: string;
-      readonly offset: number;
-      readonly encoding: number;
-      readonly payload: Uint8Array;
-    };
+  | Exclude<StreamRecord, { kind: 'page' } | { kind: 'zero' }>
+  | { readonly kind: 'pages'; readonly block: string; readonly entries: Uint8Array };
 
 const encoder = new TextEncoder();
+const FLUSH_BYTES = 64 << 10;
 
-/** A running digest of a stream in canonical form. */
+/** A running digest of a stream in canonical form; pages are buffered so hashing is in bulk. */
 export class StreamDigest {
   private readonly hash: Hash = createHash('sha256');
-  private readonly scratch = new DataView(new ArrayBuffer(16));
+  private readonly buffer = new Uint8Array(FLUSH_BYTES + 64);
+  private readonly view = new DataView(this.buffer.buffer);
+  private at = 0;
+  private block = '';
+  private readonly scratch = new DataView(new ArrayBuffer(8));
 
-  /** Adds a record as QEMU's stream carries it (a reference must be expanded first). */
-  add(record: StreamRecord): void {
+  /** A page record: its position and keyed digest (undefined for a page of zeros). */
+  page(block: string, offset: number, digest: Uint8Array | undefined): void {
+    this.position(block, digest === undefined ? 0x44 : 0x50, offset);
+    if (digest !== undefined) {
+      this.buffer.set(digest.subarray(0, 16), this.at);
+      this.at += 16;
+    }
+    this.spill();
+  }
+
+  /** A zero record. */
+  zero(block: string, offset: number, fill: number): void {
+    this.position(block, 0x5a, offset);
+    this.buffer[this.at++] = fill;
+    this.spill();
+  }
+
+  /** Any record that is not a page or zero record, as QEMU's stream carries it. */
+  add(record: LiveRecord): void {
+    this.flush();
+    this.block = '';
     const h = this.hash;
     h.update(encoder.encode(record.kind));
     switch (record.kind) {
-      case 'page':
-        this.position(record.block, record.offset);
-        h.update(record.data);
-        return;
-      case 'zero':
-        this.position(record.block, record.offset);
-        h.update(Uint8Array.of(record.fill));
-        return;
       case 'config':
-        h.update(record.bytes);
-        return;
       case 'tail':
         h.update(record.bytes);
         return;
@@ -62,19 +71,43 @@ export class StreamDigest {
         this.number(record.sectionId);
         return;
       case 'ram-blocks':
-        for (const block of record.blocks) this.position(block.name, block.length);
+        for (const block of record.blocks) {
+          h.update(encoder.encode(block.name));
+          this.number(block.length);
+        }
         return;
+      case 'pages':
+        throw new RangeError('page runs are added page by page');
     }
   }
 
   /** The digest so far, hex. */
   hex(): string {
+    this.flush();
     return this.hash.copy().digest('hex');
   }
 
-  private position(block: string, offset: number): void {
-    this.hash.update(encoder.encode(block));
-    this.number(offset);
+  private position(block: string, tag: number, offset: number): void {
+    if (block !== this.block) {
+      const name = encoder.encode(block);
+      this.flush();
+      this.hash.update(Uint8Array.of(0xb0, name.length));
+      this.hash.update(name);
+      this.block = block;
+    }
+    this.buffer[this.at] = tag;
+    this.view.setFloat64(this.at + 1, offset, true);
+    this.at += 9;
+  }
+
+  private spill(): void {
+    if (this.at >= FLUSH_BYTES) this.flush();
+  }
+
+  private flush(): void {
+    if (this.at === 0) return;
+    this.hash.update(this.buffer.subarray(0, this.at));
+    this.at = 0;
   }
 
   private number(value: number): void {
@@ -82,6 +115,9 @@ export class StreamDigest {
     this.hash.update(new Uint8Array(this.scratch.buffer, 0, 8));
   }
 }
+
+/** The most a page run may hold: a message stands for at most 4 MiB of stream, a page at most 4101 bytes. */
+export const MAX_BATCH_BYTES = 8 << 20;
 
 /** Whether a value off the network is a record this codec could write; refuses anything else. */
 export function isLiveRecord(value: unknown): value is LiveRecord {
@@ -91,20 +127,8 @@ export function isLiveRecord(value: unknown): value is LiveRecord {
   const uint = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
   const bytes = (v: unknown) => v instanceof Uint8Array;
   switch (r.kind) {
-    case 'page':
-      return str(r.block) && uint(r.offset) && bytes(r.data) && (r.data as Uint8Array).length === 4096;
-    case 'ref':
-      return str(r.block) && uint(r.offset) && bytes(r.digest) && (r.digest as Uint8Array).length === 16;
-    case 'packed':
-      return (
-        str(r.block) &&
-        uint(r.offset) &&
-        uint(r.encoding) &&
-        bytes(r.payload) &&
-        (r.payload as Uint8Array).length < 4096
-      );
-    case 'zero':
-      return str(r.block) && uint(r.offset) && uint(r.fill) && (r.fill as number) < 256;
+    case 'pages':
+      return str(r.block) && bytes(r.entries) && (r.entries as Uint8Array).length <= MAX_BATCH_BYTES;
     case 'config':
     case 'tail':
       return bytes(r.bytes);

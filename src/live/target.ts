@@ -2,13 +2,12 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { startIncomingQemu, type IncomingQemu } from '../qemu/incoming.js';
-import { StreamWriter, type StreamRecord } from '../qemu/migration-stream.js';
-import { StreamDigest, StreamPageMemory, type LiveRecord } from './live-records.js';
-import { decodePage } from './page-codec.js';
-import { DIGEST_BYTES, isZeroPage } from '../memory/page.js';
+import { StreamWriter } from '../qemu/migration-stream.js';
+import { LiveStreamDecoder } from './decoder.js';
+import type { LiveRecord } from './records.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import { openGuestRam } from '../qemu/guest-ram.js';
-import { digestGuestRam, encodeMemoryDigests } from './live-memory-check.js';
+import { digestGuestRam, encodeMemoryDigests } from './memory-check.js';
 
 /**
  * The target side of one running VM's migration: a destination QEMU started paused, the stream from
@@ -24,30 +23,31 @@ export class LiveTargetError extends VmscatterError {
 const LOAD_TIMEOUT_MS = 120_000;
 
 export class LiveTarget {
-  private readonly digest = new StreamDigest();
-  private readonly sentBefore = new StreamPageMemory();
-  private readonly pageDigest = new Uint8Array(DIGEST_BYTES);
+  private readonly decoder: LiveStreamDecoder;
+  /** A message's stream bytes, written to the destination in one go. */
+  private readonly output = new OutputBuffer();
   private failure: Error | undefined;
 
   private constructor(
     readonly vm: string,
     private readonly qemu: IncomingQemu,
     private readonly socket: net.Socket,
-    private readonly writer: StreamWriter,
     private readonly writes: CountedWrites,
-    private readonly pageOf: (digest: Uint8Array) => Uint8Array | undefined,
-    private readonly digester: PageDigester,
+    pageOf: (digest: Uint8Array, into: Uint8Array) => Uint8Array | undefined,
+    digester: PageDigester,
     private readonly scratchDir: string,
   ) {
     socket.on('error', (error) => (this.failure ??= error));
+    const writer = new StreamWriter((bytes) => this.output.append(bytes), { sinkCopies: true });
+    this.decoder = new LiveStreamDecoder(vm, { pageOf, digester, sink: (record) => writer.write(record) });
   }
 
   static async start(options: {
     readonly vm: string;
     readonly command: readonly string[];
     readonly dir: string;
-    readonly pageOf: (digest: Uint8Array) => Uint8Array | undefined;
-    /** The job's page digester: pages sent in full are remembered by digest. */
+    readonly pageOf: (digest: Uint8Array, into: Uint8Array) => Uint8Array | undefined;
+    /** The job's page digester: pages are digested as written, for the canonical stream digest. */
     readonly digester: PageDigester;
   }): Promise<LiveTarget> {
     const qemu = await startIncomingQemu(options);
@@ -57,14 +57,11 @@ export class LiveTarget {
         s.once('connect', () => resolve(s));
         s.once('error', reject);
       });
-      const writes = new CountedWrites(socket);
-      const writer = new StreamWriter((bytes) => writes.write(bytes));
       return new LiveTarget(
         options.vm,
         qemu,
         socket,
-        writer,
-        writes,
+        new CountedWrites(socket),
         options.pageOf,
         options.digester,
         join(options.dir, 'ram'),
@@ -77,40 +74,18 @@ export class LiveTarget {
     }
   }
 
-  /** Writes records into the destination, expanding references; throws if a page is not held. */
+  /**
+   * Writes records into the destination, expanding references; throws if a page is not held. A
+   * message's stream goes out as one write, not one per page.
+   */
   write(records: readonly LiveRecord[]): void {
     if (this.failure) throw new LiveTargetError(`VM ${this.vm}: destination stream: ${this.failure.message}`);
-    for (const record of records) {
-      let full: StreamRecord;
-      if (record.kind === 'ref') {
-        const data = this.pageOf(record.digest) ?? this.sentBefore.get(record.digest);
-        if (!data)
-          throw new LiveTargetError(
-            `VM ${this.vm}: a page referenced at ${record.block}+${record.offset} is not held`,
-          );
-        full = { kind: 'page', block: record.block, offset: record.offset, data };
-      } else if (record.kind === 'packed') {
-        const data = decodePage(record.encoding, record.payload);
-        if (!data)
-          throw new LiveTargetError(
-            `VM ${this.vm}: a packed page at ${record.block}+${record.offset} does not decode`,
-          );
-        full = { kind: 'page', block: record.block, offset: record.offset, data };
-        this.remember(data);
-      } else {
-        full = record;
-        if (record.kind === 'page') this.remember(record.data);
-      }
-      this.digest.add(full);
-      this.writer.write(full);
+    try {
+      this.decoder.write(records);
+    } finally {
+      const bytes = this.output.take();
+      if (bytes.length > 0) this.writes.write(bytes);
     }
-  }
-
-  /** Remembers a page that came in full as the coordinator does (StreamPageMemory): if not zero. */
-  private remember(page: Uint8Array): void {
-    if (isZeroPage(page, 0)) return;
-    this.digester.digestInto(page, 0, this.pageDigest, 0);
-    this.sentBefore.remember(this.pageDigest.slice(), page.slice());
   }
 
   /**
@@ -123,7 +98,7 @@ export class LiveTarget {
 
   /**
    * The stream is complete: closes it, waits for the destination to finish loading, compares stream
-   * digests, then reads the loaded guest RAM for the memory check (live-memory-check.ts). Resolves with
+   * digests, then reads the loaded guest RAM for the memory check (memory-check.ts). Resolves with
    * the reason it must not resume, or with the RAM's digests (encoded) when the stream agreed.
    */
   async finish(sourceSha256: string): Promise<{ readonly why: string } | { readonly memory: Uint8Array }> {
@@ -141,7 +116,7 @@ export class LiveTarget {
     const migration = (await this.qemu.qmp.execute('query-migrate')) as { status?: string };
     if (migration.status !== undefined && migration.status !== 'completed')
       return { why: `destination migration status '${migration.status}'` };
-    const own = this.digest.hex();
+    const own = this.decoder.digest.hex();
     if (own !== sourceSha256)
       return { why: `stream digest ${own} differs from the source's ${sourceSha256}` };
     const ram = await openGuestRam(this.qemu.qmp, {
@@ -192,5 +167,30 @@ class CountedWrites {
   taken(): Promise<void> {
     if (this.handedOn === this.written) return Promise.resolve();
     return new Promise((resolve) => this.waiting.push({ at: this.written, resolve }));
+  }
+}
+
+/** Bytes appended (copied) into one buffer that grows as needed; `take` hands them over. */
+export class OutputBuffer {
+  private buffer = Buffer.allocUnsafe(1 << 20);
+  private at = 0;
+
+  append(bytes: Uint8Array): void {
+    if (this.at + bytes.length > this.buffer.length) {
+      const grown = Buffer.allocUnsafe(Math.max(this.buffer.length * 2, this.at + bytes.length));
+      this.buffer.copy(grown, 0, 0, this.at);
+      this.buffer = grown;
+    }
+    this.buffer.set(bytes, this.at);
+    this.at += bytes.length;
+  }
+
+  /** The bytes appended since the last take (a buffer of their own), and a fresh start. */
+  take(): Buffer {
+    if (this.at === 0) return Buffer.alloc(0);
+    const bytes = this.buffer.subarray(0, this.at);
+    this.buffer = Buffer.allocUnsafe(Math.max(1 << 20, this.buffer.length));
+    this.at = 0;
+    return bytes;
   }
 }

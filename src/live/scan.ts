@@ -1,7 +1,7 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { PAGE_SIZE } from '../memory/page.js';
 import { openGuestRam, type GuestRam } from '../qemu/guest-ram.js';
-import { LivePageCollector, type LiveScanOptions, type ScannedLiveVm } from './live-source.js';
+import { LivePageCollector, type LiveScanOptions, type ScannedLiveVm } from './source.js';
 
 /**
  * Phase 3 for a running VM: its RAM read as it runs, without a migration (qemu/guest-ram.ts says how:

@@ -1,16 +1,15 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { DIGEST_BYTES, isZeroPage } from '../memory/page.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import { StreamParser } from '../qemu/migration-stream.js';
 import { openGuestRam, type GuestRamMethod } from '../qemu/guest-ram.js';
 import type { QmpClient } from '../qemu/qmp.js';
-import type { AgentLink } from './agent-link.js';
+import type { AgentLink } from '../scatter/agent-link.js';
+import type { WireBudget } from './wire-budget.js';
 import type { CopyStrategy } from './copy-strategy.js';
-import { compareMemory, decodeMemoryDigests, digestGuestRam } from './live-memory-check.js';
-import { StreamDigest, StreamPageMemory, type LiveRecord } from './live-records.js';
-import { encodePage, PageEncoding } from './page-codec.js';
-import { streamListener, waitMigrationSettled, withTimeout } from './live-source.js';
+import { compareMemory, decodeMemoryDigests, digestGuestRam } from './memory-check.js';
+import { LiveStreamEncoder } from './encoder.js';
+import { streamListener, waitMigrationSettled, withTimeout } from './source.js';
 
 /**
  * Phase 5 for a running VM: QEMU migrates into the coordinator, which passes the stream on to the
@@ -52,6 +51,10 @@ export interface LiveMigrationResult {
   readonly sourceDowntimeMs: number;
   readonly switchoverMs: number;
   readonly seconds: number;
+  /** The most QEMU's auto-converge throttled the guest during the migration (percent of its CPU). */
+  readonly throttlePercent: number;
+  /** The highest dirty rate QEMU's migration itself measured between its passes (bytes/s). */
+  readonly migrationDirtyBytesPerSecond: number;
 }
 
 /** A migration's figures before anything moved (and of one that never started). */
@@ -68,16 +71,14 @@ export const NOTHING_MOVED = {
   seconds: 0,
 } as const;
 
-const MESSAGE_BYTES = 1 << 20;
 /**
- * End-to-end flow control: a message stands for at most this much of QEMU's stream (references put
- * back), and at most MESSAGES_IN_FLIGHT are not yet taken by the destination. So the source's QEMU is
- * read at the rate the destination loads, and when it stops the guest for the last pass the
- * destination is at most about 8 MiB behind, not a whole backlog of expanded references.
+ * End-to-end flow control: at most this many messages (encoder.ts bounds each) are not yet taken
+ * by the destination. So the source's QEMU is read at the rate the destination loads.
  */
-const MESSAGE_STREAM_BYTES = 4 << 20;
 const MESSAGES_IN_FLIGHT = 2;
 const STEP_TIMEOUT_MS = 120_000;
+/** `max-bandwidth` for the migration: high enough never to bind (QEMU takes bytes per second). */
+const QEMU_UNCAPPED_BYTES_PER_SECOND = 100 * 2 ** 30;
 
 export async function migrateLiveVm(options: {
   readonly vm: string;
@@ -92,7 +93,14 @@ export async function migrateLiveVm(options: {
   readonly holds: (digest: Uint8Array) => boolean;
   /** Told of every page sent as data (not held at the target), by its digest. */
   readonly onSentInFull?: (digest: Uint8Array) => void;
-  readonly maxBandwidthBytesPerSecond: number;
+  /** The source link, shared by the job's migrations: each message waits for room on it. */
+  readonly wire?: WireBudget;
+  /**
+   * A cap on QEMU's own stream (bytes/s); none by default (see QEMU_UNCAPPED_BYTES_PER_SECOND). A retry
+   * after a failed memory check sets one: QEMU 7.2's dirty tracking under multi-threaded TCG loses pages
+   * mostly when its stream runs unthrottled.
+   */
+  readonly qemuMaxBandwidth?: number;
   /** Pages sent in full go LZ4-compressed when that shrinks them (uniform pages always as one word). */
   readonly compress: boolean;
   readonly strategy: CopyStrategy;
@@ -110,7 +118,12 @@ export async function migrateLiveVm(options: {
   const started = performance.now();
   const counts: { -readonly [K in keyof typeof NOTHING_MOVED]: number } = { ...NOTHING_MOVED };
   let memoryCheck: LiveMigrationResult['memoryCheck'];
+  let encoder: LiveStreamEncoder | undefined;
+  const observed = { throttlePercent: 0, migrationDirtyBytesPerSecond: 0 };
+  let watching = { stop: () => undefined as void };
   const fail = async (error: unknown): Promise<LiveMigrationResult> => {
+    watching.stop();
+    if (encoder) Object.assign(counts, encoder.counts);
     // Roll back: the destination goes, the source runs on (whether or not it had stopped).
     link.send({ t: 'live-abort', vm });
     await source.execute('migrate_cancel').catch(() => undefined);
@@ -123,6 +136,7 @@ export async function migrateLiveVm(options: {
       ...(error instanceof MemoryMismatch ? { memoryMismatch: true } : {}),
       ...(memoryCheck ? { memoryCheck } : {}),
       ...counts,
+      ...observed,
       seconds: (performance.now() - started) / 1000,
     };
   };
@@ -132,27 +146,35 @@ export async function migrateLiveVm(options: {
     link.send({ t: 'live-incoming', vm, command: [...options.command] });
     await link.next('live-ready', (m) => m.vm === vm, STEP_TIMEOUT_MS);
     options.signal?.throwIfAborted();
+    // QEMU's own cap would apply to its whole stream, references included: the link's cap is ours
+    // (options.wire), on what crosses it, and end-to-end acks give QEMU the real rate.
     await source.execute('migrate-set-parameters', {
-      'max-bandwidth': Math.max(1, Math.round(options.maxBandwidthBytesPerSecond)),
+      'max-bandwidth': Math.round(options.qemuMaxBandwidth ?? QEMU_UNCAPPED_BYTES_PER_SECOND),
       'downtime-limit': Math.max(1, Math.round(options.downtimeLimitMs)),
     });
+    // Auto-converge is armed for every precopy: QEMU throttles the guest only if its pages dirty faster
+    // than they cross, so a dirty rate measured wrong before the migration is corrected during it.
+    // The auto-converge strategy (a rate measured near the bandwidth share) starts throttling harder.
     await source.execute('migrate-set-capabilities', {
-      capabilities: [{ capability: 'auto-converge', state: options.strategy === 'precopy-auto-converge' }],
+      capabilities: [{ capability: 'auto-converge', state: options.strategy !== 'stop-and-copy' }],
+    });
+    await source.execute('migrate-set-parameters', {
+      'cpu-throttle-initial': options.strategy === 'precopy-auto-converge' ? 40 : 20,
     });
     // Stop-and-copy: the guest stops for the whole copy (it could not converge, or is tiny); a
     // rollback resumes it.
     if (options.strategy === 'stop-and-copy') await source.execute('stop');
     await source.execute('migrate', { uri: `unix:${join(options.runDir, `${vm}.out`)}` });
     const socket = await withTimeout(listener.accepted, 30_000, `VM ${vm}: QEMU did not connect`);
+    watching = watchMigration(source, observed);
     // A complete stream ends with the VM description: one cut short inside device state is refused.
     const parser = new StreamParser();
-    const digest = new StreamDigest();
-    const hash = new Uint8Array(DIGEST_BYTES);
-    const sentBefore = new StreamPageMemory();
-    let batch: LiveRecord[] = [];
-    let batchBytes = 0;
-    // Stream bytes the batch stands for once the target puts referenced pages back.
-    let batchStreamBytes = 0;
+    encoder = new LiveStreamEncoder({
+      digester: options.digester,
+      holds: options.holds,
+      ...(options.onSentInFull ? { onSentInFull: options.onSentInFull } : {}),
+      compress: options.compress,
+    });
     let unacknowledged = 0;
     // Counted down before each wait, so two waiters at once never wait for the same ack.
     const acknowledged = async (atMost: number) => {
@@ -163,13 +185,12 @@ export async function migrateLiveVm(options: {
     };
     let flushing: Promise<void> = Promise.resolve();
     const flush = async () => {
-      if (batch.length === 0) return;
-      link.send({ t: 'live-stream', vm, records: batch });
+      const message = encoder!.take();
+      if (!message) return;
+      await options.wire?.take(message.wireBytes);
+      link.send({ t: 'live-stream', vm, records: message.records });
       unacknowledged++;
-      counts.sentBytes += batchBytes;
-      batch = [];
-      batchBytes = 0;
-      batchStreamBytes = 0;
+      counts.sentBytes += message.wireBytes;
       await link.drain();
       await acknowledged(MESSAGES_IN_FLIGHT - 1);
     };
@@ -201,37 +222,8 @@ export async function migrateLiveVm(options: {
           socket.destroy();
           return reject(error);
         }
-        for (const record of records) {
-          digest.add(record);
-          if (record.kind === 'page' && !isZeroPage(record.data, 0)) {
-            options.digester.digestInto(record.data, 0, hash, 0);
-            if (options.holds(hash) || sentBefore.has(hash)) {
-              counts.referencedPages++;
-              batch.push({ kind: 'ref', block: record.block, offset: record.offset, digest: hash.slice() });
-              batchBytes += 40;
-              batchStreamBytes += record.data.length;
-              continue;
-            }
-            counts.sentPages++;
-            sentBefore.remember(hash);
-            options.onSentInFull?.(hash);
-            const { encoding, payload } = encodePage(record.data, options.compress);
-            if (encoding === PageEncoding.Raw) {
-              batch.push({ ...record, data: record.data.slice() });
-              batchBytes += record.data.length + 24;
-            } else {
-              counts.compressedPages++;
-              batch.push({ kind: 'packed', block: record.block, offset: record.offset, encoding, payload });
-              batchBytes += payload.length + 24;
-            }
-            batchStreamBytes += record.data.length;
-            continue;
-          }
-          if (record.kind === 'zero' || record.kind === 'page') counts.zeroPages++;
-          batch.push(copyRecord(record));
-          batchBytes += 24 + ('bytes' in record ? record.bytes.length : 0);
-        }
-        if (batchBytes >= MESSAGE_BYTES || batchStreamBytes >= MESSAGE_STREAM_BYTES) {
+        for (const record of records) encoder!.add(record);
+        if (encoder!.full) {
           socket.pause();
           flushing = flush();
           flushing.then(
@@ -255,13 +247,15 @@ export async function migrateLiveVm(options: {
     });
     // QEMU closes the stream once its migration completed: the guest is stopped from then on.
     const streamEnded = performance.now();
+    watching.stop();
     // A paused socket still closes: the flush its last chunk started may still be under way.
     await flushing;
     await flush();
     await acknowledged(0);
     const status = await waitMigrationSettled(source);
     if (status !== 'completed') throw new Error(`VM ${vm}: the source's migration ended '${status}'`);
-    link.send({ t: 'live-end', vm, sha256: digest.hex() });
+    Object.assign(counts, encoder.counts);
+    link.send({ t: 'live-end', vm, sha256: encoder.digest.hex() });
     // The source is stopped now: its RAM is read while the target loads the stream's end and reads its
     // own, and the two must agree chunk for chunk before the target may run.
     const checkStarted = performance.now();
@@ -294,6 +288,7 @@ export async function migrateLiveVm(options: {
       ok: true,
       ...(memoryCheck ? { memoryCheck } : {}),
       ...counts,
+      ...observed,
       downtimeMs: (info.downtime ?? 0) + switchoverMs,
       sourceDowntimeMs: info.downtime ?? 0,
       switchoverMs,
@@ -306,14 +301,32 @@ export async function migrateLiveVm(options: {
   }
 }
 
+/**
+ * Polls the running migration for what QEMU measured of the guest: how much auto-converge throttled it
+ * and the dirty rate between passes (the figure the strategy was chosen on, but from the migration's
+ * own dirty bitmap instead of a sample).
+ */
+function watchMigration(
+  source: QmpClient,
+  observed: { throttlePercent: number; migrationDirtyBytesPerSecond: number },
+): { stop: () => void } {
+  const timer = setInterval(() => {
+    source.execute('query-migrate').then(
+      (info) => {
+        const { ram, 'cpu-throttle-percentage': throttle } = info as {
+          ram?: { 'dirty-pages-rate'?: number; 'page-size'?: number };
+          'cpu-throttle-percentage'?: number;
+        };
+        observed.throttlePercent = Math.max(observed.throttlePercent, throttle ?? 0);
+        const rate = (ram?.['dirty-pages-rate'] ?? 0) * (ram?.['page-size'] ?? 4096);
+        observed.migrationDirtyBytesPerSecond = Math.max(observed.migrationDirtyBytesPerSecond, rate);
+      },
+      () => undefined,
+    );
+  }, 500);
+  timer.unref();
+  return { stop: () => clearInterval(timer) };
+}
+
 /** The target's memory differs from the source's: the one failure another attempt may cure. */
 class MemoryMismatch extends Error {}
-
-/** Records that may alias the parser's chunk are copied before they are queued. */
-function copyRecord(record: LiveRecord): LiveRecord {
-  if (record.kind === 'tail' || record.kind === 'config') return { ...record, bytes: record.bytes.slice() };
-  if (record.kind === 'page') return { ...record, data: record.data.slice() };
-  if (record.kind === 'zero') return { ...record };
-  if (record.kind === 'command') return { ...record, data: record.data.slice() };
-  return record;
-}

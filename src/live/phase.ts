@@ -1,19 +1,21 @@
 import { DigestTable } from '../memory/digest-table.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
-import type { QmpClient } from '../qemu/qmp.js';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
 import type { Topology } from '../topology/model.js';
-import type { AgentLink } from './agent-link.js';
-import type { HeldDigests } from './digest-set.js';
-import type { JobScan } from './job-scan.js';
-import type { ScannedLiveVm } from './live-source.js';
-import type { SendRound } from './job-work.js';
+import type { AgentLink } from '../scatter/agent-link.js';
+import type { HeldDigests } from '../scatter/digest-set.js';
+import type { JobScan } from '../scatter/job-scan.js';
+import type { ScannedLiveVm } from './source.js';
+import type { SendRound } from '../scatter/job-work.js';
 import { chooseCopyStrategy, type CopyDecision } from './copy-strategy.js';
-import { migrateLiveVm, NOTHING_MOVED, type LiveMigrationResult } from './live-migrate.js';
+import { startDirtyRates, type DirtyRateProbe } from './dirty-rate.js';
+import { migrateLiveVm, NOTHING_MOVED, type LiveMigrationResult } from './migrate.js';
+import { WireBudget } from './wire-budget.js';
 
 /**
- * Phase 5 for running VMs: up to `maxParallel` at once, sharing the source's link evenly, each with
+ * Phase 5 for running VMs: all at once by default (`maxParallel` bounds it), sharing the source's link
+ * (one budget on the bytes that cross it, WireBudget), each with
  * the copy strategy its measured dirty rate calls for, and each sent by reference to what its target
  * holds: pages announced before the job, and pages multicast to it in rounds it reported complete.
  */
@@ -34,8 +36,13 @@ export async function migrateLiveVms(options: {
   readonly compress: boolean;
   readonly onVerdict: (done: number, total: number) => void;
   readonly downtimeLimitMs?: number;
-  /** Migrations at once (they share the source's link: each gets its share of the bandwidth). */
+  /** Migrations at once (default: all; they share the source's link). */
   readonly maxParallel?: number;
+  /**
+   * Dirty rates measured since before seeding (started with startDirtyRates on `pending`'s QEMUs in
+   * that order); measured here otherwise.
+   */
+  readonly dirtyRates?: DirtyRateProbe;
   /** Seconds allowed per GiB of guest memory, and what happens on expiry. */
   readonly timeoutPerGiB?: { readonly seconds: number; readonly action: 'abort' | 'stop-and-copy' };
   readonly signal?: AbortSignal;
@@ -43,10 +50,16 @@ export async function migrateLiveVms(options: {
   const results = new Map<number, LiveVmResult>();
   if (options.pending.length === 0) return results;
   const digester = new PageDigester(deriveDigestKey(options.secret));
-  const dirty = await measureDirtyRates(options.pending.map((v) => options.scan.qmp.get(v)!));
-  const parallel = Math.max(1, Math.min(options.maxParallel ?? 1, options.pending.length));
+  const probe = options.dirtyRates ?? startDirtyRates(options.pending.map((v) => options.scan.qmp.get(v)!));
+  const dirty = await probe.rates();
+  const parallel = Math.max(
+    1,
+    Math.min(options.maxParallel ?? options.pending.length, options.pending.length),
+  );
   const downtimeLimitMs = options.downtimeLimitMs ?? QEMU_DOWNTIME_LIMIT_MS;
+  // Each VM's share of the link, for its copy strategy; the link itself is one budget for all.
   const bandwidth = options.bandwidthBytesPerSecond / parallel;
+  const wire = new WireBudget(options.bandwidthBytesPerSecond);
   const newContent = new NewContentTally(options.plan.targets.length);
   let next = 0;
   const worker = async () => {
@@ -82,7 +95,9 @@ export async function migrateLiveVms(options: {
                 digester,
                 holds: (digest) => options.holds(target, digest),
                 onSentInFull: (digest) => newContent.sent(v, target, digest),
-                maxBandwidthBytesPerSecond: bandwidth,
+                wire,
+                // A retry after a failed memory check runs QEMU's stream at the VM's share of the link.
+                ...(rollbacks.length > 0 ? { qemuMaxBandwidth: bandwidth } : {}),
                 compress: options.compress,
                 strategy: copy.strategy,
                 downtimeLimitMs,
@@ -162,46 +177,21 @@ export class NewContentTally {
 }
 
 /**
- * Attempts after a failed memory check. QEMU 7.2's dirty tracking under multi-threaded TCG loses a
- * page now and then; a new attempt starts from a full pass, so a second failure in a row is rare.
+ * Attempts after a failed memory check. QEMU 7.2's dirty tracking under multi-threaded TCG loses pages
+ * now and then, mostly when its stream runs unthrottled; a new attempt starts from a full pass with
+ * QEMU's stream capped at the VM's share of the link, so a second failure in a row is rarer.
  */
 export const MEMORY_CHECK_RETRIES = 2;
 
 /** QEMU's default downtime limit, which vmscatter leaves as it is. */
 export const QEMU_DOWNTIME_LIMIT_MS = 300;
-const DIRTY_RATE_SECONDS = 1;
 
-/**
- * Each VM's dirty rate (bytes/s), measured by QEMU over one second, all VMs at once. A VM whose QEMU
- * cannot measure it (an older QEMU) counts as idle: precopy then, which is QEMU's own default.
- */
-export async function measureDirtyRates(clients: readonly QmpClient[]): Promise<number[]> {
-  const started = await Promise.all(
-    clients.map((qmp) =>
-      qmp.execute('calc-dirty-rate', { 'calc-time': DIRTY_RATE_SECONDS }).then(
-        () => true,
-        () => false,
-      ),
-    ),
-  );
-  await new Promise((r) => setTimeout(r, DIRTY_RATE_SECONDS * 1000 + 100));
-  return Promise.all(
-    clients.map(async (qmp, i) => {
-      if (!started[i]) return 0;
-      for (let tries = 0; tries < 50; tries++) {
-        const info = (await qmp.execute('query-dirty-rate').catch(() => ({}))) as {
-          status?: string;
-          'dirty-rate'?: number;
-        };
-        if (info.status === 'measured') return (info['dirty-rate'] ?? 0) * 2 ** 20;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      return 0;
-    }),
-  );
-}
-
-const notMigrated: LiveMigrationResult = { ok: false, ...NOTHING_MOVED };
+const notMigrated: LiveMigrationResult = {
+  ok: false,
+  ...NOTHING_MOVED,
+  throttlePercent: 0,
+  migrationDirtyBytesPerSecond: 0,
+};
 
 /**
  * What a target holds, as far as a running VM's stream may refer to it: what it announced before the
@@ -233,6 +223,8 @@ export function liveSummary(result: LiveVmResult) {
     memoryCheck: result.memoryCheck ?? null,
     rollbacks: result.rollbacks,
     dirtyBytesPerSecond: Math.round(result.dirtyBytesPerSecond),
+    migrationDirtyBytesPerSecond: Math.round(result.migrationDirtyBytesPerSecond),
+    throttlePercent: result.throttlePercent,
     downtimeMs: result.downtimeMs,
     sourceDowntimeMs: result.sourceDowntimeMs,
     switchoverMs: result.switchoverMs,

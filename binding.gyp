@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "vmscatter_native",
+      "sources": ["native/page-digest.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
+    }
+  ]
+}

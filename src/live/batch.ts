@@ -1,0 +1,157 @@
+import { VmscatterError } from '../errors.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
+
+/**
+ * The page records of a live stream as they cross the control channel: a run of entries of one RAM
+ * block packed into one byte array, so that a message of thousands of pages is one buffer to encode,
+ * encrypt and decode, not thousands of objects. An entry is a type byte, the page number within the
+ * block (u32 LE), then:
+ *
+ *   Zero     fill byte                     QEMU's zero record
+ *   ZeroData -                             a page record whose 4096 bytes are all zero
+ *   Ref      digest (16 bytes)             a page the target holds, or that this stream carried before
+ *   Raw      4096 bytes                    a page sent in full
+ *   Packed   encoding u8, length u16 LE,   a page sent in full, encoded smaller (page-codec.ts)
+ *            payload
+ */
+export const enum EntryType {
+  Zero = 0,
+  ZeroData = 1,
+  Ref = 2,
+  Raw = 3,
+  Packed = 4,
+}
+
+export class LiveBatchError extends VmscatterError {
+  constructor(message: string) {
+    super('VMS_PROTOCOL', `live stream batch: ${message}`, 7);
+  }
+}
+
+/** Appends entries to one growing buffer; `take()` hands the bytes over and starts afresh. */
+export class EntryWriter {
+  private buffer: Uint8Array;
+  private view: DataView;
+  private at = 0;
+  /** Entries written since the last take. */
+  count = 0;
+
+  constructor(initialBytes = 64 << 10) {
+    this.buffer = new Uint8Array(initialBytes);
+    this.view = new DataView(this.buffer.buffer);
+  }
+
+  get length(): number {
+    return this.at;
+  }
+
+  zero(page: number, fill: number): void {
+    this.head(EntryType.Zero, page, 1);
+    this.buffer[this.at++] = fill;
+  }
+
+  zeroData(page: number): void {
+    this.head(EntryType.ZeroData, page, 0);
+  }
+
+  ref(page: number, digest: Uint8Array): void {
+    this.head(EntryType.Ref, page, DIGEST_BYTES);
+    this.buffer.set(digest.subarray(0, DIGEST_BYTES), this.at);
+    this.at += DIGEST_BYTES;
+  }
+
+  raw(page: number, data: Uint8Array): void {
+    this.head(EntryType.Raw, page, PAGE_SIZE);
+    this.buffer.set(data.subarray(0, PAGE_SIZE), this.at);
+    this.at += PAGE_SIZE;
+  }
+
+  packed(page: number, encoding: number, payload: Uint8Array): void {
+    this.head(EntryType.Packed, page, 3 + payload.length);
+    this.buffer[this.at] = encoding;
+    this.view.setUint16(this.at + 1, payload.length, true);
+    this.buffer.set(payload, this.at + 3);
+    this.at += 3 + payload.length;
+  }
+
+  /** A copy of the entries written (the buffer is reused), and a fresh start. */
+  take(): Uint8Array {
+    const bytes = this.buffer.slice(0, this.at);
+    this.at = 0;
+    this.count = 0;
+    return bytes;
+  }
+
+  private head(type: EntryType, page: number, bodyBytes: number): void {
+    const needed = this.at + 5 + bodyBytes;
+    if (needed > this.buffer.length) {
+      const grown = new Uint8Array(Math.max(needed, this.buffer.length * 2));
+      grown.set(this.buffer.subarray(0, this.at));
+      this.buffer = grown;
+      this.view = new DataView(grown.buffer);
+    }
+    this.buffer[this.at] = type;
+    this.view.setUint32(this.at + 1, page, true);
+    this.at += 5;
+    this.count++;
+  }
+}
+
+/** One entry as read; `body` aliases the batch. */
+export interface Entry {
+  readonly type: EntryType;
+  readonly page: number;
+  /** Zero: the fill byte; Packed: the encoding. */
+  readonly value: number;
+  /** Ref: the digest; Raw: the page; Packed: the payload; else empty. */
+  readonly body: Uint8Array;
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** Reads every entry of a batch; a truncated or unknown entry is a LiveBatchError. */
+export function* readEntries(bytes: Uint8Array): Generator<Entry> {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let at = 0;
+  const need = (n: number) => {
+    if (at + n > bytes.length) throw new LiveBatchError(`an entry is cut short at byte ${at}`);
+  };
+  while (at < bytes.length) {
+    need(5);
+    const type = bytes[at]!;
+    const page = view.getUint32(at + 1, true);
+    at += 5;
+    switch (type) {
+      case EntryType.Zero:
+        need(1);
+        yield { type, page, value: bytes[at++]!, body: EMPTY };
+        break;
+      case EntryType.ZeroData:
+        yield { type, page, value: 0, body: EMPTY };
+        break;
+      case EntryType.Ref:
+        need(DIGEST_BYTES);
+        yield { type, page, value: 0, body: bytes.subarray(at, at + DIGEST_BYTES) };
+        at += DIGEST_BYTES;
+        break;
+      case EntryType.Raw:
+        need(PAGE_SIZE);
+        yield { type, page, value: 0, body: bytes.subarray(at, at + PAGE_SIZE) };
+        at += PAGE_SIZE;
+        break;
+      case EntryType.Packed: {
+        need(3);
+        const encoding = bytes[at]!;
+        const length = view.getUint16(at + 1, true);
+        at += 3;
+        if (length >= PAGE_SIZE) throw new LiveBatchError(`a packed page of ${length} bytes`);
+        need(length);
+        yield { type, page, value: encoding, body: bytes.subarray(at, at + length) };
+        at += length;
+        break;
+      }
+      default:
+        throw new LiveBatchError(`unknown entry type ${type} at byte ${at - 5}`);
+    }
+  }
+}

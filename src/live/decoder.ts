@@ -1,0 +1,102 @@
+import { VmscatterError } from '../errors.js';
+import { DIGEST_BYTES, isZeroPage, PAGE_SIZE } from '../memory/page.js';
+import type { PageDigester } from '../memory/page-digest.js';
+import type { StreamRecord } from '../qemu/migration-stream.js';
+import { EntryType, readEntries } from './batch.js';
+import { StreamDigest, StreamPageMemory, type LiveRecord } from './records.js';
+import { decodePage } from '../scatter/page-codec.js';
+
+/**
+ * The agent's half of a live stream, without I/O: LiveRecords in, QEMU's records out (to `sink`, which
+ * writes them into the destination), with references put back from the store or from what the stream
+ * carried before. Pages sent in full are digested from the bytes written (they are remembered by
+ * digest, and a packed page that decodes wrong shows as a stream digest mismatch); a referenced page
+ * of the guest's main RAM enters the canonical digest by its reference, unhashed, because the memory
+ * check (memory-check.ts) compares that RAM itself before the guest may run; a referenced page of
+ * any other block (ROMs, which the memory check does not read) is hashed from the store's bytes, so a
+ * store page gone bad on disk shows there.
+ */
+export class LiveDecodeError extends VmscatterError {
+  constructor(message: string) {
+    super('VMS_LIVE', message, 7);
+  }
+}
+
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
+
+export class LiveStreamDecoder {
+  readonly digest = new StreamDigest();
+  private readonly sentBefore = new StreamPageMemory();
+  private readonly hash = new Uint8Array(DIGEST_BYTES);
+  /** Where the store reads a referenced page (the sink copies what it is given). */
+  private readonly scratch = new Uint8Array(PAGE_SIZE);
+  /** The largest RAM block of the stream's block list: the guest's main RAM. */
+  private mainBlock = '';
+
+  constructor(
+    private readonly vm: string,
+    private readonly options: {
+      /** A held page, read into `into` or returned as is; valid until the next call. */
+      readonly pageOf: (digest: Uint8Array, into: Uint8Array) => Uint8Array | undefined;
+      readonly digester: PageDigester;
+      readonly sink: (record: StreamRecord) => void;
+    },
+  ) {}
+
+  /** Expands and passes on the records; throws LiveDecodeError when a page cannot be put back. */
+  write(records: readonly LiveRecord[]): void {
+    for (const record of records) {
+      if (record.kind !== 'pages') {
+        if (record.kind === 'ram-blocks' && record.blocks.length > 0)
+          this.mainBlock = record.blocks.reduce((a, b) => (b.length > a.length ? b : a)).name;
+        this.digest.add(record);
+        this.options.sink(record);
+        continue;
+      }
+      const { block } = record;
+      for (const entry of readEntries(record.entries)) {
+        const offset = entry.page * PAGE_SIZE;
+        switch (entry.type) {
+          case EntryType.Zero:
+            this.digest.zero(block, offset, entry.value);
+            this.options.sink({ kind: 'zero', block, offset, fill: entry.value });
+            continue;
+          case EntryType.ZeroData:
+            this.digest.page(block, offset, undefined);
+            this.options.sink({ kind: 'page', block, offset, data: ZERO_PAGE });
+            continue;
+          case EntryType.Ref: {
+            const data = this.options.pageOf(entry.body, this.scratch) ?? this.sentBefore.get(entry.body);
+            if (!data)
+              throw new LiveDecodeError(`VM ${this.vm}: a page referenced at ${block}+${offset} is not held`);
+            if (block !== this.mainBlock) this.page(block, offset, data, false);
+            else {
+              this.digest.page(block, offset, entry.body);
+              this.options.sink({ kind: 'page', block, offset, data });
+            }
+            continue;
+          }
+          case EntryType.Raw:
+            this.page(block, offset, entry.body.slice(), true);
+            continue;
+          case EntryType.Packed: {
+            const data = decodePage(entry.value, entry.body);
+            if (!data)
+              throw new LiveDecodeError(`VM ${this.vm}: a packed page at ${block}+${offset} does not decode`);
+            this.page(block, offset, data, true);
+            continue;
+          }
+        }
+      }
+    }
+  }
+
+  private page(block: string, offset: number, data: Uint8Array, inFull: boolean): void {
+    const { hash } = this;
+    this.options.digester.digestInto(data, 0, hash, 0);
+    this.digest.page(block, offset, hash);
+    // Remembered as the coordinator does (StreamPageMemory): pages sent in full, not zero.
+    if (inFull && !isZeroPage(data, 0)) this.sentBefore.remember(hash.slice(), data);
+    this.options.sink({ kind: 'page', block, offset, data });
+  }
+}

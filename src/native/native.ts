@@ -1,0 +1,39 @@
+import { createRequire } from 'node:module';
+
+/**
+ * The project's own native addon (`native/`, built by `npm ci` with node-gyp against the installed
+ * Node's headers; `binding.gyp` at the top). Hot paths use it where it is loaded and fall back to
+ * Node's own APIs where it is not (a checkout compiled with tsc alone); `test/unit/native.test.ts`
+ * fails when an install did not build it.
+ */
+export interface NativeAddon {
+  /** The SHA-256 state after a 64-byte key, for digestPages. */
+  keyedState(key: Uint8Array): object;
+  /** Writes the first 16 bytes of SHA-256(key || page) of `count` 4 KiB pages to `out`. */
+  digestPages(
+    state: object,
+    pages: Uint8Array,
+    offset: number,
+    count: number,
+    out: Uint8Array,
+    outOffset: number,
+  ): void;
+}
+
+function load(): NativeAddon | undefined {
+  const require = createRequire(import.meta.url);
+  // From dist/src/native/ (compiled) to the package root's build/.
+  for (const path of [
+    '../../../build/Release/vmscatter_native.node',
+    '../../build/Release/vmscatter_native.node',
+  ]) {
+    try {
+      return require(path) as NativeAddon;
+    } catch {
+      // not built there
+    }
+  }
+  return undefined;
+}
+
+export const native: NativeAddon | undefined = load();
