@@ -1,5 +1,6 @@
 import { isIPv4 } from 'node:net';
 import { InputError } from '../errors.js';
+import { resolveProgram } from '../qemu/command-policy.js';
 import { Agent } from '../scatter/agent.js';
 import { readSecretFile } from '../scatter/workspace.js';
 import { loadTopology } from '../topology/load.js';
@@ -9,6 +10,8 @@ export interface AgentCommandOptions {
   readonly host: string;
   readonly dir?: string;
   readonly secretFile?: string;
+  /** Emulators a destination may run (paths); default: every qemu-system-* on PATH. */
+  readonly allowEmulator?: readonly string[];
   /** Stop when stdin closes: set by a coordinator that starts the agent, so it never outlives it. */
   readonly exitOnStdinClose?: boolean;
 }
@@ -37,6 +40,7 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
     multicastInterface: isIPv4(host.address) ? host.address : '0.0.0.0',
     dir: options.dir ?? `.vmscatter/agents/${host.name}`,
     secret: readSecretFile(secretFile),
+    ...(options.allowEmulator ? { emulators: allowedEmulators(options.allowEmulator) } : {}),
     log,
   });
   // Its coordinator reads stdout; if that one is gone, stdin's end says so and stops the agent.
@@ -60,5 +64,14 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
       process.stdin.once('error', closed);
       process.stdin.resume(); // nothing is expected on it; reading is how its end is seen
     }
+  });
+}
+
+/** The emulators named on the command line, resolved; one that is not an executable is a user error. */
+function allowedEmulators(paths: readonly string[]): string[] {
+  return paths.map((path) => {
+    const resolved = resolveProgram(path);
+    if (!resolved) throw new InputError(`--allow-emulator ${path}: not an executable file`);
+    return resolved;
   });
 }

@@ -133,6 +133,10 @@ program
   .requiredOption('--host <name>', "this host's name in the topology")
   .addOption(topologyOption())
   .option('--dir <dir>', 'state directory: content store and rebuilt images (default .vmscatter/agents/HOST)')
+  .option(
+    '--allow-emulator <path...>',
+    'emulators a destination may run (default: every qemu-system-* on PATH); nothing else is started',
+  )
   .addOption(secretFileOption())
   .addOption(
     // For coordinators that start agents themselves (local agents): the agent never outlives them.

@@ -144,7 +144,9 @@ export async function migrateLiveVm(options: {
   const listener = streamListener(join(options.runDir, `${vm}.out`));
   try {
     link.send({ t: 'live-incoming', vm, command: [...options.command] });
-    await link.next('live-ready', (m) => m.vm === vm, STEP_TIMEOUT_MS);
+    const ready = await link.next(['live-ready', 'live-refused'], (m) => m.vm === vm, STEP_TIMEOUT_MS);
+    if (ready.t === 'live-refused')
+      throw new Error(`VM ${vm}: ${link.host.name} refused to start its destination: ${ready.error}`);
     options.signal?.throwIfAborted();
     // QEMU's own cap would apply to its whole stream, references included: the link's cap is ours
     // (options.wire), on what crosses it, and end-to-end acks give QEMU the real rate.

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { connectQmp, type QmpClient } from './qmp.js';
@@ -49,11 +49,27 @@ export async function startIncomingQemu(options: {
   let stderr = '';
   child.stderr!.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
   const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+  // The sockets this QEMU made, by inode: a kill removes only those. A rollback's kill can finish after
+  // the next attempt's QEMU has made its own sockets at the same paths, which must stay.
+  const made = new Map<string, number>();
+  const remember = (path: string) => {
+    if (made.has(path)) return;
+    try {
+      made.set(path, statSync(path).ino);
+    } catch {
+      // not made (yet)
+    }
+  };
   const kill = async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await exited;
-    rmSync(qmpSocket, { force: true });
-    rmSync(streamSocket, { force: true });
+    for (const [path, ino] of made) {
+      try {
+        if (statSync(path).ino === ino) rmSync(path, { force: true });
+      } catch {
+        // gone already
+      }
+    }
   };
   const died = exited.then((): never => {
     throw new QemuLaunchError(`VM ${options.vm}: ${binary} exited at start: ${stderr.trim()}`);
@@ -65,7 +81,9 @@ export async function startIncomingQemu(options: {
       connectQmp(qmpSocket, { connectTimeoutMs: 15_000, signal: connecting.signal }),
       died,
     ]);
+    remember(qmpSocket);
     await qmp.execute('migrate-incoming', { uri: `unix:${streamSocket}` });
+    remember(streamSocket);
     return {
       qmp,
       process: child,

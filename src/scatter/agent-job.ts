@@ -13,6 +13,7 @@ import type { AgentOptions } from './agent.js';
 import { chooseAnnouncement } from './digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
 import { LiveTarget } from '../live/target.js';
+import { defaultEmulators, refuseCommand } from '../qemu/command-policy.js';
 import { decodeManifest } from './manifest.js';
 import { decodeBatch, sliceBatch } from './page-batches.js';
 import { PROTOCOL_VERSION, type FromAgent, type ToAgent, type VerifiedImage } from './protocol.js';
@@ -215,6 +216,14 @@ export class AgentJob {
     switch (message.t) {
       case 'live-incoming': {
         this.liveFailures.delete(vm);
+        const refused = refuseCommand(message.command, {
+          emulators: this.options.emulators ?? defaultEmulators(),
+          ownDir: join(this.options.dir, 'run'),
+        });
+        if (refused) {
+          this.agent.log(`job ${this.id}: ${vm}: refused to start its destination: ${refused}`);
+          return this.reply({ t: 'live-refused', vm, error: refused });
+        }
         const started = await LiveTarget.start({
           vm,
           command: message.command,

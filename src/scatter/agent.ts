@@ -1,10 +1,11 @@
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { listenControl, type ControlChannel, type ControlServer } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
 import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
 import { connectQmp } from '../qemu/qmp.js';
 import { AgentJob, imagesDir } from './agent-job.js';
+import { ensurePrivateDir } from './file-io.js';
 import { parseToAgent, type FromAgent } from './protocol.js';
 import { answerFetch } from './site-peers.js';
 import { TemplateStore } from './template-store.js';
@@ -31,6 +32,12 @@ export interface AgentOptions {
   readonly secret: Uint8Array;
   /** Pages the template store keeps between jobs (the most widely held ones). */
   readonly templateCapacityPages?: number;
+  /**
+   * The emulators a destination may be started with (resolved paths); default: every `qemu-system-*`
+   * on PATH. Any other program, and options that take QEMU away from the agent, are refused
+   * (qemu/command-policy.ts).
+   */
+  readonly emulators?: readonly string[];
   readonly log?: (line: string) => void;
 }
 
@@ -50,8 +57,10 @@ export class Agent {
   ) {}
 
   static async start(options: AgentOptions): Promise<Agent> {
-    mkdirSync(imagesDir(options.dir), { recursive: true });
-    mkdirSync(join(options.dir, 'run'), { recursive: true });
+    // Guest memory lives here (the store, images, destinations' scratch): its owner's only.
+    ensurePrivateDir(options.dir);
+    ensurePrivateDir(imagesDir(options.dir));
+    ensurePrivateDir(join(options.dir, 'run'));
     await sweepStaleDestinations(join(options.dir, 'run'), options.log);
     sweepPartialImages(options.dir);
     const store = TemplateStore.open(join(options.dir, 'store'), {

@@ -1,8 +1,8 @@
-import { closeSync, fstatSync, ftruncateSync, fsyncSync, mkdirSync } from 'node:fs';
+import { closeSync, fstatSync, ftruncateSync, fsyncSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { DigestTable } from '../memory/digest-table.js';
-import { openForUpdate, readFully, writeFully } from './file-io.js';
+import { ensurePrivateDir, openForUpdate, readFully, writeFully } from './file-io.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 
 /**
@@ -53,7 +53,7 @@ export class ContentStore {
   /** Opens (creating if needed) the store in `dir`. */
   static open(dir: string): ContentStore {
     try {
-      mkdirSync(dir, { recursive: true });
+      ensurePrivateDir(dir);
       return new ContentStore(
         dir,
         openForUpdate(join(dir, 'pages.bin')),

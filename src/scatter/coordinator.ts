@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
@@ -10,6 +9,7 @@ import { plannedReport, type ScatterReport, type TargetReport, type VmReport } f
 import { scanJob } from './job-scan.js';
 import { planJobWork } from './job-work.js';
 import { startDirtyRates } from '../live/dirty-rate.js';
+import { ensurePrivateDir } from './file-io.js';
 import { heldForLive, liveSummary, migrateLiveVms } from '../live/phase.js';
 import type { CompressionMode } from './page-codec.js';
 import { preflightProblems, preflightTargets, PreflightError } from './preflight.js';
@@ -94,7 +94,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
     t = performance.now();
     progress({ phase: 'scan', done: 0, total: 1, unit: 'pages' });
     const runDir = join(options.workDir ?? '.vmscatter', 'run');
-    mkdirSync(runDir, { recursive: true });
+    ensurePrivateDir(runDir);
     const scan = await scanJob(topology, {
       secret: options.secret,
       runDir,

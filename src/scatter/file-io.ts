@@ -1,11 +1,23 @@
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync, readSync, writeSync } from 'node:fs';
 import { VmscatterError } from '../errors.js';
 
 /** Positioned file I/O for the stores and images: whole reads and writes, whatever the kernel returns. */
 
+/**
+ * A directory that holds guest memory (stores, images, a migration's scratch): made if missing, and
+ * readable by its owner only whatever the umask or an earlier run left.
+ */
+export function ensurePrivateDir(path: string): void {
+  mkdirSync(path, { recursive: true, mode: 0o700 });
+  chmodSync(path, 0o700);
+}
+
+/** Mode of every file holding guest memory: its owner's only. */
+export const PRIVATE_FILE_MODE = 0o600;
+
 /** Opens for positioned reads and writes, creating the file (not append mode: it ignores positions). */
 export function openForUpdate(path: string): number {
-  closeSync(openSync(path, 'a'));
+  closeSync(openSync(path, 'a', PRIVATE_FILE_MODE));
   return openSync(path, 'r+');
 }
 

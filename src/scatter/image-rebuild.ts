@@ -3,7 +3,7 @@ import { closeSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, rm
 import { VmscatterError } from '../errors.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { DiskFullError } from './content-store.js';
-import { writeFully } from './file-io.js';
+import { writeFully, PRIVATE_FILE_MODE } from './file-io.js';
 import { ZERO_ENTRY } from './manifest.js';
 
 /**
@@ -40,7 +40,7 @@ const RUN_PAGES = 256;
 
 export function rebuildImage(request: RebuildRequest): RebuildResult {
   const partial = `${request.path}.partial`;
-  const fd = openSync(partial, 'w');
+  const fd = openSync(partial, 'w', PRIVATE_FILE_MODE);
   let finished = false;
   try {
     ftruncateSync(fd, request.entries.length * PAGE_SIZE);

@@ -7,7 +7,7 @@
  *   seed* -> seeded* (one per multicast round it is a receiver of; the session key travels here)
  *   fetch-from* -> fetched* (pages a peer of its site holds; the agent fetches them there with 'fetch')
  *   vm -> missing? -> pages* -> rebuild -> rebuilt (one per VM image placed on it)
- *   live-incoming -> live-ready, live-stream* -> live-ack*, live-end -> live-verified,
+ *   live-incoming -> live-ready (or live-refused), live-stream* -> live-ack*, live-end -> live-verified,
  *     live-resume -> live-resumed (one per running VM placed on it; live-abort at any point rolls it
  *     back; each live-stream is acknowledged once the destination QEMU took its bytes)
  *   end
@@ -102,6 +102,8 @@ export type FromAgent =
   /** The outcome of a 'fetch-from': pages stored; the rest will be asked for at rebuild time. */
   | { readonly t: 'fetched'; readonly id: number; readonly stored: number; readonly failed: number }
   | { readonly t: 'live-ready'; readonly vm: string }
+  /** The agent will not run the destination's command line (qemu/command-policy.ts says why). */
+  | { readonly t: 'live-refused'; readonly vm: string; readonly error: string }
   | { readonly t: 'live-ack'; readonly vm: string }
   /**
    * The stream was loaded and its digest agreed (ok), with the loaded guest RAM's digests for the
@@ -183,6 +185,7 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
   rebuilt: { vm: isString, ok: isBool, sha256: isString, error: isString },
   fetched: { id: isUint, stored: isUint, failed: isUint },
   'live-ready': { vm: isString },
+  'live-refused': { vm: isString, error: isString },
   'live-ack': { vm: isString },
   'live-verified': { vm: isString, ok: isBool, error: isString, memory: isBytes },
   'live-resumed': { vm: isString },

@@ -15,7 +15,7 @@ import { VmscatterError } from '../errors.js';
 import { DigestTable } from '../memory/digest-table.js';
 import { DIGEST_BYTES } from '../memory/page.js';
 import { ContentStore, DiskFullError } from './content-store.js';
-import { openForUpdate, readFully, writeFully } from './file-io.js';
+import { ensurePrivateDir, openForUpdate, PRIVATE_FILE_MODE, readFully, writeFully } from './file-io.js';
 
 /**
  * An agent's template store: the pages that occur in most VMs (OS images, libraries, zeroed slabs),
@@ -158,12 +158,12 @@ export class TemplateStore {
     }
     let generation: number;
     try {
-      mkdirSync(dir, { recursive: true });
+      ensurePrivateDir(dir);
       generation = readCurrent(dir) ?? 0;
       removeLeftovers(dir, generation);
       if (generation === 0) {
         generation = 1;
-        mkdirSync(join(dir, generationName(generation)));
+        mkdirSync(join(dir, generationName(generation)), { mode: 0o700 });
         syncDirectory(dir);
         writeCurrent(dir, generation);
       }
@@ -364,7 +364,7 @@ function writeGeneration(dir: string, from: Generation, kept: Uint32Array): void
   } finally {
     target.close();
   }
-  const fd = openSync(join(dir, WEIGHTS), 'w');
+  const fd = openSync(join(dir, WEIGHTS), 'w', PRIVATE_FILE_MODE);
   try {
     writeFully(fd, records, 0);
     fsyncSync(fd);
@@ -427,7 +427,7 @@ function removeLeftovers(root: string, live: number): void {
 /** Replaces CURRENT atomically: a new file made durable, renamed over the old, and the rename made durable. */
 function writeCurrent(root: string, generation: number): void {
   const temp = join(root, CURRENT_TEMP);
-  const fd = openSync(temp, 'w');
+  const fd = openSync(temp, 'w', PRIVATE_FILE_MODE);
   try {
     writeFully(fd, new TextEncoder().encode(`${generationName(generation)}\n`), 0);
     fsyncSync(fd);

@@ -15,6 +15,7 @@ import { InputError } from '../errors.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { readSyntheticPages, syntheticContentIds } from '../memory/synthetic.js';
 import type { Host, Topology } from '../topology/model.js';
+import { ensurePrivateDir, PRIVATE_FILE_MODE } from './file-io.js';
 
 /**
  * The coordinator's local working state: the deployment secret and the images of synthetic VMs.
@@ -85,7 +86,7 @@ export function materialiseSyntheticImages(
   onImage?: (name: string, done: number, total: number) => void,
 ): Topology {
   const dir = join(workDir, 'images');
-  mkdirSync(dir, { recursive: true });
+  ensurePrivateDir(dir);
   const vms = topology.vms.map((vm) => {
     if (vm.source.kind !== 'synthetic') return vm;
     const pageCount = vm.memoryBytes / PAGE_SIZE;
@@ -104,7 +105,7 @@ function writeSyntheticImage(path: string, ids: Uint32Array, onPages: (done: num
   const pageCount = ids.length / 2; // two content ids per page
   const buffer = new Uint8Array(chunkPages * PAGE_SIZE);
   const partial = `${path}.partial`;
-  const fd = openSync(partial, 'w');
+  const fd = openSync(partial, 'w', PRIVATE_FILE_MODE);
   try {
     for (let first = 0; first < pageCount; first += chunkPages) {
       const count = Math.min(chunkPages, pageCount - first);

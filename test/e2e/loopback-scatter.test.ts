@@ -65,6 +65,28 @@ function assertImagesIdentical(workDir: string, report: { vms: { name: string; t
   }
 }
 
+/**
+ * Guest memory is its owner's only at both ends: every file under the stores and image directories is
+ * mode 0600, and those directories 0700, whatever the umask.
+ */
+function assertGuestMemoryPrivate(workDir: string) {
+  const dirs = [join(workDir, 'images')];
+  for (const host of ['t1', 't2', 't3'])
+    dirs.push(
+      join(workDir, 'agents', host),
+      join(workDir, 'agents', host, 'images'),
+      join(workDir, 'agents', host, 'store'),
+    );
+  for (const dir of dirs) {
+    assert.equal(statSync(dir).mode & 0o777, 0o700, `${dir} is 0700`);
+    for (const entry of readdirSync(dir, { recursive: true, withFileTypes: true })) {
+      const path = join(entry.parentPath, entry.name);
+      if (entry.isFile() && /\.(raw|bin)$/.test(entry.name))
+        assert.equal(statSync(path).mode & 0o777, 0o600, `${path} is 0600`);
+    }
+  }
+}
+
 const basePort = 30_000 + (process.pid % 2000) * 10;
 
 test('scatter on loopback: 6 VMs to 3 agents byte-identical; a second job sends nothing already held', (t) => {
@@ -79,6 +101,7 @@ test('scatter on loopback: 6 VMs to 3 agents byte-identical; a second job sends 
   for (const target of ['t1', 't2', 't3'])
     assert.equal(first.report.vms.filter((vm: { target: string }) => vm.target === target).length, 2);
   assertImagesIdentical(dir, first.report);
+  assertGuestMemoryPrivate(dir);
   const memory = first.report.pages.total * 4096;
   const onLink = first.report.source.multicastWireBytes + first.report.source.unicastBytes;
   assert.ok(onLink < 0.75 * memory, `source link ${onLink} bytes for ${memory} bytes of memory`);

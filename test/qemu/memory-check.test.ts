@@ -201,6 +201,11 @@ test(
     // The same guest, untampered, then moves: the check passes and the target runs.
     const again = await migrate(qmp, vmsQmp, command, link, dir);
     assert.equal(again.ok, true, again.error);
+    // The rolled-back destination's cleanup left the new one's QMP socket alone (the next move needs it).
+    assert.ok(
+      existsSync(join(dir, 'agent', 'run', 'g1.qmp')),
+      'the running destination keeps its QMP socket',
+    );
     assert.equal(again.memoryCheck?.method, 'process-memory');
     t.diagnostic(`memory check of 128 MiB: ${again.memoryCheck?.ms} ms; downtime ${again.downtimeMs} ms`);
     await guest.exited;
