@@ -62,7 +62,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connectQmp, QmpError, type QmpClient } from '../src/qemu/qmp.js';
@@ -1097,6 +1097,39 @@ export function renderSvg(result: BenchResult): string {
   ].join('\n');
 }
 
+/**
+ * Per method: bytes on the source link, seconds, median downtime, source CPU seconds, and each as a
+ * ratio to QEMU's defaults (a) measured in the same run.
+ */
+export function summaryOf(result: BenchResult, argv: readonly string[]) {
+  const a = result.summary.find((m) => m.method === 'a');
+  const ratio = (value: number, base: number | undefined) =>
+    base === undefined || base === 0 ? null : Math.round((value / base) * 1000) / 1000;
+  return {
+    bench: 'qemu-vs-scatter',
+    date: new Date().toISOString(),
+    command: `npm run bench:qemu${argv.length ? ` -- ${argv.join(' ')}` : ''}`,
+    config: { ...result.config, log: undefined },
+    b: result.b ?? null,
+    methods: result.summary.map((m) => ({
+      method: m.method,
+      label: m.label,
+      ok: m.ok,
+      bytes: m.bytes,
+      seconds: m.seconds,
+      medianDowntimeMs: m.downtimeMs.median,
+      sourceCpuSeconds: m.cpuSeconds,
+      ratioToQemuDefaults: {
+        bytes: ratio(m.bytes, a?.bytes),
+        seconds: ratio(m.seconds, a?.seconds),
+        medianDowntime: ratio(m.downtimeMs.median, a?.downtimeMs.median),
+        sourceCpu: ratio(m.cpuSeconds, a?.cpuSeconds),
+      },
+    })),
+    checks: result.checks,
+  };
+}
+
 function positiveInteger(name: string, text: string | undefined): number {
   const value = Number(text);
   if (!Number.isInteger(value) || value <= 0)
@@ -1119,6 +1152,10 @@ async function main(argv: readonly string[]): Promise<void> {
       quick: { type: 'boolean', default: false },
       'memory-file': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
+      summary: {
+        type: 'string',
+        default: join(dirname(fileURLToPath(import.meta.url)), '../../docs/bench/qemu-vs-scatter.json'),
+      },
     },
   });
   const quick = values.quick!;
@@ -1148,6 +1185,13 @@ async function main(argv: readonly string[]): Promise<void> {
   writeFileSync(join(values.out!, 'results.json'), json);
   writeFileSync(join(values.out!, 'chart.svg'), renderSvg(result));
   process.stderr.write(`wrote ${join(values.out!, 'results.json')} and ${join(values.out!, 'chart.svg')}\n`);
+  // The summary the README's table comes from (a quick run is a smoke test, not a figure to publish).
+  if (!quick) {
+    mkdirSync(dirname(values.summary!), { recursive: true });
+    writeFileSync(values.summary!, `${JSON.stringify(summaryOf(result, argv), null, 2)}\n`);
+    writeFileSync(values.summary!.replace(/\.json$/, '.svg'), renderSvg(result));
+    process.stderr.write(`wrote ${values.summary}\n`);
+  }
   process.stdout.write(values.json ? json : `${renderTable(result)}\n`);
   if (result.runs.some((r) => !r.ok)) process.exitCode = 1;
 }

@@ -165,7 +165,11 @@ export async function migrateLiveVm(options: {
     });
     // Stop-and-copy: the guest stops for the whole copy (it could not converge, or is tiny); a
     // rollback resumes it.
-    if (options.strategy === 'stop-and-copy') await source.execute('stop');
+    let stoppedAt: number | undefined;
+    if (options.strategy === 'stop-and-copy') {
+      await source.execute('stop');
+      stoppedAt = performance.now();
+    }
     await source.execute('migrate', { uri: `unix:${join(options.runDir, `${vm}.out`)}` });
     const socket = await withTimeout(listener.accepted, 30_000, `VM ${vm}: QEMU did not connect`);
     watching = watchMigration(source, observed);
@@ -284,6 +288,9 @@ export async function migrateLiveVm(options: {
     await link.next('live-resumed', (m) => m.vm === vm, STEP_TIMEOUT_MS);
     const switchoverMs = Math.round(performance.now() - streamEnded);
     const info = (await source.execute('query-migrate')) as { downtime?: number };
+    // QEMU's figure counts from its own stop; a guest stopped by us for the whole copy was down since.
+    const sourceDowntimeMs =
+      stoppedAt === undefined ? (info.downtime ?? 0) : Math.round(streamEnded - stoppedAt);
     // The VM runs at its target: the source's QEMU has nothing left to do.
     await source.execute('quit').catch(() => undefined);
     return {
@@ -291,8 +298,8 @@ export async function migrateLiveVm(options: {
       ...(memoryCheck ? { memoryCheck } : {}),
       ...counts,
       ...observed,
-      downtimeMs: (info.downtime ?? 0) + switchoverMs,
-      sourceDowntimeMs: info.downtime ?? 0,
+      downtimeMs: sourceDowntimeMs + switchoverMs,
+      sourceDowntimeMs,
       switchoverMs,
       seconds: (performance.now() - started) / 1000,
     };

@@ -1,13 +1,15 @@
 import { createHash, randomBytes } from 'node:crypto';
 import {
   closeSync,
+  constants,
   existsSync,
   mkdirSync,
   openSync,
-  readFileSync,
+  readSync,
   renameSync,
   statSync,
   writeSync,
+  type Stats,
 } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
@@ -43,16 +45,54 @@ export function readSecretFile(path: string): Uint8Array {
   } catch (error) {
     throw new InputError(`secret file ${path}: cannot read (${(error as NodeJS.ErrnoException).code})`);
   }
+  // A FIFO would block the read for ever (and a device could be read without end): regular files only.
+  if (!stat.isFile())
+    throw new InputError(
+      `secret file ${path}: not a regular file (${fileKind(stat)}); give a file of ${MIN_SECRET_BYTES} or more random bytes`,
+    );
   if ((stat.mode & 0o077) !== 0)
     throw new InputError(
       `secret file ${path}: readable by others (mode ${(stat.mode & 0o777).toString(8)}); run chmod 600 ${path}`,
     );
-  const secret = new Uint8Array(readFileSync(path));
+  if (process.getuid !== undefined && stat.uid !== process.getuid())
+    throw new InputError(
+      `secret file ${path}: owned by uid ${stat.uid}, not by this user (uid ${process.getuid()})`,
+    );
+  if (stat.size > MAX_SECRET_BYTES)
+    throw new InputError(`secret file ${path}: ${stat.size} bytes; a secret is at most ${MAX_SECRET_BYTES}`);
+  let secret: Uint8Array;
+  try {
+    // O_NONBLOCK: a file swapped for a FIFO since the check cannot hang the read.
+    const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    try {
+      const buffer = new Uint8Array(MAX_SECRET_BYTES + 1);
+      const n = readSync(fd, buffer, 0, buffer.length, 0);
+      if (n > MAX_SECRET_BYTES)
+        throw new InputError(`secret file ${path}: more than ${MAX_SECRET_BYTES} bytes`);
+      secret = buffer.slice(0, n);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (error) {
+    if (error instanceof InputError) throw error;
+    throw new InputError(`secret file ${path}: cannot read (${(error as NodeJS.ErrnoException).code})`);
+  }
   if (secret.length < MIN_SECRET_BYTES)
     throw new InputError(
       `secret file ${path}: ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are needed`,
     );
   return secret;
+}
+
+/** A deployment secret is a few dozen random bytes; a larger file is a wrong file. */
+const MAX_SECRET_BYTES = 4096;
+
+function fileKind(stat: Stats): string {
+  if (stat.isDirectory()) return 'a directory';
+  if (stat.isFIFO()) return 'a FIFO';
+  if (stat.isSocket()) return 'a socket';
+  if (stat.isCharacterDevice() || stat.isBlockDevice()) return 'a device';
+  return 'not a regular file';
 }
 
 /**

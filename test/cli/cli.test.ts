@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { repoRoot, tempDir, writeImage } from '../support/fixtures.js';
@@ -145,4 +145,27 @@ test('inspect on an image that is not whole pages: exit 2, file named', (t) => {
   assert.equal(code, 2);
   assert.match(stderr, /odd\.raw: memory image is 5000 bytes/);
   assertNoStack(stderr);
+});
+
+test('a FIFO, a directory or an oversized file as --secret-file: named at once (exit 2), no stack, no hang', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const fifo = join(dir, 'secret.fifo');
+  execFileSync('mkfifo', ['-m', '600', fifo]);
+  const folder = join(dir, 'secret.d');
+  mkdirSync(folder, { mode: 0o700 });
+  const big = join(dir, 'big');
+  writeFileSync(big, Buffer.alloc(1 << 20, 7), { mode: 0o600 });
+  const cases: [string, RegExp][] = [
+    [fifo, /secret\.fifo: not a regular file \(a FIFO\)/],
+    [folder, /secret\.d: not a regular file \(a directory\)/],
+    [big, /big: 1048576 bytes; a secret is at most 4096/],
+  ];
+  for (const [path, message] of cases) {
+    // A FIFO with no writer used to block the read for ever: the spawn's timeout would end it (null).
+    const { code, stderr } = run('agent', '--host', 't1', '--secret-file', path);
+    assert.equal(code, 2, stderr);
+    assert.match(stderr, message);
+    assertNoStack(stderr);
+  }
 });
