@@ -6,6 +6,14 @@ import { PAGE_SIZE } from '../memory/page.js';
  * Progress on stderr: a spinner with phase, bytes and rate when stderr is a terminal and the output is
  * for people; silent otherwise, so --json output and scripts' logs stay clean.
  */
+/**
+ * A spinner only on a terminal with columns: on one of width 0 (a pseudo-terminal nobody sized) ora's
+ * line wrapping never ends, and the job behind it never starts.
+ */
+export function spinnerWanted(enabled: boolean, stream: { isTTY?: boolean; columns?: number }): boolean {
+  return enabled && stream.isTTY === true && (stream.columns ?? 0) > 0;
+}
+
 export class Progress {
   private readonly spinner: Ora | undefined;
   private phaseStart = performance.now();
@@ -13,8 +21,9 @@ export class Progress {
   constructor(enabled: boolean) {
     // discardStdin off: ora's discarder puts the terminal in raw mode, where Ctrl-C is a byte it
     // would have to read back into SIGINT; left cooked, Ctrl-C stays a signal the job handles.
-    this.spinner =
-      enabled && process.stderr.isTTY ? ora({ stream: process.stderr, discardStdin: false }) : undefined;
+    this.spinner = spinnerWanted(enabled, process.stderr)
+      ? ora({ stream: process.stderr, discardStdin: false })
+      : undefined;
   }
 
   phase(text: string): void {
