@@ -32,7 +32,7 @@ export async function digestGuestRam(ram: GuestRam, signal?: AbortSignal): Promi
       signal?.throwIfAborted();
       const length = Math.min(CHECK_CHUNK_BYTES, range.length - at);
       await ram.read(buffer, range.offset + at, length);
-      digests.set(createHash('sha256').update(buffer.subarray(0, length)).digest(), k++ * DIGEST_BYTES);
+      digests.set(digestChunk(buffer.subarray(0, length)), k++ * DIGEST_BYTES);
       if (k % 16 === 0) await yieldToEventLoop();
     }
   }
@@ -45,28 +45,84 @@ export function compareMemory(source: MemoryDigests, target: MemoryDigests): str
   if (layout(source) !== layout(target))
     return `guest RAM layouts differ (source ${source.block} ${layout(source)}, target ${target.block} ${layout(target)})`;
   if (source.digests.length !== target.digests.length) return 'guest RAM digests of different lengths';
-  const differing: number[] = [];
-  for (let k = 0; k * DIGEST_BYTES < source.digests.length; k++) {
-    const a = source.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES);
-    const b = target.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES);
-    if (Buffer.compare(a, b) !== 0) differing.push(k);
-  }
+  const differing = differingChunks(source, target);
   if (differing.length === 0) return undefined;
-  const where = differing
-    .slice(0, 4)
-    .map((k) => `${source.block}+0x${chunkOffset(source, k).toString(16)}`)
-    .join(', ');
-  const more = differing.length > 4 ? ` and ${differing.length - 4} more` : '';
-  return `guest memory differs from the source's in ${differing.length} MiB chunk(s) (${where}${more})`;
+  return `guest memory differs from the source's in ${describeChunks(source, differing)}`;
 }
 
-function chunkOffset(m: MemoryDigests, k: number): number {
+/** "N MiB chunk(s) (block+0x..., ... and M more)". */
+export function describeChunks(m: MemoryDigests, chunks: readonly number[]): string {
+  const where = chunks
+    .slice(0, 4)
+    .map((k) => `${m.block}+0x${chunkRange(m, k)[0].toString(16)}`)
+    .join(', ');
+  const more = chunks.length > 4 ? ` and ${chunks.length - 4} more` : '';
+  return `${chunks.length} MiB chunk(s) (${where}${more})`;
+}
+
+/** The chunks (indices into the digest list) whose digests differ; both of one layout. */
+export function differingChunks(source: MemoryDigests, target: MemoryDigests): number[] {
+  const differing: number[] = [];
+  for (let k = 0; k * DIGEST_BYTES < source.digests.length; k++)
+    if (Buffer.compare(chunkDigest(source, k), chunkDigest(target, k)) !== 0) differing.push(k);
+  return differing;
+}
+
+/** [offset, length] of chunk `k` in the RAM block. */
+export function chunkRange(m: MemoryDigests, k: number): [number, number] {
   for (const [offset, length] of m.ranges) {
     const n = Math.ceil(length / CHECK_CHUNK_BYTES);
-    if (k < n) return offset + k * CHECK_CHUNK_BYTES;
+    if (k < n)
+      return [offset + k * CHECK_CHUNK_BYTES, Math.min(CHECK_CHUNK_BYTES, length - k * CHECK_CHUNK_BYTES)];
     k -= n;
   }
-  return -1;
+  throw new RangeError(`chunk ${k} is past the RAM's ranges`);
+}
+
+/** The digest of chunk `k`. */
+export function chunkDigest(m: MemoryDigests, k: number): Uint8Array {
+  return m.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES);
+}
+
+/** SHA-256 of a chunk's bytes, as the digest list holds it. */
+export function digestChunk(bytes: Uint8Array): Uint8Array {
+  return new Uint8Array(createHash('sha256').update(bytes).digest());
+}
+
+/**
+ * Chunks of guest RAM on the wire (a repair): for each, its block offset (f64 LE) and length (u32 LE),
+ * then its bytes. The agent writes a chunk only where the layout has that very chunk.
+ */
+export function encodeChunks(
+  chunks: readonly { readonly offset: number; readonly bytes: Uint8Array }[],
+): Uint8Array {
+  const out = Buffer.alloc(chunks.reduce((n, c) => n + 12 + c.bytes.length, 0));
+  let at = 0;
+  for (const { offset, bytes } of chunks) {
+    at = out.writeDoubleLE(offset, at);
+    at = out.writeUInt32LE(bytes.length, at);
+    out.set(bytes, at);
+    at += bytes.length;
+  }
+  return out;
+}
+
+/** The chunks, or undefined when the bytes are not a well-formed encoding. */
+export function decodeChunks(bytes: Uint8Array): { offset: number; bytes: Uint8Array }[] | undefined {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const chunks: { offset: number; bytes: Uint8Array }[] = [];
+  for (let at = 0; at < b.length;) {
+    if (at + 12 > b.length) return undefined;
+    const offset = b.readDoubleLE(at);
+    const length = b.readUInt32LE(at + 8);
+    at += 12;
+    if (!Number.isSafeInteger(offset) || offset < 0 || length === 0 || length > CHECK_CHUNK_BYTES)
+      return undefined;
+    if (at + length > b.length) return undefined;
+    chunks.push({ offset, bytes: b.subarray(at, at + length) });
+    at += length;
+  }
+  return chunks;
 }
 
 /** On the wire: u32 range count, then f64 offset and length per range, the block name, the digests. */

@@ -2,12 +2,23 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PageDigester } from '../memory/page-digest.js';
 import { StreamParser } from '../qemu/migration-stream.js';
-import { openGuestRam, type GuestRamMethod } from '../qemu/guest-ram.js';
+import { openGuestRam, type GuestRam, type GuestRamMethod } from '../qemu/guest-ram.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { AgentLink } from '../scatter/agent-link.js';
 import type { WireBudget } from './wire-budget.js';
 import type { CopyStrategy } from './copy-strategy.js';
-import { compareMemory, decodeMemoryDigests, digestGuestRam } from './memory-check.js';
+import {
+  CHECK_CHUNK_BYTES,
+  chunkDigest,
+  chunkRange,
+  compareMemory,
+  decodeMemoryDigests,
+  differingChunks,
+  digestChunk,
+  digestGuestRam,
+  encodeChunks,
+  type MemoryDigests,
+} from './memory-check.js';
 import { LiveStreamEncoder } from './encoder.js';
 import { streamListener, waitMigrationSettled, withTimeout } from './source.js';
 
@@ -33,7 +44,12 @@ export interface LiveMigrationResult {
    */
   readonly memoryMismatch?: boolean;
   /** How the source's RAM was read for the memory check (absent when the check was not reached). */
-  readonly memoryCheck?: { readonly method: GuestRamMethod; readonly ms: number };
+  readonly memoryCheck?: {
+    readonly method: GuestRamMethod;
+    readonly ms: number;
+    /** MiB chunks of the destination's RAM that differed and were rewritten from the source's. */
+    readonly repairedMiB: number;
+  };
   /**
    * Pages sent as references (held at the target), as data (of which encoded smaller: LZ4, or one word
    * for a uniform page), and as zero records.
@@ -101,6 +117,8 @@ export async function migrateLiveVm(options: {
    * mostly when its stream runs unthrottled.
    */
   readonly qemuMaxBandwidth?: number;
+  /** The most of the destination's RAM a failed memory check may rewrite (MAX_REPAIR_BYTES; 0: none). */
+  readonly maxRepairBytes?: number;
   /** Pages sent in full go LZ4-compressed when that shrinks them (uniform pages always as one word). */
   readonly compress: boolean;
   readonly strategy: CopyStrategy;
@@ -119,6 +137,7 @@ export async function migrateLiveVm(options: {
   const counts: { -readonly [K in keyof typeof NOTHING_MOVED]: number } = { ...NOTHING_MOVED };
   let memoryCheck: LiveMigrationResult['memoryCheck'];
   let encoder: LiveStreamEncoder | undefined;
+  let sourceRam: GuestRam | undefined;
   const observed = { throttlePercent: 0, migrationDirtyBytesPerSecond: 0 };
   let watching = { stop: () => undefined as void };
   const fail = async (error: unknown): Promise<LiveMigrationResult> => {
@@ -271,19 +290,34 @@ export async function migrateLiveVm(options: {
       name: vm,
       running: false,
     });
-    let sourceMemory;
-    try {
-      sourceMemory = await digestGuestRam(ram, options.signal);
-    } finally {
-      ram.close();
-    }
+    // Kept open until the VM runs somewhere: a repair reads the differing chunks through it.
+    sourceRam = ram;
+    const sourceMemory = await digestGuestRam(ram, options.signal);
     const verdict = await link.next('live-verified', (m) => m.vm === vm, STEP_TIMEOUT_MS);
     if (!verdict.ok) throw new Error(`VM ${vm}: not verified at ${link.host.name}: ${verdict.error}`);
-    memoryCheck = { method: ram.method, ms: Math.round(performance.now() - checkStarted) };
+    memoryCheck = { method: ram.method, ms: Math.round(performance.now() - checkStarted), repairedMiB: 0 };
     const targetMemory = decodeMemoryDigests(verdict.memory);
     if (!targetMemory) throw new Error(`VM ${vm}: ${link.host.name} sent no readable memory digests`);
     const differs = compareMemory(sourceMemory, targetMemory);
-    if (differs) throw new MemoryMismatch(`VM ${vm}: at ${link.host.name}, ${differs}`);
+    if (differs) {
+      // Pages QEMU never sent: the source is stopped with the true bytes, the destination paused, so
+      // the differing chunks are copied over and checked again; beyond a bound, or where the
+      // destination's RAM cannot be written, the VM rolls back instead.
+      const chunks = sameLayout(sourceMemory, targetMemory)
+        ? differingChunks(sourceMemory, targetMemory)
+        : [];
+      if (
+        chunks.length === 0 ||
+        chunks.length * CHECK_CHUNK_BYTES > (options.maxRepairBytes ?? MAX_REPAIR_BYTES)
+      )
+        throw new MemoryMismatch(`VM ${vm}: at ${link.host.name}, ${differs}`);
+      await repairMemory({ vm, link, ram, memory: sourceMemory, chunks, why: differs });
+      memoryCheck = {
+        ...memoryCheck,
+        ms: Math.round(performance.now() - checkStarted),
+        repairedMiB: chunks.length,
+      };
+    }
     link.send({ t: 'live-resume', vm });
     await link.next('live-resumed', (m) => m.vm === vm, STEP_TIMEOUT_MS);
     const switchoverMs = Math.round(performance.now() - streamEnded);
@@ -307,6 +341,7 @@ export async function migrateLiveVm(options: {
     return fail(error);
   } finally {
     listener.close();
+    sourceRam?.close();
   }
 }
 
@@ -335,6 +370,47 @@ function watchMigration(
   }, 500);
   timer.unref();
   return { stop: () => clearInterval(timer) };
+}
+
+/** The most of the destination's RAM a repair rewrites (it adds to the downtime); beyond, a rollback. */
+export const MAX_REPAIR_BYTES = 64 << 20;
+
+function sameLayout(a: MemoryDigests, b: MemoryDigests): boolean {
+  return a.digests.length === b.digests.length && JSON.stringify(a.ranges) === JSON.stringify(b.ranges);
+}
+
+/**
+ * Copies the source's bytes of `chunks` into the paused destination and checks them read back there;
+ * throws MemoryMismatch when the agent cannot or the bytes read back differ.
+ */
+async function repairMemory(options: {
+  readonly vm: string;
+  readonly link: AgentLink;
+  /** The stopped source's RAM, as the check read it. */
+  readonly ram: GuestRam;
+  readonly memory: MemoryDigests;
+  readonly chunks: readonly number[];
+  readonly why: string;
+}): Promise<void> {
+  const { vm, link, ram, memory, chunks } = options;
+  const parts: { offset: number; bytes: Uint8Array }[] = [];
+  for (const k of chunks) {
+    const [offset, length] = chunkRange(memory, k);
+    const bytes = new Uint8Array(length);
+    await ram.read(bytes, offset, length);
+    // The source is stopped: what it holds now is what the check read.
+    if (Buffer.compare(digestChunk(bytes), chunkDigest(memory, k)) !== 0)
+      throw new MemoryMismatch(`VM ${vm}: the source's memory changed while stopped`);
+    parts.push({ offset, bytes });
+  }
+  const encoded = encodeChunks(parts);
+  link.send({ t: 'live-repair', vm, chunks: encoded });
+  const repaired = await link.next('live-repaired', (m) => m.vm === vm, STEP_TIMEOUT_MS);
+  const expected = Buffer.concat(chunks.map((k) => chunkDigest(memory, k)));
+  if (!repaired.ok || Buffer.compare(Buffer.from(repaired.digests), expected) !== 0)
+    throw new MemoryMismatch(
+      `VM ${vm}: at ${link.host.name}, ${options.why}, and the repair failed: ${repaired.error || 'read back different'}`,
+    );
 }
 
 /** The target's memory differs from the source's: the one failure another attempt may cure. */

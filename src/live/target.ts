@@ -6,8 +6,16 @@ import { StreamWriter } from '../qemu/migration-stream.js';
 import { LiveStreamDecoder } from './decoder.js';
 import type { LiveRecord } from './records.js';
 import type { PageDigester } from '../memory/page-digest.js';
-import { openGuestRam } from '../qemu/guest-ram.js';
-import { digestGuestRam, encodeMemoryDigests } from './memory-check.js';
+import { openGuestRam, type GuestRam } from '../qemu/guest-ram.js';
+import {
+  CHECK_CHUNK_BYTES,
+  chunkRange,
+  decodeChunks,
+  digestChunk,
+  digestGuestRam,
+  encodeMemoryDigests,
+  type MemoryDigests,
+} from './memory-check.js';
 
 /**
  * The target side of one running VM's migration: a destination QEMU started paused, the stream from
@@ -27,6 +35,9 @@ export class LiveTarget {
   /** A message's stream bytes, written to the destination in one go. */
   private readonly output = new OutputBuffer();
   private failure: Error | undefined;
+  /** The destination's RAM digests once loaded: what a repair may write (whole chunks of it). */
+  private memory: MemoryDigests | undefined;
+  private ram: GuestRam | undefined;
 
   private constructor(
     readonly vm: string,
@@ -119,26 +130,64 @@ export class LiveTarget {
     const own = this.decoder.digest.hex();
     if (own !== sourceSha256)
       return { why: `stream digest ${own} differs from the source's ${sourceSha256}` };
-    const ram = await openGuestRam(this.qemu.qmp, {
+    // Kept open while the destination waits: a repair writes through it.
+    this.ram = await openGuestRam(this.qemu.qmp, {
       ...(this.qemu.process.pid !== undefined ? { pid: this.qemu.process.pid } : {}),
       scratchDir: this.scratchDir,
       name: this.vm,
       running: false,
     });
-    try {
-      return { memory: encodeMemoryDigests(await digestGuestRam(ram)) };
-    } finally {
-      ram.close();
+    this.memory = await digestGuestRam(this.ram);
+    return { memory: encodeMemoryDigests(this.memory) };
+  }
+
+  /**
+   * Writes the source's bytes of chunks the memory check found different into the paused destination
+   * and returns their SHA-256 as read back (32 bytes each). Only whole chunks of the RAM's layout, only
+   * while paused after loading, and only where the RAM can be written (not through pmemsave).
+   */
+  async repair(encoded: Uint8Array): Promise<Uint8Array> {
+    const chunks = decodeChunks(encoded);
+    if (!chunks) throw new LiveTargetError(`VM ${this.vm}: a malformed memory repair`);
+    const memory = this.memory;
+    if (!memory) throw new LiveTargetError(`VM ${this.vm}: a memory repair before the memory check`);
+    const layout = new Map<number, number>();
+    for (let k = 0; k * 32 < memory.digests.length; k++) {
+      const [offset, length] = chunkRange(memory, k);
+      layout.set(offset, length);
     }
+    for (const { offset, bytes } of chunks)
+      if (layout.get(offset) !== bytes.length)
+        throw new LiveTargetError(
+          `VM ${this.vm}: a repair of ${bytes.length} bytes at ${offset} is not a chunk`,
+        );
+    const status = (await this.qemu.qmp.execute('query-status')) as { status?: string };
+    if (status.status !== 'paused')
+      throw new LiveTargetError(`VM ${this.vm}: repair of a destination '${status.status}'`);
+    const ram = this.ram;
+    if (!ram) throw new LiveTargetError(`VM ${this.vm}: a memory repair before the memory check`);
+    if (!ram.write) throw new LiveTargetError(`VM ${this.vm}: its RAM cannot be written (${ram.method})`);
+    const digests = new Uint8Array(chunks.length * 32);
+    const readBack = new Uint8Array(CHECK_CHUNK_BYTES);
+    for (const [i, { offset, bytes }] of chunks.entries()) {
+      ram.write(bytes, offset);
+      await ram.read(readBack, offset, bytes.length);
+      digests.set(digestChunk(readBack.subarray(0, bytes.length)), i * 32);
+    }
+    return digests;
   }
 
   async resume(): Promise<void> {
+    this.ram?.close();
+    this.ram = undefined;
     await this.qemu.qmp.execute('cont');
     await this.qemu.qmp.close();
     this.qemu.release();
   }
 
   async abort(): Promise<void> {
+    this.ram?.close();
+    this.ram = undefined;
     this.socket.destroy();
     await this.qemu.kill();
   }

@@ -1,5 +1,5 @@
 import { chmodSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { readSync, rmSync, statSync } from 'node:fs';
+import { readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { listeningSocketInode, mainRam, parseMaps, ramCandidates, type MainRam } from './memory-map.js';
@@ -32,6 +32,11 @@ export interface GuestRam {
   readonly map: MainRam;
   /** Reads `length` bytes at block offset `offset` into `into` (within one range of `map`). */
   read(into: Uint8Array, offset: number, length: number): Promise<void>;
+  /**
+   * Writes `bytes` at block offset `offset`, where the method allows it (a memory file, process memory);
+   * undefined for pmemsave. Only for a guest that is not running (a paused destination).
+   */
+  readonly write?: (bytes: Uint8Array, offset: number) => void;
   close(): void;
 }
 
@@ -158,6 +163,7 @@ function fileReader(
   cleanup: () => void,
 ): GuestRam {
   const fd = openSync(path, 'r');
+  let writeFd: number | undefined;
   return {
     method,
     map,
@@ -169,8 +175,17 @@ function fileReader(
       }
       return Promise.resolve();
     },
+    write: (bytes, offset) => {
+      writeFd ??= openSync(path, 'r+');
+      for (let done = 0; done < bytes.length;) {
+        const n = writeSync(writeFd, bytes, done, bytes.length - done, base + offset + done);
+        if (n === 0) throw new GuestRamError(`${path}: no room at ${base + offset + done}`);
+        done += n;
+      }
+    },
     close: () => {
       closeSync(fd);
+      if (writeFd !== undefined) closeSync(writeFd);
       cleanup();
     },
   };

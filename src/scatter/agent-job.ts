@@ -92,6 +92,7 @@ export class AgentJob {
       case 'live-incoming':
       case 'live-stream':
       case 'live-end':
+      case 'live-repair':
       case 'live-resume':
       case 'live-abort':
         return this.live(message);
@@ -272,6 +273,21 @@ export class AgentJob {
         );
         const memory = 'memory' in outcome ? outcome.memory : new Uint8Array(0);
         return this.reply({ t: 'live-verified', vm, ok: !why, error: why ?? '', memory });
+      }
+      case 'live-repair': {
+        if (!target) throw new VmscatterError('VMS_PROTOCOL', `repair of ${vm}, which is not waiting here`);
+        const repaired = await target
+          .repair(message.chunks)
+          .then((digests) => ({ ok: true, error: '', digests }))
+          .catch((error: unknown) => ({
+            ok: false,
+            error: (error as Error).message,
+            digests: new Uint8Array(0),
+          }));
+        this.agent.log(
+          `job ${this.id}: ${vm}: ${repaired.ok ? `repaired ${repaired.digests.length / 32} MiB of memory` : `not repaired: ${repaired.error}`}`,
+        );
+        return this.reply({ t: 'live-repaired', vm, ...repaired });
       }
       case 'live-resume':
         if (!target) throw new VmscatterError('VMS_PROTOCOL', `resume of ${vm}, which is not waiting here`);

@@ -8,7 +8,7 @@
  *   fetch-from* -> fetched* (pages a peer of its site holds; the agent fetches them there with 'fetch')
  *   vm -> missing? -> pages* -> rebuild -> rebuilt (one per VM image placed on it)
  *   live-incoming -> live-ready (or live-refused), live-stream* -> live-ack*, live-end -> live-verified,
- *     live-resume -> live-resumed (one per running VM placed on it; live-abort at any point rolls it
+ *     live-repair? -> live-repaired, live-resume -> live-resumed (one per running VM placed on it; live-abort at any point rolls it
  *     back; each live-stream is acknowledged once the destination QEMU took its bytes)
  *   end
  * and between agents of a site: fetch -> pages (the asking agent checks every page against its digest).
@@ -60,6 +60,12 @@ export type ToAgent =
   /** The stream is complete; its canonical digest, to compare before resuming. */
   | { readonly t: 'live-end'; readonly vm: string; readonly sha256: string }
   | { readonly t: 'live-resume'; readonly vm: string }
+  /**
+   * The memory check found chunks of the destination's RAM that differ from the source's (pages QEMU
+   * lost): write the source's bytes of those chunks (live/memory-check.ts encodeChunks) into the
+   * paused destination and answer with their digests as read back.
+   */
+  | { readonly t: 'live-repair'; readonly vm: string; readonly chunks: Uint8Array }
   /** Roll back: kill the destination QEMU (the VM runs on at its source). */
   | { readonly t: 'live-abort'; readonly vm: string }
   | { readonly t: 'end' };
@@ -117,6 +123,14 @@ export type FromAgent =
       readonly memory: Uint8Array;
     }
   | { readonly t: 'live-resumed'; readonly vm: string }
+  /** The repaired chunks' SHA-256 as read back (32 bytes each, in the order sent), or why not. */
+  | {
+      readonly t: 'live-repaired';
+      readonly vm: string;
+      readonly ok: boolean;
+      readonly error: string;
+      readonly digests: Uint8Array;
+    }
   | { readonly t: 'error'; readonly message: string };
 
 type Check = (value: unknown) => boolean;
@@ -161,6 +175,7 @@ const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
   },
   'live-end': { vm: isString, sha256: isString },
   'live-resume': { vm: isString },
+  'live-repair': { vm: isString, chunks: isBytes },
   'live-abort': { vm: isString },
   end: {},
 };
@@ -189,6 +204,7 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
   'live-ack': { vm: isString },
   'live-verified': { vm: isString, ok: isBool, error: isString, memory: isBytes },
   'live-resumed': { vm: isString },
+  'live-repaired': { vm: isString, ok: isBool, error: isString, digests: isBytes },
   error: { message: isString },
 };
 

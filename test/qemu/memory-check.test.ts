@@ -91,13 +91,15 @@ test('guest RAM: process memory and pmemsave read the same bytes', { timeout: 12
  * stream before the coordinator reads it: both ends' stream digests then agree, and only the memory
  * check can see that the target holds a page the source's memory never had.
  */
+let proxies = 0;
+
 function tamperingSource(qmp: QmpClient, dir: string): { client: QmpClient; tampered: () => boolean } {
   let tampered = false;
   const client = Object.create(qmp) as QmpClient;
   client.execute = async (command: string, args?: Record<string, unknown>) => {
     if (command !== 'migrate') return qmp.execute(command, args);
     const real = String(args!.uri).replace(/^unix:/, '');
-    const proxyPath = join(dir, 'tamper.sock');
+    const proxyPath = join(dir, `tamper-${++proxies}.sock`);
     const server = net.createServer((fromQemu) => {
       server.close();
       const toCoordinator = net.connect({ path: real });
@@ -156,8 +158,16 @@ async function withAgent(t: TestContext, dir: string) {
   return { link, logged };
 }
 
-async function migrate(source: QmpClient, vmsQmp: string, command: string[], link: AgentLink, dir: string) {
+async function migrate(
+  source: QmpClient,
+  vmsQmp: string,
+  command: string[],
+  link: AgentLink,
+  dir: string,
+  extra: { maxRepairBytes?: number } = {},
+) {
   return migrateLiveVm({
+    ...extra,
     vm: 'g1',
     command,
     source,
@@ -173,7 +183,7 @@ async function migrate(source: QmpClient, vmsQmp: string, command: string[], lin
 }
 
 test(
-  'memory check: a page changed behind the stream is caught; the guest keeps running at its source',
+  'memory check: a page changed behind the stream is caught: rolled back (the guest runs on at its source) or repaired',
   { timeout: 180_000 },
   async (t) => {
     const { dir, cleanup } = tempDir('vms-memcheck-');
@@ -183,9 +193,11 @@ test(
     const rolledBack = logged(/g1: rolled back/);
     const qmp = await connectQmp(vmsQmp, { connectTimeoutMs: 5000 });
     t.after(() => qmp.close());
-    const { client, tampered } = tamperingSource(qmp, dir);
-    const result = await migrate(client, vmsQmp, command, link, dir);
-    assert.ok(tampered(), 'the proxy changed a page');
+
+    // Repairs off: the difference rolls the migration back.
+    const first = tamperingSource(qmp, dir);
+    const result = await migrate(first.client, vmsQmp, command, link, dir, { maxRepairBytes: 0 });
+    assert.ok(first.tampered(), 'the proxy changed a page');
     assert.equal(result.ok, false, 'a target whose memory differs never runs');
     assert.equal(result.memoryMismatch, true, result.error);
     assert.match(result.error ?? '', /guest memory differs from the source's in 1 MiB chunk/);
@@ -198,16 +210,22 @@ test(
     const before = lastTick(guest.serial());
     while (lastTick(guest.serial()) <= before + 1) await new Promise((r) => setTimeout(r, 200));
 
-    // The same guest, untampered, then moves: the check passes and the target runs.
-    const again = await migrate(qmp, vmsQmp, command, link, dir);
+    // Repairs on (the default): the differing MiB is copied from the stopped source into the paused
+    // destination and checked again there, and the guest runs at its target.
+    const second = tamperingSource(qmp, dir);
+    const again = await migrate(second.client, vmsQmp, command, link, dir);
+    assert.ok(second.tampered(), 'the proxy changed a page');
     assert.equal(again.ok, true, again.error);
-    // The rolled-back destination's cleanup left the new one's QMP socket alone (the next move needs it).
-    assert.ok(
-      existsSync(join(dir, 'agent', 'run', 'g1.qmp')),
-      'the running destination keeps its QMP socket',
-    );
     assert.equal(again.memoryCheck?.method, 'process-memory');
-    t.diagnostic(`memory check of 128 MiB: ${again.memoryCheck?.ms} ms; downtime ${again.downtimeMs} ms`);
+    assert.equal(again.memoryCheck?.repairedMiB, 1);
+    t.diagnostic(
+      `memory check of 128 MiB with a 1 MiB repair: ${again.memoryCheck?.ms} ms; downtime ${again.downtimeMs} ms`,
+    );
     await guest.exited;
+    // The rolled-back destination's cleanup left the new one's QMP socket alone (the next move needs it).
+    const destination = await connectQmp(join(dir, 'agent', 'run', 'g1.qmp'), { connectTimeoutMs: 5000 });
+    t.after(() => destination.close());
+    const running = (await destination.execute('query-status')) as { status: string };
+    assert.equal(running.status, 'running');
   },
 );
