@@ -132,7 +132,9 @@ async function moveOneGuest(
   assert.equal(vm.verified, true, vm.error);
   assert.equal(vm.live.scan, scan);
   assert.equal(vm.live.memoryCheck.method, scan);
-  assert.deepEqual(vm.live.rollbacks, []);
+  // QEMU's own dirty tracking may lose pages under load: the memory check then repairs them or rolls
+  // back and retries. Any rollback must be that, never another failure retried.
+  for (const why of vm.live.rollbacks) assert.match(why, /guest memory differs from the source's/);
   // What was seeded (read from the stream or the file) is referred to in the live stream.
   assert.ok(vm.live.referencedPages > 1000, `pages sent by reference: ${vm.live.referencedPages}`);
   // The source QEMU quit; the guest's counter goes on at the target.
