@@ -7,7 +7,7 @@ import { agentCommand } from './agent-command.js';
 import { evacuateCommand } from './evacuate-command.js';
 import { inspectCommand } from './inspect-command.js';
 import { planCommand } from './plan-command.js';
-import { parseWholeNumber, runAction } from './run-action.js';
+import { failureJson, parseWholeNumber, runAction, wantsJson } from './run-action.js';
 import { scatterCommand } from './scatter-command.js';
 
 const root = new URL('../../../', import.meta.url);
@@ -39,7 +39,17 @@ const secretFileOption = () =>
 const program = new Command('vmscatter')
   .description('Live-migrate many VMs from one host to many: shared pages merged, sent once by multicast.')
   .version(version)
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // A bad option or argument is a usage error: exit 2 as the README says (commander's own is 1), and
+  // with --json a JSON object on stdout like every other failure. Subcommands inherit this.
+  .exitOverride((error) => {
+    if (error.exitCode === 0) process.exit(0); // --help, --version
+    if (wantsJson(process.argv))
+      process.stdout.write(
+        `${JSON.stringify(failureJson('VMS_USAGE', 2, error.message.replace(/^error: /, '')))}\n`,
+      );
+    process.exit(2);
+  });
 
 program
   .command('inspect')

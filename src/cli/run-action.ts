@@ -9,20 +9,48 @@ export function runAction<A extends unknown[]>(
   action: (...args: A) => Promise<void>,
 ): (...args: A) => Promise<void> {
   return async (...args: A) => {
+    // A command that already printed its report (a partial scatter, an evacuation) has said it in
+    // JSON: its failure must not add a second object to stdout.
+    let printed = false;
+    const write = process.stdout.write.bind(process.stdout);
+    process.stdout.write = ((...rest: Parameters<typeof write>) => {
+      printed = true;
+      return write(...rest);
+    }) as typeof process.stdout.write;
     try {
       await action(...args);
     } catch (error) {
+      process.stdout.write = write;
+      const json = wantsJson(process.argv) && !printed;
       if (error instanceof VmscatterError) {
         process.stderr.write(`vmscatter: ${error.message}\n`);
+        if (json)
+          process.stdout.write(`${JSON.stringify(failureJson(error.code, error.exitCode, error.message))}\n`);
         process.exitCode = error.exitCode;
         return;
       }
       process.stderr.write(
         `vmscatter: internal error (please report): ${(error as Error)?.stack ?? error}\n`,
       );
+      if (json)
+        process.stdout.write(
+          `${JSON.stringify(failureJson('VMS_INTERNAL', 70, `internal error: ${(error as Error)?.message ?? error}`))}\n`,
+        );
       process.exitCode = 70;
+    } finally {
+      process.stdout.write = write;
     }
   };
+}
+
+/** Whether the command line asks for JSON output (then failures are JSON on stdout too). */
+export function wantsJson(argv: readonly string[]): boolean {
+  return argv.includes('--json');
+}
+
+/** A failure as `--json` prints it: the stable code, the exit code, the message. */
+export function failureJson(code: string, exitCode: number, message: string) {
+  return { ok: false, code, exitCode, message };
 }
 
 /** Parses a whole number option; commander reports the error with the option's name. */

@@ -169,3 +169,24 @@ test('a FIFO, a directory or an oversized file as --secret-file: named at once (
     assertNoStack(stderr);
   }
 });
+
+test('usage errors exit 2 (not commander 1); with --json every failure is one JSON object on stdout', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const badValue = run('plan', '--max-groups', 'lots');
+  assert.equal(badValue.code, 2, badValue.stderr);
+  assert.match(badValue.stderr, /--max-groups/);
+  assertNoStack(badValue.stderr);
+  const unknown = run('scatter', '--no-such-option', '--json');
+  assert.equal(unknown.code, 2);
+  const usage = JSON.parse(unknown.stdout);
+  assert.deepEqual([usage.ok, usage.code, usage.exitCode], [false, 'VMS_USAGE', 2]);
+  assert.match(usage.message, /no-such-option/);
+  const missing = run('plan', '--topology', join(dir, 'none.yaml'), '--json');
+  assert.equal(missing.code, 2, missing.stderr);
+  const failure = JSON.parse(missing.stdout);
+  assert.equal(failure.ok, false);
+  assert.equal(failure.exitCode, 2);
+  assert.match(failure.code, /^VMS_/);
+  assert.match(failure.message, /none\.yaml/);
+});
