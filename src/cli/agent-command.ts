@@ -12,6 +12,8 @@ export interface AgentCommandOptions {
   readonly secretFile?: string;
   /** Emulators a destination may run (paths); default: every qemu-system-* on PATH. */
   readonly allowEmulator?: readonly string[];
+  /** Accept unencrypted multicast rounds (a coordinator's --insecure-plaintext). */
+  readonly insecurePlaintext?: boolean;
   /** Stop when stdin closes: set by a coordinator that starts the agent, so it never outlives it. */
   readonly exitOnStdinClose?: boolean;
 }
@@ -41,8 +43,11 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
     dir: options.dir ?? `.vmscatter/agents/${host.name}`,
     secret: readSecretFile(secretFile),
     ...(options.allowEmulator ? { emulators: allowedEmulators(options.allowEmulator) } : {}),
+    insecurePlaintext: options.insecurePlaintext ?? false,
     log,
   });
+  if (options.insecurePlaintext)
+    log('WARNING: --insecure-plaintext: accepts guest memory sent UNENCRYPTED over multicast');
   // Its coordinator reads stdout; if that one is gone, stdin's end says so and stops the agent.
   if (options.exitOnStdinClose) process.stdout.on('error', () => undefined);
   process.stdout.write(`agent ${host.name} listening on ${host.address}:${agent.port}\n`);

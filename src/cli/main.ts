@@ -147,6 +147,7 @@ program
     '--allow-emulator <path...>',
     'emulators a destination may run (default: every qemu-system-* on PATH); nothing else is started',
   )
+  .option('--insecure-plaintext', 'accept guest memory sent UNENCRYPTED by a coordinator that asks for it')
   .addOption(secretFileOption())
   .addOption(
     // For coordinators that start agents themselves (local agents): the agent never outlives them.

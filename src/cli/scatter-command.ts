@@ -111,12 +111,19 @@ async function runJob(
   const topology = materialiseSyntheticImages(loaded, options.workDir, (name, done, total) =>
     progress.pages(`Generating synthetic image ${name}`, done, total),
   );
+  if (job.insecurePlaintext)
+    process.stderr.write(
+      'vmscatter: WARNING: --insecure-plaintext: guest memory crosses the network UNENCRYPTED; ' +
+        'agents refuse it unless started with --insecure-plaintext too\n',
+    );
   progress.phase('Starting agents');
   const agents = await startLocalAgents(
     topology.hosts.filter((h) => h.role === 'target'),
     topology.file,
     secretFile,
     options.workDir,
+    // Local agents are this command's own: they accept what it was told to send.
+    { insecurePlaintext: job.insecurePlaintext },
   );
   onAgents(agents);
   try {
@@ -201,6 +208,8 @@ function namesOf(vms: readonly { name: string }[], shown = 8): string {
   return vms.length > shown ? `${names.join(', ')} and ${vms.length - shown} more` : names.join(', ');
 }
 
+const PLAINTEXT_WARNING = 'guest memory crossed the network unencrypted (--insecure-plaintext)';
+
 /** `vmscatter scatter`: the whole job, from the source host. */
 export async function scatterCommand(options: ScatterCommandOptions): Promise<void> {
   const { report, topology, localAgents, interrupted } = await runJobFromCli(
@@ -219,8 +228,8 @@ export async function scatterCommand(options: ScatterCommandOptions): Promise<vo
   const agents = { started: localAgents };
   process.stdout.write(
     options.json
-      ? `${JSON.stringify({ topology: topology.file, localAgents: agents.started, ...report }, null, 2)}\n`
-      : `${renderReport(report, topology.file)}\n`,
+      ? `${JSON.stringify({ topology: topology.file, localAgents: agents.started, ...report, ...(options.insecurePlaintext ? { warnings: [PLAINTEXT_WARNING] } : {}) }, null, 2)}\n`
+      : `${renderReport(report, topology.file)}\n${options.insecurePlaintext ? `WARNING: ${PLAINTEXT_WARNING}\n` : ''}`,
   );
   const failed = report.vms.filter((vm) => !vm.verified);
   if (report.planned?.dryRun) return;

@@ -152,6 +152,17 @@ export class AgentJob {
   }
 
   private async seed(message: Extract<ToAgent, { t: 'seed' }>): Promise<void> {
+    if (message.key.length === 0 && !this.options.insecurePlaintext) {
+      this.agent.log(`job ${this.id}: refused an unencrypted multicast round (no --insecure-plaintext here)`);
+      return this.reply({
+        t: 'error',
+        message: 'refuses unencrypted multicast: start the agent with --insecure-plaintext to accept it',
+      });
+    }
+    if (message.key.length === 0)
+      this.agent.log(
+        `job ${this.id}: WARNING: round ${message.session} arrives UNENCRYPTED (--insecure-plaintext)`,
+      );
     const socket = await DgramSocket.open({
       port: Number(message.group.slice(message.group.lastIndexOf(':') + 1)),
       multicastInterface: this.options.multicastInterface,

@@ -38,6 +38,11 @@ export interface AgentOptions {
    * (qemu/command-policy.ts).
    */
   readonly emulators?: readonly string[];
+  /**
+   * Accept multicast rounds sent in clear (a coordinator's --insecure-plaintext). Off by default: an
+   * empty round key is refused, so no coordinator alone can make guest memory travel unencrypted.
+   */
+  readonly insecurePlaintext?: boolean;
   readonly log?: (line: string) => void;
 }
 

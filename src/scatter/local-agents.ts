@@ -34,6 +34,7 @@ export async function startLocalAgents(
   topologyFile: string,
   secretFile: string,
   workDir: string,
+  options: { readonly insecurePlaintext?: boolean } = {},
 ): Promise<LocalAgents> {
   const children: ChildProcess[] = [];
   const started: string[] = [];
@@ -60,6 +61,7 @@ export async function startLocalAgents(
           '--secret-file',
           secretFile,
           '--exit-on-stdin-close',
+          ...(options.insecurePlaintext ? ['--insecure-plaintext'] : []),
         ],
         { stdio: ['pipe', 'pipe', log], detached: true },
       );

@@ -103,3 +103,40 @@ test(
     assert.equal((await again).t, 'ready');
   },
 );
+
+test(
+  'agent: an unencrypted round is refused unless the agent itself opted in, and the refusal is logged',
+  { timeout: 30_000 },
+  async (t) => {
+    const { dir, cleanup } = tempDir();
+    t.after(cleanup);
+    const lines: string[] = [];
+    const agent = await startAgent(dir, lines);
+    t.after(() => agent.close());
+    const channel = await connectControl('127.0.0.1', agent.port, { secret });
+    t.after(() => channel.close());
+    const messages: Record<string, unknown>[] = [];
+    const refused = new Promise<Record<string, unknown>>((resolve) =>
+      channel.onMessage((m) => {
+        messages.push(m as Record<string, unknown>);
+        if ((m as { t: string }).t === 'error') resolve(m as Record<string, unknown>);
+      }),
+    );
+    channel.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j1', host: 't1' });
+    channel.send({
+      t: 'seed',
+      session: 1,
+      key: new Uint8Array(0),
+      group: '239.255.77.1:47000',
+      sender: '127.0.0.1:47001',
+      receiver: 0,
+      maxObjectBytes: 1 << 20,
+    });
+    const reply = await refused;
+    assert.match(String(reply.message), /refuses unencrypted multicast/);
+    assert.ok(
+      lines.some((line) => /refused an unencrypted multicast round/.test(line)),
+      lines.join('\n'),
+    );
+  },
+);
