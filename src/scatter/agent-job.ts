@@ -218,7 +218,18 @@ export class AgentJob {
     await storing;
     if (failure) throw failure;
     if (rejected > 0) this.agent.log(`job ${this.id}: ${rejected} page(s) failed their digest check`);
-    if (!this.finished) this.reply({ t: 'seeded', session: message.session, state, stored, rejected });
+    const drops = session.drops.snapshot();
+    const dropped = session.drops.total;
+    if (dropped > 0)
+      this.agent.log(
+        `job ${this.id}: round ${message.session}: dropped ${dropped} datagram(s): ` +
+          Object.entries(drops)
+            .filter(([, n]) => n > 0)
+            .map(([why, n]) => `${n} ${why}`)
+            .join(', '),
+      );
+    if (!this.finished)
+      this.reply({ t: 'seeded', session: message.session, state, stored, rejected, dropped });
   }
 
   private async live(message: Extract<ToAgent, { t: `live-${string}` }>): Promise<void> {

@@ -276,6 +276,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           unicastPages: outcome.unicastPages[i]!,
           peerPages: fetched[i]!,
           wireBytes: Math.round(wire.targetBytes[i]!),
+          droppedDatagrams: seeded.droppedByTarget[i] ?? 0,
           ...(lost[i] ? { lost: lost[i] } : {}),
         })),
         ...connected.failures.map((failure, i) => ({
@@ -286,6 +287,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           unicastPages: 0,
           peerPages: 0,
           wireBytes: 0,
+          droppedDatagrams: 0,
           lost: failure,
         })),
       ];

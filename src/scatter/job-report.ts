@@ -37,6 +37,11 @@ export interface TargetReport {
   readonly peerPages: number;
   /** Bytes the source sent it: every multicast round it received, and pages by unicast. */
   readonly wireBytes: number;
+  /**
+   * Multicast datagrams its receiver dropped as forged, replayed, stale, truncated or malformed (the
+   * agent's log has them by reason): an attack or a misconfigured sender shows here.
+   */
+  readonly droppedDatagrams: number;
   readonly lost?: string;
 }
 
@@ -109,6 +114,7 @@ export function plannedReport(
       unicastPages: 0,
       peerPages: 0,
       wireBytes: 0,
+      droppedDatagrams: 0,
     })),
     source: {
       multicastPayloadBytes: 0,

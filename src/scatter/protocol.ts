@@ -95,6 +95,8 @@ export type FromAgent =
       readonly state: 'complete' | 'failed';
       readonly stored: number;
       readonly rejected: number;
+      /** Datagrams the round's receiver dropped: forged, replayed, stale, truncated or malformed. */
+      readonly dropped: number;
     }
   /** Indices (u32 LE) into the VM's digest list of pages the agent lacks. */
   | { readonly t: 'missing'; readonly vm: string; readonly indices: Uint8Array }
@@ -195,6 +197,7 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
     state: (v) => v === 'complete' || v === 'failed',
     stored: isUint,
     rejected: isUint,
+    dropped: isUint,
   },
   missing: { vm: isString, indices: isBytes },
   rebuilt: { vm: isString, ok: isBool, sha256: isString, error: isString },

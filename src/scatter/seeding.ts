@@ -69,6 +69,8 @@ export interface SeedResult {
   readonly roundReceivers: number[][];
   /** Per round: the receivers that reported every object of it stored. */
   readonly roundCompleted: number[][];
+  /** Per target: datagrams its receivers dropped (forged, replayed, stale, malformed), all rounds. */
+  readonly droppedByTarget: number[];
   /** Stopped by the signal before every round was sent (the arrays cover the rounds begun). */
   readonly interrupted: boolean;
 }
@@ -113,6 +115,7 @@ export async function seedRounds(
   const roundWireBytes: number[] = [];
   const roundReceivers: number[][] = [];
   const roundCompleted: number[][] = [];
+  const droppedByTarget = links.map(() => 0);
   const socket = await DgramSocket.open({
     bindAddress: source.address,
     ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
@@ -150,6 +153,7 @@ export async function seedRounds(
         wireBytes += result.wireBytes;
         roundWireBytes[r] = result.wireBytes;
         roundCompleted[r] = result.completed;
+        for (const [t, n] of result.dropped) droppedByTarget[t]! += n;
         send.initialRateBytesPerSecond = result.finalRateBytesPerSecond;
         compression.roundBitsPerSecond.push(Math.round((8 * result.wireBytes) / result.seconds));
         packets.data += result.stats.dataPackets;
@@ -178,6 +182,7 @@ export async function seedRounds(
     roundWireBytes,
     roundReceivers,
     roundCompleted,
+    droppedByTarget,
     interrupted,
   };
 }
@@ -223,6 +228,8 @@ async function seedRound(
   finalRateBytesPerSecond: number;
   seconds: number;
   completed: number[];
+  /** Datagrams each receiver (by target) dropped as forged, replayed, stale or malformed. */
+  dropped: Map<number, number>;
   /** Stopped by the signal: the figures are what went out before it. */
   aborted: boolean;
 }> {
@@ -273,11 +280,13 @@ async function seedRound(
   if (!result) return abortedRound(batches, sender.result().stats, sender.rateBytesPerSecond, seconds);
   // An agent the session dropped gets what it lacks over the control channel at rebuild time.
   const completed: number[] = [];
+  const dropped = new Map<number, number>();
   await Promise.all(
     receivers.map((t) =>
       links[t]!.next('seeded', (m) => m.session === session, SEEDED_TIMEOUT_MS).then(
         (reply) => {
           if (reply.state === 'complete') completed.push(t);
+          dropped.set(t, reply.dropped);
         },
         (error: unknown) => {
           if (!(error instanceof AgentLostError)) throw error;
@@ -293,6 +302,7 @@ async function seedRound(
     finalRateBytesPerSecond: sender.rateBytesPerSecond,
     seconds,
     completed,
+    dropped,
     aborted: false,
   };
 }
@@ -319,6 +329,7 @@ function abortedRound(
     finalRateBytesPerSecond,
     seconds,
     completed: [],
+    dropped: new Map<number, number>(),
     aborted: true,
   };
 }

@@ -312,3 +312,39 @@ test('a disk that fills up during the job fails the VMs of that target clearly; 
   const left = readdirSync(join(t2Dir, 'images'));
   assert.deepEqual(left, [], `nothing half-written at t2: ${left.join(', ')}`);
 });
+
+test('forged datagrams sent to the job groups are dropped, counted per target in the report, and every VM verifies', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const port = basePort + 7;
+  const topology = writeTopology(dir, port);
+  // A forger on the loopback groups for the whole job (bounded: 30 s, 1 datagram a millisecond at most).
+  const forger = spawn(process.execPath, [
+    '-e',
+    `const s = require('node:dgram').createSocket('udp4');
+     s.bind(0, '127.0.0.1', () => {
+       s.setMulticastInterface('127.0.0.1');
+       const junk = Buffer.alloc(120, 0x41); junk.write('VS', 0);
+       let n = 0;
+       const timer = setInterval(() => {
+         for (let g = 0; g < 8; g++) s.send(junk, ${port + 10}, '239.255.${100 + (port % 100)}.' + g);
+         if (++n > 30000) { clearInterval(timer); s.close(); }
+       }, 1);
+     });`,
+  ]);
+  t.after(() => forger.kill('SIGKILL'));
+  const job = scatter(dir, topology);
+  forger.kill('SIGKILL');
+  assert.equal(job.code, 0, job.stderr);
+  assert.equal(job.report.ok, true);
+  const dropped = job.report.targets.map((x: { droppedDatagrams: number }) => x.droppedDatagrams);
+  assert.ok(
+    dropped.reduce((a: number, b: number) => a + b, 0) > 0,
+    `forged datagrams counted: ${dropped.join(', ')}`,
+  );
+  // And named in the agents' logs, by reason.
+  const logs = ['t1', 't2', 't3']
+    .map((h) => readFileSync(join(dir, 'agents', h, 'agent.log'), 'utf8'))
+    .join('\n');
+  assert.match(logs, /dropped \d+ datagram\(s\): /);
+});
