@@ -29,7 +29,7 @@ const memoryMiB = Number(values['memory-mib']);
 const cli = join(dirname(fileURLToPath(import.meta.url)), '../src/cli/main.js');
 
 function row(name: string, s: SoakSummary): string {
-  return `${name.padEnd(28)} runs ${String(s.runs).padStart(3)}  alive ${String(s.alive).padStart(3)}  stayed ${String(s.stayed).padStart(3)}  lost ${String(s.lost).padStart(3)}  memory-check catches ${s.qemuLostPagesCaught}`;
+  return `${name.padEnd(28)} runs ${String(s.runs).padStart(3)}  alive ${String(s.alive).padStart(3)}  stayed ${String(s.stayed).padStart(3)}  lost ${String(s.lost).padStart(3)}  memory-check catches ${s.qemuLostPagesCaught} (repaired ${s.repaired}, ${s.repairedMiB} MiB)`;
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'vms-bench-soak-'));
@@ -60,7 +60,9 @@ try {
   console.log(row("QEMU's own migration", qemu));
   console.log(row('vmscatter live scatter', scatter));
   const failures = (s: SoakSummary) =>
-    s.details.filter((d) => d.outcome !== 'alive' || d.rollbacks.length > 0).map((d) => ({ ...d }));
+    s.details
+      .filter((d) => d.outcome !== 'alive' || d.rollbacks.length > 0 || (d.repairedMiB ?? 0) > 0)
+      .map((d) => ({ ...d }));
   const summary = {
     bench: 'soak',
     date: new Date().toISOString(),

@@ -45,6 +45,8 @@ export interface SoakRun {
   readonly outcome: SoakOutcome;
   /** Memory checks that failed and were retried within the run (QEMU lost pages; caught). */
   readonly rollbacks: readonly string[];
+  /** MiB of the destination's RAM the memory check found different and repaired (QEMU lost pages). */
+  readonly repairedMiB?: number;
   readonly seconds: number;
   readonly downtimeMs?: number;
   readonly cause?: string;
@@ -55,8 +57,14 @@ export interface SoakSummary {
   readonly alive: number;
   readonly stayed: number;
   readonly lost: number;
-  /** Memory-check catches: pages QEMU's own migration lost, rolled back before the guest ran. */
+  /**
+   * Memory-check catches: migrations in which QEMU's own migration lost pages, caught before the guest
+   * ran (repaired, or rolled back and retried).
+   */
   readonly qemuLostPagesCaught: number;
+  /** Of those, the ones repaired in place, and the MiB they rewrote. */
+  readonly repaired: number;
+  readonly repairedMiB: number;
   readonly details: readonly SoakRun[];
 }
 
@@ -169,7 +177,11 @@ export async function soakLiveScatters(options: SoakOptions): Promise<SoakSummar
         '--json',
       ]);
       let report: {
-        vms?: { verified?: boolean; error?: string; live?: { rollbacks?: string[]; downtimeMs?: number } }[];
+        vms?: {
+          verified?: boolean;
+          error?: string;
+          live?: { rollbacks?: string[]; downtimeMs?: number; memoryCheck?: { repairedMiB?: number } | null };
+        }[];
       };
       try {
         report = JSON.parse(result.stdout);
@@ -198,6 +210,7 @@ export async function soakLiveScatters(options: SoakOptions): Promise<SoakSummar
         run,
         outcome,
         rollbacks,
+        ...(vm?.live?.memoryCheck?.repairedMiB ? { repairedMiB: vm.live.memoryCheck.repairedMiB } : {}),
         seconds,
         ...(vm?.live?.downtimeMs !== undefined && vm.verified ? { downtimeMs: vm.live.downtimeMs } : {}),
         ...(cause ? { cause } : {}),
@@ -218,7 +231,9 @@ export async function soakLiveScatters(options: SoakOptions): Promise<SoakSummar
     alive: details.filter((d) => d.outcome === 'alive').length,
     stayed: details.filter((d) => d.outcome === 'stayed').length,
     lost: details.filter((d) => d.outcome === 'lost').length,
-    qemuLostPagesCaught: details.reduce((n, d) => n + d.rollbacks.length, 0),
+    qemuLostPagesCaught: details.reduce((n, d) => n + d.rollbacks.length + (d.repairedMiB ? 1 : 0), 0),
+    repaired: details.filter((d) => (d.repairedMiB ?? 0) > 0).length,
+    repairedMiB: details.reduce((n, d) => n + (d.repairedMiB ?? 0), 0),
     details,
   };
 }
@@ -298,6 +313,8 @@ export async function soakQemuMigrations(options: SoakOptions): Promise<SoakSumm
     stayed: details.filter((d) => d.outcome === 'stayed').length,
     lost: details.filter((d) => d.outcome === 'lost').length,
     qemuLostPagesCaught: 0,
+    repaired: 0,
+    repairedMiB: 0,
     details,
   };
 }
