@@ -138,6 +138,8 @@ export type FromAgent =
 type Check = (value: unknown) => boolean;
 const isString: Check = (v) => typeof v === 'string' && v.length <= 4096;
 const isUint: Check = (v) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+/** A VM's pages: at most 2^32 (16 TiB of guest memory), so nothing sized from it can overflow. */
+const isPageCount: Check = (v) => isUint(v) && (v as number) <= 2 ** 32;
 const isBytes: Check = (v) => v instanceof Uint8Array;
 const isBool: Check = (v) => typeof v === 'boolean';
 const isVerifiedList: Check = (v) =>
@@ -157,7 +159,7 @@ const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
   },
   vm: {
     vm: isString,
-    pages: isUint,
+    pages: isPageCount,
     sha256: isString,
     digests: isBytes,
     weights: isBytes,

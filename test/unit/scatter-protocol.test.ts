@@ -41,6 +41,17 @@ test('protocol: forged or malformed values are refused, never thrown on', () => 
       weights: new Uint8Array(0),
       manifest: new Uint8Array(0),
     },
+    // 2^40 pages once reached the manifest decoder and threw a raw RangeError there.
+    {
+      t: 'vm',
+      vm: 'x',
+      pages: 2 ** 40,
+      sha256: '',
+      digests: new Uint8Array(0),
+      weights: new Uint8Array(0),
+      manifest: new Uint8Array(0),
+    },
+    { t: 'live-repair', vm: 'x', chunks: 'not bytes' },
     { t: 'pages', records: [1, 2, 3] },
     { t: 'rebuild', vm: 'x'.repeat(5000) },
   ];
