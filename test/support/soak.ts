@@ -110,14 +110,35 @@ function runCli(args: readonly string[]): Promise<{ code: number | null; stdout:
   });
 }
 
+/** What both soaks start from: the kernel, the self-checking initramfs, the machine. */
+async function soakGuest(options: SoakOptions) {
+  const initrd = join(options.dir, 'initrd.gz');
+  buildInitramfs(initrd, { seed: 5, workloadMiB: 8, selfCheck: CHECK });
+  return {
+    kernel: await ensureGuestKernel(),
+    initrd,
+    memoryMiB: options.memoryMiB ?? 256,
+    machine: ['-machine', 'q35', '-smp', '2'],
+    log: options.log ?? (() => undefined),
+  };
+}
+
+function summarize(details: SoakRun[]): SoakSummary {
+  return {
+    runs: details.length,
+    alive: details.filter((d) => d.outcome === 'alive').length,
+    stayed: details.filter((d) => d.outcome === 'stayed').length,
+    lost: details.filter((d) => d.outcome === 'lost').length,
+    qemuLostPagesCaught: details.reduce((n, d) => n + d.rollbacks.length + (d.repairedMiB ? 1 : 0), 0),
+    repaired: details.filter((d) => (d.repairedMiB ?? 0) > 0).length,
+    repairedMiB: details.reduce((n, d) => n + (d.repairedMiB ?? 0), 0),
+    details,
+  };
+}
+
 export async function soakLiveScatters(options: SoakOptions): Promise<SoakSummary> {
   const { dir } = options;
-  const memoryMiB = options.memoryMiB ?? 256;
-  const log = options.log ?? (() => undefined);
-  const kernel = await ensureGuestKernel();
-  const initrd = join(dir, 'initrd.gz');
-  buildInitramfs(initrd, { seed: 5, workloadMiB: 8, selfCheck: CHECK });
-  const machine = ['-machine', 'q35', '-smp', '2'];
+  const { kernel, initrd, memoryMiB, machine, log } = await soakGuest(options);
   const sources: Guest[] = [];
   // A fresh guest at the source: at the start, and after a guest was lost (so every run counts).
   const freshSource = async () => {
@@ -226,16 +247,7 @@ export async function soakLiveScatters(options: SoakOptions): Promise<SoakSummar
     for (const guest of sources) await guest.stop().catch(() => undefined);
     for (const qmp of destinations) await quitQemuAt(qmp).catch(() => undefined);
   }
-  return {
-    runs: details.length,
-    alive: details.filter((d) => d.outcome === 'alive').length,
-    stayed: details.filter((d) => d.outcome === 'stayed').length,
-    lost: details.filter((d) => d.outcome === 'lost').length,
-    qemuLostPagesCaught: details.reduce((n, d) => n + d.rollbacks.length + (d.repairedMiB ? 1 : 0), 0),
-    repaired: details.filter((d) => (d.repairedMiB ?? 0) > 0).length,
-    repairedMiB: details.reduce((n, d) => n + (d.repairedMiB ?? 0), 0),
-    details,
-  };
+  return summarize(details);
 }
 
 /**
@@ -245,12 +257,8 @@ export async function soakLiveScatters(options: SoakOptions): Promise<SoakSummar
  */
 export async function soakQemuMigrations(options: SoakOptions): Promise<SoakSummary> {
   const { dir } = options;
-  const memoryMiB = options.memoryMiB ?? 256;
-  const log = options.log ?? (() => undefined);
-  const kernel = await ensureGuestKernel();
-  const initrd = join(dir, 'initrd.gz');
-  buildInitramfs(initrd, { seed: 5, workloadMiB: 8, selfCheck: CHECK });
-  const args = { kernel, initrd, memoryMiB, extraArgs: ['-machine', 'q35', '-smp', '2'] };
+  const { kernel, initrd, memoryMiB, machine, log } = await soakGuest(options);
+  const args = { kernel, initrd, memoryMiB, extraArgs: machine };
   const healthy = async (guest: Guest) => {
     const why = await aliveAndChecking(() => guest.serial(), 0);
     if (why) throw new Error(`the soak guest is not healthy before any move: ${why}`);
@@ -307,14 +315,5 @@ export async function soakQemuMigrations(options: SoakOptions): Promise<SoakSumm
   } finally {
     await current.stop().catch(() => undefined);
   }
-  return {
-    runs: details.length,
-    alive: details.filter((d) => d.outcome === 'alive').length,
-    stayed: details.filter((d) => d.outcome === 'stayed').length,
-    lost: details.filter((d) => d.outcome === 'lost').length,
-    qemuLostPagesCaught: 0,
-    repaired: 0,
-    repairedMiB: 0,
-    details,
-  };
+  return summarize(details);
 }
