@@ -403,15 +403,23 @@ async function repairMemory(options: {
       throw new MemoryMismatch(`VM ${vm}: the source's memory changed while stopped`);
     parts.push({ offset, bytes });
   }
-  const encoded = encodeChunks(parts);
-  link.send({ t: 'live-repair', vm, chunks: encoded });
-  const repaired = await link.next('live-repaired', (m) => m.vm === vm, STEP_TIMEOUT_MS);
-  const expected = Buffer.concat(chunks.map((k) => chunkDigest(memory, k)));
-  if (!repaired.ok || Buffer.compare(Buffer.from(repaired.digests), expected) !== 0)
-    throw new MemoryMismatch(
-      `VM ${vm}: at ${link.host.name}, ${options.why}, and the repair failed: ${repaired.error || 'read back different'}`,
+  // In messages of at most REPAIR_MESSAGE_CHUNKS MiB: the control channel refuses frames over 16 MiB.
+  for (let first = 0; first < parts.length; first += REPAIR_MESSAGE_CHUNKS) {
+    const batch = parts.slice(first, first + REPAIR_MESSAGE_CHUNKS);
+    link.send({ t: 'live-repair', vm, chunks: encodeChunks(batch) });
+    const repaired = await link.next('live-repaired', (m) => m.vm === vm, STEP_TIMEOUT_MS);
+    const expected = Buffer.concat(
+      chunks.slice(first, first + batch.length).map((k) => chunkDigest(memory, k)),
     );
+    if (!repaired.ok || Buffer.compare(Buffer.from(repaired.digests), expected) !== 0)
+      throw new MemoryMismatch(
+        `VM ${vm}: at ${link.host.name}, ${options.why}, and the repair failed: ${repaired.error || 'read back different'}`,
+      );
+  }
 }
+
+/** MiB chunks a repair message carries at most (well under the control channel's 16 MiB frames). */
+const REPAIR_MESSAGE_CHUNKS = 8;
 
 /** The target's memory differs from the source's: the one failure another attempt may cure. */
 class MemoryMismatch extends Error {}
