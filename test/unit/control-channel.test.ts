@@ -129,12 +129,13 @@ test('a silent peer is detected by the idle timeout', async (t) => {
 
 test('heartbeats keep a quiet but live connection open', async (t) => {
   let serverSide: ControlChannel | undefined;
-  const options = { secret, heartbeatMs: 20, idleTimeoutMs: 100 };
+  // Timeouts long enough that a loaded machine's event-loop stalls are not taken for silence.
+  const options = { secret, heartbeatMs: 50, idleTimeoutMs: 1000 };
   const server = await listenControl('127.0.0.1', 0, options, (c) => (serverSide = c));
   t.after(() => server.close());
   const client = await connectControl('127.0.0.1', server.port, options);
   t.after(() => client.close());
-  await new Promise((r) => setTimeout(r, 400)); // four idle timeouts of quiet, heartbeats only
+  await new Promise((r) => setTimeout(r, 3000)); // three idle timeouts of quiet, heartbeats only
   assert.equal(client.closed, false);
   assert.equal(serverSide?.closed, false);
   const reply = nextMessage(client);
