@@ -158,7 +158,6 @@ async function withAgent(t: TestContext, dir: string) {
     log: (line) => onLog(line),
   });
   t.after(() => agent.close());
-  t.after(() => quitQemuAt(join(dir, 'agent', 'run', 'g1.qmp')));
   const channel = await connectControl('127.0.0.1', agent.port, { secret });
   t.after(() => channel.close());
   const host = {
@@ -206,7 +205,11 @@ test(
   { timeout: 180_000 },
   async (t) => {
     const { dir, cleanup } = tempDir('vms-memcheck-');
-    t.after(cleanup);
+    // One hook, in this order: the destination that runs at the end outlives its agent by design.
+    t.after(async () => {
+      await quitQemuAt(join(dir, 'agent', 'run', 'g1.qmp'));
+      cleanup();
+    });
     const { guest, vmsQmp, command } = await bootSource(t, dir);
     const { link, logged } = await withAgent(t, dir);
     const rolledBack = logged(/g1: rolled back/);
@@ -248,5 +251,7 @@ test(
     t.after(() => destination.close());
     const running = (await destination.execute('query-status')) as { status: string };
     assert.equal(running.status, 'running');
+    // QEMU serves one QMP client at a time: this one quits it (the cleanup hook could not connect).
+    await destination.execute('quit').catch(() => undefined);
   },
 );
