@@ -34,7 +34,6 @@ async function scanGuestRam(ram: GuestRam, options: LiveScanOptions): Promise<Sc
   const pageCount = Math.ceil(ram.map.bytes / PAGE_SIZE);
   collector.reset(pageCount);
   const chunk = new Uint8Array(CHUNK_BYTES);
-  let covered = 0;
   for (const range of ram.map.ranges) {
     for (let at = 0; at < range.length; at += CHUNK_BYTES) {
       options.signal?.throwIfAborted();
@@ -42,12 +41,9 @@ async function scanGuestRam(ram: GuestRam, options: LiveScanOptions): Promise<Sc
       await ram.read(chunk, range.offset + at, length);
       const first = (range.offset + at) / PAGE_SIZE;
       for (let i = 0; i * PAGE_SIZE < length; i++) collector.page(first + i, chunk, i * PAGE_SIZE);
-      covered = Math.max(covered, range.offset + at + length);
       await yieldToEventLoop();
     }
   }
-  // What the guest does not see was not read: zero pages for the plan.
-  for (let page = 0; page < pageCount; page++) if (!collector.seen(page)) collector.page(page, undefined);
   collector.flush();
   return { pages: collector.pages(options.vm), method: ram.method };
 }

@@ -59,8 +59,6 @@ export async function connectSourceQmp(path: string, vm: string): Promise<QmpCli
  */
 export class LivePageCollector {
   private pageTable = new Uint32Array(0);
-  private seen_ = new Uint8Array(0);
-  private covered = 0;
   private readonly digest = new Uint8Array(DIGEST_BYTES);
   private readonly batchDigests: Uint8Array[] = [];
   private readonly batchPages: Uint8Array[] = [];
@@ -71,27 +69,9 @@ export class LivePageCollector {
     private readonly store: ContentStore | undefined,
   ) {}
 
-  /** Sizes the page table; every page of the VM must then be seen once before `complete`. */
+  /** Sizes the page table: a page never given to `page` stays a zero page. */
   reset(pageCount: number): void {
     this.pageTable = new Uint32Array(pageCount);
-    this.seen_ = new Uint8Array(pageCount);
-    this.covered = 0;
-  }
-
-  get pageCount(): number {
-    return this.pageTable.length;
-  }
-
-  get complete(): boolean {
-    return this.covered === this.pageTable.length;
-  }
-
-  get coveredPages(): number {
-    return this.covered;
-  }
-
-  seen(index: number): boolean {
-    return this.seen_[index] === 1;
   }
 
   /** Page `index` holds `data[offset..offset+PAGE_SIZE)`; a zero page may be given as `undefined`. */
@@ -109,10 +89,6 @@ export class LivePageCollector {
       }
     }
     this.pageTable[index] = id;
-    if (!this.seen_[index]) {
-      this.seen_[index] = 1;
-      this.covered++;
-    }
   }
 
   /** Stores what is batched; call once the scan is over. */

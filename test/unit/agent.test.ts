@@ -1,14 +1,17 @@
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { connectControl, type ControlChannel } from '../../src/control/control-channel.js';
-import { Agent } from '../../src/scatter/agent.js';
+import { Agent, type AgentOptions } from '../../src/scatter/agent.js';
 import { PROTOCOL_VERSION } from '../../src/scatter/protocol.js';
 import { tempDir } from '../support/fixtures.js';
 
 const secret = new TextEncoder().encode('agent unit test secret, long enough');
 
-async function startAgent(dir: string, lines: string[]) {
+async function startAgent(dir: string, lines: string[], extra: Partial<AgentOptions> = {}) {
   return Agent.start({
+    ...extra,
     name: 't1',
     listenAddress: '127.0.0.1',
     port: 0,
@@ -138,5 +141,39 @@ test(
       lines.some((line) => /refused an unencrypted multicast round/.test(line)),
       lines.join('\n'),
     );
+  },
+);
+
+test(
+  'agent: a forged live-incoming asking for a shell is refused, logged, and nothing runs',
+  { timeout: 30_000 },
+  async (t) => {
+    const { dir, cleanup } = tempDir();
+    t.after(cleanup);
+    const lines: string[] = [];
+    const agent = await startAgent(dir, lines, { emulators: [] });
+    t.after(() => agent.close());
+    const channel = await connectControl('127.0.0.1', agent.port, { secret });
+    t.after(() => channel.close());
+    const replies: Record<string, unknown>[] = [];
+    const refused = new Promise<Record<string, unknown>>((resolve) =>
+      channel.onMessage((m) => {
+        const message = m as Record<string, unknown>;
+        replies.push(message);
+        if (message.t === 'live-refused' || message.t === 'live-ready') resolve(message);
+      }),
+    );
+    const witness = join(dir, 'pwned');
+    channel.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j1', host: 't1' });
+    channel.send({ t: 'live-incoming', vm: 'g1', command: ['/bin/sh', '-c', `touch ${witness}`] });
+    const reply = await refused;
+    assert.equal(reply.t, 'live-refused');
+    assert.match(String(reply.error), /not an allowed emulator/);
+    assert.ok(
+      lines.some((line) => /g1: refused to start its destination/.test(line)),
+      lines.join('\n'),
+    );
+    await new Promise((r) => setTimeout(r, 200)); // a shell, had one run, would have touched it by now
+    assert.ok(!existsSync(witness), 'nothing ran');
   },
 );
