@@ -2,8 +2,8 @@
   "targets": [
     {
       "target_name": "vmscatter_native",
-      "sources": ["native/page-digest.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra"]
+      "sources": ["native/page-digest.c", "native/chunk-digest.c"],
+      "cflags": ["-O3", "-Wall", "-Wextra"]
     }
   ]
 }

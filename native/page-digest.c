@@ -89,13 +89,16 @@ static napi_value digest_pages(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* chunk-digest.c: the memory check's chunk digests. */
+napi_value chunk_digest_exports(napi_env env, napi_value exports);
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"keyedState", NULL, keyed_state, NULL, NULL, NULL, napi_default, NULL},
       {"digestPages", NULL, digest_pages, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
-  return exports;
+  return chunk_digest_exports(env, exports);
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

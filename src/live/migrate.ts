@@ -16,6 +16,7 @@ import {
   differingChunks,
   digestChunk,
   digestGuestRam,
+  newMemorySeed,
   encodeChunks,
   type MemoryDigests,
 } from './memory-check.js';
@@ -189,6 +190,16 @@ export async function migrateLiveVm(options: {
       await source.execute('stop');
       stoppedAt = performance.now();
     }
+    // Found while the guest still runs (its mapping stays for the process's life), so the check after
+    // the source stopped only reads: the search samples pages through QMP, downtime it need not cost.
+    // Kept open until the VM runs somewhere: a repair reads the differing chunks through it.
+    const ram = await openGuestRam(source, {
+      ...(options.sourceQmpSocket ? { qmpSocket: options.sourceQmpSocket } : {}),
+      scratchDir: join(options.runDir, 'ram'),
+      name: vm,
+      running: stoppedAt === undefined,
+    });
+    sourceRam = ram;
     await source.execute('migrate', { uri: `unix:${join(options.runDir, `${vm}.out`)}` });
     const socket = await withTimeout(listener.accepted, 30_000, `VM ${vm}: QEMU did not connect`);
     watching = watchMigration(source, observed);
@@ -280,19 +291,13 @@ export async function migrateLiveVm(options: {
     const status = await waitMigrationSettled(source);
     if (status !== 'completed') throw new Error(`VM ${vm}: the source's migration ended '${status}'`);
     Object.assign(counts, encoder.counts);
-    link.send({ t: 'live-end', vm, sha256: encoder.digest.hex() });
+    const memorySeed = newMemorySeed();
+    link.send({ t: 'live-end', vm, sha256: encoder.digest.hex(), memorySeed });
     // The source is stopped now: its RAM is read while the target loads the stream's end and reads its
     // own, and the two must agree chunk for chunk before the target may run.
     const checkStarted = performance.now();
-    const ram = await openGuestRam(source, {
-      ...(options.sourceQmpSocket ? { qmpSocket: options.sourceQmpSocket } : {}),
-      scratchDir: join(options.runDir, 'ram'),
-      name: vm,
-      running: false,
-    });
-    // Kept open until the VM runs somewhere: a repair reads the differing chunks through it.
-    sourceRam = ram;
-    const sourceMemory = await digestGuestRam(ram, options.signal);
+    await ram.remap();
+    const sourceMemory = await digestGuestRam(ram, memorySeed, options.signal);
     const verdict = await link.next('live-verified', (m) => m.vm === vm, STEP_TIMEOUT_MS);
     if (!verdict.ok) throw new Error(`VM ${vm}: not verified at ${link.host.name}: ${verdict.error}`);
     memoryCheck = { method: ram.method, ms: Math.round(performance.now() - checkStarted), repairedMiB: 0 };
@@ -311,7 +316,7 @@ export async function migrateLiveVm(options: {
         chunks.length * CHECK_CHUNK_BYTES > (options.maxRepairBytes ?? MAX_REPAIR_BYTES)
       )
         throw new MemoryMismatch(`VM ${vm}: at ${link.host.name}, ${differs}`);
-      await repairMemory({ vm, link, ram, memory: sourceMemory, chunks, why: differs });
+      await repairMemory({ vm, link, ram, memory: sourceMemory, seed: memorySeed, chunks, why: differs });
       memoryCheck = {
         ...memoryCheck,
         ms: Math.round(performance.now() - checkStarted),
@@ -389,6 +394,8 @@ async function repairMemory(options: {
   /** The stopped source's RAM, as the check read it. */
   readonly ram: GuestRam;
   readonly memory: MemoryDigests;
+  /** The memory check's seed, under which `memory` was digested. */
+  readonly seed: Uint8Array;
   readonly chunks: readonly number[];
   readonly why: string;
 }): Promise<void> {
@@ -399,7 +406,7 @@ async function repairMemory(options: {
     const bytes = new Uint8Array(length);
     await ram.read(bytes, offset, length);
     // The source is stopped: what it holds now is what the check read.
-    if (Buffer.compare(digestChunk(bytes), chunkDigest(memory, k)) !== 0)
+    if (Buffer.compare(digestChunk(bytes, options.seed), chunkDigest(memory, k)) !== 0)
       throw new MemoryMismatch(`VM ${vm}: the source's memory changed while stopped`);
     parts.push({ offset, bytes });
   }

@@ -37,7 +37,14 @@ export class LiveTarget {
   private failure: Error | undefined;
   /** The destination's RAM digests once loaded: what a repair may write (whole chunks of it). */
   private memory: MemoryDigests | undefined;
+  /** The seed `memory` was digested under, for the digests of a repair read back. */
+  private memorySeed: Uint8Array | undefined;
   private ram: GuestRam | undefined;
+  /**
+   * The destination's RAM, looked for while the stream loads (its mapping is there from start-up), so
+   * the check after loading only reads it; undefined where it could not be told apart yet.
+   */
+  private readonly early: Promise<GuestRam | undefined>;
 
   private constructor(
     readonly vm: string,
@@ -49,6 +56,7 @@ export class LiveTarget {
     private readonly scratchDir: string,
   ) {
     socket.on('error', (error) => (this.failure ??= error));
+    this.early = this.openRam(true).catch(() => undefined);
     const writer = new StreamWriter((bytes) => this.output.append(bytes), { sinkCopies: true });
     this.decoder = new LiveStreamDecoder(vm, { pageOf, digester, sink: (record) => writer.write(record) });
   }
@@ -112,7 +120,10 @@ export class LiveTarget {
    * digests, then reads the loaded guest RAM for the memory check (memory-check.ts). Resolves with
    * the reason it must not resume, or with the RAM's digests (encoded) when the stream agreed.
    */
-  async finish(sourceSha256: string): Promise<{ readonly why: string } | { readonly memory: Uint8Array }> {
+  async finish(
+    sourceSha256: string,
+    memorySeed: Uint8Array,
+  ): Promise<{ readonly why: string } | { readonly memory: Uint8Array }> {
     await new Promise<void>((resolve) => this.socket.end(() => resolve()));
     if (this.failure) return { why: `destination stream: ${this.failure.message}` };
     const deadline = Date.now() + LOAD_TIMEOUT_MS;
@@ -130,14 +141,14 @@ export class LiveTarget {
     const own = this.decoder.digest.hex();
     if (own !== sourceSha256)
       return { why: `stream digest ${own} differs from the source's ${sourceSha256}` };
-    // Kept open while the destination waits: a repair writes through it.
-    this.ram = await openGuestRam(this.qemu.qmp, {
-      ...(this.qemu.process.pid !== undefined ? { pid: this.qemu.process.pid } : {}),
-      scratchDir: this.scratchDir,
-      name: this.vm,
-      running: false,
-    });
-    this.memory = await digestGuestRam(this.ram);
+    // Kept open while the destination waits: a repair writes through it. Where the early search could
+    // only fall back to pmemsave (RAM still all zero, several mappings of its size), search again now.
+    const early = await this.early;
+    if (early?.method === 'pmemsave') early.close();
+    this.ram = early?.method !== 'pmemsave' && early ? early : await this.openRam(false);
+    await this.ram.remap();
+    this.memorySeed = memorySeed;
+    this.memory = await digestGuestRam(this.ram, memorySeed);
     return { memory: encodeMemoryDigests(this.memory) };
   }
 
@@ -150,7 +161,8 @@ export class LiveTarget {
     const chunks = decodeChunks(encoded);
     if (!chunks) throw new LiveTargetError(`VM ${this.vm}: a malformed memory repair`);
     const memory = this.memory;
-    if (!memory) throw new LiveTargetError(`VM ${this.vm}: a memory repair before the memory check`);
+    const seed = this.memorySeed;
+    if (!memory || !seed) throw new LiveTargetError(`VM ${this.vm}: a memory repair before the memory check`);
     const layout = new Map<number, number>();
     for (let k = 0; k * 32 < memory.digests.length; k++) {
       const [offset, length] = chunkRange(memory, k);
@@ -172,9 +184,19 @@ export class LiveTarget {
     for (const [i, { offset, bytes }] of chunks.entries()) {
       ram.write(bytes, offset);
       await ram.read(readBack, offset, bytes.length);
-      digests.set(digestChunk(readBack.subarray(0, bytes.length)), i * 32);
+      digests.set(digestChunk(readBack.subarray(0, bytes.length), seed), i * 32);
     }
     return digests;
+  }
+
+  /** `loading`: the stream may still be writing pages, so samples may differ between two reads. */
+  private openRam(loading: boolean): Promise<GuestRam> {
+    return openGuestRam(this.qemu.qmp, {
+      ...(this.qemu.process.pid !== undefined ? { pid: this.qemu.process.pid } : {}),
+      scratchDir: this.scratchDir,
+      name: this.vm,
+      running: loading,
+    });
   }
 
   async resume(): Promise<void> {
@@ -186,10 +208,13 @@ export class LiveTarget {
   }
 
   async abort(): Promise<void> {
-    this.ram?.close();
-    this.ram = undefined;
     this.socket.destroy();
     await this.qemu.kill();
+    // Its QMP gone, a search still under way ends too.
+    const early = await this.early;
+    if (early && early !== this.ram) early.close();
+    this.ram?.close();
+    this.ram = undefined;
   }
 }
 

@@ -18,6 +18,13 @@ export interface NativeAddon {
     out: Uint8Array,
     outOffset: number,
   ): void;
+  /** The memory check's digest of one chunk (native/chunk-digest.c), 32 bytes into `out`. */
+  chunkDigest(bytes: Uint8Array, seed: Uint8Array, out: Uint8Array): void;
+  /**
+   * The digests of chunks of a file, `chunks` holding [position, length] pairs (lengths up to 1 MiB),
+   * read with pread and digested in libuv's thread pool: 32 bytes per chunk.
+   */
+  digestFileChunks(fd: number, chunks: Float64Array, seed: Uint8Array): Promise<Uint8Array>;
 }
 
 function load(): NativeAddon | undefined {

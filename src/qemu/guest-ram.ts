@@ -29,9 +29,21 @@ export type GuestRamMethod = 'memory-file' | 'process-memory' | 'pmemsave';
 
 export interface GuestRam {
   readonly method: GuestRamMethod;
+  /** The block and the ranges of it the guest sees, as of opening or the last `remap`. */
   readonly map: MainRam;
+  /**
+   * Asks QEMU again which ranges of the block the guest sees: they follow the chipset's state (the
+   * firmware's PAM settings, loaded with a destination's device state), so a check reads them when
+   * it runs, not when the RAM was found. The block itself cannot change.
+   */
+  remap(): Promise<void>;
   /** Reads `length` bytes at block offset `offset` into `into` (within one range of `map`). */
   read(into: Uint8Array, offset: number, length: number): Promise<void>;
+  /**
+   * Where the method reads a file (a memory file, process memory): the block's bytes at offset `o` are
+   * at `position + o` of `fd`, so a reader in another thread can pread them itself.
+   */
+  readonly file?: { readonly fd: number; readonly position: number };
   /**
    * Writes `bytes` at block offset `offset`, where the method allows it (a memory file, process memory);
    * undefined for pmemsave. Only for a guest that is not running (a paused destination).
@@ -134,21 +146,28 @@ export async function openGuestRam(
     readonly only?: GuestRamMethod;
   },
 ): Promise<GuestRam> {
-  const map = await mainRamOf(qmp);
+  const layout = { map: await mainRamOf(qmp) };
+  const map = layout.map;
+  const remap = async () => {
+    const next = await mainRamOf(qmp);
+    if (next.block !== map.block || next.bytes !== map.bytes)
+      throw new GuestRamError(`${options.name}: its RAM block changed from ${map.block} to ${next.block}`);
+    layout.map = next;
+  };
   mkdirSync(options.scratchDir, { recursive: true, mode: 0o700 });
   chmodSync(options.scratchDir, 0o700);
   const scratch = join(options.scratchDir, `${options.name}.ram`);
-  const viaPmemsave = pmemsaveReader(qmp, map, scratch);
+  const viaPmemsave = pmemsaveReader(qmp, layout, remap, scratch);
   if (options.only === undefined || options.only === 'memory-file') {
     const file = await sharedMemoryFile(qmp);
     if (file && file.bytes === map.bytes && file.backend.split('/').at(-1) === map.block)
-      return fileReader('memory-file', file.path, 0, map, viaPmemsave.close);
+      return fileReader('memory-file', file.path, 0, layout, remap, viaPmemsave.close);
   }
   if (options.only === undefined || options.only === 'process-memory') {
     const pid = options.pid ?? (options.qmpSocket ? pidListeningAt(options.qmpSocket) : undefined);
     const base = pid === undefined ? undefined : await findRamMapping(pid, map, viaPmemsave, options.running);
     if (pid !== undefined && base !== undefined)
-      return fileReader('process-memory', `/proc/${pid}/mem`, base, map, viaPmemsave.close);
+      return fileReader('process-memory', `/proc/${pid}/mem`, base, layout, remap, viaPmemsave.close);
   }
   if (options.only !== undefined && options.only !== 'pmemsave')
     throw new GuestRamError(`${options.name}: its RAM cannot be read by ${options.only}`);
@@ -159,14 +178,19 @@ function fileReader(
   method: GuestRamMethod,
   path: string,
   base: number,
-  map: MainRam,
+  layout: { readonly map: MainRam },
+  remap: () => Promise<void>,
   cleanup: () => void,
 ): GuestRam {
   const fd = openSync(path, 'r');
   let writeFd: number | undefined;
   return {
     method,
-    map,
+    get map() {
+      return layout.map;
+    },
+    remap,
+    file: { fd, position: base },
     read: (into, offset, length) => {
       for (let done = 0; done < length;) {
         const n = readSync(fd, into, done, length - done, base + offset + done);
@@ -191,11 +215,20 @@ function fileReader(
   };
 }
 
-function pmemsaveReader(qmp: QmpClient, map: MainRam, scratch: string): GuestRam {
+function pmemsaveReader(
+  qmp: QmpClient,
+  layout: { readonly map: MainRam },
+  remap: () => Promise<void>,
+  scratch: string,
+): GuestRam {
   return {
     method: 'pmemsave',
-    map,
+    get map() {
+      return layout.map;
+    },
+    remap,
     read: async (into, offset, length) => {
+      const map = layout.map;
       const range = map.ranges.find((r) => offset >= r.offset && offset + length <= r.offset + r.length);
       if (!range) throw new GuestRamError(`${map.block}+${offset}: not a range the guest sees`);
       for (let done = 0; done < length; done += PMEMSAVE_STEP_BYTES) {

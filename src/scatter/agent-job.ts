@@ -284,7 +284,7 @@ export class AgentJob {
             ? { why: failed }
             : target
               ? await target
-                  .finish(message.sha256)
+                  .finish(message.sha256, message.memorySeed)
                   .catch((error: unknown) => ({ why: `destination QEMU: ${(error as Error).message}` }))
               : { why: 'no destination was started' };
         const why = 'why' in outcome ? outcome.why : undefined;

@@ -57,8 +57,11 @@ export type ToAgent =
   | { readonly t: 'live-incoming'; readonly vm: string; readonly command: readonly string[] }
   /** The VM's migration stream, in order; pages the agent holds come as references. */
   | { readonly t: 'live-stream'; readonly vm: string; readonly records: readonly LiveRecord[] }
-  /** The stream is complete; its canonical digest, to compare before resuming. */
-  | { readonly t: 'live-end'; readonly vm: string; readonly sha256: string }
+  /**
+   * The stream is complete; its canonical digest, to compare before resuming, and the seed of this
+   * migration's memory check (live/memory-check.ts).
+   */
+  | { readonly t: 'live-end'; readonly vm: string; readonly sha256: string; readonly memorySeed: Uint8Array }
   | { readonly t: 'live-resume'; readonly vm: string }
   /**
    * The memory check found chunks of the destination's RAM that differ from the source's (pages QEMU
@@ -177,7 +180,11 @@ const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
     vm: isString,
     records: (v) => Array.isArray(v) && v.length <= 1 << 20 && v.every((r) => isLiveRecord(r)),
   },
-  'live-end': { vm: isString, sha256: isString },
+  'live-end': {
+    vm: isString,
+    sha256: isString,
+    memorySeed: (v) => isBytes(v) && (v as Uint8Array).length === 32,
+  },
   'live-resume': { vm: isString },
   'live-repair': { vm: isString, chunks: isBytes },
   'live-abort': { vm: isString },

@@ -11,7 +11,7 @@ import { StreamParser, StreamWriter } from '../../src/qemu/migration-stream.js';
 import { connectQmp, type QmpClient } from '../../src/qemu/qmp.js';
 import { Agent } from '../../src/scatter/agent.js';
 import { AgentLink } from '../../src/scatter/agent-link.js';
-import { digestGuestRam } from '../../src/live/memory-check.js';
+import { digestGuestRam, newMemorySeed } from '../../src/live/memory-check.js';
 import { migrateLiveVm } from '../../src/live/migrate.js';
 import { PROTOCOL_VERSION } from '../../src/scatter/protocol.js';
 import { tempDir } from '../support/fixtures.js';
@@ -63,6 +63,7 @@ test('guest RAM: process memory and pmemsave read the same bytes', { timeout: 12
   t.after(cleanup);
   const { guest } = await bootSource(t, dir);
   await guest.qmp.execute('stop');
+  const seed = newMemorySeed();
   const read = async (only: GuestRamMethod) => {
     const ram = await openGuestRam(guest.qmp, {
       qmpSocket: join(dir, 'src.qmp'),
@@ -73,7 +74,7 @@ test('guest RAM: process memory and pmemsave read the same bytes', { timeout: 12
     });
     try {
       assert.equal(ram.method, only);
-      return await digestGuestRam(ram);
+      return await digestGuestRam(ram, seed);
     } finally {
       ram.close();
     }

@@ -12,7 +12,9 @@ import {
   CHECK_CHUNK_BYTES,
   compareMemory,
   decodeMemoryDigests,
+  digestChunk,
   encodeMemoryDigests,
+  newMemorySeed,
   type MemoryDigests,
 } from '../../src/live/memory-check.js';
 
@@ -161,4 +163,26 @@ test('memory check: digests survive the wire; malformed encodings are refused', 
   const huge = Buffer.from(good);
   huge.writeUInt32LE(1e6, 0);
   assert.equal(decodeMemoryDigests(huge), undefined);
+});
+
+test('memory check: one changed word anywhere in a chunk changes its digest, under any seed', () => {
+  fc.assert(
+    fc.property(
+      fc.uint8Array({ minLength: 32, maxLength: 32 }),
+      fc.integer({ min: 0, max: 4096 / 4 - 1 }),
+      fc.integer({ min: 1, max: 0xffffffff }),
+      (seed, word, flip) => {
+        const page = new Uint8Array(4096);
+        for (let i = 0; i < page.length; i++) page[i] = (i * 31) & 0xff;
+        const before = digestChunk(page, seed);
+        const view = new DataView(page.buffer);
+        view.setUint32(word * 4, (view.getUint32(word * 4, true) ^ flip) >>> 0, true);
+        assert.notDeepEqual(digestChunk(page, seed), before);
+      },
+    ),
+    { numRuns: 500 },
+  );
+  // Same bytes, another seed: another digest (a guest cannot know the seed its check will use).
+  const zeros = new Uint8Array(CHECK_CHUNK_BYTES);
+  assert.notDeepEqual(digestChunk(zeros, newMemorySeed()), digestChunk(zeros, newMemorySeed()));
 });

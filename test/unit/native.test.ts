@@ -1,9 +1,13 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { closeSync, openSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import { laneDigest } from '../../src/live/memory-check.js';
 import { PageDigester } from '../../src/memory/page-digest.js';
 import { native } from '../../src/native/native.js';
+import { tempDir } from '../support/fixtures.js';
 
 /**
  * The native addon is built by `npm ci` (node-gyp, the installed Node's headers): an install that did
@@ -47,4 +51,58 @@ test('native: ranges outside their arrays are refused, not read', () => {
   assert.throws(() => native!.digestPages(state, pages, 1, 1, new Uint8Array(16), 0), TypeError);
   assert.throws(() => native!.digestPages(state, pages, 0, 1, new Uint8Array(15), 0), TypeError);
   assert.throws(() => native!.keyedState(new Uint8Array(63)), TypeError);
+});
+
+test('native: memory-check chunk digests equal the TypeScript lane digest, tails included', () => {
+  fc.assert(
+    fc.property(
+      fc.uint8Array({ minLength: 32, maxLength: 32 }),
+      fc.uint8Array({ minLength: 0, maxLength: 300 }),
+      (seed, bytes) => {
+        const viaAddon = new Uint8Array(32);
+        native!.chunkDigest(bytes, seed, viaAddon);
+        const viaScript = new Uint8Array(32);
+        laneDigest(bytes, seed, viaScript);
+        assert.deepEqual(viaAddon, viaScript);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});
+
+test('native: file chunks read in the thread pool digest as the same bytes in memory do', async () => {
+  const { dir, cleanup } = tempDir('vms-native-');
+  try {
+    const bytes = new Uint8Array(3 * 4096 + 100);
+    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 2654435761) >>> 27;
+    const path = join(dir, 'ram');
+    writeFileSync(path, bytes);
+    const fd = openSync(path, 'r');
+    try {
+      const seed = new Uint8Array(32).fill(9);
+      const chunks = [
+        [0, 4096],
+        [4096, 2 * 4096 + 100],
+        [7, 33],
+      ] as const;
+      const digests = await native!.digestFileChunks(fd, new Float64Array(chunks.flat()), seed);
+      assert.equal(digests.length, chunks.length * 32);
+      chunks.forEach(([position, length], k) => {
+        const expected = new Uint8Array(32);
+        laneDigest(bytes.subarray(position, position + length), seed, expected);
+        assert.deepEqual(new Uint8Array(digests.subarray(k * 32, (k + 1) * 32)), expected);
+      });
+      // A chunk past the file's end is an error naming where, not a digest of a short read.
+      await assert.rejects(
+        native!.digestFileChunks(fd, new Float64Array([bytes.length - 10, 4096]), seed),
+        /end of file at position/,
+      );
+      assert.throws(() => native!.digestFileChunks(fd, new Float64Array([0, 2 << 20]), seed), TypeError);
+      assert.throws(() => native!.digestFileChunks(fd, new Float64Array([0]), seed), TypeError);
+    } finally {
+      closeSync(fd);
+    }
+  } finally {
+    cleanup();
+  }
 });
