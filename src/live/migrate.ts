@@ -67,6 +67,15 @@ export interface LiveMigrationResult {
   /** The two parts of the downtime: QEMU's figure at the source, and stream end to running (ms). */
   readonly sourceDowntimeMs: number;
   readonly switchoverMs: number;
+  /**
+   * Where the switch-over went (ms): the stream's tail to the target and QEMU's end confirmed; the
+   * memory check (and any repair); the target told to run until it does.
+   */
+  readonly switchoverSteps?: {
+    readonly drainMs: number;
+    readonly checkMs: number;
+    readonly resumeMs: number;
+  };
   readonly seconds: number;
   /** The most QEMU's auto-converge throttled the guest during the migration (percent of its CPU). */
   readonly throttlePercent: number;
@@ -281,9 +290,15 @@ export async function migrateLiveVm(options: {
       });
       socket.once('error', reject);
     });
-    // QEMU closes the stream once its migration completed: the guest is stopped from then on.
+    // QEMU closes the stream once its migration completed: the guest is stopped from then on, so its
+    // RAM is read for the memory check at once, while the stream's tail drains to the target, which
+    // then loads it and reads its own; the two must agree chunk for chunk before the target may run.
+    // (A migration that failed instead is found below; its digests are then never looked at.)
     const streamEnded = performance.now();
     watching.stop();
+    const memorySeed = newMemorySeed();
+    const sourceDigests = ram.remap().then(() => digestGuestRam(ram, memorySeed, options.signal));
+    sourceDigests.catch(() => undefined); // awaited below, unless the migration failed first
     // A paused socket still closes: the flush its last chunk started may still be under way.
     await flushing;
     await flush();
@@ -291,13 +306,10 @@ export async function migrateLiveVm(options: {
     const status = await waitMigrationSettled(source);
     if (status !== 'completed') throw new Error(`VM ${vm}: the source's migration ended '${status}'`);
     Object.assign(counts, encoder.counts);
-    const memorySeed = newMemorySeed();
     link.send({ t: 'live-end', vm, sha256: encoder.digest.hex(), memorySeed });
-    // The source is stopped now: its RAM is read while the target loads the stream's end and reads its
-    // own, and the two must agree chunk for chunk before the target may run.
     const checkStarted = performance.now();
-    await ram.remap();
-    const sourceMemory = await digestGuestRam(ram, memorySeed, options.signal);
+    const drainMs = Math.round(checkStarted - streamEnded);
+    const sourceMemory = await sourceDigests;
     const verdict = await link.next('live-verified', (m) => m.vm === vm, STEP_TIMEOUT_MS);
     if (!verdict.ok) throw new Error(`VM ${vm}: not verified at ${link.host.name}: ${verdict.error}`);
     memoryCheck = { method: ram.method, ms: Math.round(performance.now() - checkStarted), repairedMiB: 0 };
@@ -323,9 +335,16 @@ export async function migrateLiveVm(options: {
         repairedMiB: chunks.length,
       };
     }
+    const resumeStarted = performance.now();
     link.send({ t: 'live-resume', vm });
     await link.next('live-resumed', (m) => m.vm === vm, STEP_TIMEOUT_MS);
-    const switchoverMs = Math.round(performance.now() - streamEnded);
+    const resumed = performance.now();
+    const switchoverMs = Math.round(resumed - streamEnded);
+    const switchoverSteps = {
+      drainMs,
+      checkMs: Math.round(resumeStarted - checkStarted),
+      resumeMs: Math.round(resumed - resumeStarted),
+    };
     const info = (await source.execute('query-migrate')) as { downtime?: number };
     // QEMU's figure counts from its own stop; a guest stopped by us for the whole copy was down since.
     const sourceDowntimeMs =
@@ -340,6 +359,7 @@ export async function migrateLiveVm(options: {
       downtimeMs: sourceDowntimeMs + switchoverMs,
       sourceDowntimeMs,
       switchoverMs,
+      switchoverSteps,
       seconds: (performance.now() - started) / 1000,
     };
   } catch (error) {

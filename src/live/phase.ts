@@ -238,6 +238,7 @@ export function liveSummary(result: LiveVmResult) {
     downtimeMs: result.downtimeMs,
     sourceDowntimeMs: result.sourceDowntimeMs,
     switchoverMs: result.switchoverMs,
+    switchoverSteps: result.switchoverSteps ?? null,
     referencedPages: result.referencedPages,
     sentPages: result.sentPages,
     compressedPages: result.compressedPages,
