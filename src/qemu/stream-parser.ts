@@ -1,4 +1,5 @@
 import {
+  DEFAULT_STREAM_LIMITS,
   QEMU_VM_FILE_MAGIC,
   QEMU_VM_FILE_VERSION,
   RAM_FLAG_MASK,
@@ -13,6 +14,7 @@ import {
   type RamBlock,
   type SectionKind,
   type StreamErrorReason,
+  type StreamLimits,
   type StreamRecord,
 } from './stream-records.js';
 import {
@@ -37,9 +39,10 @@ import { TailScanner } from './stream-tail.js';
  * or one page (4 KiB) is held across chunks, page data and tail bytes alias the pushed chunk otherwise.
  *
  * The parsing itself is a generator that asks for exactly the bytes it needs next (`need`) and yields
- * records; push() feeds it. Everything after the RAM END section is device state without lengths, so it
- * is passed on opaque ("tail") and only its end is checked: EOF (0x00), then the VM description
- * (0x06, be32 length, JSON) ending exactly where the stream ends.
+ * records; push() feeds it. Every length it reads is checked against its StreamLimits bound before it
+ * asks for the bytes. Everything after the RAM END section is device state without lengths, so it is
+ * passed on opaque ("tail") and only its end is checked: EOF (0x00), then the VM description (0x06,
+ * be32 length, JSON), and nothing after it (stream-tail.ts).
  *
  * This module keeps what depends on where the stream is (the sections seen, the RAM blocks, the block
  * of the last page); parts that read the same wherever they occur are in stream-sections.ts (the
@@ -51,6 +54,8 @@ export interface StreamParserOptions {
   readonly onRecord?: (record: StreamRecord) => void;
   /** Accept a tail that ends with EOF and no VM description (machines with suppress-vmdesc). */
   readonly allowMissingDescription?: boolean;
+  /** Bounds on lengths and counts in the stream (DEFAULT_STREAM_LIMITS for those not given). */
+  readonly limits?: Partial<StreamLimits>;
 }
 
 /** What end() found. Offsets are byte offsets in the stream. */
@@ -58,7 +63,7 @@ export interface StreamEnd {
   readonly length: number;
   /** Where the tail (device state, EOF, description) starts. */
   readonly tailOffset: number;
-  /** The VM description's JSON text. */
+  /** The VM description's JSON text (the EOF byte is just before its 0x06 and be32 length). */
   readonly description?: { readonly offset: number; readonly length: number };
 }
 
@@ -81,12 +86,14 @@ export class StreamParser {
   private blocks: Map<string, RamBlock> | undefined;
   private lastBlock: RamBlock | undefined;
   private tailOffset: number | undefined;
-  private readonly tail = new TailScanner();
+  private tail: TailScanner | undefined;
+  private readonly limits: StreamLimits;
 
   constructor(
     private readonly options: StreamParserOptions = {},
     configOnly = false,
   ) {
+    this.limits = { ...DEFAULT_STREAM_LIMITS, ...options.limits };
     this.gen = this.run(configOnly);
     this.request = this.gen.next(EMPTY).value as Need;
   }
@@ -152,10 +159,10 @@ export class StreamParser {
       throw this.fail(this.consumed, 'truncated', `stream ended ${into} ${what} (${this.offset} bytes)`);
     }
     const tailOffset = this.tailOffset!;
-    const found = this.tail.finish(this.options.allowMissingDescription);
+    const found = this.tail!.finish(this.options.allowMissingDescription);
     if (typeof found === 'string') throw this.fail(this.offset, 'truncated', found);
     if (found.description) {
-      const description = { offset: tailOffset + found.description.offset, length: found.description.length };
+      const description = { offset: found.description.offset, length: found.description.length };
       return (this.finished = { length: this.offset, tailOffset, description });
     }
     return (this.finished = { length: this.offset, tailOffset });
@@ -200,7 +207,7 @@ export class StreamParser {
       }
       yield { kind: 'header', version };
     }
-    const config = yield* readConfiguration(() => this.consumed);
+    const config = yield* readConfiguration(() => this.consumed, this.limits);
     this.ignoreShared = config.record.ignoreShared;
     yield config.record;
     // parseConfigSection: whatever follows is not looked at.
@@ -240,7 +247,7 @@ export class StreamParser {
         }
         ram = { sectionId, instanceId, versionId };
         yield { kind: 'section-begin', type: 'start', idstr, ...ram };
-        yield* this.ramPayload('start', sectionId);
+        yield* this.ramStart(sectionId);
       } else if (sectionType === SectionType.PART || sectionType === SectionType.END) {
         const kind = sectionType === SectionType.PART ? 'part' : 'end';
         const sectionId = u32(yield need(4, `the ${kind.toUpperCase()} section id`), 0);
@@ -264,55 +271,61 @@ export class StreamParser {
       }
     }
 
+    yield* this.deviceState();
+  }
+
+  /** The tail, passed on as it comes; bytes after the VM description are refused before they are. */
+  private *deviceState(): Parse {
     this.tailOffset = this.consumed;
+    const tail = (this.tail = new TailScanner(this.limits, this.tailOffset));
     while (true) {
       const bytes = yield need(REST, 'device state');
-      this.tail.scan(bytes);
+      const scan = tail.scan(bytes);
+      if (scan.kind === 'trailing') {
+        const { offset, length, eof } = scan.description;
+        const problem =
+          `data after the end of the stream: the VM description at byte ${offset} (${length} bytes, ` +
+          `after EOF at byte ${eof}) ends it at byte ${scan.at}`;
+        throw this.fail(scan.at, 'invalid', problem);
+      }
       yield { kind: 'tail', bytes };
     }
   }
 
-  /** RAM records up to and including EOS, then the footer. */
-  private *ramPayload(type: SectionKind, sectionId: number): Parse {
+  /** The START payload: the block list and the EOS after it (readBlockList), then the footer. */
+  private *ramStart(sectionId: number): Parse {
+    const at = this.consumed;
+    const { flags, value } = ramHead(yield need(8, 'the RAM block list (MEM_SIZE)'));
+    if (flags !== RamFlag.MEM_SIZE) {
+      const problem = `the RAM START section begins with RAM flags ${hex(flags)}, not the block list (MEM_SIZE)`;
+      throw this.fail(at, 'invalid', problem);
+    }
+    const list = yield* readBlockList(at, value, this.ignoreShared, this.limits);
+    this.blocks = list.byName;
+    yield { kind: 'ram-blocks', blocks: list.blocks };
+    yield* this.footer('start', sectionId);
+  }
+
+  /** PART and END payloads: page records up to and including EOS, then the footer. */
+  private *ramPayload(type: 'part' | 'end', sectionId: number): Parse {
     while (true) {
       const at = this.consumed;
-      const head = yield need(8, `a RAM record in the ${type.toUpperCase()} section`);
-      const high = u32(head, 0);
-      const low = u32(head, 4);
-      const flags = low & RAM_FLAG_MASK;
-      const value = high * 2 ** 32 + (low - flags);
+      const { flags, value } = ramHead(yield need(8, `a RAM record in the ${type.toUpperCase()} section`));
       if (flags === RamFlag.EOS) {
         if (value !== 0) throw this.fail(at, 'invalid', `EOS record with address ${hex(value)}`);
         break;
       }
       if (flags === RamFlag.MEM_SIZE) {
-        if (type !== 'start' || this.blocks) {
-          throw this.fail(
-            at,
-            'unsupported',
-            `a RAM block list (MEM_SIZE) in the ${type.toUpperCase()} section`,
-          );
-        }
-        const list = yield* readBlockList(at, value, this.ignoreShared);
-        this.blocks = list.byName;
-        yield { kind: 'ram-blocks', blocks: list.blocks };
-        continue;
+        const problem = `a RAM block list (MEM_SIZE) in the ${type.toUpperCase()} section`;
+        throw this.fail(at, 'unsupported', problem);
       }
       const base = flags & ~RamFlag.CONTINUE;
       if (base !== RamFlag.ZERO && base !== RamFlag.PAGE) {
         throw this.fail(at, 'unsupported', `${describeRamFlags(flags)} is not supported`);
       }
       const continued = (flags & RamFlag.CONTINUE) !== 0;
-      let block = this.lastBlock;
-      if (!continued) {
-        const name = latin1(yield need((yield need(1, 'a RAM block name length'))[0]!, 'a RAM block name'));
-        if (!this.blocks) throw this.fail(at, 'invalid', `a page of '${name}' before the RAM block list`);
-        block = this.blocks.get(name);
-        if (!block)
-          throw this.fail(at, 'invalid', `a page of RAM block '${name}', which the block list lacks`);
-      } else if (!block) {
-        throw this.fail(at, 'invalid', 'CONTINUE on the first page record: no previous RAM block');
-      }
+      const block = continued ? this.lastBlock : yield* this.namedBlock(at);
+      if (!block) throw this.fail(at, 'invalid', 'CONTINUE on the first page record: no previous RAM block');
       if (value >= block.length) {
         const problem = `page offset ${hex(value)} beyond RAM block '${block.name}' (${hex(block.length)} bytes)`;
         throw this.fail(at, 'invalid', problem);
@@ -326,6 +339,20 @@ export class StreamParser {
         yield { kind: 'page', block: block.name, offset: value, data, continued };
       }
     }
+    yield* this.footer(type, sectionId);
+  }
+
+  /** The block a page record without CONTINUE names (u8 length, name; the length needs no bound). */
+  private *namedBlock(at: number): Parse<RamBlock> {
+    const name = latin1(yield need((yield need(1, 'a RAM block name length'))[0]!, 'a RAM block name'));
+    if (!this.blocks) throw this.fail(at, 'invalid', `a page of '${name}' before the RAM block list`);
+    const block = this.blocks.get(name);
+    if (!block) throw this.fail(at, 'invalid', `a page of RAM block '${name}', which the block list lacks`);
+    return block;
+  }
+
+  /** The section footer (0x7e, be32 section id) after a RAM section's EOS. */
+  private *footer(type: SectionKind, sectionId: number): Parse {
     const at = this.consumed;
     const footer = yield need(5, 'the section footer');
     if (footer[0] !== SectionType.FOOTER) {
@@ -339,6 +366,14 @@ export class StreamParser {
     }
     yield { kind: 'section-end', type, sectionId };
   }
+}
+
+/** A RAM record's be64 head: flags in the low 12 bits, an offset (or the MEM_SIZE total) above. */
+function ramHead(head: Uint8Array): { flags: number; value: number } {
+  const high = u32(head, 0);
+  const low = u32(head, 4);
+  const flags = low & RAM_FLAG_MASK;
+  return { flags, value: high * 2 ** 32 + (low - flags) };
 }
 
 /** Parses a whole stream held in memory (or given as chunks): every record, and what end() found. */

@@ -78,6 +78,29 @@ export class StreamError extends VmscatterError {
   }
 }
 
+/**
+ * Bounds on what a stream may declare. Every length and count read from a stream is checked against
+ * its bound (or its field's width) before anything is read or allocated for it; StreamParserOptions
+ * may lower or raise them.
+ */
+export interface StreamLimits {
+  /** The configuration section's machine name (QEMU's are under 32 bytes, e.g. `pc-i440fx-7.2`). */
+  readonly maxMachineNameBytes: number;
+  /** Capability names in `configuration/capabilities` (QEMU 7.2 knows one). */
+  readonly maxCapabilities: number;
+  /** Blocks in the RAM block list (a pc guest has about 10). */
+  readonly maxRamBlocks: number;
+  /** The VM description's JSON (QEMU 7.2: about 50 KB on q35, 110 KB on pc, more with many devices). */
+  readonly maxDescriptionBytes: number;
+}
+
+export const DEFAULT_STREAM_LIMITS: StreamLimits = {
+  maxMachineNameBytes: 256,
+  maxCapabilities: 64,
+  maxRamBlocks: 1024,
+  maxDescriptionBytes: 64 * 2 ** 20,
+};
+
 /** A RAM block as the START section's MEM_SIZE list names it. */
 export interface RamBlock {
   /** QEMU's idstr, e.g. `pc.ram` or `/rom@etc/acpi/tables` (at most 255 bytes). */
