@@ -51,15 +51,17 @@ function configBytes(uuid: Uint8Array | undefined, ignoreShared: boolean): Buffe
 }
 
 /** Device bytes (no 0x06, so nothing in them looks like a VM description), EOF, then the description. */
+function tailBytes(device: Uint8Array, text: string): Buffer {
+  const json = Buffer.from(`{"devices": ${JSON.stringify(text)}}`);
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(json.length);
+  const state = Buffer.from(device.map((byte) => (byte === 0x06 ? 0x07 : byte)));
+  return Buffer.concat([Buffer.from([0x04]), state, Buffer.from([0x00, 0x06]), length, json]);
+}
+
 const tailArb = fc
   .tuple(fc.uint8Array({ maxLength: 400 }), fc.string({ maxLength: 200 }))
-  .map(([device, text]) => {
-    const json = Buffer.from(`{"devices": ${JSON.stringify(text)}}`);
-    const length = Buffer.alloc(4);
-    length.writeUInt32BE(json.length);
-    const state = Buffer.from(device.map((byte) => (byte === 0x06 ? 0x07 : byte)));
-    return Buffer.concat([Buffer.from([0x04]), state, Buffer.from([0x00, 0x06]), length, json]);
-  });
+  .map(([device, text]) => tailBytes(device, text));
 
 const modelArb: fc.Arbitrary<Model> = fc
   .record(
@@ -267,4 +269,142 @@ test('property: corrupted streams give a StreamError or records that rewrite to 
     ),
     { numRuns: 1000 },
   );
+});
+
+/** A small seeded generator (mulberry32): the adversarial test is the same on every run. */
+function seeded(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(state ^ (state >>> 15), 1 | state);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+/** Two fixed streams: a plain one, and one with every optional part (uuid, x-ignore-shared, commands). */
+function adversarialModels(): Model[] {
+  const ping = Buffer.from([0, 0, 0, 1]);
+  const device = Buffer.from('0000000102030405ff00000000000000007e00000000', 'hex');
+  const pages = [
+    [
+      { block: 0, page: 1, zero: false, seed: 1 },
+      { block: 0, page: 2, zero: true, seed: 0 },
+      { block: 1, page: 0, zero: false, seed: 2 },
+    ],
+    [{ block: 1, page: 0, zero: true, seed: 0 }],
+  ];
+  const plain: Model = {
+    config: configBytes(undefined, false),
+    ignoreShared: false,
+    commands: [],
+    sectionId: 2,
+    blocks: [
+      { name: 'pc.ram', length: 4 * PAGE },
+      { name: '/rom@etc/acpi/tables', length: PAGE },
+    ],
+    sections: pages,
+    tail: tailBytes(device, 'timer'),
+  };
+  return [
+    plain,
+    {
+      ...plain,
+      config: configBytes(Buffer.alloc(16, 0xab), true),
+      ignoreShared: true,
+      commands: [
+        { command: MigCommand.OPEN_RETURN_PATH, data: new Uint8Array(0) },
+        { command: MigCommand.PING, data: ping },
+      ],
+      blocks: plain.blocks.map((block, i) => ({ ...block, addr: i * 2 ** 32 })),
+    },
+  ];
+}
+
+/** What parsing gives, comparable across chunkings: the records and end, or the StreamError's fields. */
+function outcome(bytes: Uint8Array, cuts: readonly number[], what: string): unknown {
+  const parser = new StreamParser();
+  const records: StreamRecord[] = [];
+  try {
+    let from = 0;
+    for (const cut of [...cuts, bytes.length]) {
+      records.push(...parser.push(bytes.subarray(from, cut)));
+      from = cut;
+    }
+    return { records: normalise(records), end: parser.end() };
+  } catch (error) {
+    // Anything else (RangeError, TypeError, a parser bug) fails the test, named by the mutation.
+    if (!(error instanceof StreamError)) assert.fail(`${what}: ${String(error)}`);
+    return { code: error.code, reason: error.reason, offset: error.offset, message: error.message };
+  }
+}
+
+/**
+ * Fields whose every change must be reported as that field's problem, not as what the bytes it
+ * misplaces look like: [first byte, end, what the error must say].
+ */
+function blamed(model: Model, bytes: Uint8Array): [number, number, RegExp][] {
+  const machineLength = 9; // after the header and the configuration section's type byte
+  const commands = model.commands.reduce((sum, command) => sum + 5 + command.data.length, 0);
+  const memSize = 8 + model.config.length + commands + 17; // after the START header
+  const description = bytes.length - (model.tail.length - model.tail.lastIndexOf(0x06)) - 1;
+  assert.equal(bytes[memSize + 7]! & 0xff, 0x04, 'MEM_SIZE flag where the block list starts');
+  assert.deepEqual([bytes[description], bytes[description + 1]], [0x00, 0x06], 'EOF, VMDESCRIPTION');
+  return [
+    [machineLength, machineLength + 4, /configuration section: .*machine name length/],
+    // The total's bytes above the 12 flag bits.
+    [memSize, memSize + 6, /RAM total \d+ bytes does not match the blocks' lengths/],
+    // EOF, 0x06 and the description's length.
+    [description, description + 6, /stream ended inside the device state/],
+  ];
+}
+
+/** Every position outside page data: the headers, lengths and counts a parser could trip on. */
+function structurePositions(bytes: Uint8Array): number[] {
+  const data = new Uint8Array(bytes.length);
+  for (const record of new StreamParser().push(bytes)) {
+    if (record.kind !== 'page') continue;
+    const at = record.data.byteOffset - bytes.byteOffset;
+    data.fill(1, at, at + record.data.length);
+  }
+  return [...data.keys()].filter((at) => data[at] === 0);
+}
+
+test('adversarial: every single-byte change outside page data gives records or a StreamError, the same in any chunking', () => {
+  const random = seeded(0x5eed);
+  let cases = 0;
+  for (const model of adversarialModels()) {
+    const bytes = write(modelRecords(model));
+    const fields = blamed(model, bytes);
+    for (const at of structurePositions(bytes)) {
+      const field = fields.find(([from, to]) => at >= from && at < to);
+      const old = bytes[at]!;
+      // Bit flips low and high, the extremes, and off by one: lengths grow, shrink and wrap.
+      const values = new Set([
+        old ^ 0x01,
+        old ^ 0x10,
+        old ^ 0x80,
+        0x00,
+        0xff,
+        (old + 1) & 0xff,
+        (old - 1) & 0xff,
+      ]);
+      values.delete(old);
+      for (const value of values) {
+        const mutated = Buffer.from(bytes);
+        mutated[at] = value;
+        const what = `byte ${at} ${old} -> ${value}`;
+        const whole = outcome(mutated, [], what);
+        if (field) assert.match((whole as { message?: string }).message ?? 'parsed', field[2], what);
+        for (let round = 0; round < 3; round++) {
+          const cuts = Array.from({ length: 1 + Math.floor(random() * 6) }, () =>
+            Math.floor(random() * mutated.length),
+          ).sort((a, b) => a - b);
+          assert.deepEqual(outcome(mutated, cuts, what), whole, `${what}, cut at ${cuts.join(',')}`);
+        }
+        cases++;
+      }
+    }
+  }
+  assert.ok(cases > 1000, `only ${cases} mutations`);
 });
