@@ -25,7 +25,8 @@ import type { SourcePages } from './source-pages.js';
  * Phase 4, seeding: every round of the job's work multicast once to the targets that lack its pages,
  * each round a transport session of its own with a fresh key that travels to the receivers over their
  * control channels. Rounds are encoded (pages read, compressed when it pays) on a worker one round
- * ahead of the wire.
+ * ahead of the wire, and a round goes out as soon as the last one's transport session ended: the
+ * receivers' confirmations that they stored it (their 'seeded') are awaited once all rounds are out.
  */
 export interface SeedOptions {
   /** Path MTU of the multicast network. */
@@ -121,6 +122,8 @@ export async function seedRounds(
     ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
   });
   const encoder = new RoundEncoder(pages, BATCH_PAGES);
+  // Receivers confirm a round once they stored it; the next round goes out meanwhile.
+  const confirmations: Promise<void>[] = [];
   const send = {
     symbolSize: maxSymbolSize(options.mtu),
     rateBytesPerSecond: linkBitsPerSecond / 8,
@@ -152,8 +155,12 @@ export async function seedRounds(
         payloadBytes += result.payloadBytes;
         wireBytes += result.wireBytes;
         roundWireBytes[r] = result.wireBytes;
-        roundCompleted[r] = result.completed;
-        for (const [t, n] of result.dropped) droppedByTarget[t]! += n;
+        confirmations.push(
+          result.confirmed.then(({ completed, dropped }) => {
+            roundCompleted[r] = completed;
+            for (const [t, n] of dropped) droppedByTarget[t]! += n;
+          }),
+        );
         send.initialRateBytesPerSecond = result.finalRateBytesPerSecond;
         compression.roundBitsPerSecond.push(Math.round((8 * result.wireBytes) / result.seconds));
         packets.data += result.stats.dataPackets;
@@ -167,7 +174,10 @@ export async function seedRounds(
       sentPages += round.ids.length;
       options.onProgress(sentPages, totalPages);
     }
+    await Promise.all(confirmations);
   } finally {
+    // Settled either way before the socket goes (a failure above leaves none to throw unseen).
+    await Promise.allSettled(confirmations);
     await encoder.close();
     await socket.close();
   }
@@ -227,9 +237,11 @@ async function seedRound(
   stats: SessionResult['stats'];
   finalRateBytesPerSecond: number;
   seconds: number;
-  completed: number[];
-  /** Datagrams each receiver (by target) dropped as forged, replayed, stale or malformed. */
-  dropped: Map<number, number>;
+  /**
+   * Once every receiver answered: those that stored the whole round, and the datagrams each (by
+   * target) dropped as forged, replayed, stale or malformed.
+   */
+  confirmed: Promise<{ completed: number[]; dropped: Map<number, number> }>;
   /** Stopped by the signal: the figures are what went out before it. */
   aborted: boolean;
 }> {
@@ -281,7 +293,7 @@ async function seedRound(
   // An agent the session dropped gets what it lacks over the control channel at rebuild time.
   const completed: number[] = [];
   const dropped = new Map<number, number>();
-  await Promise.all(
+  const confirmed = Promise.all(
     receivers.map((t) =>
       links[t]!.next('seeded', (m) => m.session === session, SEEDED_TIMEOUT_MS).then(
         (reply) => {
@@ -293,7 +305,8 @@ async function seedRound(
         },
       ),
     ),
-  );
+  ).then(() => ({ completed, dropped }));
+  confirmed.catch(() => undefined); // awaited by the caller, after later rounds went out
   const packets = result.stats.dataPackets + result.stats.parityPackets + result.stats.repairPackets;
   return {
     payloadBytes: batches.reduce((n, b) => n + b.length, 0),
@@ -301,8 +314,7 @@ async function seedRound(
     stats: result.stats,
     finalRateBytesPerSecond: sender.rateBytesPerSecond,
     seconds,
-    completed,
-    dropped,
+    confirmed,
     aborted: false,
   };
 }
@@ -328,8 +340,7 @@ function abortedRound(
     stats,
     finalRateBytesPerSecond,
     seconds,
-    completed: [],
-    dropped: new Map<number, number>(),
+    confirmed: Promise.resolve({ completed: [], dropped: new Map<number, number>() }),
     aborted: true,
   };
 }
