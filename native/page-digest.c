@@ -7,9 +7,12 @@
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <node_api.h>
 #include <openssl/sha.h>
+#include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define PAGE_SIZE 4096
 #define DIGEST_BYTES 16
@@ -89,6 +92,126 @@ static napi_value digest_pages(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static int is_zero_page(const uint8_t *page) {
+  const uint64_t *words = (const uint64_t *)page;
+  uint64_t any = 0;
+  for (int i = 0; i < PAGE_SIZE / 8; i++) any |= words[i];
+  return any == 0;
+}
+
+/*
+ * A scan's step in libuv's thread pool: optionally pread `count` pages from `fd` at `position` into
+ * `pages`, then for each page either mark it zero (zeros[i] = 1, no digest) or write its digest. The
+ * arrays and the key state stay referenced until the promise settles.
+ */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref refs[4];
+  SHA256_CTX *keyed;
+  int fd;
+  int64_t position;
+  int64_t count;
+  uint8_t *pages, *digests, *zeros;
+  int error;
+  int64_t failed_at;
+} scan_job;
+
+static void scan_execute(napi_env env, void *data) {
+  (void)env;
+  scan_job *job = data;
+  if (job->fd >= 0) {
+    int64_t length = job->count * PAGE_SIZE;
+    for (int64_t done = 0; done < length;) {
+      ssize_t n = pread(job->fd, job->pages + done, (size_t)(length - done), (off_t)(job->position + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        job->error = n < 0 ? errno : -1;
+        job->failed_at = job->position + done;
+        return;
+      }
+      done += n;
+    }
+  }
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  for (int64_t i = 0; i < job->count; i++) {
+    const uint8_t *page = job->pages + i * PAGE_SIZE;
+    job->zeros[i] = (uint8_t)is_zero_page(page);
+    if (job->zeros[i]) continue;
+    SHA256_CTX ctx = *job->keyed;
+    SHA256_Update(&ctx, page, PAGE_SIZE);
+    SHA256_Final(digest, &ctx);
+    memcpy(job->digests + i * DIGEST_BYTES, digest, DIGEST_BYTES);
+  }
+}
+
+static void scan_complete(napi_env env, napi_status status, void *data) {
+  scan_job *job = data;
+  if (status == napi_ok && job->error == 0) {
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, job->deferred, undefined);
+  } else {
+    char message[160];
+    if (job->error == -1)
+      snprintf(message, sizeof(message), "end of file at position %lld", (long long)job->failed_at);
+    else
+      snprintf(message, sizeof(message), "read at position %lld: %s", (long long)job->failed_at,
+               job->error ? strerror(job->error) : "cancelled");
+    napi_value text, error;
+    napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &text);
+    napi_create_error(env, NULL, text, &error);
+    napi_reject_deferred(env, job->deferred, error);
+  }
+  for (int i = 0; i < 4; i++) napi_delete_reference(env, job->refs[i]);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+/*
+ * scanPages(state, fd, position, pages: Uint8Array, count, digests: Uint8Array, zeros: Uint8Array):
+ * a promise; fd -1 digests what `pages` already holds.
+ */
+static napi_value scan_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  void *state;
+  int32_t fd;
+  int64_t position, count;
+  uint8_t *pages, *digests, *zeros;
+  size_t pages_length, digests_length, zeros_length;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 7 || napi_get_value_external(env, argv[0], &state) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &fd) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &position) != napi_ok ||
+      !bytes_of(env, argv[3], &pages, &pages_length) ||
+      napi_get_value_int64(env, argv[4], &count) != napi_ok ||
+      !bytes_of(env, argv[5], &digests, &digests_length) || !bytes_of(env, argv[6], &zeros, &zeros_length))
+    return fail(env, "scanPages(state, fd, position, pages, count, digests, zeros)");
+  if (fd < -1 || position < 0 || count < 0 || (uint64_t)count * PAGE_SIZE > pages_length ||
+      (uint64_t)count * DIGEST_BYTES > digests_length || (uint64_t)count > zeros_length)
+    return fail(env, "scanPages: a range is outside its array");
+  scan_job *job = calloc(1, sizeof(scan_job));
+  if (job == NULL) return fail(env, "scanPages: out of memory");
+  job->keyed = state;
+  job->fd = fd;
+  job->position = position;
+  job->count = count;
+  job->pages = pages;
+  job->digests = digests;
+  job->zeros = zeros;
+  napi_create_reference(env, argv[0], 1, &job->refs[0]);
+  napi_create_reference(env, argv[3], 1, &job->refs[1]);
+  napi_create_reference(env, argv[5], 1, &job->refs[2]);
+  napi_create_reference(env, argv[6], 1, &job->refs[3]);
+  napi_value promise, name;
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "vmscatter:scanPages", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, scan_execute, scan_complete, job, &job->work);
+  napi_queue_async_work(env, job->work);
+  return promise;
+}
+
 /* chunk-digest.c: the memory check's chunk digests. */
 napi_value chunk_digest_exports(napi_env env, napi_value exports);
 
@@ -96,6 +219,7 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"keyedState", NULL, keyed_state, NULL, NULL, NULL, napi_default, NULL},
       {"digestPages", NULL, digest_pages, NULL, NULL, NULL, napi_default, NULL},
+      {"scanPages", NULL, scan_pages, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return chunk_digest_exports(env, exports);

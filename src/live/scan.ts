@@ -1,5 +1,4 @@
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import { PAGE_SIZE } from '../memory/page.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 import { openGuestRam, type GuestRam } from '../qemu/guest-ram.js';
 import { LivePageCollector, type LiveScanOptions, type ScannedLiveVm } from './source.js';
 
@@ -29,21 +28,56 @@ export async function scanRunningVm(options: LiveScanOptions): Promise<ScannedLi
 
 const CHUNK_BYTES = 4 << 20;
 
+/**
+ * Two buffers in turn: while the event loop files one chunk's pages (digest table, store), the thread
+ * pool reads and digests the next (PageDigester.scanPages; where the addon is missing, both here).
+ */
 async function scanGuestRam(ram: GuestRam, options: LiveScanOptions): Promise<ScannedLiveVm> {
-  const collector = new LivePageCollector(options.table, options.digester, options.store);
-  const pageCount = Math.ceil(ram.map.bytes / PAGE_SIZE);
-  collector.reset(pageCount);
-  const chunk = new Uint8Array(CHUNK_BYTES);
-  for (const range of ram.map.ranges) {
-    for (let at = 0; at < range.length; at += CHUNK_BYTES) {
-      options.signal?.throwIfAborted();
-      const length = Math.min(CHUNK_BYTES, range.length - at);
-      await ram.read(chunk, range.offset + at, length);
-      const first = (range.offset + at) / PAGE_SIZE;
-      for (let i = 0; i * PAGE_SIZE < length; i++) collector.page(first + i, chunk, i * PAGE_SIZE);
-      await yieldToEventLoop();
-    }
+  const { digester } = options;
+  const collector = new LivePageCollector(options.table, digester, options.store);
+  collector.reset(Math.ceil(ram.map.bytes / PAGE_SIZE));
+  // Whole pages: the ranges the guest sees are page-aligned.
+  const chunks = ram.map.ranges.flatMap((range) =>
+    Array.from({ length: Math.ceil(range.length / CHUNK_BYTES) }, (_, k) => {
+      const at = k * CHUNK_BYTES;
+      return {
+        offset: range.offset + at,
+        pages: Math.floor(Math.min(CHUNK_BYTES, range.length - at) / PAGE_SIZE),
+      };
+    }),
+  );
+  const buffers = [0, 1].map(() => ({
+    pages: new Uint8Array(CHUNK_BYTES),
+    digests: new Uint8Array((CHUNK_BYTES / PAGE_SIZE) * DIGEST_BYTES),
+    zeros: new Uint8Array(CHUNK_BYTES / PAGE_SIZE),
+  }));
+  const file = digester.isNative ? ram.file : undefined;
+  const prepare = async (k: number) => {
+    const { offset, pages } = chunks[k]!;
+    const buffer = buffers[k % 2]!;
+    if (!file) await ram.read(buffer.pages, offset, pages * PAGE_SIZE);
+    const at = file && { fd: file.fd, position: file.position + offset };
+    await digester.scanPages(at, buffer.pages, pages, buffer.digests, buffer.zeros);
+  };
+  let next = chunks.length > 0 ? prepare(0) : undefined;
+  for (let k = 0; k < chunks.length; k++) {
+    options.signal?.throwIfAborted();
+    await next;
+    next = k + 1 < chunks.length ? prepare(k + 1) : undefined;
+    next?.catch(() => undefined); // awaited on the next turn
+    const { offset, pages } = chunks[k]!;
+    const { pages: bytes, digests, zeros } = buffers[k % 2]!;
+    const first = offset / PAGE_SIZE;
+    for (let i = 0; i < pages; i++)
+      if (zeros[i] === 0)
+        collector.digested(
+          first + i,
+          digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES),
+          bytes,
+          i * PAGE_SIZE,
+        );
   }
+  await next;
   collector.flush();
   return { pages: collector.pages(options.vm), method: ram.method };
 }

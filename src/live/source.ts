@@ -76,19 +76,23 @@ export class LivePageCollector {
 
   /** Page `index` holds `data[offset..offset+PAGE_SIZE)`; a zero page may be given as `undefined`. */
   page(index: number, data: Uint8Array | undefined, offset = 0): void {
-    let id = ZERO_PAGE_ID;
-    if (data !== undefined && !isZeroPage(data, offset)) {
-      const { digest, table, store } = this;
-      this.digester.digestInto(data, offset, digest, 0);
-      const known = table.lookup(digest);
-      id = known > 0 ? known : table.intern(digest, 0);
-      if (store !== undefined && !store.has(digest)) {
-        this.batchDigests.push(digest.slice());
-        this.batchPages.push(data.slice(offset, offset + PAGE_SIZE));
-        if (this.batchDigests.length >= 1024) this.flush();
-      }
+    if (data === undefined || isZeroPage(data, offset)) this.pageTable[index] = ZERO_PAGE_ID;
+    else {
+      this.digester.digestInto(data, offset, this.digest, 0);
+      this.digested(index, this.digest, data, offset);
     }
-    this.pageTable[index] = id;
+  }
+
+  /** Page `index`, not a zero page, holds `data[offset..offset+PAGE_SIZE)` of digest `digest`. */
+  digested(index: number, digest: Uint8Array, data: Uint8Array, offset: number): void {
+    const { table, store } = this;
+    const known = table.lookup(digest);
+    this.pageTable[index] = known > 0 ? known : table.intern(digest, 0);
+    if (store !== undefined && !store.has(digest)) {
+      this.batchDigests.push(digest.slice());
+      this.batchPages.push(data.slice(offset, offset + PAGE_SIZE));
+      if (this.batchDigests.length >= 1024) this.flush();
+    }
   }
 
   /** Stores what is batched; call once the scan is over. */

@@ -1,6 +1,6 @@
 import { createHash, hkdfSync, randomBytes, type Hash } from 'node:crypto';
 import { native } from '../native/native.js';
-import { DIGEST_BYTES, PAGE_SIZE } from './page.js';
+import { DIGEST_BYTES, isZeroPage, PAGE_SIZE } from './page.js';
 
 /**
  * Page digests: the first 128 bits of SHA-256(key || page), with a 64-byte secret key.
@@ -66,5 +66,34 @@ export class PageDigester {
       return native!.digestPages(this.nativeState, pages, offset, count, out, outOffset);
     for (let i = 0; i < count; i++)
       this.digestInto(pages, offset + i * PAGE_SIZE, out, outOffset + i * DIGEST_BYTES);
+  }
+
+  /**
+   * A scan's step, in libuv's thread pool where the addon is built: reads `count` pages from `file`
+   * (when given; only where `isNative`) into `pages`, then marks each page zero (zeros[i] = 1) or
+   * writes its digest to `digests`. The event loop meanwhile handles what the previous step found.
+   */
+  async scanPages(
+    file: { readonly fd: number; readonly position: number } | undefined,
+    pages: Uint8Array,
+    count: number,
+    digests: Uint8Array,
+    zeros: Uint8Array,
+  ): Promise<void> {
+    if (this.nativeState !== undefined)
+      return native!.scanPages(
+        this.nativeState,
+        file?.fd ?? -1,
+        file?.position ?? 0,
+        pages,
+        count,
+        digests,
+        zeros,
+      );
+    if (file) throw new Error('PageDigester.scanPages: reading a file needs the native addon');
+    for (let i = 0; i < count; i++) {
+      zeros[i] = isZeroPage(pages, i * PAGE_SIZE) ? 1 : 0;
+      if (zeros[i] === 0) this.digestInto(pages, i * PAGE_SIZE, digests, i * DIGEST_BYTES);
+    }
   }
 }

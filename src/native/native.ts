@@ -18,6 +18,19 @@ export interface NativeAddon {
     out: Uint8Array,
     outOffset: number,
   ): void;
+  /**
+   * In the thread pool: pread `count` pages from `fd` at `position` into `pages` (fd -1: they are
+   * there already), then set zeros[i] = 1 for a zero page or write its digest to digests[16 i..].
+   */
+  scanPages(
+    state: object,
+    fd: number,
+    position: number,
+    pages: Uint8Array,
+    count: number,
+    digests: Uint8Array,
+    zeros: Uint8Array,
+  ): Promise<void>;
   /** The memory check's digest of one chunk (native/chunk-digest.c), 32 bytes into `out`. */
   chunkDigest(bytes: Uint8Array, seed: Uint8Array, out: Uint8Array): void;
   /**

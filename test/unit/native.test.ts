@@ -106,3 +106,45 @@ test('native: file chunks read in the thread pool digest as the same bytes in me
     cleanup();
   }
 });
+
+test('native: a scan step marks zero pages and digests the rest, from memory or read from a file', async () => {
+  const key = new Uint8Array(64).fill(5);
+  const digester = new PageDigester(key);
+  const pages = new Uint8Array(4 * 4096);
+  pages.fill(7, 4096, 2 * 4096); // page 1: sevens
+  pages[3 * 4096 + 4095] = 1; // page 3: one byte at its very end
+  const expect = (digests: Uint8Array, zeros: Uint8Array) => {
+    assert.deepEqual([...zeros], [1, 0, 1, 0]);
+    for (const p of [1, 3]) {
+      const one = new Uint8Array(16);
+      digester.digestInto(pages, p * 4096, one, 0);
+      assert.deepEqual(digests.subarray(p * 16, (p + 1) * 16), one);
+    }
+  };
+  const digests = new Uint8Array(4 * 16);
+  const zeros = new Uint8Array(4).fill(9);
+  await digester.scanPages(undefined, pages, 4, digests, zeros);
+  expect(digests, zeros);
+  const { dir, cleanup } = tempDir('vms-native-');
+  try {
+    const path = join(dir, 'ram');
+    writeFileSync(path, Buffer.concat([Buffer.alloc(4096, 3), pages]));
+    const fd = openSync(path, 'r');
+    try {
+      const into = new Uint8Array(4 * 4096);
+      const fromFile = new Uint8Array(4 * 16);
+      const zerosFromFile = new Uint8Array(4);
+      await digester.scanPages({ fd, position: 4096 }, into, 4, fromFile, zerosFromFile);
+      assert.deepEqual(into, pages);
+      expect(fromFile, zerosFromFile);
+      await assert.rejects(
+        digester.scanPages({ fd, position: 4096 * 3 }, into, 4, fromFile, zerosFromFile),
+        /end of file at position/,
+      );
+    } finally {
+      closeSync(fd);
+    }
+  } finally {
+    cleanup();
+  }
+});
