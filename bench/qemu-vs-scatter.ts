@@ -37,9 +37,10 @@
  * time from the first `migrate` (a, b) or the start of `vmscatter scatter` (c, d) until the last guest
  * runs at its target (a, b: destinations polled with query-status every 100 ms; their QEMUs were
  * started beforehand, while vmscatter's agents start theirs within the job; c, d: the command's wall
- * time, scan, plan, multicast and the live migrations included); per-guest downtime (a, b: QEMU's
- * `downtime`; c, d: the report's `vms[].live.downtimeMs`, QEMU's figure plus the time from the
- * stream's end to the target running); CPU seconds at the source: the source QEMUs' threads other
+ * time, scan, plan, multicast and the live migrations included); per-guest downtime on one clock,
+ * source stopped to target running (a, b: the source's STOP event to the destination's RESUME event,
+ * QEMU's own `downtime` kept beside it as qemuDowntimeMs; c, d: the report's `vms[].live.downtimeMs`,
+ * QEMU's figure plus the time from the stream's end to the target confirmed running); CPU seconds at the source: the source QEMUs' threads other
  * than the vCPU (migration, multifd, main loop; from /proc, sampled every 200 ms, so a QEMU that quits
  * loses at most its last interval; the vCPU thread is the guest's own work and left out) plus, for c
  * and d, the `vmscatter scatter` process and its workers (rusage via the shell's `times`).
@@ -65,7 +66,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { connectQmp, QmpError, type QmpClient } from '../src/qemu/qmp.js';
+import { connectQmp, QmpError, type QmpClient, type QmpEvent } from '../src/qemu/qmp.js';
 import { createLab, findTool, labAvailable, watchProcess, type Lab } from '../test/lab/lab.js';
 import {
   bootGuest,
@@ -117,8 +118,14 @@ export interface GuestOutcome {
   readonly name: string;
   readonly kind: GuestKind;
   readonly target: string;
-  /** Milliseconds the guest was stopped (QEMU's figure for a, b; vmscatter's report for c, d). */
+  /**
+   * Milliseconds from the source stopped to the target running: for a, b the source's STOP event to
+   * the destination's RESUME event (QEMU's timestamps); for c, d vmscatter's report (QEMU's figure at
+   * the source plus the stream's end to the target confirmed running, a bound from above).
+   */
   readonly downtimeMs?: number;
+  /** QEMU's own `downtime` (a, b), which ends at the source, before the destination runs. */
+  readonly qemuDowntimeMs?: number;
   /** QEMU's total-time of the migration (a, b) or vmscatter's seconds for this VM (c, d), in ms. */
   readonly migrationMs?: number;
   /** The last tick seen at the source before the method started, and the first past it at the target. */
@@ -542,6 +549,16 @@ async function viaQemu(
   const before = sources.map((s) => lastTick(s.guest.serial()));
   const cpu = new QemuCpu(sources.map((s) => s.guest.pid));
   const bytesBefore = await lab.txBytes('src');
+  // Downtime on one clock for every method: the source's STOP to the destination's RESUME, by the
+  // timestamps QEMU puts on those events (one host clock in the lab). QEMU's own `downtime` ends at the
+  // source, before the destination has loaded the last of the stream and runs.
+  const stoppedAt: (number | undefined)[] = sources.map(() => undefined);
+  const resumedAt: (number | undefined)[] = sources.map(() => undefined);
+  const eventMs = (e: QmpEvent) => e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
+  const unsubscribe = sources.flatMap(({ guest }, i) => [
+    guest.qmp.onEvent('STOP', (e) => (stoppedAt[i] ??= eventMs(e))),
+    destinations[i]!.qmp.onEvent('RESUME', (e) => (resumedAt[i] ??= eventMs(e))),
+  ]);
   const started = performance.now();
   await Promise.all(
     sources.map(({ guest, spec }) =>
@@ -575,6 +592,7 @@ async function viaQemu(
     await sleep(100);
   }
   const seconds = Math.max(0, ...runningAt.map((t) => t ?? 0)) / 1000;
+  for (const stop of unsubscribe) stop();
   const bytes = (await lab.txBytes('src')) - bytesBefore;
   const qemuCpu = cpu.stop();
   const until = Date.now() + VERIFY_TIMEOUT_MS;
@@ -594,11 +612,16 @@ async function viaQemu(
               ? `no tick past ${before[i]} at the target`
               : undefined);
       const migration = info[i];
+      const stopToResume =
+        stoppedAt[i] !== undefined && resumedAt[i] !== undefined
+          ? Math.round(resumedAt[i]! - stoppedAt[i]!)
+          : undefined;
       return {
         name: spec.name,
         kind: spec.kind,
         target: spec.target,
-        ...(typeof migration?.downtime === 'number' ? { downtimeMs: migration.downtime } : {}),
+        ...(stopToResume !== undefined ? { downtimeMs: stopToResume } : {}),
+        ...(typeof migration?.downtime === 'number' ? { qemuDowntimeMs: migration.downtime } : {}),
         ...(typeof migration?.['total-time'] === 'number' ? { migrationMs: migration['total-time'] } : {}),
         tickBefore: before[i]!,
         ...(tickAfter === undefined ? {} : { tickAfter }),
