@@ -60,3 +60,6 @@ export function chooseCopyStrategy(input: {
     };
   return { strategy: 'precopy', pressure, passes, why: `converges in about ${passes} pass(es)` };
 }
+
+/** QEMU's default downtime limit, which vmscatter leaves as it is. */
+export const QEMU_DOWNTIME_LIMIT_MS = 300;

@@ -4,7 +4,7 @@ import type { PageDigester } from '../memory/page-digest.js';
 import { StreamParser } from '../qemu/migration-stream.js';
 import { openGuestRam, type GuestRam, type GuestRamMethod } from '../qemu/guest-ram.js';
 import type { QmpClient } from '../qemu/qmp.js';
-import type { AgentLink } from '../scatter/agent-link.js';
+import type { LiveLink } from './messages.js';
 import type { WireBudget } from './wire-budget.js';
 import type { CopyStrategy } from './copy-strategy.js';
 import {
@@ -112,7 +112,7 @@ export async function migrateLiveVm(options: {
   readonly source: QmpClient;
   /** The source QEMU's QMP socket (finds its process, whose memory the check reads). */
   readonly sourceQmpSocket?: string;
-  readonly link: AgentLink;
+  readonly link: LiveLink;
   readonly runDir: string;
   readonly digester: PageDigester;
   /** Whether the target holds the page with this digest. */
@@ -410,7 +410,7 @@ function sameLayout(a: MemoryDigests, b: MemoryDigests): boolean {
  */
 async function repairMemory(options: {
   readonly vm: string;
-  readonly link: AgentLink;
+  readonly link: LiveLink;
   /** The stopped source's RAM, as the check read it. */
   readonly ram: GuestRam;
   readonly memory: MemoryDigests;

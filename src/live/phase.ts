@@ -8,7 +8,7 @@ import type { HeldDigests } from '../scatter/digest-set.js';
 import type { JobScan } from '../scatter/job-scan.js';
 import type { ScannedLiveVm } from './source.js';
 import type { SendRound } from '../scatter/job-work.js';
-import { chooseCopyStrategy, type CopyDecision } from './copy-strategy.js';
+import { chooseCopyStrategy, QEMU_DOWNTIME_LIMIT_MS, type CopyDecision } from './copy-strategy.js';
 import { startDirtyRates, type DirtyRateProbe } from './dirty-rate.js';
 import { migrateLiveVm, NOTHING_MOVED, type LiveMigrationResult } from './migrate.js';
 import { WireBudget } from './wire-budget.js';
@@ -192,9 +192,6 @@ export class NewContentTally {
  * downtime of the whole copy), where no page can change behind the copy.
  */
 export const MEMORY_CHECK_RETRIES = 2;
-
-/** QEMU's default downtime limit, which vmscatter leaves as it is. */
-export const QEMU_DOWNTIME_LIMIT_MS = 300;
 
 const notMigrated: LiveMigrationResult = {
   ok: false,

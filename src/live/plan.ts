@@ -9,10 +9,9 @@ import { PageDigester } from '../memory/page-digest.js';
 import { scanTopology } from '../memory/scan.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { Topology } from '../topology/model.js';
-import { chooseCopyStrategy, type CopyDecision } from './copy-strategy.js';
+import { chooseCopyStrategy, QEMU_DOWNTIME_LIMIT_MS, type CopyDecision } from './copy-strategy.js';
 import { scanRunningVm } from './scan.js';
 import { startDirtyRates } from './dirty-rate.js';
-import { QEMU_DOWNTIME_LIMIT_MS } from './phase.js';
 import { connectSourceQmp, type ScannedLiveVm } from './source.js';
 
 /**

@@ -7,9 +7,8 @@
  *   seed* -> seeded* (one per multicast round it is a receiver of; the session key travels here)
  *   fetch-from* -> fetched* (pages a peer of its site holds; the agent fetches them there with 'fetch')
  *   vm -> missing? -> pages* -> rebuild -> rebuilt (one per VM image placed on it)
- *   live-incoming -> live-ready (or live-refused), live-stream* -> live-ack*, live-end -> live-verified,
- *     live-repair? -> live-repaired, live-resume -> live-resumed (one per running VM placed on it; live-abort at any point rolls it
- *     back; each live-stream is acknowledged once the destination QEMU took its bytes)
+ *   live-* (one exchange per running VM placed on it: live/messages.ts; each live-stream is acknowledged
+ *     once the destination QEMU took its bytes)
  *   end
  * and between agents of a site: fetch -> pages (the asking agent checks every page against its digest).
  *
@@ -17,7 +16,8 @@
  * `parseFromAgent`); anything else is dropped and counted by the receiving side, never trusted.
  */
 
-import { isLiveRecord, type LiveRecord } from '../live/records.js';
+import type { LiveFromAgent, LiveToAgent } from '../live/messages.js';
+import { isLiveRecord } from '../live/records.js';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -53,24 +53,7 @@ export type ToAgent =
   | { readonly t: 'fetch-from'; readonly id: number; readonly peer: string; readonly digests: Uint8Array }
   /** From a peer agent: send back, as 'pages', those of these digests held. */
   | { readonly t: 'fetch'; readonly digests: Uint8Array }
-  /** Live VMs: start a destination QEMU from this command line, paused, waiting for a stream. */
-  | { readonly t: 'live-incoming'; readonly vm: string; readonly command: readonly string[] }
-  /** The VM's migration stream, in order; pages the agent holds come as references. */
-  | { readonly t: 'live-stream'; readonly vm: string; readonly records: readonly LiveRecord[] }
-  /**
-   * The stream is complete; its canonical digest, to compare before resuming, and the seed of this
-   * migration's memory check (live/memory-check.ts).
-   */
-  | { readonly t: 'live-end'; readonly vm: string; readonly sha256: string; readonly memorySeed: Uint8Array }
-  | { readonly t: 'live-resume'; readonly vm: string }
-  /**
-   * The memory check found chunks of the destination's RAM that differ from the source's (pages QEMU
-   * lost): write the source's bytes of those chunks (live/memory-check.ts encodeChunks) into the
-   * paused destination and answer with their digests as read back.
-   */
-  | { readonly t: 'live-repair'; readonly vm: string; readonly chunks: Uint8Array }
-  /** Roll back: kill the destination QEMU (the VM runs on at its source). */
-  | { readonly t: 'live-abort'; readonly vm: string }
+  | LiveToAgent
   | { readonly t: 'end' };
 
 export interface VerifiedImage {
@@ -112,30 +95,7 @@ export type FromAgent =
     }
   /** The outcome of a 'fetch-from': pages stored; the rest will be asked for at rebuild time. */
   | { readonly t: 'fetched'; readonly id: number; readonly stored: number; readonly failed: number }
-  | { readonly t: 'live-ready'; readonly vm: string }
-  /** The agent will not run the destination's command line (qemu/command-policy.ts says why). */
-  | { readonly t: 'live-refused'; readonly vm: string; readonly error: string }
-  | { readonly t: 'live-ack'; readonly vm: string }
-  /**
-   * The stream was loaded and its digest agreed (ok), with the loaded guest RAM's digests for the
-   * memory check (live/memory-check.ts); or why not.
-   */
-  | {
-      readonly t: 'live-verified';
-      readonly vm: string;
-      readonly ok: boolean;
-      readonly error: string;
-      readonly memory: Uint8Array;
-    }
-  | { readonly t: 'live-resumed'; readonly vm: string }
-  /** The repaired chunks' SHA-256 as read back (32 bytes each, in the order sent), or why not. */
-  | {
-      readonly t: 'live-repaired';
-      readonly vm: string;
-      readonly ok: boolean;
-      readonly error: string;
-      readonly digests: Uint8Array;
-    }
+  | LiveFromAgent
   | { readonly t: 'error'; readonly message: string };
 
 type Check = (value: unknown) => boolean;
