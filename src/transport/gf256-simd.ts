@@ -4,10 +4,10 @@
  * product table with i8x16.swizzle, 16 bytes per instruction. The loader checks the module against the
  * scalar kernel on a small example and gives up (returns undefined) where it cannot run or disagrees.
  *
- * Only types are imported from ./gf256.ts (which re-exports `simdKernel`); the arithmetic and the
- * scalar kernel are passed in, so the two modules do not depend on each other at load time.
+ * The arithmetic and the scalar kernel are passed in by gf256.ts (which re-exports `simdKernel`), and
+ * the kernel's type is region-kernel.ts's: this module imports nothing of gf256.ts.
  */
-import type { RegionKernel } from './gf256.js';
+import type { RegionKernel } from './region-kernel.js';
 
 /** What the SIMD kernel borrows from ./gf256.ts. */
 export interface SimdKernelDeps {

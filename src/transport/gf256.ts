@@ -12,6 +12,9 @@
  * when the buffers are 4-byte aligned. Both give identical results.
  */
 import { createSimdKernel } from './gf256-simd.js';
+import type { RegionKernel } from './region-kernel.js';
+
+export type { RegionKernel } from './region-kernel.js';
 
 /** The reduction polynomial, x^8 + x^4 + x^3 + x^2 + 1. */
 export const GF_POLYNOMIAL = 0x11d;
@@ -115,21 +118,6 @@ function swapRows(m: Uint8Array, n: number, r1: number, r2: number): void {
     m[r1 * n + j] = m[r2 * n + j]!;
     m[r2 * n + j] = t;
   }
-}
-
-/** Computes linear combinations of equal-length byte regions over GF(2^8). */
-export interface RegionKernel {
-  readonly name: 'simd' | 'scalar';
-  /**
-   * outputs[r][0..length) = sum over j of coefficients[r * inputs.length + j] * inputs[j][0..length).
-   * Every region must hold at least `length` bytes; outputs must not overlap inputs or each other.
-   */
-  combine(
-    coefficients: Uint8Array,
-    inputs: readonly Uint8Array[],
-    outputs: readonly Uint8Array[],
-    length: number,
-  ): void;
 }
 
 function checkCombine(
