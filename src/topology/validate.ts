@@ -7,6 +7,7 @@
 import { isIP, isIPv4 } from 'node:net';
 import { DEFAULT_AGENT_PORT, DEFAULT_MULTICAST, DEFAULT_SITE, SYNTHETIC_DEFAULTS } from './defaults.js';
 import type { Host, HostRole, MulticastRange, SyntheticModelSpec, Vm, VmSource } from './model.js';
+import { MAX_TARGETS, MAX_VMS } from './limits.js';
 import { RATE_EXPECTED, SIZE_EXPECTED } from './units.js';
 import {
   checkUnique,
@@ -17,6 +18,7 @@ import {
   MAX_NAME_LENGTH,
   NAME_EXPECTED,
   optional,
+  peek,
   readInteger,
   readList,
   readMap,
@@ -36,7 +38,8 @@ import {
 } from './yaml-fields.js';
 
 const PAGE_BYTES = 4096;
-const MAX_COUNT = 10_000;
+/** One entry may make up to the whole job's limit of VMs. */
+const MAX_COUNT = MAX_VMS;
 /** 224.0.0.0/4. */
 const MULTICAST_FIRST = 0xe0000000;
 const MULTICAST_LAST = 0xefffffff;
@@ -114,7 +117,12 @@ export interface Hosts {
 }
 
 export function readHosts(ctx: Ctx, at: Field): Hosts {
-  const read = readList(ctx, at, 'a list of hosts').map((item) => readHost(ctx, item));
+  const items = readList(ctx, at, 'a list of hosts');
+  const targets = items.filter((item) => peek(ctx, item, 'role') === 'target').length;
+  if (targets > MAX_TARGETS) {
+    fail(ctx, at, `the topology has ${targets} targets; the limit is ${MAX_TARGETS}`);
+  }
+  const read = items.map((item) => readHost(ctx, item));
   checkUnique(
     ctx,
     read.map((h) => ({ key: h.host.name, field: h.nameField })),
@@ -197,6 +205,12 @@ interface ReadVm {
 export function readVms(ctx: Ctx, at: Field, hosts: Hosts, baseDir: string): Vm[] {
   const items = readList(ctx, at, 'a list of VMs');
   if (items.length === 0) fail(ctx, at, 'no VMs; list at least one VM to migrate');
+  // Counted before any entry is read, so a file over the limit costs no per-VM work.
+  const total = items.reduce((sum, item) => sum + countOf(ctx, item), 0);
+  if (total > MAX_VMS) {
+    const made = total === items.length ? '' : ` (from ${items.length} entries, counting each count:)`;
+    fail(ctx, at, `the topology has ${total} VMs${made}; the limit is ${MAX_VMS}`);
+  }
   const read = items.flatMap((item) => readVmEntry(ctx, item, hosts, baseDir));
   checkUnique(
     ctx,
@@ -208,6 +222,12 @@ export function readVms(ctx: Ctx, at: Field, hosts: Hosts, baseDir: string): Vm[
     },
   );
   return read.map((r) => r.vm);
+}
+
+/** How many VMs an entry makes; 1 when its count is invalid, which reading the entry reports. */
+function countOf(ctx: Ctx, item: Field): number {
+  const count = peek(ctx, item, 'count');
+  return typeof count === 'number' && Number.isInteger(count) && count >= 1 && count <= MAX_COUNT ? count : 1;
 }
 
 /** One list entry: a VM, or with `count: n` the VMs name-1 .. name-n. */

@@ -10,8 +10,10 @@ import {
   isNode,
   isScalar,
   isSeq,
+  type Alias,
   type Document,
   type LineCounter,
+  type Node,
   type YAMLError,
 } from 'yaml';
 import { TopologyError } from '../errors.js';
@@ -22,10 +24,16 @@ const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 export const MAX_NAME_LENGTH = 63;
 export const NAME_EXPECTED = `a name of letters, digits, '.', '_' or '-' (starting with a letter or digit, at most ${MAX_NAME_LENGTH} characters)`;
 
-export interface Ctx {
+/** A parsed file: enough to name lines, before its aliases are resolved. */
+export interface ParsedFile {
   readonly file: string;
   readonly lines: LineCounter;
   readonly doc: Document.Parsed;
+}
+
+export interface Ctx extends ParsedFile {
+  /** Every alias's node, resolved once by ./aliases.ts. */
+  readonly aliases: ReadonlyMap<Alias, Node>;
 }
 
 /** A value in the document, with the path and line to name when it is wrong. */
@@ -44,16 +52,17 @@ export function fail(ctx: Ctx, at: Pick<Field, 'path' | 'line'>, problem: string
   throw new TopologyError(ctx.file, at.line, at.path === '' ? undefined : at.path, problem);
 }
 
-function lineAt(ctx: Ctx, offset: number): number {
+function lineAt(ctx: ParsedFile, offset: number): number {
   return ctx.lines.linePos(offset).line;
 }
 
-export function nodeLine(ctx: Ctx, node: unknown): number | undefined {
+export function nodeLine(ctx: ParsedFile, node: unknown): number | undefined {
   return isNode(node) && node.range ? lineAt(ctx, node.range[0]) : undefined;
 }
 
+/** Never Alias.resolve: it walks the whole document per call (./aliases.ts says why that matters). */
 function deref(ctx: Ctx, node: unknown): unknown {
-  return isAlias(node) ? node.resolve(ctx.doc) : node;
+  return isAlias(node) ? ctx.aliases.get(node) : node;
 }
 
 export function isNull(ctx: Ctx, node: unknown): boolean {
@@ -83,6 +92,23 @@ export function readMap(ctx: Ctx, at: Field, what: string, allowed: readonly str
     fields.set(key.value, { node: pair.value, path, line });
   }
   return { at, fields };
+}
+
+/**
+ * The plain value under `key` when `at` is a mapping that has it, else undefined. Never fails: it
+ * serves to count entries against a limit before any of them is validated.
+ */
+export function peek(ctx: Ctx, at: Field, key: string): unknown {
+  const node = deref(ctx, at.node);
+  if (!isMap(node)) return undefined;
+  for (const pair of node.items) {
+    const name = deref(ctx, pair.key);
+    if (isScalar(name) && name.value === key) {
+      const value = deref(ctx, pair.value);
+      return isScalar(value) ? value.value : undefined;
+    }
+  }
+  return undefined;
 }
 
 /** The field, or undefined when absent or written without a value (`target:`). */
@@ -215,7 +241,7 @@ function editDistance(a: string, b: string): number {
   return previous[b.length] ?? 0;
 }
 
-export function yamlError(ctx: Ctx, error: YAMLError): TopologyError {
+export function yamlError(ctx: ParsedFile, error: YAMLError): TopologyError {
   const line = lineAt(ctx, error.pos[0]);
   if (error.code === 'DUPLICATE_KEY') {
     const path = keyPathAt(ctx, ctx.doc.contents, '', error.pos[0]);
@@ -238,7 +264,7 @@ export function yamlError(ctx: Ctx, error: YAMLError): TopologyError {
 }
 
 /** Path of the mapping key starting at `offset`, to name the field of a duplicate key. */
-function keyPathAt(ctx: Ctx, node: unknown, path: string, offset: number): string | undefined {
+function keyPathAt(ctx: ParsedFile, node: unknown, path: string, offset: number): string | undefined {
   if (isMap(node)) {
     for (const pair of node.items) {
       const name = isScalar(pair.key) ? String(pair.key.value) : '?';

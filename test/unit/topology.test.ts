@@ -1,5 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { TopologyError } from '../../src/errors.js';
@@ -11,6 +13,7 @@ import {
   parseTopology,
 } from '../../src/topology/load.js';
 import type { Topology, Vm } from '../../src/topology/model.js';
+import { tempDir } from '../support/fixtures.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -740,6 +743,196 @@ test('pins and exclusions must name existing targets and agree', () => {
 
 test('a job needs at least one VM', () => {
   rejects(edit({ 6: 'vms: []', 7: [], 8: [], 9: [], 10: [], 11: [], 12: [] }), 6, 'vms', /no VMs/);
+});
+
+// --- Limits --------------------------------------------------------------------------------------
+
+/** Lines 7-12 (the VMs) replaced by one anchored VM `a` at line 7, then `extra`. */
+function anchoredVm(extra: readonly string[]): string {
+  return edit(
+    {
+      7: '  - &a { name: a, memory: 64MiB, source: { synthetic: {} } }',
+      8: [],
+      9: [],
+      10: [],
+      11: [],
+      12: [],
+    },
+    extra,
+  );
+}
+
+function assertTopologyError(action: () => unknown, check: (error: TopologyError) => void): void {
+  assert.throws(action, (error: unknown) => {
+    assert.ok(error instanceof TopologyError, `expected a TopologyError, got ${String(error)}`);
+    assert.equal(error.code, 'VMS_TOPOLOGY');
+    assert.equal(error.exitCode, 2);
+    check(error);
+    return true;
+  });
+}
+
+test('an alias resolves to the last anchor of its name before it', () => {
+  const topology = parse(
+    edit({
+      9: '    source: &s { synthetic: { family: debian } }',
+      10: ['  - name: c', '    memory: 64MiB', '    source: *s', '  - name: b'],
+      12: [
+        '    source: &s { synthetic: { family: alpine } }',
+        '  - name: d',
+        '    memory: 64MiB',
+        '    source: *s',
+      ],
+    }),
+  );
+  const family = (name: string): string => {
+    const source = vm(topology, name).source;
+    return source.kind === 'synthetic' ? source.model.family : source.kind;
+  };
+  assert.deepEqual(['a', 'c', 'b', 'd'].map(family), ['debian', 'debian', 'alpine', 'alpine']);
+});
+
+test('an alias with no anchor before it, or inside what it refers to, is named at its line', () => {
+  rejects(edit({ 12: '    source: *img' }), 12, undefined, /alias \*img has no anchor &img before it/);
+  rejects(
+    edit({ 12: '    source: *img' }, [
+      '  - name: c',
+      '    memory: 64MiB',
+      '    source: &img { image: c.raw }',
+    ]),
+    12,
+    undefined,
+    /alias \*img has no anchor &img before it/,
+  );
+  rejects(
+    edit({}, ['    exclude: &x [t1, *x]']),
+    13,
+    undefined,
+    /alias \*x is inside the value it refers to/,
+  );
+});
+
+test('20,000 aliases are refused at the first past the limit of 10000, without resolving each', () => {
+  // Each `*a` once walked the whole document: this 140 KB file took two minutes to be rejected.
+  const text = anchoredVm(Array.from({ length: 20_000 }, () => '  - *a'));
+  rejects(
+    text,
+    7 + 10_001,
+    undefined,
+    /the topology has 20000 aliases \(this is number 10001\); the limit is 10000$/,
+  );
+});
+
+test('aliases may not expand the topology past the limit of 500000 values', () => {
+  // 100,000 command arguments, read again through every alias to them: a small file, a large job.
+  const command = `&cmd [${Array.from({ length: 100_000 }, () => 'x').join(', ')}]`;
+  const aliased = ['c1', 'c2', 'c3', 'c4', 'c5'].flatMap((name) => [
+    `  - name: ${name}`,
+    '    memory: 64MiB',
+    '    source: { qemu: { qmp: q.sock, command: *cmd } }',
+  ]);
+  const text = edit({ 12: `    source: { qemu: { qmp: q.sock, command: ${command} } }` }, aliased);
+  const aliasLines = aliased.flatMap((line, index) => (line.includes('*cmd') ? [13 + index] : []));
+  assertTopologyError(
+    () => parse(text),
+    (error) => {
+      assert.match(
+        error.message,
+        /more than 500000 YAML values \(with aliases expanded\); the limit is 500000$/,
+      );
+      assert.ok(error.line !== undefined && aliasLines.includes(error.line), error.message);
+    },
+  );
+});
+
+test('text with more scalars than the value limit is refused before it is parsed', () => {
+  const text = edit({}, [`    exclude: [${Array.from({ length: 500_001 }, () => 't1').join(',')}]`]);
+  rejects(
+    text,
+    undefined,
+    undefined,
+    /more than 500000 YAML values \(with aliases expanded\); the limit is 500000$/,
+  );
+});
+
+test('a topology over 4 MiB is refused by its size, before it is read or parsed', () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const path = join(dir, 'big.yaml');
+    writeFileSync(path, edit({}));
+    truncateSync(path, 4 * MiB + 1); // valid YAML, then NULs: only the size is wrong
+    assertTopologyError(
+      () => loadTopology(path),
+      (error) => {
+        assert.equal(error.line, undefined);
+        assert.equal(
+          error.message,
+          `${path}: the file is 4194305 bytes; the limit for a topology is 4194304 bytes (4 MiB)`,
+        );
+      },
+    );
+  } finally {
+    cleanup();
+  }
+  rejects(
+    `${edit({})}#${'-'.repeat(4 * MiB)}\n`,
+    undefined,
+    undefined,
+    /^\S+: the file is \d+ bytes; the limit for a topology is 4194304 bytes \(4 MiB\)$/,
+  );
+});
+
+test('a file that reports no size is read only up to the limit', { skip: !existsSync('/dev/zero') }, () => {
+  assertTopologyError(
+    () => loadTopology('/dev/zero'),
+    (error) => assert.match(error.message, /^\/dev\/zero: the file has more than 4194304 bytes; the limit/),
+  );
+});
+
+test('more than 10000 VMs are refused naming the limit and the count, before any is read', () => {
+  const entries = Array.from(
+    { length: 15 },
+    (_, i) => `  - { name: v${i}, count: 10000, memory: 64MiB, source: { synthetic: {} } }`,
+  );
+  // A mistake in an entry past the limit is not reached: the count comes first.
+  const text = edit({ 7: [], 8: [], 9: [], 10: [], 11: [], 12: [] }, [
+    ...entries,
+    '  - { name: bad, memory: 1 }',
+  ]);
+  rejects(
+    text,
+    7,
+    'vms',
+    /^\S+ vms: the topology has 150001 VMs \(from 16 entries, counting each count:\); the limit is 10000$/,
+  );
+  rejects(
+    edit({ 7: ['  - name: a', '    count: 9999'] }, [
+      '  - name: c',
+      '    memory: 64MiB',
+      '    source: { synthetic: {} }',
+    ]),
+    7,
+    'vms',
+    /the topology has 10001 VMs \(from 3 entries, counting each count:\); the limit is 10000$/,
+  );
+  const atLimit = parse(edit({ 7: ['  - name: a', '    count: 9999'] }));
+  assert.equal(atLimit.vms.length, 10_000);
+});
+
+test('more than 1000 targets are refused naming the limit and the count', () => {
+  const targets = (n: number): string[] =>
+    Array.from(
+      { length: n },
+      (_, i) =>
+        `  - { name: t${i}, address: 127.0.0.1, port: ${10_000 + i}, role: target, memory: 1GiB, link: 1Gbit }`,
+    );
+  rejects(
+    edit({ 4: targets(1_001), 5: [] }),
+    3,
+    'hosts',
+    /^\S+ hosts: the topology has 1001 targets; the limit is 1000$/,
+  );
+  assert.equal(parse(edit({ 4: targets(1_000), 5: [] }, ['    exclude: [t0]'])).hosts.length, 1_001);
 });
 
 // --- Properties ------------------------------------------------------------------------------------
