@@ -16,8 +16,9 @@ import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
  * wholly on disk.
  */
 export class DiskFullError extends VmscatterError {
-  constructor(dir: string) {
-    super('VMS_DISK_FULL', `${dir}: no space left on device while storing pages`, 5);
+  /** `doing` says what was being written, as the user needs to know which disk to free. */
+  constructor(path: string, doing = 'storing pages') {
+    super('VMS_DISK_FULL', `${path}: no space left on device while ${doing}`, 5);
   }
 }
 

@@ -21,6 +21,8 @@ export interface RebuildRequest {
   readonly pageFor: (index: number) => Uint8Array | undefined;
   /** SHA-256 of the whole image at the source (hex). */
   readonly expectedSha256: string;
+  /** How bytes reach the file: writeFully, unless a test makes the disk fill up. */
+  readonly write?: (fd: number, bytes: Uint8Array, position: number) => void;
 }
 
 export interface RebuildResult {
@@ -40,6 +42,7 @@ const RUN_PAGES = 256;
 
 export function rebuildImage(request: RebuildRequest): RebuildResult {
   const partial = `${request.path}.partial`;
+  const write = request.write ?? writeFully;
   const fd = openSync(partial, 'w', PRIVATE_FILE_MODE);
   let finished = false;
   try {
@@ -52,7 +55,7 @@ export function rebuildImage(request: RebuildRequest): RebuildResult {
     let runStart = 0;
     let runPages = 0;
     const flush = () => {
-      if (runPages > 0) writeFully(fd, run.subarray(0, runPages * PAGE_SIZE), runStart * PAGE_SIZE);
+      if (runPages > 0) write(fd, run.subarray(0, runPages * PAGE_SIZE), runStart * PAGE_SIZE);
       runPages = 0;
     };
     request.entries.forEach((entry, page) => {
@@ -85,7 +88,8 @@ export function rebuildImage(request: RebuildRequest): RebuildResult {
   } catch (error) {
     if (!finished) closeSync(fd);
     rmSync(partial, { force: true });
-    if ((error as NodeJS.ErrnoException).code === 'ENOSPC') throw new DiskFullError(request.path);
+    if ((error as NodeJS.ErrnoException).code === 'ENOSPC')
+      throw new DiskFullError(request.path, 'writing the VM image');
     throw error;
   }
 }

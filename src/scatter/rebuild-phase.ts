@@ -90,7 +90,9 @@ export async function rebuildAll(
             verdict = await link.next('rebuilt', (m) => m.vm === vm, REBUILD_TIMEOUT_MS);
           }
           if (verdict.t === 'rebuilt' && verdict.ok && verdict.sha256 === sha256[v]) verified.add(v);
-          else errors.set(v, verdict.t === 'rebuilt' ? verdict.error : 'no verdict');
+          // The agent's reason names paths on its own host (a full disk, a digest that differs):
+          // which host is for us to say, as AgentLink does for a lost agent.
+          else errors.set(v, `${link.host.name}: ${verdict.t === 'rebuilt' ? verdict.error : 'no verdict'}`);
         } catch (error) {
           if (!(error instanceof AgentLostError)) throw error;
           errors.set(v, error.message);

@@ -94,3 +94,23 @@ test('a full disk is a clear error and leaves no partial image', (t) => {
   assert.equal(existsSync(out), false);
   assert.equal(existsSync(`${out}.partial`), false);
 });
+
+test('a disk that fills while an image is written is named as such: the image, not the page store', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const { unique, entries, sha256 } = sourceImage(dir, 64);
+  const out = join(dir, 'vm-a.raw');
+  const full = () => {
+    throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+  };
+  assert.throws(
+    () =>
+      rebuildImage({ path: out, entries, pageFor: (i) => unique[i], expectedSha256: sha256, write: full }),
+    (error: unknown) =>
+      error instanceof DiskFullError &&
+      error.code === 'VMS_DISK_FULL' &&
+      error.message === `${out}: no space left on device while writing the VM image`,
+  );
+  assert.equal(existsSync(out), false);
+  assert.equal(existsSync(`${out}.partial`), false);
+});
