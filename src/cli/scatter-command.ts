@@ -275,7 +275,10 @@ function renderReport(report: ScatterReport, file: string): string {
     t.name,
     formatBytes(t.wireBytes),
     formatBytes(t.heldPages * PAGE_SIZE),
-    formatBytes(t.multicastPages * PAGE_SIZE),
+    // A target lost mid-job received less than planned: both are shown, so neither is mistaken for the other.
+    t.multicastPages === t.plannedMulticastPages
+      ? formatBytes(t.multicastPages * PAGE_SIZE)
+      : `${formatBytes(t.multicastPages * PAGE_SIZE)} of ${formatBytes(t.plannedMulticastPages * PAGE_SIZE)} planned`,
     formatBytes(t.peerPages * PAGE_SIZE),
     formatBytes(t.unicastPages * PAGE_SIZE),
     t.lost ?? 'ok',

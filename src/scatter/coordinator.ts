@@ -5,7 +5,7 @@ import { buildScatterPlan } from '../plan/scatter-plan.js';
 import type { Topology } from '../topology/model.js';
 import { AgentLink } from './agent-link.js';
 import { connectAgents, fetchFromPeers, trustedAnnouncement } from './job-agents.js';
-import { plannedReport, type ScatterReport, type TargetReport, type VmReport } from './job-report.js';
+import { plannedReport, targetReports, type ScatterReport, type VmReport } from './job-report.js';
 import { scanJob } from './job-scan.js';
 import { planJobWork } from './job-work.js';
 import { startDirtyRates } from '../live/dirty-rate.js';
@@ -240,12 +240,9 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       const wire = attributeWireBytes({
         rounds: work.rounds,
         roundWireBytes: seeded.roundWireBytes,
-        roundReceivers: seeded.roundReceivers,
         index,
         done,
         vmCount: topology.vms.length,
-        targetCount: liveTargets.length,
-        unicastBytes: outcome.unicastBytesByTarget,
       });
       const lost = await endJob();
       const reason = interruption(options.signal);
@@ -267,30 +264,21 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           ...(verified ? {} : { error: failure ?? 'not verified' }),
         };
       });
-      const targets: TargetReport[] = [
-        ...liveTargets.map((host, i) => ({
-          name: host.name,
-          vms: vms.filter((vm) => vm.target === host.name).map((vm) => vm.name),
-          heldPages: work.heldPages[i]!,
-          multicastPages: work.neededPages[i]!,
-          unicastPages: outcome.unicastPages[i]!,
-          peerPages: fetched[i]!,
-          wireBytes: Math.round(wire.targetBytes[i]!),
-          droppedDatagrams: seeded.droppedByTarget[i] ?? 0,
-          ...(lost[i] ? { lost: lost[i] } : {}),
-        })),
-        ...connected.failures.map((failure, i) => ({
-          name: connected.failedHosts[i]!,
-          vms: [],
-          heldPages: 0,
-          multicastPages: 0,
-          unicastPages: 0,
-          peerPages: 0,
-          wireBytes: 0,
-          droppedDatagrams: 0,
-          lost: failure,
-        })),
-      ];
+      const targets = targetReports({
+        hosts: liveTargets,
+        vms,
+        rounds: work.rounds,
+        roundWireBytes: seeded.roundWireBytes,
+        roundCompleted: seeded.roundCompleted,
+        heldPages: work.heldPages,
+        plannedMulticastPages: work.neededPages,
+        unicastPages: outcome.unicastPages,
+        unicastBytes: outcome.unicastBytesByTarget,
+        peerPages: fetched,
+        droppedDatagrams: seeded.droppedByTarget,
+        lost,
+        unreachable: connected.failures.map((why, i) => ({ name: connected.failedHosts[i]!, why })),
+      });
       const totalPages = scan.vms.reduce((n, vm) => n + vm.pages.length, 0);
       const zero = vms.reduce((n, vm) => n + vm.zeroPages, 0);
       return {

@@ -1,6 +1,7 @@
 import type { PageIndex } from '../plan/page-index.js';
 import type { Host, Topology } from '../topology/model.js';
 import type { JobScan } from './job-scan.js';
+import type { SendRound } from './job-work.js';
 import type { liveSummary } from '../live/phase.js';
 import type { CompressionDecision } from './seeding.js';
 
@@ -29,13 +30,18 @@ export interface TargetReport {
   readonly vms: readonly string[];
   /** Pages its VMs needed that it already held (sent to it by nobody). */
   readonly heldPages: number;
-  /** Pages it needed that went out by multicast. */
+  /**
+   * Pages it needed that it received by multicast: those of the rounds it reported stored whole.
+   * Fewer than planned when it was lost, or dropped from a round (it then lacked them at rebuild).
+   */
   readonly multicastPages: number;
-  /** Pages it lacked at rebuild time and got over the control channel. */
+  /** Pages it needed that the plan had go to it by multicast. */
+  readonly plannedMulticastPages: number;
+  /** Pages it lacked at rebuild time and received over the control channel (its verdict says so). */
   readonly unicastPages: number;
   /** Pages it fetched from an agent of its site that held them. */
   readonly peerPages: number;
-  /** Bytes the source sent it: every multicast round it received, and pages by unicast. */
+  /** Bytes it received from the source: each multicast round it reported stored whole, and unicast. */
   readonly wireBytes: number;
   /**
    * Multicast datagrams its receiver dropped as forged, replayed, stale, truncated or malformed (the
@@ -79,6 +85,69 @@ export interface ScatterReport {
   >;
 }
 
+/** What the coordinator knows at the job's end of the targets it reached, each by its index. */
+export interface TargetOutcome {
+  readonly hosts: readonly Host[];
+  readonly vms: readonly VmReport[];
+  readonly rounds: readonly SendRound[];
+  /** Per round sent (or begun): bytes on the wire, and the targets that reported it stored whole. */
+  readonly roundWireBytes: readonly number[];
+  readonly roundCompleted: readonly (readonly number[])[];
+  readonly heldPages: ArrayLike<number>;
+  readonly plannedMulticastPages: ArrayLike<number>;
+  readonly unicastPages: readonly number[];
+  readonly unicastBytes: readonly number[];
+  readonly peerPages: readonly number[];
+  readonly droppedDatagrams: readonly number[];
+  /** Why each was lost, if it was. */
+  readonly lost: readonly (string | undefined)[];
+  /** Targets that never answered, and why. */
+  readonly unreachable: readonly { readonly name: string; readonly why: string }[];
+}
+
+/**
+ * The report's target rows: what each target received, as it confirmed it, beside what the plan had
+ * it receive. A target lost mid-job is credited only the rounds it reported stored, not the plan's.
+ */
+export function targetReports(outcome: TargetOutcome): TargetReport[] {
+  const multicastPages = outcome.hosts.map(() => 0);
+  const multicastBytes = outcome.hosts.map(() => 0);
+  outcome.roundCompleted.forEach((completed, r) => {
+    const round = outcome.rounds[r];
+    if (round === undefined) return;
+    for (const t of completed) {
+      multicastPages[t]! += round.needed[round.receivers.indexOf(t)] ?? 0;
+      multicastBytes[t]! += outcome.roundWireBytes[r] ?? 0;
+    }
+  });
+  return [
+    ...outcome.hosts.map((host, t) => ({
+      name: host.name,
+      vms: outcome.vms.filter((vm) => vm.target === host.name).map((vm) => vm.name),
+      heldPages: outcome.heldPages[t] ?? 0,
+      multicastPages: multicastPages[t]!,
+      plannedMulticastPages: outcome.plannedMulticastPages[t] ?? 0,
+      unicastPages: outcome.unicastPages[t] ?? 0,
+      peerPages: outcome.peerPages[t] ?? 0,
+      wireBytes: Math.round(multicastBytes[t]! + (outcome.unicastBytes[t] ?? 0)),
+      droppedDatagrams: outcome.droppedDatagrams[t] ?? 0,
+      ...(outcome.lost[t] ? { lost: outcome.lost[t] } : {}),
+    })),
+    ...outcome.unreachable.map(({ name, why }) => ({
+      name,
+      vms: [],
+      heldPages: 0,
+      multicastPages: 0,
+      plannedMulticastPages: 0,
+      unicastPages: 0,
+      peerPages: 0,
+      wireBytes: 0,
+      droppedDatagrams: 0,
+      lost: why,
+    })),
+  ];
+}
+
 /** The report of a job that moved nothing: where each VM would go. */
 export function plannedReport(
   job: string,
@@ -111,6 +180,7 @@ export function plannedReport(
       vms: vms.filter((vm) => vm.target === host.name).map((vm) => vm.name),
       heldPages: 0,
       multicastPages: 0,
+      plannedMulticastPages: 0,
       unicastPages: 0,
       peerPages: 0,
       wireBytes: 0,

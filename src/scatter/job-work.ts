@@ -14,8 +14,13 @@ import type { MulticastSchedule } from '../plan/schedule.js';
 export interface SendRound {
   /** Index of the schedule group the round belongs to. */
   readonly group: number;
-  /** Targets that need at least one page of the round, ascending. */
+  /** Targets that need at least one page of the round's group, ascending. */
   readonly receivers: readonly number[];
+  /**
+   * How many of the round's pages each receiver needs (same order as `receivers`): what it has
+   * received by multicast once it reports the round stored, for the report.
+   */
+  readonly needed: readonly number[];
   /** Digest ids carried, ascending. */
   readonly ids: Uint32Array;
 }
@@ -65,12 +70,15 @@ export function planJobWork(input: JobWorkInput): JobWork {
   const fetches = new Map<number, number[]>(); // key target * targetCount + peer
   const groupIds: number[][] = schedule.groups.map(() => []);
   const groupReceivers = schedule.groups.map(() => new Set<number>());
+  /** Per group, per target: pages it needs in each of the group's rounds, by round. */
+  const groupNeeds = schedule.groups.map(() => new Map<number, number[]>());
   // Stamped per digest so a target holding the page in several VMs counts once.
   const seen = new Int32Array(targetCount).fill(-1);
+  const needers: number[] = [];
   for (let id = 1; id < index.holderCount.length; id++) {
     if (id === ZERO_PAGE_ID || index.holderCount[id] === 0) continue;
     const group = schedule.groupOfDigest[id]!;
-    let wanted = false;
+    needers.length = 0;
     for (const v of holdersOf(index, id)) {
       const t = assignment[v]!;
       if (done[v] || seen[t] === id) continue;
@@ -90,15 +98,24 @@ export function planJobWork(input: JobWorkInput): JobWork {
       }
       neededPages[t]!++;
       groupReceivers[group]!.add(t);
-      wanted = true;
+      needers.push(t);
     }
-    if (wanted) groupIds[group]!.push(id);
+    if (needers.length === 0) continue;
+    const round = Math.floor(groupIds[group]!.length / input.roundPages);
+    groupIds[group]!.push(id);
+    for (const t of needers) {
+      const byRound = groupNeeds[group]!.get(t) ?? [];
+      byRound[round] = (byRound[round] ?? 0) + 1;
+      groupNeeds[group]!.set(t, byRound);
+    }
   }
   const rounds: SendRound[] = [];
   groupIds.forEach((ids, group) => {
     const receivers = [...groupReceivers[group]!].sort((a, b) => a - b);
-    for (let i = 0; i < ids.length; i += input.roundPages)
-      rounds.push({ group, receivers, ids: Uint32Array.from(ids.slice(i, i + input.roundPages)) });
+    for (let i = 0, round = 0; i < ids.length; i += input.roundPages, round++) {
+      const needed = receivers.map((t) => groupNeeds[group]!.get(t)?.[round] ?? 0);
+      rounds.push({ group, receivers, needed, ids: Uint32Array.from(ids.slice(i, i + input.roundPages)) });
+    }
   });
   const peerFetches = [...fetches].map(([key, ids]) => ({
     target: Math.floor(key / targetCount),

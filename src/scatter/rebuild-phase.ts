@@ -15,11 +15,14 @@ import type { SourcePages } from './source-pages.js';
 export interface RebuildOutcome {
   readonly verified: Set<number>;
   readonly errors: Map<number, string>;
-  /** Per target: pages sent over the control channel to fill gaps. */
+  /**
+   * Per target: pages it received over the control channel to fill gaps, and their bytes; counted
+   * once its verdict on the VM confirms they arrived: an agent lost before that may or may not have them.
+   */
   readonly unicastPages: number[];
-  readonly unicastBytes: number;
-  /** The same bytes by target and by VM. */
   readonly unicastBytesByTarget: number[];
+  /** Bytes of those pages sent on the source's link, in all and by VM (what was sent, confirmed or not). */
+  readonly unicastBytes: number;
   readonly unicastBytesByVm: Map<number, number>;
 }
 
@@ -66,6 +69,7 @@ export async function rebuildAll(
           const reply = await link.next(['missing', 'rebuilt'], (m) => m.vm === vm, REBUILD_TIMEOUT_MS);
           let verdict = reply;
           if (reply.t === 'missing') {
+            let sentBytes = 0;
             const wanted = new Uint32Array(
               reply.indices.buffer.slice(
                 reply.indices.byteOffset,
@@ -81,13 +85,14 @@ export async function rebuildAll(
               );
               link.send({ t: 'pages', records });
               unicastBytes += records.length;
-              unicastBytesByTarget[link.target]! += records.length;
+              sentBytes += records.length;
               unicastBytesByVm.set(v, (unicastBytesByVm.get(v) ?? 0) + records.length);
               await link.drain();
             }
-            unicastPages[link.target]! += wanted.length;
             link.send({ t: 'rebuild', vm });
             verdict = await link.next('rebuilt', (m) => m.vm === vm, REBUILD_TIMEOUT_MS);
+            unicastPages[link.target]! += wanted.length;
+            unicastBytesByTarget[link.target]! += sentBytes;
           }
           if (verdict.t === 'rebuilt' && verdict.ok && verdict.sha256 === sha256[v]) verified.add(v);
           // The agent's reason names paths on its own host (a full disk, a digest that differs):

@@ -65,9 +65,8 @@ export interface SeedResult {
   readonly compression: CompressionDecision;
   /** Datagrams of first transmission, proactive parity, and repair (after NAKs). */
   readonly packets: { data: number; parity: number; repair: number };
-  /** Per round: bytes on the wire and the receivers it went to (none when all were lost). */
+  /** Per round: bytes on the wire (0 when all its receivers were lost). */
   readonly roundWireBytes: number[];
-  readonly roundReceivers: number[][];
   /** Per round: the receivers that reported every object of it stored. */
   readonly roundCompleted: number[][];
   /** Per target: datagrams its receivers dropped (forged, replayed, stale, malformed), all rounds. */
@@ -114,7 +113,6 @@ export async function seedRounds(
   let wireBytes = 0;
   const packets = { data: 0, parity: 0, repair: 0 };
   const roundWireBytes: number[] = [];
-  const roundReceivers: number[][] = [];
   const roundCompleted: number[][] = [];
   const droppedByTarget = links.map(() => 0);
   const socket = await DgramSocket.open({
@@ -147,7 +145,6 @@ export async function seedRounds(
       encodings.uniform += encoded.counts.uniform;
       encodings.compressed += encoded.counts.compressed;
       const receivers = round.receivers.filter((t) => !links[t]!.lost);
-      roundReceivers.push(receivers);
       roundWireBytes.push(0);
       roundCompleted.push([]);
       if (receivers.length > 0) {
@@ -190,7 +187,6 @@ export async function seedRounds(
     compression,
     packets,
     roundWireBytes,
-    roundReceivers,
     roundCompleted,
     droppedByTarget,
     interrupted,

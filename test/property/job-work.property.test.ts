@@ -105,6 +105,14 @@ test('property: every page a pending VM lacks reaches its target exactly once; p
         (_, t) => [...needed].filter((k) => k.startsWith(`${t}:`) && lacks(k)).length,
       );
       assert.deepEqual(Array.from(work.neededPages), lacking);
+      // Per round, what each receiver needs of it: together, what it needs by multicast.
+      const byRounds = new Array<number>(j.targets).fill(0);
+      for (const round of work.rounds) {
+        assert.equal(round.needed.length, round.receivers.length);
+        round.receivers.forEach((t, k) => (byRounds[t]! += round.needed[k]!));
+        assert.ok(round.needed.every((n) => n <= round.ids.length));
+      }
+      assert.deepEqual(byRounds, Array.from(work.neededPages));
     }),
     { numRuns: 300 },
   );

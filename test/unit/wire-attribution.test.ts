@@ -12,17 +12,13 @@ test('wire bytes: shared by pages, then by the VMs being built that hold them; t
   const index = buildPageIndex(vms, 3);
   const result = attributeWireBytes({
     rounds: [
-      { group: 0, receivers: [0, 1], ids: Uint32Array.from([1, 2]) },
-      { group: 1, receivers: [1], ids: Uint32Array.from([3]) },
+      { group: 0, receivers: [0, 1], needed: [2, 2], ids: Uint32Array.from([1, 2]) },
+      { group: 1, receivers: [1], needed: [1], ids: Uint32Array.from([3]) },
     ],
     roundWireBytes: [1000, 600],
-    roundReceivers: [[0, 1], [1]],
     index,
     done: [false, false, false, true],
     vmCount: 4,
-    targetCount: 2,
-    unicastBytes: [0, 50],
   });
   assert.deepEqual(Array.from(result.vmBytes), [500, 500, 600, 0]);
-  assert.deepEqual(Array.from(result.targetBytes), [1000, 1650]);
 });
