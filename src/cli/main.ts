@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { defaultPlanOptions } from '../plan/scatter-plan.js';
 import { agentCommand } from './agent-command.js';
 import { evacuateCommand } from './evacuate-command.js';
@@ -36,20 +36,27 @@ const secretFileOption = () =>
     'deployment secret, the same file on every host (env VMSCATTER_SECRET_FILE)',
   );
 
+/**
+ * A bad option or argument is a usage error: it exits `code` (commander's own is 1), and with --json
+ * prints a JSON object on stdout like every other failure.
+ */
+const usageExit =
+  (code: number) =>
+  (error: CommanderError): never => {
+    if (error.exitCode === 0) process.exit(0); // --help, --version
+    if (wantsJson(process.argv))
+      process.stdout.write(
+        `${JSON.stringify(failureJson('VMS_USAGE', code, error.message.replace(/^error: /, '')))}\n`,
+      );
+    process.exit(code);
+  };
+
 const program = new Command('vmscatter')
   .description('Live-migrate many VMs from one host to many: shared pages merged, sent once by multicast.')
   .version(version)
   .showHelpAfterError()
-  // A bad option or argument is a usage error: exit 2 as the README says (commander's own is 1), and
-  // with --json a JSON object on stdout like every other failure. Subcommands inherit this.
-  .exitOverride((error) => {
-    if (error.exitCode === 0) process.exit(0); // --help, --version
-    if (wantsJson(process.argv))
-      process.stdout.write(
-        `${JSON.stringify(failureJson('VMS_USAGE', 2, error.message.replace(/^error: /, '')))}\n`,
-      );
-    process.exit(2);
-  });
+  // Exit 2 as the README says; subcommands inherit this.
+  .exitOverride(usageExit(2));
 
 program
   .command('inspect')
@@ -135,6 +142,9 @@ program
   .option('--work-dir <dir>', 'where local state lives', '.vmscatter')
   .option('--mtu <bytes>', 'path MTU of the multicast network', parseWholeNumber(576, 65535))
   .option('--json', 'print which VMs moved, which stayed and why, as JSON')
+  // For evacuate 2 means some VMs moved and some stayed, which its scripts retry: a typo in an option
+  // is an error before anything moved, 1 like the others.
+  .exitOverride(usageExit(1))
   .action(runAction(evacuateCommand));
 
 program

@@ -109,6 +109,22 @@ test('a bad option value is refused with the option named', () => {
   assertNoStack(stderr);
 });
 
+test('evacuate: a usage error exits 1, an error before anything moved (2 is a partial evacuation)', () => {
+  const badValue = run('evacuate', '--host', 't1', '--max-parallel', 'lots', '--json');
+  assert.equal(badValue.code, 1, badValue.stderr);
+  assert.deepEqual(JSON.parse(badValue.stdout), {
+    ok: false,
+    code: 'VMS_USAGE',
+    exitCode: 1,
+    message:
+      "option '--max-parallel <count>' argument 'lots' is invalid. expected a whole number from 1 to 64.",
+  });
+  const missing = run('evacuate');
+  assert.equal(missing.code, 1, missing.stderr);
+  assert.match(missing.stderr, /--host/);
+  assertNoStack(missing.stderr);
+});
+
 test('inspect --json reports the split of each image and the set', (t) => {
   const { dir, cleanup } = tempDir();
   t.after(cleanup);

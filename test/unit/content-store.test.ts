@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { appendFileSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { DiskFullError, ContentStore } from '../../src/scatter/content-store.js';
@@ -122,4 +122,18 @@ test('putMany on a full disk stores none of the batch and says so', (t) => {
   const reopened = ContentStore.open(dir);
   assert.equal(reopened.size, 0, 'nothing of the batch counts as held');
   reopened.close();
+});
+
+test('a page file cut short under a running store is a store error (exit 5), not a generic one', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const store = ContentStore.open(dir);
+  t.after(() => store.close());
+  const held = { d: digest(), p: page() };
+  store.put(held.d, held.p);
+  truncateSync(store.pagesPath, 0);
+  assert.throws(
+    () => store.get(held.d),
+    (e) => e instanceof VmscatterError && e.code === 'VMS_STORE' && e.exitCode === 5,
+  );
 });
