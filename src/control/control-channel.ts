@@ -307,6 +307,12 @@ export async function connectControl(
   return handshake(socket, 'client', full, peer);
 }
 
+/** "address:port" of a connection's far end; an IPv6 address in brackets, so the port stays apart. */
+function peerOf(socket: net.Socket): string {
+  const address = socket.remoteAddress ?? 'unknown address';
+  return `${net.isIPv6(address) ? `[${address}]` : address}:${socket.remotePort ?? '?'}`;
+}
+
 export interface ControlServer {
   readonly port: number;
   /** Connections refused because they failed the handshake. */
@@ -314,11 +320,19 @@ export interface ControlServer {
   close(): Promise<void>;
 }
 
+/**
+ * Accepts authenticated connections on host:port. `onRefused` hears of each connection that failed the
+ * handshake, its error naming the peer's address and port and why: a wrong secret or a forged hello
+ * must be visible in the log of the host it reached, not only counted. A peer that sent nothing is
+ * left out: that is a port check (the coordinator makes one per job to see whether a local agent
+ * listens), not an attempt.
+ */
 export async function listenControl(
   host: string,
   port: number,
   options: ControlOptions,
   onChannel: (channel: ControlChannel) => void,
+  onRefused?: (error: ControlError) => void,
 ): Promise<ControlServer> {
   const full = withDefaults(options);
   let rejected = 0;
@@ -328,10 +342,10 @@ export async function listenControl(
     socket.once('close', () => sockets.delete(socket));
     socket.setNoDelay(true);
     socket.on('error', () => undefined); // reported through the handshake or the channel
-    handshake(socket, 'server', full, `${socket.remoteAddress}:${socket.remotePort}`).then(
-      onChannel,
-      () => rejected++,
-    );
+    handshake(socket, 'server', full, peerOf(socket)).then(onChannel, (error: ControlError) => {
+      rejected++;
+      if (socket.bytesRead > 0) onRefused?.(error);
+    });
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) =>

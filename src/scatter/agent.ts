@@ -77,6 +77,8 @@ export class Agent {
       options.port,
       { secret: options.secret },
       (channel) => agent.accept(channel),
+      // The error names the peer: "10.0.0.9:51234: closed during the handshake (wrong secret?)".
+      (error) => agent.log(`refused a control connection from ${error.message}`),
     );
     return agent;
   }

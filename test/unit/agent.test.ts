@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { existsSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { connectControl, type ControlChannel } from '../../src/control/control-channel.js';
+import { encodeFrame } from '../../src/control/frame-decoder.js';
 import { Agent, type AgentOptions } from '../../src/scatter/agent.js';
 import { PROTOCOL_VERSION } from '../../src/scatter/protocol.js';
 import { tempDir } from '../support/fixtures.js';
@@ -175,5 +178,38 @@ test(
     );
     await new Promise((r) => setTimeout(r, 200)); // a shell, had one run, would have touched it by now
     assert.ok(!existsSync(witness), 'nothing ran');
+  },
+);
+
+test(
+  'agent: a connection that fails the control handshake is logged with the peer address and why',
+  { timeout: 30_000 },
+  async (t) => {
+    const { dir, cleanup } = tempDir();
+    t.after(cleanup);
+    const lines: string[] = [];
+    const agent = await startAgent(dir, lines);
+    t.after(() => agent.close());
+    const logged = async (pattern: RegExp) => {
+      while (!lines.some((line) => pattern.test(line))) await new Promise((r) => setTimeout(r, 10));
+    };
+    // A port check (the coordinator's own, for local agents): connects, says nothing, goes.
+    const check = net.connect(agent.port, '127.0.0.1');
+    await once(check, 'connect');
+    const checkPort = check.localPort;
+    check.end();
+    await once(check, 'close');
+    // Something that is no coordinator: a frame that is no hello.
+    const junk = net.connect(agent.port, '127.0.0.1');
+    t.after(() => junk.destroy());
+    await once(junk, 'connect');
+    junk.write(encodeFrame(new Uint8Array(40).fill(7)));
+    await logged(
+      new RegExp(`refused a control connection from 127\\.0\\.0\\.1:${junk.localPort}: bad client hello`),
+    );
+    // A coordinator with another deployment's secret.
+    await assert.rejects(connectControl('127.0.0.1', agent.port, { secret: 'some other deployment secret' }));
+    await logged(/refused a control connection from 127\.0\.0\.1:\d+: .*wrong secret/);
+    assert.ok(!lines.some((line) => line.includes(`127.0.0.1:${checkPort}:`)), 'a port check is not logged');
   },
 );
