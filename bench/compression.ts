@@ -1,5 +1,5 @@
 /**
- * Page compression (src/scatter/page-codec.ts) on guest-like pages: per sample, how many pages fall in
+ * Page compression (src/memory/page-codec.ts) on guest-like pages: per sample, how many pages fall in
  * each class, the LZ4 ratio and its compress and decompress rates, beside baselines measured in the same
  * run on the same pages: a memcpy of each page, and zlib deflate level 1 (node:zlib) as the non-native
  * baseline codec. Then the adaptive decision (measureCodec + shouldCompress, as a job would make it) at
@@ -38,7 +38,7 @@ import {
   shouldCompress,
   type CodecRates,
   type PageClass,
-} from '../src/scatter/page-codec.js';
+} from '../src/memory/page-codec.js';
 import type { SyntheticModelSpec } from '../src/topology/model.js';
 
 const MB = 1e6;

@@ -1,5 +1,5 @@
 /**
- * Announcements of held digests (src/scatter/digest-set.ts): for n = 10k, 100k, 1M and 4M held digests,
+ * Announcements of held digests (src/announce/digest-set.ts): for n = 10k, 100k, 1M and 4M held digests,
  * the encoded size, the time to encode and decode, the lookup rate and the measured false-positive rate
  * of each encoding, beside the baseline measured in the same run on the same digests: the full list of
  * 16-byte digests, decoded into a DigestTable (exact, what the coordinator would do without this module).
@@ -28,7 +28,7 @@ import {
   chooseAnnouncement,
   decodeAnnouncement,
   type HeldDigests,
-} from '../src/scatter/digest-set.js';
+} from '../src/announce/digest-set.js';
 
 const DEFAULT_SIZES = [10_000, 100_000, 1_000_000, 4_000_000] as const;
 const QUERIES = 1_000_000;

@@ -9,11 +9,11 @@ import { DigestTable } from '../src/memory/digest-table.js';
 import { PAGE_SIZE } from '../src/memory/page.js';
 import { PageDigester } from '../src/memory/page-digest.js';
 import { StreamParser, StreamWriter, writeStream, type StreamRecord } from '../src/qemu/migration-stream.js';
-import { ContentStore } from '../src/scatter/content-store.js';
+import { ContentStore } from '../src/store/content-store.js';
 import { LiveStreamDecoder } from '../src/live/decoder.js';
 import { LiveStreamEncoder } from '../src/live/encoder.js';
 import { OutputBuffer } from '../src/live/target.js';
-import { parseToAgent } from '../src/scatter/protocol.js';
+import { parseToAgent } from '../src/wire/protocol.js';
 
 /**
  * `npm run bench:live-path`: CPU per 4 KiB page of QEMU's stream on the live path, each end in one

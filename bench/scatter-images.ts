@@ -44,7 +44,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { materialiseSyntheticImages } from '../src/scatter/workspace.js';
+import { materialiseSyntheticImages } from '../src/local/workspace.js';
 import type { Topology } from '../src/topology/model.js';
 import { createLab, labAvailable, watchProcess, type Lab } from '../test/lab/lab.js';
 import { ensureGuestImages } from './guest-images.js';

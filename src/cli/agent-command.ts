@@ -1,8 +1,8 @@
 import { isIPv4 } from 'node:net';
 import { InputError } from '../errors.js';
 import { resolveProgram } from '../qemu/command-policy.js';
-import { Agent } from '../scatter/agent.js';
-import { readSecretFile } from '../scatter/workspace.js';
+import { Agent } from '../agent/agent.js';
+import { readSecretFile } from '../local/workspace.js';
 import { loadTopology } from '../topology/load.js';
 
 export interface AgentCommandOptions {

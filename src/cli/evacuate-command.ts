@@ -1,6 +1,6 @@
 import { createInterface } from 'node:readline/promises';
 import { InputError, VmscatterError } from '../errors.js';
-import { evacuationTopology, presentVms, type AbsentVm } from '../scatter/evacuation.js';
+import { evacuationTopology, presentVms, type AbsentVm } from '../coordinator/evacuation.js';
 import { loadTopology } from '../topology/load.js';
 import { parseRate } from '../topology/units.js';
 import { runJobFromCli } from './scatter-command.js';

@@ -5,16 +5,16 @@ import {
   type ScatterOptions,
   type ScatterProgress,
   type ScatterReport,
-} from '../scatter/coordinator.js';
+} from '../coordinator/coordinator.js';
 import type { Topology } from '../topology/model.js';
-import { startLocalAgents, type LocalAgents } from '../scatter/local-agents.js';
-import type { CompressionMode } from '../scatter/page-codec.js';
+import { startLocalAgents, type LocalAgents } from '../local/local-agents.js';
+import type { CompressionMode } from '../memory/page-codec.js';
 import {
   allLoopback,
   materialiseSyntheticImages,
   readSecretFile,
   resolveSecretFile,
-} from '../scatter/workspace.js';
+} from '../local/workspace.js';
 import { loadTopology } from '../topology/load.js';
 import { formatBytes } from '../topology/units.js';
 import { Progress } from './progress.js';

@@ -4,7 +4,7 @@ import type { PageDigester } from '../memory/page-digest.js';
 import type { StreamRecord } from '../qemu/migration-stream.js';
 import { EntryType, readEntries } from './batch.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './records.js';
-import { decodePage } from '../scatter/page-codec.js';
+import { decodePage } from '../memory/page-codec.js';
 
 /**
  * The agent's half of a live stream, without I/O: LiveRecords in, QEMU's records out (to `sink`, which

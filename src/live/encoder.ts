@@ -3,7 +3,7 @@ import type { PageDigester } from '../memory/page-digest.js';
 import type { StreamRecord } from '../qemu/migration-stream.js';
 import { EntryWriter } from './batch.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './records.js';
-import { encodePage, PageEncoding } from '../scatter/page-codec.js';
+import { encodePage, PageEncoding } from '../memory/page-codec.js';
 
 /**
  * The coordinator's half of a live stream, without I/O: QEMU's records in, messages of LiveRecords

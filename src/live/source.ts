@@ -6,7 +6,7 @@ import { DIGEST_BYTES, isZeroPage, PAGE_SIZE, ZERO_PAGE_ID, type VmPages } from 
 import type { PageDigester } from '../memory/page-digest.js';
 import type { GuestRamMethod } from '../qemu/guest-ram.js';
 import { connectQmp, type QmpClient } from '../qemu/qmp.js';
-import type { ContentStore } from '../scatter/content-store.js';
+import type { ContentStore } from '../store/content-store.js';
 
 /**
  * The source side of live VMs: reaching a running QEMU, and collecting the fingerprints (and, for a

@@ -15,7 +15,7 @@ export function pageSourceOf(vm: Vm): PageSourceSpec {
         vm: { name: vm.name, pageCount: vm.memoryBytes / PAGE_SIZE, spec: vm.source.model },
       };
     case 'qemu':
-      // Running guests are read through their QEMU (live/plan.ts, scatter/job-scan.ts).
+      // Running guests are read through their QEMU (live/plan.ts, coordinator/job-scan.ts).
       throw new InputError(
         `VM ${vm.name}: a running QEMU guest is scanned through its QMP socket, not as a file`,
       );

@@ -5,7 +5,7 @@ import { ZERO_PAGE_ID, type VmPages } from '../../src/memory/page.js';
 import { buildPageIndex } from '../../src/plan/page-index.js';
 import { buildSchedule } from '../../src/plan/schedule.js';
 import { buildSharingModel } from '../../src/plan/sharing.js';
-import { planJobWork } from '../../src/scatter/job-work.js';
+import { planJobWork } from '../../src/plan/job-work.js';
 
 /** Random jobs: small fleets over a small digest alphabet, random placement, holdings and finished VMs. */
 const job = fc

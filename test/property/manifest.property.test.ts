@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { decodeManifest, encodeManifest, ManifestError, ZERO_ENTRY } from '../../src/scatter/manifest.js';
+import { decodeManifest, encodeManifest, ManifestError, ZERO_ENTRY } from '../../src/wire/manifest.js';
 
 /** Page entries with the structure real VMs have: zero runs, sequential runs, scattered references. */
 const entries = fc

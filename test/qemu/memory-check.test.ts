@@ -9,11 +9,11 @@ import { deriveDigestKey, PageDigester } from '../../src/memory/page-digest.js';
 import { openGuestRam, type GuestRamMethod } from '../../src/qemu/guest-ram.js';
 import { StreamParser, StreamWriter } from '../../src/qemu/migration-stream.js';
 import { connectQmp, type QmpClient } from '../../src/qemu/qmp.js';
-import { Agent } from '../../src/scatter/agent.js';
-import { AgentLink } from '../../src/scatter/agent-link.js';
+import { Agent } from '../../src/agent/agent.js';
+import { AgentLink } from '../../src/wire/agent-link.js';
 import { digestGuestRam, newMemorySeed } from '../../src/live/memory-check.js';
 import { migrateLiveVm } from '../../src/live/migrate.js';
-import { PROTOCOL_VERSION } from '../../src/scatter/protocol.js';
+import { PROTOCOL_VERSION } from '../../src/wire/protocol.js';
 import { tempDir } from '../support/fixtures.js';
 import {
   bootGuest,

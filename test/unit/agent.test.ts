@@ -6,8 +6,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { connectControl, type ControlChannel } from '../../src/control/control-channel.js';
 import { encodeFrame } from '../../src/control/frame-decoder.js';
-import { Agent, type AgentOptions } from '../../src/scatter/agent.js';
-import { PROTOCOL_VERSION } from '../../src/scatter/protocol.js';
+import { Agent, type AgentOptions } from '../../src/agent/agent.js';
+import { PROTOCOL_VERSION } from '../../src/wire/protocol.js';
 import { tempDir } from '../support/fixtures.js';
 
 const secret = new TextEncoder().encode('agent unit test secret, long enough');

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { appendFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { DiskFullError, ContentStore } from '../../src/scatter/content-store.js';
+import { DiskFullError, ContentStore } from '../../src/store/content-store.js';
 import { VmscatterError } from '../../src/errors.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../../src/memory/page.js';
 import { tempDir } from '../support/fixtures.js';

@@ -10,7 +10,7 @@ import {
   decodeSortedDigests,
   encodeSortedDigests,
   prefixBytesFor,
-} from '../../src/scatter/digest-set.js';
+} from '../../src/announce/digest-set.js';
 import { DIGEST_BYTES } from '../../src/memory/page.js';
 
 /** n random digests packed into one array, as a keyed hash would give them. */

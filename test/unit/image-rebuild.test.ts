@@ -5,9 +5,10 @@ import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { PAGE_SIZE } from '../../src/memory/page.js';
-import { DiskFullError } from '../../src/scatter/content-store.js';
-import { imageSha256, RebuildError, rebuildImage } from '../../src/scatter/image-rebuild.js';
-import { ZERO_ENTRY } from '../../src/scatter/manifest.js';
+import { DiskFullError } from '../../src/store/content-store.js';
+import { RebuildError, rebuildImage } from '../../src/agent/image-rebuild.js';
+import { imageSha256 } from '../../src/memory/image-hash.js';
+import { ZERO_ENTRY } from '../../src/wire/manifest.js';
 import { tempDir } from '../support/fixtures.js';
 
 /** A source image of `pages` pages (most zero, some repeated) and its manifest over unique pages. */

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { targetReports, type VmReport } from '../../src/scatter/job-report.js';
+import { targetReports, type VmReport } from '../../src/coordinator/job-report.js';
 import type { Host } from '../../src/topology/model.js';
 
 const host = (name: string) => ({ name, address: '10.0.0.2', port: 7411, role: 'target' }) as Host;

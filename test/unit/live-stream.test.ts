@@ -14,7 +14,7 @@ import { EntryWriter, LiveBatchError, readEntries } from '../../src/live/batch.j
 import { LiveDecodeError, LiveStreamDecoder } from '../../src/live/decoder.js';
 import { LiveStreamEncoder } from '../../src/live/encoder.js';
 import { isLiveRecord, type LiveRecord } from '../../src/live/records.js';
-import { parseToAgent } from '../../src/scatter/protocol.js';
+import { parseToAgent } from '../../src/wire/protocol.js';
 
 /**
  * Both halves of a live stream against each other, in process: a QEMU stream through the coordinator's

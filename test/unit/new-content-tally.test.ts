@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { NewContentTally } from '../../src/live/phase.js';
+import { NewContentTally } from '../../src/coordinator/live-phase.js';
 
 /** Content sent in full during live migrations: repeats to the same target, and to another target. */
 const digest = (n: number) => Uint8Array.from({ length: 16 }, (_, i) => (n * 31 + i) & 0xff);

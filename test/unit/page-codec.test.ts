@@ -12,7 +12,7 @@ import {
   PageEncoding,
   shouldCompress,
   type CodecRates,
-} from '../../src/scatter/page-codec.js';
+} from '../../src/memory/page-codec.js';
 
 /** Deterministic random bytes, so failures reproduce. */
 function randomBytes(length: number, seed: number): Uint8Array {

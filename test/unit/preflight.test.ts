@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { compareVersions, preflightProblems } from '../../src/scatter/preflight.js';
+import { compareVersions, preflightProblems } from '../../src/coordinator/preflight.js';
 
 test('pre-flight: disk space and QEMU versions, every problem named', () => {
   const ok = {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { parseFromAgent, parseToAgent, PROTOCOL_VERSION } from '../../src/scatter/protocol.js';
+import { parseFromAgent, parseToAgent, PROTOCOL_VERSION } from '../../src/wire/protocol.js';
 
 test('protocol: well-formed messages parse both ways', () => {
   const job = { t: 'job', version: PROTOCOL_VERSION, job: 'j1', host: 't1' };

@@ -5,8 +5,8 @@ import fs, { existsSync, mkdirSync, readdirSync, readFileSync, truncateSync, wri
 import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { DiskFullError } from '../../src/scatter/content-store.js';
-import { TemplateStore } from '../../src/scatter/template-store.js';
+import { DiskFullError } from '../../src/store/content-store.js';
+import { TemplateStore } from '../../src/store/template-store.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../../src/memory/page.js';
 import { tempDir } from '../support/fixtures.js';
 

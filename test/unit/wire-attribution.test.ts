@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { buildPageIndex } from '../../src/plan/page-index.js';
-import { attributeWireBytes } from '../../src/scatter/wire-attribution.js';
+import { attributeWireBytes } from '../../src/coordinator/wire-attribution.js';
 
 test('wire bytes: shared by pages, then by the VMs being built that hold them; totals preserved', () => {
   // vm0 and vm1 share pages 1 and 2; vm2 alone holds 3; vm3 (verified earlier) also holds 1.

@@ -9,16 +9,16 @@ import { realScheduler } from '../transport/datagram.js';
 import { DgramSocket } from '../transport/dgram-socket.js';
 import { BlockCodec } from '../transport/fec-codec.js';
 import { ReceiverSession } from '../transport/session.js';
-import type { AgentOptions } from './agent.js';
-import { chooseAnnouncement } from './digest-set.js';
+import type { AgentOptions } from './agent-options.js';
+import { chooseAnnouncement } from '../announce/digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
 import { LiveTarget } from '../live/target.js';
 import { defaultEmulators, refuseCommand } from '../qemu/command-policy.js';
-import { decodeManifest } from './manifest.js';
-import { decodeBatch, sliceBatch } from './page-batches.js';
-import { PROTOCOL_VERSION, type FromAgent, type ToAgent, type VerifiedImage } from './protocol.js';
+import { decodeManifest } from '../wire/manifest.js';
+import { decodeBatch, sliceBatch } from '../memory/page-batches.js';
+import { PROTOCOL_VERSION, type FromAgent, type ToAgent, type VerifiedImage } from '../wire/protocol.js';
 import { fetchFromPeer } from './site-peers.js';
-import type { TemplateStore } from './template-store.js';
+import type { TemplateStore } from '../store/template-store.js';
 
 /**
  * One coordinator's job at an agent: the seeding rounds it joins, the images it rebuilds and

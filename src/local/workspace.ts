@@ -17,7 +17,7 @@ import { InputError } from '../errors.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { readSyntheticPages, syntheticContentIds } from '../memory/synthetic.js';
 import type { Host, Topology } from '../topology/model.js';
-import { ensurePrivateDir, PRIVATE_FILE_MODE } from './file-io.js';
+import { ensurePrivateDir, PRIVATE_FILE_MODE } from '../store/file-io.js';
 
 /**
  * The coordinator's local working state: the deployment secret and the images of synthetic VMs.

@@ -1,8 +1,8 @@
 import { connectControl } from '../control/control-channel.js';
 import { splitAddress } from '../transport/datagram.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
-import { encodeRecords } from './page-batches.js';
-import { parseToAgent } from './protocol.js';
+import { encodeRecords } from '../memory/page-batches.js';
+import { parseToAgent } from '../wire/protocol.js';
 
 /**
  * Destination-site content addressing: a target fetches a page from an agent of its own site that holds

@@ -6,7 +6,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
-import { encodeRecords, type BatchCounts } from './page-batches.js';
+import { encodeRecords, type BatchCounts } from '../memory/page-batches.js';
 import type { EncodeReply, EncodeRequest } from './round-encoder.js';
 
 if (!parentPort) throw new Error('round-encoder-worker must run as a worker thread');

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
+import { closeSync, fsyncSync, ftruncateSync, openSync, renameSync, rmSync } from 'node:fs';
 import { VmscatterError } from '../errors.js';
 import { PAGE_SIZE } from '../memory/page.js';
-import { DiskFullError } from './content-store.js';
-import { writeFully, PRIVATE_FILE_MODE } from './file-io.js';
-import { ZERO_ENTRY } from './manifest.js';
+import { DiskFullError } from '../store/content-store.js';
+import { writeFully, PRIVATE_FILE_MODE } from '../store/file-io.js';
+import { ZERO_ENTRY } from '../wire/manifest.js';
 
 /**
  * Rebuilds a VM's memory image at a target from its manifest and the pages the target holds, and
@@ -92,17 +92,4 @@ export function rebuildImage(request: RebuildRequest): RebuildResult {
       throw new DiskFullError(request.path, 'writing the VM image');
     throw error;
   }
-}
-
-/** SHA-256 of an image file, streamed (what the source computes to compare with the target's). */
-export function imageSha256(path: string): string {
-  const hash = createHash('sha256');
-  const buffer = new Uint8Array(1024 * PAGE_SIZE);
-  const fd = openSync(path, 'r');
-  try {
-    for (let n = readSync(fd, buffer); n > 0; n = readSync(fd, buffer)) hash.update(buffer.subarray(0, n));
-  } finally {
-    closeSync(fd);
-  }
-  return hash.digest('hex');
 }

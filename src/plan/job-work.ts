@@ -1,6 +1,6 @@
 import { ZERO_PAGE_ID, type VmPages } from '../memory/page.js';
-import { holdersOf, type PageIndex } from '../plan/page-index.js';
-import type { MulticastSchedule } from '../plan/schedule.js';
+import { holdersOf, type PageIndex } from './page-index.js';
+import type { MulticastSchedule } from './schedule.js';
 
 /**
  * What a job still has to move, given the plan and what the targets already hold: the pure core of

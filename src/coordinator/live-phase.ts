@@ -3,18 +3,18 @@ import { PAGE_SIZE } from '../memory/page.js';
 import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
 import type { Topology } from '../topology/model.js';
-import type { AgentLink } from '../scatter/agent-link.js';
-import type { HeldDigests } from '../scatter/digest-set.js';
-import type { JobScan } from '../scatter/job-scan.js';
-import type { ScannedLiveVm } from './source.js';
-import type { SendRound } from '../scatter/job-work.js';
-import { chooseCopyStrategy, QEMU_DOWNTIME_LIMIT_MS, type CopyDecision } from './copy-strategy.js';
-import { startDirtyRates, type DirtyRateProbe } from './dirty-rate.js';
-import { migrateLiveVm, NOTHING_MOVED, type LiveMigrationResult } from './migrate.js';
-import { WireBudget } from './wire-budget.js';
+import type { AgentLink } from '../wire/agent-link.js';
+import type { HeldDigests } from '../announce/digest-set.js';
+import type { JobScan } from './job-scan.js';
+import type { ScannedLiveVm } from '../live/source.js';
+import type { SendRound } from '../plan/job-work.js';
+import { chooseCopyStrategy, QEMU_DOWNTIME_LIMIT_MS, type CopyDecision } from '../live/copy-strategy.js';
+import { startDirtyRates, type DirtyRateProbe } from '../live/dirty-rate.js';
+import { migrateLiveVm, NOTHING_MOVED, type LiveMigrationResult } from '../live/migrate.js';
+import { WireBudget } from '../live/wire-budget.js';
 
 /**
- * Phase 5 for running VMs: all at once by default (`maxParallel` bounds it), sharing the source's link
+ * Phase 6 for running VMs: all at once by default (`maxParallel` bounds it), sharing the source's link
  * (one budget on the bytes that cross it, WireBudget), each with
  * the copy strategy its measured dirty rate calls for, and each sent by reference to what its target
  * holds: pages announced before the job, and pages multicast to it in rounds it reported complete.

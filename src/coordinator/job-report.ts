@@ -1,9 +1,9 @@
 import type { PageIndex } from '../plan/page-index.js';
 import type { Host, Topology } from '../topology/model.js';
 import type { JobScan } from './job-scan.js';
-import type { SendRound } from './job-work.js';
-import type { liveSummary } from '../live/phase.js';
-import type { CompressionDecision } from './seeding.js';
+import type { SendRound } from '../plan/job-work.js';
+import type { liveSummary } from './live-phase.js';
+import type { CompressionDecision } from '../seed/seeding.js';
 
 /**
  * The final report of a scatter job (what `--json` prints): per VM, per target, the source's link,

@@ -1,5 +1,5 @@
 import { holdersOf, type PageIndex } from '../plan/page-index.js';
-import type { SendRound } from './job-work.js';
+import type { SendRound } from '../plan/job-work.js';
 
 /**
  * Who the bytes on the source's link were for (pure). A round's bytes on the wire are shared equally

@@ -1,8 +1,8 @@
 import { Worker } from 'node:worker_threads';
 import { InputError } from '../errors.js';
 import { DIGEST_BYTES } from '../memory/page.js';
-import type { BatchCounts } from './page-batches.js';
-import type { SourcePages } from './source-pages.js';
+import type { BatchCounts } from '../memory/page-batches.js';
+import type { SourcePages } from '../store/source-pages.js';
 
 /**
  * Encodes multicast rounds on a worker thread: the coordinator asks for round r+1 while round r is on

@@ -2,7 +2,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { InputError } from '../errors.js';
 import type { DigestTable } from '../memory/digest-table.js';
 import { PAGE_SIZE, type VmPages } from '../memory/page.js';
-import { firstLocations, type PageLocations } from './page-batches.js';
+import { firstLocations, type PageLocations } from '../memory/page-batches.js';
 
 /**
  * The source's unique pages, read on demand from the first image that holds each: nothing of the

@@ -1,5 +1,5 @@
 import { compressSync, uncompressSync } from 'lz4-napi';
-import { isZeroPage, PAGE_SIZE } from '../memory/page.js';
+import { isZeroPage, PAGE_SIZE } from './page.js';
 
 /**
  * Adaptive, zero-aware page compression (the MECOM idea): classify each page, give each class the

@@ -1,4 +1,4 @@
-import { DIGEST_BYTES, PAGE_SIZE, ZERO_PAGE_ID, type VmPages } from '../memory/page.js';
+import { DIGEST_BYTES, PAGE_SIZE, ZERO_PAGE_ID, type VmPages } from './page.js';
 import { decodePage, encodePage, PageEncoding } from './page-codec.js';
 
 /**

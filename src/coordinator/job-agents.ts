@@ -1,12 +1,12 @@
 import { connectControl } from '../control/control-channel.js';
 import { DIGEST_BYTES } from '../memory/page.js';
 import type { Host } from '../topology/model.js';
-import { AgentLostError, type AgentLink } from './agent-link.js';
-import { decodeAnnouncement, type HeldDigests } from './digest-set.js';
-import type { PeerFetch } from './job-work.js';
-import { PROTOCOL_VERSION } from './protocol.js';
-import type { ScatterProgress } from './coordinator.js';
-import type { SourcePages } from './source-pages.js';
+import { AgentLostError, type AgentLink } from '../wire/agent-link.js';
+import { decodeAnnouncement, type HeldDigests } from '../announce/digest-set.js';
+import type { PeerFetch } from '../plan/job-work.js';
+import { PROTOCOL_VERSION } from '../wire/protocol.js';
+import type { ScatterProgress } from './progress.js';
+import type { SourcePages } from '../store/source-pages.js';
 
 /**
  * The coordinator's dealings with its agents as a group: connecting to all of them (one that does not

@@ -14,15 +14,15 @@ import {
   SYMBOL_FIXED_BYTES,
   TAG_BYTES,
 } from '../transport/wire-codec.js';
-import { AgentLostError, type AgentLink } from './agent-link.js';
-import type { JobWork, SendRound } from './job-work.js';
-import type { BatchCounts } from './page-batches.js';
-import { measureCodec, shouldCompress, type CodecRates, type CompressionMode } from './page-codec.js';
+import { AgentLostError, type AgentLink } from '../wire/agent-link.js';
+import type { JobWork, SendRound } from '../plan/job-work.js';
+import type { BatchCounts } from '../memory/page-batches.js';
+import { measureCodec, shouldCompress, type CodecRates, type CompressionMode } from '../memory/page-codec.js';
 import { RoundEncoder, type EncodedRound } from './round-encoder.js';
-import type { SourcePages } from './source-pages.js';
+import type { SourcePages } from '../store/source-pages.js';
 
 /**
- * Phase 4, seeding: every round of the job's work multicast once to the targets that lack its pages,
+ * Phase 5, seeding: every round of the job's work multicast once to the targets that lack its pages,
  * each round a transport session of its own with a fresh key that travels to the receivers over their
  * control channels. Rounds are encoded (pages read, compressed when it pays) on a worker one round
  * ahead of the wire, and a round goes out as soon as the last one's transport session ended: the

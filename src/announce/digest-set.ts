@@ -38,7 +38,7 @@ import { SortedDigests, prefixBytesFor } from './sorted-digests.js';
  *
  * Callers import everything from this module, which re-exports the two codecs (bloom-filter.ts,
  * sorted-digests.ts) and what they share (digest-codec.ts): which encoding an announcement uses is this
- * module's decision, so the rest of src/scatter never names a codec.
+ * module's decision, so the rest of the code never names a codec.
  */
 
 export {

@@ -5,10 +5,16 @@ import { VmscatterError } from '../errors.js';
 import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
 import { connectQmp } from '../qemu/qmp.js';
 import { AgentJob, imagesDir } from './agent-job.js';
-import { ensurePrivateDir } from './file-io.js';
-import { parseToAgent, type FromAgent } from './protocol.js';
+import type { AgentOptions } from './agent-options.js';
+import { ensurePrivateDir } from '../store/file-io.js';
+import { parseToAgent, type FromAgent } from '../wire/protocol.js';
 import { answerFetch } from './site-peers.js';
-import { TemplateStore } from './template-store.js';
+import { TemplateStore } from '../store/template-store.js';
+
+export type { AgentOptions };
+
+/** 2 GiB of pages by default. */
+export const DEFAULT_TEMPLATE_CAPACITY_PAGES = 2 ** 19;
 
 /**
  * `vmscatter agent`: one per target host. It answers one coordinator at a time on the control channel,
@@ -21,34 +27,6 @@ import { TemplateStore } from './template-store.js';
  * `<vm>.raw` once verified; if the coordinator goes away mid-job, the job's unfinished VMs are dropped
  * and said to be dropped.
  */
-export interface AgentOptions {
-  /** The host's name in the topology (reported back so a coordinator can tell agents apart). */
-  readonly name: string;
-  readonly listenAddress: string;
-  readonly port: number;
-  /** IPv4 address of the interface multicast is joined on. */
-  readonly multicastInterface: string;
-  readonly dir: string;
-  readonly secret: Uint8Array;
-  /** Pages the template store keeps between jobs (the most widely held ones). */
-  readonly templateCapacityPages?: number;
-  /**
-   * The emulators a destination may be started with (resolved paths); default: every `qemu-system-*`
-   * on PATH. Any other program, and options that take QEMU away from the agent, are refused
-   * (qemu/command-policy.ts).
-   */
-  readonly emulators?: readonly string[];
-  /**
-   * Accept multicast rounds sent in clear (a coordinator's --insecure-plaintext). Off by default: an
-   * empty round key is refused, so no coordinator alone can make guest memory travel unencrypted.
-   */
-  readonly insecurePlaintext?: boolean;
-  readonly log?: (line: string) => void;
-}
-
-/** 2 GiB of pages by default. */
-export const DEFAULT_TEMPLATE_CAPACITY_PAGES = 2 ** 19;
-
 export class Agent {
   /** Messages dropped because they were not well-formed protocol messages. */
   malformed = 0;

@@ -1,13 +1,13 @@
 import { DIGEST_BYTES, ZERO_PAGE_ID } from '../memory/page.js';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
-import { AgentLostError, type AgentLink } from './agent-link.js';
-import type { JobWork } from './job-work.js';
-import { encodeManifest, ZERO_ENTRY } from './manifest.js';
-import { encodeBatch } from './page-batches.js';
-import type { SourcePages } from './source-pages.js';
+import { AgentLostError, type AgentLink } from '../wire/agent-link.js';
+import type { JobWork } from '../plan/job-work.js';
+import { encodeManifest, ZERO_ENTRY } from '../wire/manifest.js';
+import { encodeBatch } from '../memory/page-batches.js';
+import type { SourcePages } from '../store/source-pages.js';
 
 /**
- * Phase 5, rebuild: each pending VM's manifest goes to its target, which rebuilds the image from the
+ * Phase 6, rebuild: each pending VM's manifest goes to its target, which rebuilds the image from the
  * pages it holds and checks it against the source's SHA-256. Pages it lacks (a round it was dropped
  * from, an announcement's false positive) it names, and they follow over the control channel, so a
  * rebuild never fails for want of a page while the source is up.

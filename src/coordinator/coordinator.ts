@@ -3,18 +3,19 @@ import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
 import type { Topology } from '../topology/model.js';
-import { AgentLink } from './agent-link.js';
+import { AgentLink } from '../wire/agent-link.js';
 import { connectAgents, fetchFromPeers, trustedAnnouncement } from './job-agents.js';
 import { plannedReport, targetReports, type ScatterReport, type VmReport } from './job-report.js';
 import { scanJob } from './job-scan.js';
-import { planJobWork } from './job-work.js';
+import { planJobWork } from '../plan/job-work.js';
 import { startDirtyRates } from '../live/dirty-rate.js';
-import { ensurePrivateDir } from './file-io.js';
-import { heldForLive, liveSummary, migrateLiveVms } from '../live/phase.js';
-import type { CompressionMode } from './page-codec.js';
+import { ensurePrivateDir } from '../store/file-io.js';
+import { heldForLive, liveSummary, migrateLiveVms } from './live-phase.js';
+import type { CompressionMode } from '../memory/page-codec.js';
 import { preflightProblems, preflightTargets, PreflightError } from './preflight.js';
+import type { ScatterProgress } from './progress.js';
 import { rebuildAll } from './rebuild-phase.js';
-import { seedRounds } from './seeding.js';
+import { seedRounds } from '../seed/seeding.js';
 import { attributeWireBytes } from './wire-attribution.js';
 
 /**
@@ -60,13 +61,7 @@ export interface ScatterOptions {
   readonly timeoutPerGiB?: { readonly seconds: number; readonly action: 'abort' | 'stop-and-copy' };
 }
 
-export interface ScatterProgress {
-  readonly phase: 'connect' | 'scan' | 'plan' | 'seed' | 'rebuild' | 'migrate';
-  readonly done: number;
-  readonly total: number;
-  /** What done/total count. */
-  readonly unit: 'targets' | 'pages' | 'bytes' | 'vms';
-}
+export type { ScatterProgress };
 
 const DEFAULT_ROUND_PAGES = 16_384;
 

@@ -3,7 +3,7 @@ import { PAGE_SIZE } from '../memory/page.js';
 import type { PageIndex } from '../plan/page-index.js';
 import type { Host, Topology } from '../topology/model.js';
 import type { JobScan } from './job-scan.js';
-import type { JobWork } from './job-work.js';
+import type { JobWork } from '../plan/job-work.js';
 import { formatBytes } from '../topology/units.js';
 
 /**

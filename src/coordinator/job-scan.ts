@@ -8,11 +8,11 @@ import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
 import { pageCountOf } from '../memory/page-source.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { Topology } from '../topology/model.js';
-import { ContentStore } from './content-store.js';
-import { imageSha256 } from './image-rebuild.js';
+import { ContentStore } from '../store/content-store.js';
+import { imageSha256 } from '../memory/image-hash.js';
 import { scanRunningVm } from '../live/scan.js';
 import { connectSourceQmp, type ScannedLiveVm } from '../live/source.js';
-import { SourcePages } from './source-pages.js';
+import { SourcePages } from '../store/source-pages.js';
 
 /**
  * Phase 3 for a whole job: image VMs fingerprinted from their files (and their SHA-256 taken, which
