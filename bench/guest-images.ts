@@ -1,6 +1,6 @@
 /**
  * Real guest memory images for the benchmarks: boots N QEMU guests (Debian kernel, busybox initramfs,
- * TCG; test/support/qemu-guest.ts), saves each one's RAM to DIR/guest-<i>.raw once it is ready, and
+ * TCG; bench/harness/qemu-guest.ts), saves each one's RAM to DIR/guest-<i>.raw once it is ready, and
  * prints per image its zero and non-zero pages and the boot and save times, then how many of all
  * non-zero pages are distinct across the set (the share a dedup-aware scatter has to send).
  *
@@ -25,7 +25,7 @@ import {
   ensureGuestKernel,
   guestModuleFiles,
   saveGuestMemory,
-} from '../test/support/qemu-guest.js';
+} from './harness/qemu-guest.js';
 
 const MiB = 2 ** 20;
 

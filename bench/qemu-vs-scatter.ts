@@ -6,7 +6,7 @@
  *                          --methods a,b-zstd,b-xbzrle,c,d --out DIR --quick --memory-file --json]
  *
  * Guests: N guests (default 8 x 256 MiB) under TCG with the same Debian kernel and a busybox initramfs
- * per guest (test/support/qemu-guest.ts, seed = guest number, workload memory/8 with the kernel's
+ * per guest (bench/harness/qemu-guest.ts, seed = guest number, workload memory/8 with the kernel's
  * modules as the common data). Mix: a quarter "readers" (re-read their common files every second, 90%
  * of their workload shared), a quarter "writers" (rewrite 5 MB/s of random data over a memory/8 ring;
  * their workload is memory/16 so they fit), the rest idle (64 KiB/s). --quick: 2 x 128 MiB -> 2
@@ -67,7 +67,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connectQmp, QmpError, type QmpClient, type QmpEvent } from '../src/qemu/qmp.js';
-import { createLab, findTool, labAvailable, watchProcess, type Lab } from '../test/lab/lab.js';
+import { createLab, findTool, labAvailable, watchProcess, type Lab } from './harness/lab.js';
 import {
   bootGuest,
   buildInitramfs,
@@ -75,7 +75,7 @@ import {
   GUEST_TICK_MARKER,
   guestModuleFiles,
   type Guest,
-} from '../test/support/qemu-guest.js';
+} from './harness/qemu-guest.js';
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const MiB = 2 ** 20;

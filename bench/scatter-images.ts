@@ -46,7 +46,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { materialiseSyntheticImages } from '../src/local/workspace.js';
 import type { Topology } from '../src/topology/model.js';
-import { createLab, labAvailable, watchProcess, type Lab } from '../test/lab/lab.js';
+import { createLab, labAvailable, watchProcess, type Lab } from './harness/lab.js';
 import { ensureGuestImages } from './guest-images.js';
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));

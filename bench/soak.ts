@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { soakLiveScatters, soakQemuMigrations, type SoakSummary } from '../test/support/soak.js';
+import { soakLiveScatters, soakQemuMigrations, type SoakSummary } from './harness/soak.js';
 
 /**
  * `npm run bench:soak`: live scatters in a row of a self-checking q35 guest with 2 vCPUs (a writer per

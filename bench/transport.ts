@@ -1,5 +1,5 @@
 /**
- * Transport benchmark: one sender to three receivers over the network lab (test/lab/lab.ts), vmscatter's
+ * Transport benchmark: one sender to three receivers over the network lab (bench/harness/lab.ts), vmscatter's
  * multicast transport beside udpcast (udp-sender/udp-receiver) and uftp (uftp/uftpd), each with its best
  * settings found here.
  *
@@ -13,7 +13,7 @@
  * Setup: one lab per MTU (hosts src, r1, r2, r3 on a bridge). The sender's egress and every receiver's
  * ingress are shaped to --rate (tc tbf: 1 Gbit/s links both ways); --losses applies
  * lab.dropShare(receiver, pct, 'in') on every receiver (random, independent). The payload is the seeded,
- * incompressible stream of test/lab/transport-peer.ts (objects of 4 MiB, seed 1): vmscatter's peers make
+ * incompressible stream of bench/harness/transport-peer.ts (objects of 4 MiB, seed 1): vmscatter's peers make
  * it in memory and its receivers compare every object byte-exact; udpcast and uftp send the same bytes
  * from a file and their received files are checked by SHA-256 afterwards. Files live on /dev/shm when it
  * has room (else os.tmpdir(); --tmp DIR to choose), so no tool waits on a disk; the directory is removed
@@ -99,7 +99,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { maxSymbolSize } from '../src/transport/wire-codec.js';
 import { parseSize } from '../src/topology/units.js';
-import { createLab, findTool, labAvailable, type Lab, type LabHost } from '../test/lab/lab.js';
+import { createLab, findTool, labAvailable, type Lab, type LabHost } from './harness/lab.js';
 
 export type Tool = 'vmscatter' | 'udpcast' | 'uftp';
 const ALL_TOOLS: readonly Tool[] = ['vmscatter', 'udpcast', 'uftp'];
@@ -117,7 +117,7 @@ const UDP_EXIT_WAIT_MS = 200;
 const UFTP_HEADER_BYTES = 52;
 /** Ethernet + IPv4 + UDP headers: what a UDP payload costs more on the link (tbf counts from the MAC header). */
 const WIRE_HEADER_BYTES = 14 + 20 + 8;
-const PEER = fileURLToPath(new URL('../test/lab/transport-peer.js', import.meta.url));
+const PEER = fileURLToPath(new URL('./harness/transport-peer.js', import.meta.url));
 
 // ---------------------------------------------------------------------------------------------------
 // Settings
@@ -266,7 +266,7 @@ export function parseLinkRate(text: string): number | undefined {
   return factor === undefined ? undefined : Math.round(Number(match[1]) * factor);
 }
 
-/** Object i of the seeded payload, exactly as test/lab/transport-peer.ts makes it. */
+/** Object i of the seeded payload, exactly as bench/harness/transport-peer.ts makes it. */
 export function payloadObject(seed: number, index: number, length: number): Uint8Array {
   const key = createHash('sha256').update(`vmscatter transport payload ${seed}`).digest();
   const iv = Buffer.alloc(16);

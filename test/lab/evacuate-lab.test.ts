@@ -10,8 +10,8 @@ import {
   ensureGuestKernel,
   quitQemuAt,
   type Guest,
-} from '../support/qemu-guest.js';
-import { createLab, labAvailable, watchProcess, type Lab, type ProcessWatch } from './lab.js';
+} from '../../bench/harness/qemu-guest.js';
+import { createLab, labAvailable, watchProcess, type Lab, type ProcessWatch } from '../../bench/harness/lab.js';
 
 /**
  * `vmscatter evacuate` as an evacuation script drives it, with running guests in the namespace lab:

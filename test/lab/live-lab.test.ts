@@ -13,8 +13,8 @@ import {
   GUEST_TICK_MARKER,
   quitQemuAt,
   type Guest,
-} from '../support/qemu-guest.js';
-import { createLab, findTool, labAvailable, watchProcess, type ProcessWatch } from './lab.js';
+} from '../../bench/harness/qemu-guest.js';
+import { createLab, findTool, labAvailable, watchProcess, type ProcessWatch } from '../../bench/harness/lab.js';
 
 /**
  * The issue's "done when", literally: `vmscatter scatter --topology topologies/lab-4.yaml` moves the

@@ -7,7 +7,7 @@ import {
   renderTable,
   runQemuVsScatter,
 } from '../../bench/qemu-vs-scatter.js';
-import { labAvailable } from './lab.js';
+import { labAvailable } from '../../bench/harness/lab.js';
 
 /**
  * A small run of the headline benchmark (bench/qemu-vs-scatter.ts): 2 running guests (one idle, one

@@ -7,7 +7,7 @@
  * the lab and exits with the command's exit code. Without a command it prints the hosts and holds the
  * lab until Ctrl-C, so other terminals can `ip netns exec <namespace> …` into it.
  */
-import { createLab, labAvailable } from './lab.js';
+import { createLab, labAvailable } from '../../bench/harness/lab.js';
 
 const USAGE =
   'usage: run-in-lab --hosts N|name,name,… [--mtu N] [--subnet A.B.C.D/P] [--in HOST] [-- command args…]';

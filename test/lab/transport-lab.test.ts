@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { createLab, labAvailable, watchProcess } from './lab.js';
+import { createLab, labAvailable, watchProcess } from '../../bench/harness/lab.js';
 
-const peer = fileURLToPath(new URL('./transport-peer.js', import.meta.url));
+const peer = fileURLToPath(new URL('../../bench/harness/transport-peer.js', import.meta.url));
 
 test('lab: 1 sender -> 4 receivers in namespaces, 2% loss on one link, 64 MiB byte-exact to all', async (t) => {
   const available = labAvailable();

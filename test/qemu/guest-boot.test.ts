@@ -11,7 +11,7 @@ import {
   guestModuleFiles,
   saveGuestMemory,
   type Guest,
-} from '../support/qemu-guest.js';
+} from '../../bench/harness/qemu-guest.js';
 
 /**
  * One real guest end to end: kernel from the cache (downloaded on the first run), busybox initramfs,

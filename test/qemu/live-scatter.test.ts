@@ -10,7 +10,7 @@ import {
   GUEST_TICK_MARKER,
   quitQemuAt,
   type Guest,
-} from '../support/qemu-guest.js';
+} from '../../bench/harness/qemu-guest.js';
 import { repoRoot, tempDir } from '../support/fixtures.js';
 
 /**

@@ -21,7 +21,7 @@ import {
   ensureGuestKernel,
   GUEST_TICK_MARKER,
   quitQemuAt,
-} from '../support/qemu-guest.js';
+} from '../../bench/harness/qemu-guest.js';
 
 /**
  * The memory check before resume, against real QEMU: every way of reading a guest's RAM gives the

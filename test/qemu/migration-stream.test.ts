@@ -20,7 +20,7 @@ import {
 } from '../../src/qemu/migration-stream.js';
 import type { QmpClient } from '../../src/qemu/qmp.js';
 import { tempDir } from '../support/fixtures.js';
-import { bootGuest, buildInitramfs, ensureGuestKernel, type Guest } from '../support/qemu-guest.js';
+import { bootGuest, buildInitramfs, ensureGuestKernel, type Guest } from '../../bench/harness/qemu-guest.js';
 
 /**
  * Golden streams from the installed QEMU (7.2 here), captured at test time: a booted guest is stopped and

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { repoRoot, tempDir } from '../support/fixtures.js';
-import { soakLiveScatters } from '../support/soak.js';
+import { soakLiveScatters } from '../../bench/harness/soak.js';
 
 /**
  * The short soak: a self-checking q35 guest with 2 vCPUs (multi-threaded TCG, a writer per vCPU) live

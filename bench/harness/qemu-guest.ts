@@ -269,7 +269,7 @@ for w in $(seq 1 ${selfCheck.writers}); do check $w & done
 `
     : '';
   return `#!/bin/sh
-# vmscatter test guest, seed ${seed} (test/support/qemu-guest.ts)
+# vmscatter test guest, seed ${seed} (bench/harness/qemu-guest.ts)
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
