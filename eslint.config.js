@@ -82,4 +82,20 @@ export default tseslint.config(
     },
   },
   ...layerRules,
+  {
+    files: ['bench/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              group: ['**/test/**'],
+              message: 'benchmarks never import tests: what both use lives in bench/harness/',
+            },
+          ],
+        },
+      ],
+    },
+  },
 );
