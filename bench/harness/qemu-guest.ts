@@ -4,7 +4,6 @@ import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { VmscatterError } from '../../src/errors.js';
 import { Prng } from '../../src/memory/prng.js';
 import { connectQmp, type QmpClient } from '../../src/qemu/qmp.js';
 
@@ -15,11 +14,7 @@ import { connectQmp, type QmpClient } from '../../src/qemu/qmp.js';
  */
 
 /** Something in the guest harness failed: the message says what and how to fix it where we know. */
-export class GuestError extends VmscatterError {
-  constructor(message: string) {
-    super('VMS_GUEST', message, 7);
-  }
-}
+export class GuestError extends Error {}
 
 /** Printed on the serial console once the workload is in memory. */
 export const GUEST_READY_MARKER = 'VMSCATTER-GUEST-READY';

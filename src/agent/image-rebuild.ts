@@ -33,7 +33,7 @@ export interface RebuildResult {
 
 export class RebuildError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_REBUILD', message, 6);
+    super('VMS_REBUILD', message);
   }
 }
 

@@ -32,7 +32,7 @@ export interface EvacuateCommandOptions {
 /** Moved some, not all: the report says which stayed. */
 export class PartialEvacuationError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_PARTIAL', message, 2);
+    super('VMS_PARTIAL', message);
   }
 }
 
@@ -85,7 +85,7 @@ async function evacuate(options: EvacuateCommandOptions): Promise<void> {
   if (options.dryRun || stayed.length === 0) return;
   const why = stayed.map((vm) => `${vm.name} (${vm.reason})`).join('; ');
   if (moved.length === 0)
-    throw new VmscatterError('VMS_NOT_MOVED', `no VM moved off ${options.host}: ${why}`, 1);
+    throw new VmscatterError('VMS_NOT_MOVED', `no VM moved off ${options.host}: ${why}`);
   throw new PartialEvacuationError(
     `${moved.length} VMs moved off ${options.host}, ${stayed.length} stayed (running there): ${why}; ` +
       'run the same command again to move the rest',

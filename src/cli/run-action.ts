@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from 'commander';
-import { VmscatterError } from '../errors.js';
+import { INTERNAL_ERROR_EXIT_CODE, VmscatterError } from '../errors.js';
 
 /**
  * Wraps a command's action: a VmscatterError is a user-facing failure (its message, its exit code, no
@@ -34,9 +34,9 @@ export function runAction<A extends unknown[]>(
       );
       if (json)
         process.stdout.write(
-          `${JSON.stringify(failureJson('VMS_INTERNAL', 70, `internal error: ${(error as Error)?.message ?? error}`))}\n`,
+          `${JSON.stringify(failureJson('VMS_INTERNAL', INTERNAL_ERROR_EXIT_CODE, `internal error: ${(error as Error)?.message ?? error}`))}\n`,
         );
-      process.exitCode = 70;
+      process.exitCode = INTERNAL_ERROR_EXIT_CODE;
     } finally {
       process.stdout.write = write;
     }

@@ -1,4 +1,4 @@
-import { VmscatterError } from '../errors.js';
+import { ERROR_CATALOGUE, VmscatterError } from '../errors.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import {
   runScatter,
@@ -38,19 +38,19 @@ export interface ScatterCommandOptions {
 /** Some VMs were not verified at their target: they keep running at the source. */
 export class ScatterIncompleteError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_INCOMPLETE', message, 6);
+    super('VMS_INCOMPLETE', message);
   }
 }
 
 /** Interrupted (Ctrl-C or SIGTERM): the report says which VMs did not move; `--resume` finishes. */
 export class ScatterInterruptedError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_INTERRUPTED', message, INTERRUPTED_EXIT_CODE);
+    super('VMS_INTERRUPTED', message);
   }
 }
 
 /** 128 + SIGINT, as shells report a command stopped by Ctrl-C. */
-export const INTERRUPTED_EXIT_CODE = 130;
+export const INTERRUPTED_EXIT_CODE = ERROR_CATALOGUE.VMS_INTERRUPTED.exitCode;
 
 /** What a job run from the command line needs besides its topology. */
 export interface JobCommandOptions {

@@ -36,7 +36,7 @@ export interface ControlOptions {
 
 export class ControlError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_CONTROL', message, 4);
+    super('VMS_CONTROL', message);
   }
 }
 

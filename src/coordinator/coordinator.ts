@@ -79,7 +79,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
   seconds.connect = (performance.now() - t) / 1000;
   const liveTargets = allTargets.filter((h) => connected.links.has(h.name));
   if (liveTargets.length === 0)
-    throw new VmscatterError('VMS_NO_AGENTS', `no agent answered: ${connected.failures.join('; ')}`, 4);
+    throw new VmscatterError('VMS_NO_AGENTS', `no agent answered: ${connected.failures.join('; ')}`);
 
   const links = liveTargets.map((host, i) => new AgentLink(i, host, connected.links.get(host.name)!));
   try {

@@ -12,7 +12,7 @@ import { formatBytes } from '../topology/units.js';
  */
 export class PreflightError extends VmscatterError {
   constructor(readonly problems: readonly string[]) {
-    super('VMS_PREFLIGHT', `pre-flight checks failed, nothing moved:\n  - ${problems.join('\n  - ')}`, 1);
+    super('VMS_PREFLIGHT', `pre-flight checks failed, nothing moved:\n  - ${problems.join('\n  - ')}`);
   }
 }
 

@@ -24,7 +24,7 @@ export const enum EntryType {
 
 export class LiveBatchError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_PROTOCOL', `live stream batch: ${message}`, 7);
+    super('VMS_PROTOCOL', `live stream batch: ${message}`);
   }
 }
 

@@ -18,7 +18,7 @@ import { decodePage } from '../memory/page-codec.js';
  */
 export class LiveDecodeError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_LIVE', message, 7);
+    super('VMS_LIVE', message);
   }
 }
 

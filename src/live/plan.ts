@@ -88,7 +88,7 @@ export async function scanForPlan(
     return { table, vms, totalPages, live };
   } catch (error) {
     if (options.signal?.aborted)
-      throw new VmscatterError('VMS_INTERRUPTED', `${(error as Error).message}: the plan stopped`, 130);
+      throw new VmscatterError('VMS_INTERRUPTED', `${(error as Error).message}: the plan stopped`);
     throw error;
   } finally {
     for (const qmp of clients) await qmp.close().catch(() => undefined);

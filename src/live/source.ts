@@ -14,7 +14,7 @@ import type { ContentStore } from '../store/content-store.js';
  */
 export class LiveSourceError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_LIVE', message, 7);
+    super('VMS_LIVE', message);
   }
 }
 

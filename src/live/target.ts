@@ -24,7 +24,7 @@ import {
  */
 export class LiveTargetError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_LIVE', message, 7);
+    super('VMS_LIVE', message);
   }
 }
 

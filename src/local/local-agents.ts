@@ -101,7 +101,7 @@ function ready(child: ChildProcess, host: Host, logPath: string): Promise<void> 
     let output = '';
     const fail = (why: string) => {
       clearTimeout(timer);
-      reject(new VmscatterError('VMS_AGENT', `local agent for ${host.name} ${why}; see ${logPath}`, 4));
+      reject(new VmscatterError('VMS_AGENT', `local agent for ${host.name} ${why}; see ${logPath}`));
     };
     const timer = setTimeout(
       () => fail(`did not start within ${START_TIMEOUT_MS / 1000} s`),

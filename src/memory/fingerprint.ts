@@ -67,7 +67,7 @@ export async function fingerprintVms(
     await new Promise<void>((resolve, reject) => {
       let next = 0;
       let outstanding = 0;
-      const abort = () => reject(new VmscatterError('VMS_ABORTED', 'fingerprinting aborted', 130));
+      const abort = () => reject(new VmscatterError('VMS_ABORTED', 'fingerprinting aborted'));
       if (options.signal?.aborted) return abort();
       options.signal?.addEventListener('abort', abort, { once: true });
       const dispatch = (worker: Worker) => {

@@ -21,7 +21,7 @@ import type { QmpClient } from './qmp.js';
  */
 export class GuestRamError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_GUEST_RAM', message, 7);
+    super('VMS_GUEST_RAM', message);
   }
 }
 

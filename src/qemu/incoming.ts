@@ -12,7 +12,7 @@ import { connectQmp, type QmpClient } from './qmp.js';
  */
 export class QemuLaunchError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_QEMU', message, 7);
+    super('VMS_QEMU', message);
   }
 }
 

@@ -15,14 +15,14 @@ export class QmpError extends VmscatterError {
     readonly errorClass: string,
     readonly desc: string,
   ) {
-    super('VMS_QMP', `QMP ${command}: ${errorClass}: ${desc}`, 7);
+    super('VMS_QMP', `QMP ${command}: ${errorClass}: ${desc}`);
   }
 }
 
 /** The socket could not be opened, closed, timed out or carried something that is not QMP. */
 export class QmpConnectionError extends VmscatterError {
   constructor(message: string) {
-    super('VMS_QMP_CONNECTION', message, 7);
+    super('VMS_QMP_CONNECTION', message);
   }
 }
 

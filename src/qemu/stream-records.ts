@@ -74,7 +74,7 @@ export class StreamError extends VmscatterError {
     readonly reason: StreamErrorReason,
     readonly problem: string,
   ) {
-    super('VMS_STREAM', `migration stream, byte ${offset}: ${problem}`, 7);
+    super('VMS_STREAM', `migration stream, byte ${offset}: ${problem}`);
   }
 }
 

@@ -18,7 +18,7 @@ import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 export class DiskFullError extends VmscatterError {
   /** `doing` says what was being written, as the user needs to know which disk to free. */
   constructor(path: string, doing = 'storing pages') {
-    super('VMS_DISK_FULL', `${path}: no space left on device while ${doing}`, 5);
+    super('VMS_DISK_FULL', `${path}: no space left on device while ${doing}`);
   }
 }
 
@@ -62,7 +62,7 @@ export class ContentStore {
       );
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
-      throw new VmscatterError('VMS_STORE', `${dir}: cannot open the content store (${code ?? error})`, 5);
+      throw new VmscatterError('VMS_STORE', `${dir}: cannot open the content store (${code ?? error})`);
     }
   }
 

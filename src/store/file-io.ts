@@ -31,7 +31,7 @@ export function readFully(
 ): void {
   for (let done = 0; done < length;) {
     const n = readSync(fd, into, done, length - done, position + done);
-    if (n === 0) throw new VmscatterError('VMS_STORE', what, 5);
+    if (n === 0) throw new VmscatterError('VMS_STORE', what);
     done += n;
   }
 }

@@ -113,7 +113,7 @@ class Generation {
       if (weightsFd !== undefined) closeSync(weightsFd);
       if (error instanceof VmscatterError) throw error;
       const code = (error as NodeJS.ErrnoException).code;
-      throw new VmscatterError('VMS_STORE', `${dir}: cannot open the template store (${code ?? error})`, 5);
+      throw new VmscatterError('VMS_STORE', `${dir}: cannot open the template store (${code ?? error})`);
     }
   }
 
@@ -170,7 +170,7 @@ export class TemplateStore {
     } catch (error) {
       if (error instanceof VmscatterError) throw error;
       const code = (error as NodeJS.ErrnoException).code;
-      throw new VmscatterError('VMS_STORE', `${dir}: cannot open the template store (${code ?? error})`, 5);
+      throw new VmscatterError('VMS_STORE', `${dir}: cannot open the template store (${code ?? error})`);
     }
     return new TemplateStore(dir, Generation.open(dir, generation), capacityPages);
   }
@@ -355,7 +355,7 @@ function writeGeneration(dir: string, from: Generation, kept: Uint32Array): void
     kept.forEach((index, k) => {
       const digest = from.ids.digestOf(index + 1);
       const page = from.pages.get(digest);
-      if (page === undefined) throw new VmscatterError('VMS_STORE', `${dir}: template index out of step`, 5);
+      if (page === undefined) throw new VmscatterError('VMS_STORE', `${dir}: template index out of step`);
       target.put(digest, page);
       view.setUint32(k * RECORD_BYTES, from.weights[index]!, true);
       view.setBigUint64(k * RECORD_BYTES + 4, BigInt(from.sequences[index]!), true);
@@ -397,7 +397,7 @@ function readCurrent(root: string): number | undefined {
   const match = GENERATION.exec(text.trim());
   const generation = match === null ? NaN : Number(match[1]);
   if (!Number.isSafeInteger(generation) || generation < 1) {
-    throw new VmscatterError('VMS_STORE', `${join(root, CURRENT)}: not a template store generation`, 5);
+    throw new VmscatterError('VMS_STORE', `${join(root, CURRENT)}: not a template store generation`);
   }
   let entries: string[];
   try {
@@ -410,7 +410,7 @@ function readCurrent(root: string): number | undefined {
     );
   }
   if (!entries.includes('pages.bin') && generation > 1) {
-    throw new VmscatterError('VMS_STORE', `${root}: ${generationName(generation)} is not a content store`, 5);
+    throw new VmscatterError('VMS_STORE', `${root}: ${generationName(generation)} is not a content store`);
   }
   return generation;
 }

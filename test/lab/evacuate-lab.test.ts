@@ -11,7 +11,13 @@ import {
   quitQemuAt,
   type Guest,
 } from '../../bench/harness/qemu-guest.js';
-import { createLab, labAvailable, watchProcess, type Lab, type ProcessWatch } from '../../bench/harness/lab.js';
+import {
+  createLab,
+  labAvailable,
+  watchProcess,
+  type Lab,
+  type ProcessWatch,
+} from '../../bench/harness/lab.js';
 
 /**
  * `vmscatter evacuate` as an evacuation script drives it, with running guests in the namespace lab:

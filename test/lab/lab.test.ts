@@ -5,7 +5,14 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { createLab, findTool, labAvailable, sweepStaleLabs, watchProcess, type Lab } from '../../bench/harness/lab.js';
+import {
+  createLab,
+  findTool,
+  labAvailable,
+  sweepStaleLabs,
+  watchProcess,
+  type Lab,
+} from '../../bench/harness/lab.js';
 
 // Not a skip: a machine that cannot run the lab fails here with the reason.
 function requireLab(): void {

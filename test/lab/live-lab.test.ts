@@ -14,7 +14,13 @@ import {
   quitQemuAt,
   type Guest,
 } from '../../bench/harness/qemu-guest.js';
-import { createLab, findTool, labAvailable, watchProcess, type ProcessWatch } from '../../bench/harness/lab.js';
+import {
+  createLab,
+  findTool,
+  labAvailable,
+  watchProcess,
+  type ProcessWatch,
+} from '../../bench/harness/lab.js';
 
 /**
  * The issue's "done when", literally: `vmscatter scatter --topology topologies/lab-4.yaml` moves the

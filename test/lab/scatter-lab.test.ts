@@ -3,7 +3,13 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from '
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { repoRoot, storePagesFile, tempDir } from '../support/fixtures.js';
-import { createLab, labAvailable, watchProcess, type Lab, type ProcessWatch } from '../../bench/harness/lab.js';
+import {
+  createLab,
+  labAvailable,
+  watchProcess,
+  type Lab,
+  type ProcessWatch,
+} from '../../bench/harness/lab.js';
 
 /**
  * The scatter job across hosts: coordinator and agents in their own network namespaces joined by a
