@@ -1,7 +1,8 @@
-import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, statSync } from 'node:fs';
 import { InputError } from '../errors.js';
 import { PAGE_SIZE } from './page.js';
 import { readSyntheticPages, syntheticContentIds, type SyntheticVm } from './synthetic.js';
+import { readExactly } from '../read-exactly.js';
 
 /**
  * Where a VM's memory is read from during a scan. Plain data, so it crosses to worker threads.
@@ -56,13 +57,8 @@ class ImageReader implements PageReader {
   }
 
   read(firstPage: number, count: number, out: Uint8Array): void {
-    const length = count * PAGE_SIZE;
-    let done = 0;
-    while (done < length) {
-      const n = readSync(this.fd, out, done, length - done, firstPage * PAGE_SIZE + done);
-      if (n === 0) throw new InputError(`${this.path}: image shrank while being read`);
-      done += n;
-    }
+    if (readExactly(this.fd, out, 0, count * PAGE_SIZE, firstPage * PAGE_SIZE) !== undefined)
+      throw new InputError(`${this.path}: image shrank while being read`);
   }
 
   close(): void {

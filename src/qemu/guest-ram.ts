@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { listeningSocketInode, mainRam, parseMaps, ramCandidates, type MainRam } from './memory-map.js';
 import type { QmpClient } from './qmp.js';
+import { readExactly } from '../read-exactly.js';
 
 /**
  * Reading a QEMU guest's main RAM from outside the guest, without a migration, the fastest way the VM
@@ -192,11 +193,8 @@ function fileReader(
     remap,
     file: { fd, position: base },
     read: (into, offset, length) => {
-      for (let done = 0; done < length;) {
-        const n = readSync(fd, into, done, length - done, base + offset + done);
-        if (n === 0) throw new GuestRamError(`${path} ended at ${base + offset + done}`);
-        done += n;
-      }
+      const ended = readExactly(fd, into, 0, length, base + offset);
+      if (ended !== undefined) throw new GuestRamError(`${path} ended at ${ended}`);
       return Promise.resolve();
     },
     write: (bytes, offset) => {
@@ -240,11 +238,8 @@ function pmemsaveReader(
         });
         const fd = openSync(scratch, 'r');
         try {
-          for (let got = 0; got < size;) {
-            const n = readSync(fd, into, done + got, size - got, got);
-            if (n === 0) throw new GuestRamError(`pmemsave wrote less than ${size} bytes to ${scratch}`);
-            got += n;
-          }
+          if (readExactly(fd, into, done, size, 0) !== undefined)
+            throw new GuestRamError(`pmemsave wrote less than ${size} bytes to ${scratch}`);
         } finally {
           closeSync(fd);
           rmSync(scratch, { force: true });

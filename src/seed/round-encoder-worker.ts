@@ -3,11 +3,12 @@
  * encodes them into batches, so page reads and compression run beside the multicast of the round
  * before, never on the thread that paces packets.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 import { encodeRecords, type BatchCounts } from '../memory/page-batches.js';
 import type { EncodeReply, EncodeRequest } from './round-encoder.js';
+import { readExactly } from '../read-exactly.js';
 
 if (!parentPort) throw new Error('round-encoder-worker must run as a worker thread');
 const port = parentPort;
@@ -53,9 +54,6 @@ function readPage(path: string, page: number, into: Uint8Array, offset: number):
     fd = openSync(path, 'r');
     fds.set(path, fd);
   }
-  for (let done = 0; done < PAGE_SIZE;) {
-    const n = readSync(fd, into, offset + done, PAGE_SIZE - done, page * PAGE_SIZE + done);
-    if (n === 0) throw new Error(`${path}: image shrank during the job`);
-    done += n;
-  }
+  if (readExactly(fd, into, offset, PAGE_SIZE, page * PAGE_SIZE) !== undefined)
+    throw new Error(`${path}: image shrank during the job`);
 }

@@ -1,5 +1,6 @@
-import { chmodSync, closeSync, mkdirSync, openSync, readSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { VmscatterError } from '../errors.js';
+import { readExactly } from '../read-exactly.js';
 
 /** Positioned file I/O for the stores and images: whole reads and writes, whatever the kernel returns. */
 
@@ -29,11 +30,7 @@ export function readFully(
   position: number,
   what: string,
 ): void {
-  for (let done = 0; done < length;) {
-    const n = readSync(fd, into, done, length - done, position + done);
-    if (n === 0) throw new VmscatterError('VMS_STORE', what);
-    done += n;
-  }
+  if (readExactly(fd, into, 0, length, position) !== undefined) throw new VmscatterError('VMS_STORE', what);
 }
 
 export function writeFully(fd: number, bytes: Uint8Array, position: number): void {

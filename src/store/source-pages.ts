@@ -1,8 +1,9 @@
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { InputError } from '../errors.js';
 import type { DigestTable } from '../memory/digest-table.js';
 import { PAGE_SIZE, type VmPages } from '../memory/page.js';
 import { firstLocations, type PageLocations } from '../memory/page-batches.js';
+import { readExactly } from '../read-exactly.js';
 
 /**
  * The source's unique pages, read on demand from the first image that holds each: nothing of the
@@ -54,11 +55,8 @@ export class SourcePages {
     const page = new Uint8Array(PAGE_SIZE);
     const fd = this.fds[this.locations.vm[id]!]!;
     const position = this.locations.page[id]! * PAGE_SIZE;
-    for (let done = 0; done < PAGE_SIZE;) {
-      const n = readSync(fd, page, done, PAGE_SIZE - done, position + done);
-      if (n === 0) throw new InputError(`${this.paths[this.locations.vm[id]!]}: image shrank during the job`);
-      done += n;
-    }
+    if (readExactly(fd, page, 0, PAGE_SIZE, position) !== undefined)
+      throw new InputError(`${this.paths[this.locations.vm[id]!]}: image shrank during the job`);
     return page;
   }
 
