@@ -72,7 +72,7 @@ import {
   bootGuest,
   buildInitramfs,
   ensureGuestKernel,
-  GUEST_TICK_MARKER,
+  lastTick,
   guestModuleFiles,
   type Guest,
 } from './harness/qemu-guest.js';
@@ -223,9 +223,6 @@ function buildGuestImages(dir: string, options: BenchOptions, modules: readonly 
     };
   });
 }
-
-const lastTick = (serial: string): number =>
-  Number([...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} (\\d+)`, 'g'))].at(-1)?.[1] ?? 0);
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -20,6 +20,17 @@ export class GuestError extends Error {}
 export const GUEST_READY_MARKER = 'VMSCATTER-GUEST-READY';
 /** Printed with a counter every second after ready: a migrated guest's counter goes on at its target. */
 export const GUEST_TICK_MARKER = 'VMSCATTER-TICK';
+
+/** The last tick a guest's console shows (0 before the first). */
+export function lastTick(serial: string): number {
+  const ticks = [...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} (\\d+)`, 'g'))];
+  return ticks.length === 0 ? 0 : Number(ticks.at(-1)![1]);
+}
+
+/** How many ticks a guest's console shows. */
+export function tickCount(serial: string): number {
+  return [...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} \\d+`, 'g'))].length;
+}
 /** Printed with the md5 of the guest's private data every 5 ticks. */
 export const GUEST_SUM_MARKER = 'VMSCATTER-SUM';
 /** Printed by the self-check when data the guest wrote reads back different: its memory was lost. */

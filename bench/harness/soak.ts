@@ -8,7 +8,7 @@ import {
   GUEST_CHECK_FAIL_MARKER,
   GUEST_CHECK_OK_MARKER,
   GUEST_KERNEL_FAULT,
-  GUEST_TICK_MARKER,
+  lastTick,
   quitQemuAt,
   type Guest,
 } from './qemu-guest.js';
@@ -69,11 +69,6 @@ export interface SoakSummary {
 }
 
 const CHECK = { writers: 2, files: 4, fileMiB: 4 } as const;
-
-function lastTick(serial: string): number {
-  const ticks = [...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} (\\d+)`, 'g'))];
-  return ticks.length === 0 ? 0 : Number(ticks.at(-1)![1]);
-}
 
 /**
  * Waits until `read()` (a console) shows the guest alive and checking: ticks past `afterTick + 3` and

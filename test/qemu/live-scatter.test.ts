@@ -7,7 +7,7 @@ import {
   bootGuest,
   buildInitramfs,
   ensureGuestKernel,
-  GUEST_TICK_MARKER,
+  lastTick,
   quitQemuAt,
   type Guest,
 } from '../../bench/harness/qemu-guest.js';
@@ -22,11 +22,6 @@ import { repoRoot, tempDir } from '../support/fixtures.js';
  */
 const cli = join(repoRoot, 'dist/src/cli/main.js');
 const basePort = 36_000 + (process.pid % 1000) * 4;
-
-function lastTick(serial: string): number {
-  const ticks = [...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} (\\d+)`, 'g'))];
-  return ticks.length === 0 ? 0 : Number(ticks.at(-1)![1]);
-}
 
 function runScatter(dir: string, topology: string) {
   return runCli([cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json']);

@@ -19,7 +19,7 @@ import {
   bootGuest,
   buildInitramfs,
   ensureGuestKernel,
-  GUEST_TICK_MARKER,
+  lastTick,
   quitQemuAt,
 } from '../../bench/harness/qemu-guest.js';
 
@@ -30,11 +30,6 @@ import {
  * back, the target's QEMU killed, and the guest runs on at its source.
  */
 const secret = new TextEncoder().encode('memory check test secret, 32 bytes+');
-
-function lastTick(serial: string): number {
-  const ticks = [...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} (\\d+)`, 'g'))];
-  return ticks.length === 0 ? 0 : Number(ticks.at(-1)![1]);
-}
 
 async function bootSource(t: TestContext, dir: string) {
   const kernel = await ensureGuestKernel();

@@ -20,7 +20,13 @@ import {
 } from '../../src/qemu/migration-stream.js';
 import type { QmpClient } from '../../src/qemu/qmp.js';
 import { tempDir } from '../support/fixtures.js';
-import { bootGuest, buildInitramfs, ensureGuestKernel, type Guest } from '../../bench/harness/qemu-guest.js';
+import {
+  bootGuest,
+  buildInitramfs,
+  ensureGuestKernel,
+  tickCount,
+  type Guest,
+} from '../../bench/harness/qemu-guest.js';
 
 /**
  * Golden streams from the installed QEMU (7.2 here), captured at test time: a booted guest is stopped and
@@ -69,6 +75,15 @@ interface Capture {
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Waits for `condition` (checked every 200 ms); fails naming `what` if it does not hold by `ms`. */
+async function until(condition: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${ms / 1000} s`);
+    await sleep(200);
+  }
+}
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -321,7 +336,9 @@ test(
         rmSync(ram);
 
         await destination.qmp.execute('cont');
-        await sleep(2500);
+        // Two ticks on the destination's console: its workload ran a whole turn there (each turn
+        // rewrites 64 pages after printing its tick), however slowly this machine runs it.
+        await until(() => tickCount(destination.serial()) >= 2, 120_000, 'two ticks at the destination');
         const running = await destination.qmp.execute<{ status: string; running: boolean }>('query-status');
         assert.equal(running.status, 'running');
         assert.equal(destination.process.exitCode, null);
@@ -331,7 +348,7 @@ test(
         const after = await capture(destination, join(dir, `${variant.name}-again.sock`));
         assert.equal(after.error, undefined, `parse error: ${String(after.error)}`);
         const changed = changedPages(reversed, latestPages(pagesOf(after.records)), main);
-        t.diagnostic(`${variant.name}: ${changed} pages of ${main} changed while the destination ran 2.5 s`);
+        t.diagnostic(`${variant.name}: ${changed} pages of ${main} changed while the destination ran`);
         assert.ok(changed >= 64, `only ${changed} pages changed: the guest did not run`);
         await destination.stop();
 
