@@ -163,7 +163,7 @@ export class AgentJob {
       this.agent.log(
         `job ${this.id}: WARNING: round ${message.session} arrives UNENCRYPTED (--insecure-plaintext)`,
       );
-    const socket = await DgramSocket.open({
+    const socket = await (this.options.openSocket ?? DgramSocket.open)({
       port: Number(message.group.slice(message.group.lastIndexOf(':') + 1)),
       multicastInterface: this.options.multicastInterface,
     });

@@ -1,3 +1,5 @@
+import type { OpenDatagramSocket } from '../transport/datagram.js';
+
 /** How an agent runs (`vmscatter agent`'s options), shared by the agent and its jobs. */
 export interface AgentOptions {
   /** The host's name in the topology (reported back so a coordinator can tell agents apart). */
@@ -22,4 +24,6 @@ export interface AgentOptions {
    */
   readonly insecurePlaintext?: boolean;
   readonly log?: (line: string) => void;
+  /** The network multicast rounds arrive on (default: the host's, DgramSocket). */
+  readonly openSocket?: OpenDatagramSocket;
 }

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
 import type { Topology } from '../topology/model.js';
+import type { OpenDatagramSocket } from '../transport/datagram.js';
 import { AgentLink } from '../wire/agent-link.js';
 import { connectAgents, fetchFromPeers, trustedAnnouncement } from './job-agents.js';
 import { plannedReport, targetReports, type ScatterReport, type VmReport } from './job-report.js';
@@ -42,6 +43,8 @@ export interface ScatterOptions {
   readonly compression?: CompressionMode;
   /** Send multicast payload in clear (the operator's explicit choice; never the default). */
   readonly insecurePlaintext: boolean;
+  /** The network multicast goes out on (default: the host's; a MemoryNetwork runs a job in-process). */
+  readonly openSocket?: OpenDatagramSocket;
   /** Pages in one multicast round (bounds the source's memory and what a lost agent loses). */
   readonly roundPages?: number;
   readonly onProgress?: (event: ScatterProgress) => void;
@@ -185,6 +188,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         compression: options.compression ?? 'adaptive',
         insecurePlaintext: options.insecurePlaintext,
         onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),
+        ...(options.openSocket ? { openSocket: options.openSocket } : {}),
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       });
       // Interrupted: fetches from peers are not waited for. The job's end makes each agent close its

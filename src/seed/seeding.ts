@@ -2,7 +2,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
 import type { Host } from '../topology/model.js';
-import { realScheduler } from '../transport/datagram.js';
+import { realScheduler, type DatagramSocket, type OpenDatagramSocket } from '../transport/datagram.js';
 import { DgramSocket } from '../transport/dgram-socket.js';
 import { BlockCodec } from '../transport/fec-codec.js';
 import type { SessionResult } from '../transport/multicast-sender.js';
@@ -34,6 +34,8 @@ export interface SeedOptions {
   readonly compression: CompressionMode;
   readonly insecurePlaintext: boolean;
   readonly onProgress: (sentPages: number, totalPages: number) => void;
+  /** The network the rounds go out on (default: the host's, DgramSocket). */
+  readonly openSocket?: OpenDatagramSocket;
   /**
    * Ctrl-C: no new round starts, and the round on the wire stops at once. Its receivers keep what
    * they stored; the job's end (sent by the coordinator) releases them.
@@ -115,7 +117,7 @@ export async function seedRounds(
   const roundWireBytes: number[] = [];
   const roundCompleted: number[][] = [];
   const droppedByTarget = links.map(() => 0);
-  const socket = await DgramSocket.open({
+  const socket = await (options.openSocket ?? DgramSocket.open)({
     bindAddress: source.address,
     ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
   });
@@ -224,7 +226,7 @@ async function seedRound(
   receivers: readonly number[],
   plan: ScatterPlan,
   links: readonly AgentLink[],
-  socket: DgramSocket,
+  socket: DatagramSocket,
   options: SeedOptions,
   send: { symbolSize: number; rateBytesPerSecond: number; initialRateBytesPerSecond: number | undefined },
 ): Promise<{
@@ -278,12 +280,17 @@ async function seedRound(
       joinTimeoutMs: 10_000,
     },
   );
+  // An agent lost mid-round (its control connection closed) is dropped at once, not timed out.
+  const unwatch = receivers.map((t, i) => links[t]!.onLost(() => sender.dropReceiver(i + 1)));
   const started = performance.now();
   const signal = options.signal;
-  const result = await sender.run(signal).catch((error: unknown) => {
-    if (!signal?.aborted) throw error;
-    return undefined;
-  });
+  const result = await sender
+    .run(signal)
+    .catch((error: unknown) => {
+      if (!signal?.aborted) throw error;
+      return undefined;
+    })
+    .finally(() => unwatch.forEach((stop) => stop()));
   const seconds = Math.max(1e-3, (performance.now() - started) / 1000);
   if (!result) return abortedRound(batches, sender.result().stats, sender.rateBytesPerSecond, seconds);
   // An agent the session dropped gets what it lacks over the control channel at rebuild time.

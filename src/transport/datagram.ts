@@ -17,6 +17,22 @@ export interface DatagramSocket {
   close(): Promise<void>;
 }
 
+/** Where and how a datagram socket is opened (dgram-socket.ts's options, as far as callers need them). */
+export interface DatagramSocketRequest {
+  /** Local address to bind (default: any). */
+  readonly bindAddress?: string;
+  /** Local port (default: any free one); a receiver binds its group's port. */
+  readonly port?: number;
+  /** IPv4 address of the interface multicast is sent and joined on. */
+  readonly multicastInterface?: string;
+}
+
+/**
+ * Opens a datagram socket: the network a job runs on, passed in (DgramSocket.open for the real one;
+ * MemoryNetwork.opener for a whole job in one process).
+ */
+export type OpenDatagramSocket = (request: DatagramSocketRequest) => Promise<DatagramSocket>;
+
 /** Time and timers, injected so protocol sessions run on a virtual clock in tests. */
 export interface Scheduler {
   /** Milliseconds, monotonic. */

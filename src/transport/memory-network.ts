@@ -1,4 +1,4 @@
-import type { DatagramSocket, Scheduler } from './datagram.js';
+import type { DatagramSocket, OpenDatagramSocket, Scheduler } from './datagram.js';
 
 /**
  * An in-memory datagram network for tests: unicast and multicast between sockets, with per-datagram
@@ -26,6 +26,7 @@ export interface NetworkCounters {
 
 export class MemoryNetwork {
   private readonly sockets = new Map<string, MemorySocket>();
+  private nextPort = 40_000;
   private readonly groups = new Map<string, Set<MemorySocket>>();
   /** Conditions per receiving address (overrides the network's own). */
   private readonly perReceiver = new Map<string, NetworkConditions>();
@@ -38,6 +39,14 @@ export class MemoryNetwork {
     private readonly random: () => number,
     private conditions: NetworkConditions = {},
   ) {}
+
+  /**
+   * Opens sockets of host `host` on this network, each at an address of its own (`host:port`, the port
+   * unique on the network): what a job's coordinator or agent is given to run in one process.
+   */
+  opener(host: string): OpenDatagramSocket {
+    return (request) => Promise.resolve(this.socket(`${request.bindAddress ?? host}:${this.nextPort++}`));
+  }
 
   socket(address: string): DatagramSocket {
     if (this.sockets.has(address)) throw new Error(`address ${address} in use`);

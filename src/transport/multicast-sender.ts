@@ -55,7 +55,8 @@ export interface SendObject {
   readonly bytes: Uint8Array;
 }
 
-export type DropReason = 'timeout' | 'too slow' | 'left';
+/** Why a receiver left the session: silent too long, too slow, it said so, or its owner said it is gone. */
+export type DropReason = 'timeout' | 'too slow' | 'left' | 'lost';
 
 export interface SenderStats {
   dataPackets: number;
@@ -369,6 +370,15 @@ export class MulticastSender {
     if (this.hasWork()) return false;
     for (const r of this.receivers.values()) if (!r.dropped && !r.complete) return false;
     return true;
+  }
+
+  /**
+   * Drops receiver `id` at once: its agent's control connection closed, so nothing more will come
+   * from it, and waiting out its silence would hold the session for nothing.
+   */
+  dropReceiver(id: number): void {
+    const receiver = this.receivers.get(id);
+    if (receiver && !receiver.dropped && !receiver.complete) this.drop(id, receiver, 'lost');
   }
 
   private expireReceivers(now: number): void {

@@ -64,6 +64,8 @@ export class SenderSession {
   private readonly sealer: PacketSealer;
   private readonly opener: PacketOpener;
   private cancelTimer: (() => void) | undefined;
+  /** Runs the machine now (while running): what changed may end the session or free the wire. */
+  private wake: (() => void) | undefined;
 
   constructor(
     private readonly socket: DatagramSocket,
@@ -100,6 +102,12 @@ export class SenderSession {
     return this.machine.result();
   }
 
+  /** Receiver `id` is gone (its agent was lost): the session stops waiting for it. */
+  dropReceiver(id: number): void {
+    this.machine.dropReceiver(id);
+    this.wake?.();
+  }
+
   run(signal?: AbortSignal): Promise<SessionResult> {
     return new Promise((resolve, reject) => {
       const finish = () => {
@@ -119,8 +127,15 @@ export class SenderSession {
       });
       const tick = () => {
         const wait = this.machine.poll();
-        if (wait < 0) return finish();
+        if (wait < 0) {
+          this.wake = undefined;
+          return finish();
+        }
         this.cancelTimer = this.scheduler.schedule(wait, tick);
+      };
+      this.wake = () => {
+        this.cancelTimer?.();
+        this.cancelTimer = this.scheduler.schedule(0, tick);
       };
       tick();
     });

@@ -26,6 +26,7 @@ export class AgentLink {
   malformed = 0;
   private readonly queue: FromAgent[] = [];
   private readonly waiters = new Set<Waiter>();
+  private readonly lostListeners = new Set<(reason: string) => void>();
 
   constructor(
     /** Index of the target in the job's target list. */
@@ -101,11 +102,23 @@ export class AgentLink {
     this.channel.close();
   }
 
+  /** Calls `listener` once the agent is lost (at once if it is); returns a function that stops that. */
+  onLost(listener: (reason: string) => void): () => void {
+    if (this.lost) {
+      listener(this.lost);
+      return () => undefined;
+    }
+    this.lostListeners.add(listener);
+    return () => this.lostListeners.delete(listener);
+  }
+
   private fail(reason: string): void {
     if (this.lost) return;
     this.lost = reason;
     for (const waiter of this.waiters) waiter.reject(new AgentLostError(reason));
     this.waiters.clear();
+    for (const listener of this.lostListeners) listener(reason);
+    this.lostListeners.clear();
     this.channel.close();
   }
 }

@@ -79,6 +79,27 @@ test('a receiver that crashes mid-transfer is dropped after the timeout; the oth
   assert.deepEqual(h.senderResult()!.completed.slice().sort(), [1, 3]);
 });
 
+test("a receiver whose agent is lost is dropped at once, not after the receivers' timeout", () => {
+  const h = sessionHarness({
+    receivers: 3,
+    objectSizes: [2 * 1024 * 1024, 2 * 1024 * 1024],
+    rateBytesPerSecond: 20e6,
+  });
+  h.start();
+  h.clock.runUntil(() => false, 50);
+  void h.receiverSockets[1]!.close();
+  const lostAt = h.clock.now();
+  h.sender.dropReceiver(2);
+  assert.ok(
+    h.clock.runUntil(() => h.senderResult() !== undefined, 60_000),
+    'session ends',
+  );
+  assert.ok(h.holdsAll(0) && h.holdsAll(2), 'survivors hold all');
+  assert.deepEqual(h.senderResult()!.dropped, [{ receiver: 2, reason: 'lost' }]);
+  // Two objects of 2 MiB at 20 MB/s take about 0.2 s of virtual time; the timeout alone is 3 s.
+  assert.ok(h.clock.now() - lostAt < 3000, `ended ${h.clock.now() - lostAt} ms after the loss`);
+});
+
 test('forged, replayed and garbage datagrams are dropped and counted, and change nothing', () => {
   const h = sessionHarness({ receivers: 2, objectSizes: [100_000, 5000] });
   const attacker = h.network.socket('10.0.0.99:6666');

@@ -1,0 +1,147 @@
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { Agent } from '../../src/agent/agent.js';
+import { runScatter, type ScatterOptions } from '../../src/coordinator/coordinator.js';
+import type { ScatterReport } from '../../src/coordinator/job-report.js';
+import { materialiseSyntheticImages } from '../../src/local/workspace.js';
+import { defaultPlanOptions } from '../../src/plan/scatter-plan.js';
+import { imageSha256 } from '../../src/memory/image-hash.js';
+import { loadTopology } from '../../src/topology/load.js';
+import { realScheduler } from '../../src/transport/datagram.js';
+import { MemoryNetwork } from '../../src/transport/memory-network.js';
+import { tempDir } from '../support/fixtures.js';
+
+/**
+ * A whole image job in one process: the coordinator and three agents, multicast on the in-memory
+ * network (with loss, so rounds repair), control channels on loopback. One agent is stopped in the
+ * middle of seeding: only its VMs fail, and `--resume` with it back finishes the job sending nothing
+ * it kept. What spawning the CLI tests (signals, exit codes, the terminal) stays in test/e2e.
+ */
+const secret = new TextEncoder().encode('in-process job test secret, 32 bytes+');
+const TARGETS = ['t1', 't2', 't3'] as const;
+
+interface Targets {
+  readonly agents: Map<string, Agent>;
+  start(name: string): Promise<Agent>;
+  close(): Promise<void>;
+}
+
+function targets(dir: string, network: MemoryNetwork): Targets {
+  const agents = new Map<string, Agent>();
+  return {
+    agents,
+    async start(name) {
+      const agent = await Agent.start({
+        name,
+        listenAddress: '127.0.0.1',
+        port: agents.get(name)?.port ?? 0,
+        multicastInterface: '127.0.0.1',
+        dir: join(dir, 'agents', name),
+        secret,
+        log: () => undefined,
+        openSocket: network.opener(name),
+      });
+      agents.set(name, agent);
+      return agent;
+    },
+    async close() {
+      for (const agent of agents.values()) await agent.close().catch(() => undefined);
+    },
+  };
+}
+
+function writeTopology(dir: string, ports: ReadonlyMap<string, number>): string {
+  const families = ['debian', 'debian', 'debian', 'alpine', 'alpine', 'debian'];
+  const path = join(dir, 'topology.yaml');
+  writeFileSync(
+    path,
+    [
+      'multicast: { base: 239.255.77.0, size: 8, port: 7777 }',
+      'hosts:',
+      '  - { name: src, address: 127.0.0.1, port: 1, role: source, link: 1Gbit }',
+      ...TARGETS.map(
+        (t) =>
+          `  - { name: ${t}, address: 127.0.0.1, port: ${ports.get(t)}, role: target, memory: 64MiB, maxVms: 2, link: 1Gbit }`,
+      ),
+      'vms:',
+      ...families.map(
+        (family, i) =>
+          `  - { name: vm${i + 1}, memory: 8MiB, source: { synthetic: { seed: ${i + 1}, family: ${family} } } }`,
+      ),
+    ].join('\n'),
+  );
+  return path;
+}
+
+function scatter(
+  topology: ScatterOptions['topology'],
+  dir: string,
+  network: MemoryNetwork,
+  extra: Pick<ScatterOptions, 'onProgress'> & { readonly resume?: boolean } = {},
+): Promise<ScatterReport> {
+  return runScatter({
+    ...defaultPlanOptions,
+    topology,
+    secret,
+    mtu: 9000,
+    workDir: join(dir, 'work'),
+    resume: false,
+    insecurePlaintext: false,
+    roundPages: 256,
+    openSocket: network.opener('src'),
+    ...extra,
+  });
+}
+
+test('in-process job: three agents on the in-memory network, one lost mid-seeding, --resume finishes', async (t) => {
+  const { dir, cleanup } = tempDir('vms-job-');
+  // 2% loss on every datagram: rounds need their repairs.
+  const network = new MemoryNetwork(realScheduler, Math.random, { loss: 0.02 });
+  const hosts = targets(dir, network);
+  t.after(async () => {
+    await hosts.close();
+    cleanup();
+  });
+  for (const name of TARGETS) await hosts.start(name);
+  const path = writeTopology(dir, new Map(TARGETS.map((n) => [n, hosts.agents.get(n)!.port])));
+  const topology = materialiseSyntheticImages(loadTopology(path), dir);
+
+  // t2 stops once the first round is out: the middle of seeding.
+  let stopped: Promise<void> | undefined;
+  const first = await scatter(topology, dir, network, {
+    onProgress: (event) => {
+      if (event.phase === 'seed' && event.done > 0) stopped ??= hosts.agents.get('t2')!.close();
+    },
+  });
+  await stopped;
+  assert.ok(stopped, 'seeding reported progress');
+  t.diagnostic(`first job: ${JSON.stringify(first.seconds)}`);
+  const failed = first.vms.filter((vm) => !vm.verified);
+  assert.ok(failed.length > 0, 'the stopped agent had VMs');
+  for (const vm of failed) {
+    assert.equal(vm.target, 't2', `${vm.name} failed at ${vm.target}: ${vm.error}`);
+    assert.match(vm.error ?? '', /t2/);
+  }
+  assert.equal(first.vms.length - failed.length, first.vms.filter((vm) => vm.target !== 't2').length);
+
+  await hosts.start('t2');
+  const resumed = await scatter(topology, dir, network, { resume: true });
+  t.diagnostic(`resumed job: ${JSON.stringify(resumed.seconds)}`);
+  assert.equal(resumed.ok, true, JSON.stringify(resumed.vms.filter((vm) => !vm.verified)));
+  assert.equal(resumed.vms.filter((vm) => vm.alreadyVerified).length, first.vms.length - failed.length);
+  // Every image at its target is the source's, byte for byte.
+  for (const vm of resumed.vms) {
+    const source = topology.vms.find((v) => v.name === vm.name)!.source;
+    assert.equal(source.kind, 'image');
+    const image = join(dir, 'agents', vm.target!, 'images', `${vm.name}.raw`);
+    assert.equal(imageSha256(image), imageSha256(source.kind === 'image' ? source.path : ''), vm.name);
+    assert.ok(readFileSync(`${image}.sha256`, 'utf8').length > 0);
+  }
+  // t2 kept what it stored before it stopped, and only what it lacked was sent again.
+  const t2 = resumed.targets.find((x) => x.name === 't2')!;
+  const sent = resumed.source.multicastPayloadBytes + resumed.source.unicastBytes;
+  const lacking = (t2.multicastPages + t2.unicastPages) * 4096;
+  assert.ok(sent < 1.2 * lacking + 2 ** 20, `resume sent ${sent} bytes for ${lacking} bytes t2 lacked`);
+});
