@@ -214,6 +214,7 @@ export async function netemAvailable(lab: Lab): Promise<{ available: boolean; wh
     await run(tc, ['-n', lab.switchNamespace, 'qdisc', 'del', 'dev', dev, 'root']);
     return { available: true };
   } catch (error) {
-    return { available: false, why: (error as Error).message.split('\n')[0]! };
+    const message = (error as Error).message;
+    return { available: false, why: `tc qdisc add ... netem: ${/Error: .*/.exec(message)?.[0] ?? message}` };
   }
 }

@@ -327,7 +327,8 @@ function unmount(path: string): void {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const sha256File = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
-const sizeOf = (path: string) => (existsSync(path) ? statSync(path).size : 0);
+/** Bytes a file holds on disk (its blocks: a file created at its full size and filled later counts as it fills). */
+const sizeOf = (path: string) => (existsSync(path) ? statSync(path).blocks * 512 : 0);
 const lastOf = (text: string, marker: string): string | undefined =>
   [...text.matchAll(new RegExp(`${marker} (\\w+)`, 'g'))].at(-1)?.[1];
 const lastTick = (text: string) => Number(lastOf(text, GUEST_TICK_MARKER) ?? 0);
@@ -674,7 +675,7 @@ async function runJob(
       : typeof parsed?.code === 'string'
         ? parsed.code
         : result.signal
-          ? `(${result.signal})`
+          ? null
           : // After printing its report, `scatter` throws these two for these exit codes (scatter-command.ts).
             result.code === 6 && report
             ? 'VMS_INCOMPLETE'
@@ -1139,54 +1140,119 @@ function withoutReport(job: JobRun): JobRun {
 const pad = (text: string, width: number, right = false) =>
   right ? text.padStart(width) : text.padEnd(width);
 
-function countsCell(c: Counts | undefined): string {
-  if (!c) return '-';
+function countsCell(c: Counts): string {
   return `${c.verifiedAtTarget}/${c.runningAtSource ?? '-'}/${c.lost}${c.runningTwice ? ` (${c.runningTwice} twice)` : ''}`;
+}
+
+const exitOf = (job: JobRun) => (job.exitCode === null ? (job.signal ?? '?') : String(job.exitCode));
+const pct = (part: number, whole: number) => (whole > 0 ? `${((100 * part) / whole).toFixed(1)}%` : '-');
+
+/** The fault as the counters saw it, in one line. */
+function appliedSummary(r: CaseResult): string {
+  const f = r.fault ?? {};
+  const parts: string[] = [];
+  const loss = f.multicastLoss as Record<string, { seen: number; dropped: number }> | undefined;
+  if (loss)
+    parts.push(
+      `multicast dropped: ${Object.entries(loss)
+        .map(([t, c]) => `${t} ${c.dropped} of ${c.seen} (${pct(c.dropped, c.seen)})`)
+        .join(', ')}`,
+    );
+  const dups = f.duplicated as Record<string, number> | undefined;
+  if (dups) {
+    const sent = Number(f.sourceMulticastDatagrams ?? 0);
+    parts.push(
+      `duplicated: ${Object.entries(dups)
+        .map(([t, n]) => `${t} ${n} of ${sent} (${pct(n, sent)})`)
+        .join(', ')}`,
+    );
+  }
+  const relay = f.relay as Record<string, number> | undefined;
+  if (relay) {
+    const errors = f.relayUdpErrors as { rcvbufErrors: number } | undefined;
+    parts.push(
+      `relay held back ${relay.heldBack} of ${relay.received} (${pct(relay.heldBack ?? 0, relay.received ?? 0)}), ` +
+        `each overtaken by ${Number(relay.meanOvertaken ?? 0).toFixed(0)} on average (at most ${relay.overtakenMax}); ` +
+        `relay receive-buffer drops ${errors?.rcvbufErrors ?? '?'}`,
+    );
+  }
+  const attacker = f.attacker as { sent?: Record<string, number>; captured?: number } | undefined;
+  if (attacker?.sent) {
+    const total = Object.values(attacker.sent).reduce((n, x) => n + x, 0);
+    parts.push(
+      `attacker sent ${total} (${Object.entries(attacker.sent)
+        .map(([k, n]) => `${n} ${k}`)
+        .join(', ')})`,
+    );
+  }
+  if (f.feedbackMirrored !== undefined)
+    parts.push(`${String(f.feedbackMirrored)} feedback datagrams mirrored to it`);
+  if (f.droppedDatagrams !== null && f.droppedDatagrams !== undefined && Number(f.droppedDatagrams) > 0) {
+    const reasons = f.dropReasonsInAgentLogs as Record<string, number> | undefined;
+    parts.push(
+      `receivers dropped ${String(f.droppedDatagrams)}` +
+        (reasons && Object.keys(reasons).length
+          ? ` (${Object.entries(reasons)
+              .map(([why, n]) => `${n} ${why}`)
+              .join(', ')})`
+          : ''),
+    );
+  }
+  const point = r.job?.trigger;
+  if (point)
+    parts.push(
+      point.fired
+        ? `at ${point.event}, ${point.atSeconds?.toFixed(1)} s into the job`
+        : `POINT MISSED: ${point.event}`,
+    );
+  if (f.filledBytes !== undefined) parts.push(`filled ${(Number(f.filledBytes) / MiB).toFixed(0)} MiB`);
+  return parts.join('; ');
 }
 
 function renderTable(results: readonly CaseResult[], header: string): string {
   const lines = [
     header,
     '',
-    'verified: at the target, checked by the bench; at source: running there (live jobs); lost: neither',
+    'verified: at its target, checked by the bench; at source: still running there (live jobs); lost: neither.',
+    'after --resume: the same three counts after the recovery an operator would run, when VMs were left behind.',
     '',
     [
-      pad('job', 6),
-      pad('case', 36),
-      pad('VMs', 4, true),
-      pad('verified', 9, true),
-      pad('at source', 10, true),
-      pad('lost', 5, true),
-      pad('exit', 6, true),
-      pad('error code', 16),
-      pad('after --resume (verified/source/lost, exit)', 44),
+      pad('job', 5),
+      pad('case', 34),
+      pad('VMs', 3, true),
+      pad('verified', 8, true),
+      pad('at source', 9, true),
+      pad('lost', 4, true),
+      pad('exit', 7, true),
+      pad('error code', 14),
+      'after --resume',
     ].join(' '),
   ];
   for (const r of results) {
     if (r.status !== 'ran') {
-      lines.push(`${pad(r.kind, 6)} ${pad(r.label, 36)} ${r.status.toUpperCase()}: ${r.reason}`);
+      lines.push(`${pad(r.kind, 5)} ${pad(r.label, 34)} ${r.status.toUpperCase()}: ${r.reason}`);
       continue;
     }
     const a = r.after!;
-    const exit = r.job!.exitCode ?? (r.job!.signal ? 'kill' : '?');
     const recovery = r.recovery
-      ? `${countsCell(r.recovery.after)}, exit ${r.recovery.job.exitCode ?? r.recovery.job.signal}`
+      ? `${countsCell(r.recovery.after)}, exit ${exitOf(r.recovery.job)}${r.recovery.job.errorCode ? ` ${r.recovery.job.errorCode}` : ''}`
       : '-';
     lines.push(
       [
-        pad(r.kind, 6),
-        pad(r.label, 36),
-        pad(String(a.vms), 4, true),
-        pad(String(a.verifiedAtTarget), 9, true),
-        pad(a.runningAtSource === null ? '-' : String(a.runningAtSource), 10, true),
-        pad(String(a.lost) + (a.runningTwice ? ` +${a.runningTwice}x2` : ''), 5, true),
-        pad(String(exit), 6, true),
-        pad(r.job!.errorCode ?? '-', 16),
+        pad(r.kind, 5),
+        pad(r.label, 34),
+        pad(String(a.vms), 3, true),
+        pad(String(a.verifiedAtTarget), 8, true),
+        pad(a.runningAtSource === null ? '-' : String(a.runningAtSource), 9, true),
+        pad(String(a.lost), 4, true),
+        pad(exitOf(r.job!), 7, true),
+        pad(r.job!.errorCode ?? '-', 14),
         recovery,
       ].join(' '),
     );
-    if (r.job!.trigger && !r.job!.trigger.fired)
-      lines.push(`${' '.repeat(7)}(kill point missed: ${r.job!.trigger.event})`);
+    if (a.runningTwice) lines.push(`${' '.repeat(6)}RUNNING TWICE: ${a.runningTwice}`);
+    const applied = appliedSummary(r);
+    if (applied) lines.push(`${' '.repeat(6)}${applied}`);
   }
   return lines.join('\n');
 }
@@ -1301,24 +1367,28 @@ async function main(): Promise<void> {
     errors: results.filter((r) => r.status === 'error').map((r) => ({ id: r.id, reason: r.reason })),
     cases: results,
   };
+  // The work directory's temporary path means nothing elsewhere: it is written as <work>.
+  const scrub = (text: string) => (workDir ? text.replaceAll(workDir, '<work>') : text);
+  const print = (text: string) => process.stdout.write(scrub(text));
   if (out) {
     mkdirSync(dirname(out), { recursive: true });
-    writeFileSync(out, `${JSON.stringify(summary, null, 2)}\n`);
+    writeFileSync(out, scrub(`${JSON.stringify(summary, null, 2)}\n`));
     log(`wrote ${out}`);
   }
-  if (values.json) process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
+  if (values.json) print(`${JSON.stringify(summary, null, 2)}\n`);
   else {
-    process.stdout.write(`${renderTable(results, header)}\n`);
+    print(`${renderTable(results, header)}\n`);
     if (netem && !netem.available)
-      process.stdout.write(
-        `\ntc netem is not available here (${netem.why}): loss, duplicates and reordering come from nftables and the relay (see each case's method in the JSON)\n`,
+      print(
+        `\nnetem is not available here (${netem.why}): loss and duplicates come from nftables, ` +
+          'reordering from a relay host (each case says how in the JSON)\n',
       );
     for (const r of results.filter((x) => x.status !== 'ran'))
-      process.stdout.write(`${r.status === 'error' ? 'ERROR' : 'NOT RUN'} ${r.id}: ${r.reason}\n`);
+      print(`${r.status === 'error' ? 'ERROR' : 'NOT RUN'} ${r.id}: ${r.reason}\n`);
   }
   if (lost.length > 0) {
     const banner = '!'.repeat(100);
-    process.stdout.write(
+    print(
       `\n${banner}\nVMs LOST OR RUNNING TWICE: ${lost.length}\n${lost.map((l) => `  ${l}`).join('\n')}\n${banner}\n`,
     );
     process.exitCode = 1;
