@@ -27,13 +27,15 @@
  * - an agent killed (SIGKILL) mid-multicast (its store has received 4 MiB of pages), mid-rebuild (a
  *   partial image of 4 MiB is being written; image jobs) or mid-migration (the source QEMU's
  *   migration to it is active with 8 MiB sent; live jobs).
- * - the coordinator killed (SIGKILL) mid-multicast (image), mid-migration, or at the switch-over (the
- *   source QEMU has finished its migration and is stopped, the destination not yet running; live).
+ * - the coordinator killed (SIGKILL) mid-multicast (image), mid-migration, at the switch-over (the
+ *   source QEMU has finished its migration and is stopped, the destination not yet running; live), or
+ *   once a guest resumed at its target, before the coordinator quit its source (live); the recovery
+ *   (`--resume`) runs after every coordinator kill, as an operator without its report would run it.
  * - a disk filling: t1's state directory is a tmpfs; once pages arrive in its store, the bench fills
  *   what is left.
  * The kill points are read from what the processes do (store and image files growing, the source
- * QEMU's migration status over a QMP socket of the bench's own), not from timers; a kill point the
- * job passes without the bench seeing it is reported as missed.
+ * QEMU's migration status over a QMP socket of the bench's own, the agent's log), not from timers; a
+ * kill point the job passes without the bench seeing it is reported as missed.
  *
  * Measured per case, after the job (or the kill) and again after the recovery an operator would run
  * (the killed agent restarted, the disk freed, then `vmscatter scatter --resume`) when VMs were left
@@ -107,7 +109,10 @@ const TARGETS: readonly string[] = ['t1', 't2'];
 const MULTICAST = { base: '239.255.97.0', size: 8, port: 7990 } as const;
 const GROUPS = `${MULTICAST.base}/${MULTICAST.size}`;
 const MIRROR_PORT = 7999;
-const JOB_TIMEOUT_MS = 8 * 60_000;
+/** A job here takes well under a minute; one still running after this is killed and reported. */
+const JOB_TIMEOUT_MS = 4 * 60_000;
+/** Cases not started within this budget are reported as not run. */
+const RUN_BUDGET_MS = 30 * 60_000;
 /** How long a guest gets to show it runs (a tick every second; a checksum every 5 ticks). */
 const OBSERVE_MS = 30_000;
 /** Kill points: pages an agent's store holds, bytes of a partial image, bytes QEMU's migration sent. */
@@ -133,7 +138,10 @@ type Fault =
   | { readonly type: 'forge' }
   | { readonly type: 'replay' }
   | { readonly type: 'kill-agent'; readonly at: 'multicast' | 'rebuild' | 'migration' }
-  | { readonly type: 'kill-coordinator'; readonly at: 'multicast' | 'migration' | 'switch-over' }
+  | {
+      readonly type: 'kill-coordinator';
+      readonly at: 'multicast' | 'migration' | 'switch-over' | 'resumed';
+    }
   | { readonly type: 'disk-full' };
 
 interface CaseDef {
@@ -179,6 +187,10 @@ function caseList(): CaseDef[] {
       add('kill-coordinator-switch-over', 'coordinator killed at switch-over', {
         type: 'kill-coordinator',
         at: 'switch-over',
+      });
+      add('kill-coordinator-resumed', 'coordinator killed once a guest resumed', {
+        type: 'kill-coordinator',
+        at: 'resumed',
       });
     }
     add('disk-full', `disk filling (${VICTIM})`, { type: 'disk-full' });
@@ -616,6 +628,10 @@ interface Trigger {
   poll(): Promise<string | undefined>;
   /** Done at once when the point is reached. */
   act(): void;
+  /** The trigger acts by itself the moment the event happens (poll then only reports it). */
+  readonly immediate?: boolean;
+  /** What the state was at the point, read after acting (appended to the event). */
+  after?(): Promise<string>;
 }
 
 async function runJob(
@@ -639,13 +655,17 @@ async function runJob(
     if (!options.trigger) return;
     const point = options.trigger(job);
     trigger = { fired: false, event: `${point.waitsFor}: not seen before the job ended` };
-    while (!exited) {
+    for (;;) {
+      const done = exited;
       const event = await point.poll().catch(() => undefined);
-      if (event !== undefined && !exited) {
+      if (event !== undefined && (!done || point.immediate)) {
         point.act();
-        trigger = { fired: true, event, atSeconds: (performance.now() - started) / 1000 };
+        const atSeconds = (performance.now() - started) / 1000;
+        const after = point.after ? await point.after().catch((e: Error) => e.message) : undefined;
+        trigger = { fired: true, event: after ? `${event}; ${after}` : event, atSeconds };
         return;
       }
+      if (done) return;
       await sleep(10);
     }
   })();
@@ -919,8 +939,16 @@ function methodOf(fault: Fault): string {
       return "attacker host on the groups: captured datagrams replayed verbatim after 30 ms, 300 ms and 3 s, earlier sessions' datagrams into later ones, the sender's own datagrams reflected to it, and the receivers' feedback (mirrored to it by nftables) replayed to the sender";
     case 'kill-agent':
       return `SIGKILL to ${VICTIM}'s agent ${fault.at === 'multicast' ? `once its store holds ${STORE_KILL_BYTES / MiB} MiB of pages` : fault.at === 'rebuild' ? `once a partial image of ${REBUILD_KILL_BYTES / MiB} MiB is being written` : `once the source QEMU's migration to it is active with ${MIGRATION_KILL_BYTES / MiB} MiB sent`}; then restarted for the --resume`;
-    case 'kill-coordinator':
-      return `SIGKILL to the coordinator ${fault.at === 'multicast' ? `once a target's store holds ${STORE_KILL_BYTES / MiB} MiB of pages` : fault.at === 'migration' ? `once a source QEMU's migration is active with ${MIGRATION_KILL_BYTES / MiB} MiB sent` : "once a source QEMU's migration has completed (source stopped, destination not yet running)"}`;
+    case 'kill-coordinator': {
+      const when = {
+        multicast: `once a target's store holds ${STORE_KILL_BYTES / MiB} MiB of pages`,
+        migration: `once g1's source QEMU is migrating with ${MIGRATION_KILL_BYTES / MiB} MiB sent`,
+        'switch-over':
+          "once g1's source QEMU has completed its migration (stopped; its destination not yet running)",
+        resumed: `once ${VICTIM}'s agent logs that g1 runs there (before the coordinator quits g1's source)`,
+      }[fault.at];
+      return `SIGKILL to the coordinator ${when}; then --resume, as an operator without its report would`;
+    }
     case 'disk-full':
       return `${VICTIM}'s state directory on a tmpfs, filled up once ${STORE_FILL_BYTES / MiB} MiB of pages reached its store; freed for the --resume`;
   }
@@ -1001,6 +1029,7 @@ async function runCase(ctx: Context, def: CaseDef): Promise<CaseResult> {
     const killAgent = () => agents.get(VICTIM)!.child.kill('SIGKILL');
     let filled = 0;
     const victimGuest = sources.find((s) => s.snapshot.target === VICTIM)?.guest;
+    const victimName = sources.find((s) => s.snapshot.target === VICTIM)?.snapshot.name;
     const trigger =
       fault.type === 'kill-agent'
         ? fault.at === 'multicast'
@@ -1016,6 +1045,34 @@ async function runCase(ctx: Context, def: CaseDef): Promise<CaseResult> {
                 const stores = TARGETS.map((t) => storeOf(t));
                 const biggest = () => stores.map((s) => s()).sort((a, b) => sizeOf(b) - sizeOf(a))[0];
                 return onFileSize("a target's store growing", biggest, STORE_KILL_BYTES, kill);
+              }
+              if (fault.at === 'resumed') {
+                // The agent's log line once the destination runs (the coordinator quits the source when
+                // it hears of it): the kill happens in the agent's output handler, without a poll's delay.
+                const line = new RegExp(`: ${victimName}: running here`);
+                let seen: string | undefined;
+                let text = '';
+                agents.get(VICTIM)!.child.stderr!.on('data', (chunk: string) => {
+                  text = (text + chunk).slice(-4096);
+                  if (seen === undefined && line.test(text)) {
+                    kill();
+                    seen = `${VICTIM}'s agent logged that ${victimName} runs there`;
+                  }
+                });
+                return {
+                  waitsFor: `${VICTIM}'s agent saying ${victimName} runs there`,
+                  poll: async () => seen,
+                  act: () => undefined,
+                  immediate: true,
+                  after: async () => {
+                    if (victimGuest!.process.exitCode !== null || victimGuest!.process.signalCode !== null)
+                      return `${victimName}'s source QEMU had already quit`;
+                    const { status } = (await victimGuest!.qmp.execute('query-status')) as {
+                      status?: string;
+                    };
+                    return `${victimName}'s source QEMU '${status}'`;
+                  },
+                };
               }
               return onMigration(victimGuest!, fault.at === 'migration' ? 'active' : 'switch-over', kill);
             }
@@ -1069,9 +1126,10 @@ async function runCase(ctx: Context, def: CaseDef): Promise<CaseResult> {
         `${after.runningAtSource === null ? '' : `, at source ${after.runningAtSource}`}, lost ${after.lost}`,
     );
 
-    // The recovery an operator would run when VMs were left behind: fix the cause, then --resume.
+    // The recovery an operator would run when VMs were left behind (fix the cause, then --resume), and
+    // always after the coordinator died: without its report nobody knows what moved.
     let recovery: CaseResult['recovery'];
-    if (after.verifiedAtTarget < after.vms) {
+    if (after.verifiedAtTarget < after.vms || fault.type === 'kill-coordinator') {
       stage = 'recovering';
       const steps: string[] = [];
       if (fault.type === 'kill-agent') {
@@ -1327,6 +1385,11 @@ async function main(): Promise<void> {
       }
     }
     for (const [i, c] of selected.entries()) {
+      if (Date.now() - started > RUN_BUDGET_MS) {
+        const reason = `the run's time budget (${RUN_BUDGET_MS / 60_000} min) was spent before it started`;
+        results.push({ id: c.id, kind: c.kind, label: c.label, status: 'not run', reason, seconds: 0 });
+        continue;
+      }
       log(
         `[${i + 1}/${selected.length}] ${c.id}: ${c.label} (${((Date.now() - started) / 1000).toFixed(0)} s so far)`,
       );
