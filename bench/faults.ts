@@ -1272,7 +1272,7 @@ function renderTable(results: readonly CaseResult[], header: string): string {
     header,
     '',
     'verified: at its target, checked by the bench; at source: still running there (live jobs); lost: neither.',
-    'after --resume: the same three counts after the recovery an operator would run, when VMs were left behind.',
+    'after --resume: the same counts after the recovery an operator would run (VMs left behind, or no report).',
     '',
     [
       pad('job', 5),
