@@ -6,7 +6,7 @@
  * namespaces and go with them.
  */
 import { execFile } from 'node:child_process';
-import { findTool, type Lab } from '../test/lab/lab.js';
+import { findTool, type Lab } from './harness/lab.js';
 
 const TABLE_LOSS = 'inet vmsfault_loss';
 const TABLE_SOURCE = 'netdev vmsfault_src';

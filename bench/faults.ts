@@ -69,7 +69,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connectQmp } from '../src/qemu/qmp.js';
-import { materialiseSyntheticImages } from '../src/scatter/workspace.js';
+import { materialiseSyntheticImages } from '../src/local/workspace.js';
 import type { Topology } from '../src/topology/model.js';
 import {
   createLab,
@@ -78,8 +78,8 @@ import {
   watchProcess,
   type Lab,
   type ProcessWatch,
-} from '../test/lab/lab.js';
-import { storePagesFile } from '../test/support/fixtures.js';
+} from './harness/lab.js';
+import { livePagesFile as storePagesFile } from '../src/store/template-store.js';
 import {
   bootGuest,
   buildInitramfs,
@@ -87,7 +87,7 @@ import {
   GUEST_SUM_MARKER,
   GUEST_TICK_MARKER,
   type Guest,
-} from '../test/support/qemu-guest.js';
+} from './harness/qemu-guest.js';
 import {
   addMulticastLoss,
   addSourceRule,

@@ -5,6 +5,9 @@ import { DigestTable } from '../memory/digest-table.js';
 import { ensurePrivateDir, openForUpdate, readFully, writeFully } from './file-io.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 
+/** A store's page bytes, page i at i * PAGE_SIZE, in its directory. */
+export const PAGES_FILE = 'pages.bin';
+
 /**
  * A target's content store: page contents keyed by digest, on disk, surviving restarts, so a resumed
  * job does not send again what an agent holds. Memory holds only the digest index (about 21 bytes per
@@ -57,7 +60,7 @@ export class ContentStore {
       ensurePrivateDir(dir);
       return new ContentStore(
         dir,
-        openForUpdate(join(dir, 'pages.bin')),
+        openForUpdate(join(dir, PAGES_FILE)),
         openForUpdate(join(dir, 'digests.bin')),
       );
     } catch (error) {
@@ -97,7 +100,7 @@ export class ContentStore {
 
   /** The file holding the pages (page i at i * PAGE_SIZE). */
   get pagesPath(): string {
-    return join(this.dir, 'pages.bin');
+    return join(this.dir, PAGES_FILE);
   }
 
   /** Stores a page; false when it was held already. Throws DiskFullError when the disk is full. */

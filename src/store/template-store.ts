@@ -1,5 +1,6 @@
 import {
   closeSync,
+  existsSync,
   fstatSync,
   fsyncSync,
   ftruncateSync,
@@ -14,7 +15,7 @@ import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { DigestTable } from '../memory/digest-table.js';
 import { DIGEST_BYTES } from '../memory/page.js';
-import { ContentStore, DiskFullError } from './content-store.js';
+import { ContentStore, DiskFullError, PAGES_FILE } from './content-store.js';
 import { ensurePrivateDir, openForUpdate, PRIVATE_FILE_MODE, readFully, writeFully } from './file-io.js';
 
 /**
@@ -47,6 +48,16 @@ export interface TemplateStoreOptions {
 
 const CURRENT = 'CURRENT';
 const CURRENT_TEMP = 'CURRENT.tmp';
+
+/**
+ * The file holding the live generation's page bytes under a template store's directory (what a test
+ * or benchmark watches grow while an agent receives pages); `none/pages.bin` before the first.
+ */
+export function livePagesFile(root: string): string {
+  const current = join(root, CURRENT);
+  const generation = existsSync(current) ? readFileSync(current, 'utf8').trim() : 'none';
+  return join(root, generation, PAGES_FILE);
+}
 const WEIGHTS = 'weights.bin';
 const RECORD_BYTES = 12;
 const GENERATION = /^gen-(\d{6,})$/;

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,9 +42,4 @@ export function writeImage(dir: string, name: string, firstBytes: readonly numbe
   return path;
 }
 
-/** The page file of an agent's template store (its live generation), for tests that watch it grow. */
-export function storePagesFile(storeDir: string): string {
-  const current = join(storeDir, 'CURRENT');
-  const generation = existsSync(current) ? readFileSync(current, 'utf8').trim() : 'none';
-  return join(storeDir, generation, 'pages.bin');
-}
+export { livePagesFile as storePagesFile } from '../../src/store/template-store.js';
