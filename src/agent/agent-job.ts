@@ -17,6 +17,7 @@ import { defaultEmulators, refuseCommand } from '../qemu/command-policy.js';
 import { decodeManifest } from '../wire/manifest.js';
 import { decodeBatch, sliceBatch } from '../memory/page-batches.js';
 import { PROTOCOL_VERSION, type FromAgent, type ToAgent, type VerifiedImage } from '../wire/protocol.js';
+import { runningDestinations } from './destinations.js';
 import { fetchFromPeer } from './site-peers.js';
 import type { TemplateStore } from '../store/template-store.js';
 
@@ -130,7 +131,7 @@ export class AgentJob {
     );
   }
 
-  private start(version: number, job: string): void {
+  private async start(version: number, job: string): Promise<void> {
     if (version !== PROTOCOL_VERSION)
       throw new VmscatterError(
         'VMS_PROTOCOL',
@@ -148,6 +149,7 @@ export class AgentJob {
       verified: verifiedImages(this.options.dir),
       freeBytes: freeBytes(this.options.dir),
       qemuVersion: qemuVersion(),
+      running: await runningDestinations(join(this.options.dir, 'run')),
     });
   }
 

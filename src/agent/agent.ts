@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import { listenControl, type ControlChannel, type ControlServer } from '../control/control-channel.js';
 import { VmscatterError } from '../errors.js';
 import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
-import { connectQmp } from '../qemu/qmp.js';
 import { AgentJob, imagesDir } from './agent-job.js';
+import { sweepStaleDestinations } from './destinations.js';
 import type { AgentOptions } from './agent-options.js';
 import { ensurePrivateDir } from '../store/file-io.js';
 import { parseToAgent, type FromAgent } from '../wire/protocol.js';
@@ -134,29 +134,4 @@ export class Agent {
 function sweepPartialImages(dir: string): void {
   for (const name of readdirSync(imagesDir(dir)))
     if (name.endsWith('.partial')) rmSync(join(imagesDir(dir), name), { force: true });
-}
-
-/**
- * Destination QEMUs an earlier run of this agent started and never resumed (it died mid-migration):
- * their VMs run on at their sources, so they are quit. One that runs (resumed) is a VM living here and
- * is left alone.
- */
-async function sweepStaleDestinations(runDir: string, log?: (line: string) => void): Promise<void> {
-  for (const name of readdirSync(runDir)) {
-    if (!name.endsWith('.qmp')) continue;
-    const path = join(runDir, name);
-    const qmp = await connectQmp(path, { connectTimeoutMs: 1000 }).catch(() => undefined);
-    if (!qmp) {
-      rmSync(path, { force: true }); // nobody listens: a leftover socket file
-      continue;
-    }
-    const status = ((await qmp.execute('query-status').catch(() => ({}))) as { status?: string }).status;
-    if (status !== 'running') {
-      log?.(
-        `quitting destination QEMU ${name.slice(0, -4)} left ${status ?? 'unanswering'} by an earlier run`,
-      );
-      await qmp.execute('quit').catch(() => undefined);
-    }
-    await qmp.close().catch(() => undefined);
-  }
 }

@@ -88,6 +88,23 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
   try {
     const readies = await Promise.all(links.map((link) => link.next('ready', () => true, 30_000)));
     const held = readies.map((r, i) => trustedAnnouncement(r.held, links[i]!.host.name, options.onWarning));
+    // Running VMs that an earlier job moved: their destinations run at a target now.
+    const runningAt = new Map<string, string>();
+    readies.forEach((ready, i) => {
+      for (const vm of ready.running) runningAt.set(vm, liveTargets[i]!.name);
+    });
+    const movedEarlier = new Set<number>();
+    topology.vms.forEach((vm, v) => {
+      const at = vm.source.kind === 'qemu' ? runningAt.get(vm.name) : undefined;
+      if (at === undefined) return;
+      if (!options.resume)
+        throw new VmscatterError(
+          'VMS_LIVE',
+          `VM ${vm.name} runs at ${at} already (moved by an earlier job): --resume leaves it there and moves the rest`,
+        );
+      movedEarlier.add(v);
+    });
+    const everyTargetAnswered = liveTargets.length === allTargets.length;
 
     t = performance.now();
     progress({ phase: 'scan', done: 0, total: 1, unit: 'pages' });
@@ -97,6 +114,9 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       secret: options.secret,
       runDir,
       onProgress: (done, total) => progress({ phase: 'scan', done, total, unit: 'pages' }),
+      moved: movedEarlier,
+      mayResumeStopped: (v) => everyTargetAnswered && !runningAt.has(topology.vms[v]!.name),
+      ...(options.onWarning ? { onWarning: options.onWarning } : {}),
       ...(options.signal === undefined ? {} : { signal: options.signal }),
     });
     const { sha256 } = scan;
@@ -110,7 +130,13 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       for (const v of ready.verified) verifiedAt.set(`${v.vm}\n${v.sha256}`, liveTargets[i]!.name);
     });
     const doneAt = topology.vms.map((vm, v) =>
-      options.resume && vm.source.kind === 'image' ? verifiedAt.get(`${vm.name}\n${sha256[v]}`) : undefined,
+      !options.resume
+        ? undefined
+        : vm.source.kind === 'image'
+          ? verifiedAt.get(`${vm.name}\n${sha256[v]}`)
+          : movedEarlier.has(v)
+            ? runningAt.get(vm.name)
+            : undefined,
     );
     const jobTopology: Topology = {
       ...topology,

@@ -41,6 +41,15 @@ export async function scanJob(
     readonly onProgress?: (done: number, total: number) => void;
     /** Ctrl-C: a scan under way stops (the guest never noticed it). */
     readonly signal?: AbortSignal;
+    /** Running VMs that moved in an earlier job (they run at a target): not read, all zero pages. */
+    readonly moved?: ReadonlySet<number>;
+    /**
+     * A running VM's source found stopped after a migration's switch-over (the coordinator of that
+     * job died between the source's completion and the target's resume) is resumed there when this
+     * says so: every target answered, and none runs the VM. Otherwise the scan fails naming it.
+     */
+    readonly mayResumeStopped?: (v: number) => boolean;
+    readonly onWarning?: (line: string) => void;
   },
 ): Promise<JobScan> {
   const key = deriveDigestKey(options.secret);
@@ -81,8 +90,18 @@ export async function scanJob(
     for (const v of live) {
       const vm = topology.vms[v]!;
       if (vm.source.kind !== 'qemu') continue;
+      if (options.moved?.has(v)) {
+        vms[v] = { name: vm.name, pages: new Uint32Array(Math.ceil(vm.memoryBytes / PAGE_SIZE)) };
+        continue;
+      }
       const client = await connectSourceQmp(vm.source.qmp, vm.name);
       qmp.set(v, client);
+      await resumeIfStoppedBySwitchOver(
+        client,
+        vm.name,
+        () => options.mayResumeStopped?.(v) ?? false,
+        options.onWarning,
+      );
       const scanned = await scanRunningVm({
         vm: vm.name,
         qmp: client,
@@ -126,4 +145,29 @@ export async function scanJob(
       for (const client of qmp.values()) await client.close().catch(() => undefined);
     },
   };
+}
+
+/**
+ * A source QEMU in 'postmigrate' completed a migration whose target then never ran the VM (its
+ * coordinator died in between, and the target's agent quit the paused destination): resumed here, it
+ * runs again where it was, with every byte it had. Without proof that no target runs it, it stays.
+ */
+async function resumeIfStoppedBySwitchOver(
+  qmp: QmpClient,
+  vm: string,
+  mayResume: () => boolean,
+  onWarning?: (line: string) => void,
+): Promise<void> {
+  const { status } = (await qmp.execute('query-status')) as { status?: string };
+  if (status !== 'postmigrate') return;
+  if (!mayResume())
+    throw new VmscatterError(
+      'VMS_LIVE',
+      `VM ${vm}: its source is stopped after a migration ('postmigrate') and not every target answered, ` +
+        'so whether one runs it is unknown: nothing is done to it (start the missing agents and run again)',
+    );
+  await qmp.execute('cont');
+  onWarning?.(
+    `VM ${vm}: its source was stopped after an interrupted switch-over and no target runs it: resumed at its source`,
+  );
 }

@@ -1,3 +1,4 @@
+import type net from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PageDigester } from '../memory/page-digest.js';
@@ -150,15 +151,34 @@ export async function migrateLiveVm(options: {
   let sourceRam: GuestRam | undefined;
   const observed = { throttlePercent: 0, migrationDirtyBytesPerSecond: 0 };
   let watching = { stop: () => undefined as void };
+  // Whether the source ran when this migration began: only then does a rollback resume it (a source
+  // left stopped by an earlier migration may have its VM running elsewhere).
+  let sourceWasRunning = false;
+  // Once the target is told to run the VM, nothing rolls back: the VM may be running there.
+  let committed = false;
+  let stream: net.Socket | undefined;
   const fail = async (error: unknown): Promise<LiveMigrationResult> => {
     watching.stop();
     if (encoder) Object.assign(counts, encoder.counts);
-    // Roll back: the destination goes, the source runs on (whether or not it had stopped).
+    if (committed) {
+      const why = error instanceof Error ? error.message : String(error);
+      return {
+        ok: false,
+        error: `VM ${vm}: told to run at ${link.host.name}, which did not confirm it (${why}); its source stays stopped, so it runs at most there`,
+        ...(memoryCheck ? { memoryCheck } : {}),
+        ...counts,
+        ...observed,
+        seconds: (performance.now() - started) / 1000,
+      };
+    }
+    // Roll back: the destination goes, the source runs on. Cutting the stream before the return path's
+    // answer fails the source's migration, and QEMU restarts a guest that ran; `cont` covers the rest.
     link.send({ t: 'live-abort', vm });
+    stream?.destroy();
     await source.execute('migrate_cancel').catch(() => undefined);
     await waitMigrationSettled(source).catch(() => undefined);
     const status = (await source.execute('query-status').catch(() => ({}))) as { status?: string };
-    if (status.status !== 'running') await source.execute('cont').catch(() => undefined);
+    if (sourceWasRunning && status.status !== 'running') await source.execute('cont').catch(() => undefined);
     return {
       ok: false,
       error: error instanceof Error ? error.message : String(error),
@@ -177,6 +197,10 @@ export async function migrateLiveVm(options: {
     if (ready.t === 'live-refused')
       throw new Error(`VM ${vm}: ${link.host.name} refused to start its destination: ${ready.error}`);
     options.signal?.throwIfAborted();
+    const before = (await source.execute('query-status')) as { status?: string };
+    if (before.status !== 'running' && before.status !== 'paused')
+      throw new Error(`VM ${vm}: its source QEMU is '${before.status}', not running: nothing to migrate`);
+    sourceWasRunning = before.status === 'running';
     // QEMU's own cap would apply to its whole stream, references included: the link's cap is ours
     // (options.wire), on what crosses it, and end-to-end acks give QEMU the real rate.
     await source.execute('migrate-set-parameters', {
@@ -186,8 +210,14 @@ export async function migrateLiveVm(options: {
     // Auto-converge is armed for every precopy: QEMU throttles the guest only if its pages dirty faster
     // than they cross, so a dirty rate measured wrong before the migration is corrected during it.
     // The auto-converge strategy (a rate measured near the bandwidth share) starts throttling harder.
+    // The return path makes the switch-over safe from this process dying: QEMU completes its side only
+    // once it reads our answer on it (RETURN_PATH_SHUT_OK, sent when the target may run); if this
+    // process dies first, the stream closes unanswered, the migration fails and QEMU restarts the guest.
     await source.execute('migrate-set-capabilities', {
-      capabilities: [{ capability: 'auto-converge', state: options.strategy !== 'stop-and-copy' }],
+      capabilities: [
+        { capability: 'auto-converge', state: options.strategy !== 'stop-and-copy' },
+        { capability: 'return-path', state: true },
+      ],
     });
     await source.execute('migrate-set-parameters', {
       'cpu-throttle-initial': options.strategy === 'precopy-auto-converge' ? 40 : 20,
@@ -211,6 +241,7 @@ export async function migrateLiveVm(options: {
     sourceRam = ram;
     await source.execute('migrate', { uri: `unix:${join(options.runDir, `${vm}.out`)}` });
     const socket = await withTimeout(listener.accepted, 30_000, `VM ${vm}: QEMU did not connect`);
+    stream = socket;
     watching = watchMigration(source, observed);
     // A complete stream ends with the VM description: one cut short inside device state is refused.
     const parser = new StreamParser();
@@ -254,10 +285,11 @@ export async function migrateLiveVm(options: {
             } else void source.execute('stop').catch(() => undefined);
           }, options.timeout.ms)
         : undefined;
-      socket.once('close', () => {
+      const settle = () => {
         clearTimeout(timer);
         options.signal?.removeEventListener('abort', abort);
-      });
+      };
+      socket.once('close', settle);
       socket.on('data', (chunk: Buffer) => {
         counts.streamBytes += chunk.length;
         let records;
@@ -268,6 +300,12 @@ export async function migrateLiveVm(options: {
           return reject(error);
         }
         for (const record of records) encoder!.add(record);
+        // Whole: QEMU stopped the guest, sent its last pages and device state, and now waits for the
+        // return path's answer with the socket open.
+        if (parser.complete) {
+          settle();
+          return resolve();
+        }
         if (encoder!.full) {
           socket.pause();
           flushing = flush();
@@ -280,6 +318,7 @@ export async function migrateLiveVm(options: {
           );
         }
       });
+      // Closed before it was whole: QEMU's migration failed (a stream cut short is refused here).
       socket.once('close', () => {
         try {
           parser.end();
@@ -290,10 +329,9 @@ export async function migrateLiveVm(options: {
       });
       socket.once('error', reject);
     });
-    // QEMU closes the stream once its migration completed: the guest is stopped from then on, so its
-    // RAM is read for the memory check at once, while the stream's tail drains to the target, which
-    // then loads it and reads its own; the two must agree chunk for chunk before the target may run.
-    // (A migration that failed instead is found below; its digests are then never looked at.)
+    // The stream is whole: the guest is stopped, and QEMU waits for the return path's answer. Its RAM
+    // is read for the memory check at once, while the stream's tail drains to the target, which then
+    // loads it and reads its own; the two must agree chunk for chunk before the target may run.
     const streamEnded = performance.now();
     watching.stop();
     const memorySeed = newMemorySeed();
@@ -303,8 +341,10 @@ export async function migrateLiveVm(options: {
     await flushing;
     await flush();
     await acknowledged(0);
-    const status = await waitMigrationSettled(source);
-    if (status !== 'completed') throw new Error(`VM ${vm}: the source's migration ended '${status}'`);
+    // QEMU waits in its completion for our answer: anything else means its migration failed.
+    const { status } = (await source.execute('query-migrate')) as { status?: string };
+    if (status !== 'active' && status !== 'device')
+      throw new Error(`VM ${vm}: the source's migration is '${status}' with its stream whole`);
     Object.assign(counts, encoder.counts);
     link.send({ t: 'live-end', vm, sha256: encoder.digest.hex(), memorySeed });
     const checkStarted = performance.now();
@@ -335,7 +375,18 @@ export async function migrateLiveVm(options: {
         repairedMiB: chunks.length,
       };
     }
+    // Commit. The source first: once QEMU reads the answer its migration completes and it will not
+    // restart the guest; only then may the target run it. Should this process die in between, the
+    // guest stays stopped at its source, whole, until `scatter --resume` resumes it there.
     const resumeStarted = performance.now();
+    await new Promise<void>((resolve, reject) =>
+      socket.write(RETURN_PATH_SHUT_OK, (error) => (error ? reject(error) : resolve())),
+    );
+    const completed = await waitMigrationSettled(source, STEP_TIMEOUT_MS, COMPLETION_POLL_MS);
+    if (completed !== 'completed')
+      throw new Error(`VM ${vm}: the source's migration ended '${completed}' after its answer`);
+    const completedAt = performance.now();
+    committed = true;
     link.send({ t: 'live-resume', vm });
     await link.next('live-resumed', (m) => m.vm === vm, STEP_TIMEOUT_MS);
     const resumed = performance.now();
@@ -346,9 +397,12 @@ export async function migrateLiveVm(options: {
       resumeMs: Math.round(resumed - resumeStarted),
     };
     const info = (await source.execute('query-migrate')) as { downtime?: number };
-    // QEMU's figure counts from its own stop; a guest stopped by us for the whole copy was down since.
+    // QEMU's figure runs from its stop to its completion, which waited for our answer (the tail, the
+    // memory check); the target ran a little after. A guest stopped by us for the whole copy was
+    // down since our stop.
     const sourceDowntimeMs =
-      stoppedAt === undefined ? (info.downtime ?? 0) : Math.round(streamEnded - stoppedAt);
+      stoppedAt === undefined ? (info.downtime ?? 0) : Math.round(completedAt - stoppedAt);
+    const downtimeMs = sourceDowntimeMs + Math.round(resumed - completedAt);
     // The VM runs at its target: the source's QEMU has nothing left to do.
     await source.execute('quit').catch(() => undefined);
     return {
@@ -356,7 +410,7 @@ export async function migrateLiveVm(options: {
       ...(memoryCheck ? { memoryCheck } : {}),
       ...counts,
       ...observed,
-      downtimeMs: sourceDowntimeMs + switchoverMs,
+      downtimeMs,
       sourceDowntimeMs,
       switchoverMs,
       switchoverSteps,
@@ -444,6 +498,14 @@ async function repairMemory(options: {
       );
   }
 }
+
+/**
+ * The return path's answer that completes a source's migration (migration.c: MIG_RP_MSG_SHUT, be16
+ * type 1, be16 length 4, be32 error 0).
+ */
+const RETURN_PATH_SHUT_OK = Uint8Array.of(0, 1, 0, 4, 0, 0, 0, 0);
+/** How often the source's completion is polled once answered (it is a matter of milliseconds). */
+const COMPLETION_POLL_MS = 5;
 
 /** MiB chunks a repair message carries at most (well under the control channel's 16 MiB frames). */
 const REPAIR_MESSAGE_CHUNKS = 8;

@@ -130,7 +130,7 @@ export interface LiveScanOptions {
 }
 
 /** Waits until the source's migration is no longer active (after a cancel or a completion). */
-export async function waitMigrationSettled(qmp: QmpClient, timeoutMs = 30_000): Promise<string> {
+export async function waitMigrationSettled(qmp: QmpClient, timeoutMs = 30_000, pollMs = 50): Promise<string> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const info = (await qmp.execute('query-migrate')) as { status?: string };
@@ -138,7 +138,7 @@ export async function waitMigrationSettled(qmp: QmpClient, timeoutMs = 30_000): 
     if (!['setup', 'active', 'cancelling', 'pre-switchover', 'device', 'wait-unplug'].includes(status))
       return status;
     if (Date.now() > deadline) return status;
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, pollMs));
   }
 }
 

@@ -149,6 +149,14 @@ export class StreamParser {
     return out;
   }
 
+  /**
+   * Whether the stream is whole (its VM description arrived) before its sender closes it: a source
+   * with a return path keeps the stream open until it is answered.
+   */
+  get complete(): boolean {
+    return this.failure === undefined && (this.tail?.complete ?? false);
+  }
+
   /** Checks that the stream ended where a stream may end: after the VM description. */
   end(): StreamEnd {
     if (this.failure) throw this.failure;

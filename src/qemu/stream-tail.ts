@@ -66,6 +66,11 @@ export class TailScanner {
    * Follows `bytes` (the next tail bytes). Returns 'trailing' when they go on past the description,
    * with the offset of the first byte after it.
    */
+  /** Whether the VM description was found: the stream is whole, and any byte more is refused. */
+  get complete(): boolean {
+    return this.found !== undefined;
+  }
+
   scan(bytes: Uint8Array): TailScan {
     if (bytes.length === 0) return { kind: 'open' };
     if (this.found) return this.trailing(this.found);

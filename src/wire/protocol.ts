@@ -74,6 +74,8 @@ export type FromAgent =
       readonly freeBytes: number;
       /** `qemu-system-x86_64 --version`'s version, or '' when there is none. */
       readonly qemuVersion: string;
+      /** Running VMs whose destinations this agent started and which run here now. */
+      readonly running: readonly string[];
     }
   | {
       readonly t: 'seeded';
@@ -160,6 +162,7 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
     verified: isVerifiedList,
     freeBytes: isUint,
     qemuVersion: isString,
+    running: (v) => Array.isArray(v) && v.length <= 65_536 && v.every((name) => isString(name)),
   },
   seeded: {
     session: isUint,

@@ -108,7 +108,7 @@ async function moveOneGuest(
   t: TestContext,
   port: number,
   scan: 'process-memory' | 'memory-file',
-): Promise<{ target: string; live: Record<string, number | string> }> {
+): Promise<{ vm: { target: string; live: Record<string, number | string> }; dir: string; topology: string }> {
   const { dir, cleanup } = tempDir('vms-live-');
   const started: { source?: Source } = {};
   t.after(async () => {
@@ -143,15 +143,30 @@ async function moveOneGuest(
     assert.ok(Date.now() < deadline, `the guest ticks on at the target (it was at ${ticksBefore})`);
     await new Promise((r) => setTimeout(r, 200));
   }
-  return vm;
+  return { vm, dir, topology: source.topology };
 }
 
 test(
   'live scatter: a running guest moves to its target, verified, and keeps running there',
   { timeout: 300_000 },
   async (t) => {
-    const vm = await moveOneGuest(t, basePort, 'process-memory');
+    const { vm, dir, topology } = await moveOneGuest(t, basePort, 'process-memory');
     assert.equal(vm.target, 't1');
+    // Run again with --resume: the VM runs at t1 (its source is gone), so it stays there, untouched.
+    const again = await runCli([
+      cli,
+      'scatter',
+      '--topology',
+      topology,
+      '--work-dir',
+      dir,
+      '--json',
+      '--resume',
+    ]);
+    assert.equal(again.code, 0, `--resume after the move: ${again.stderr}`);
+    const repeat = JSON.parse(again.stdout).vms[0];
+    assert.equal(repeat.alreadyVerified, true);
+    assert.equal(repeat.target, 't1');
     assert.ok(
       Number(vm.live.sentBytes) < 0.5 * Number(vm.live.streamBytes),
       `${vm.live.sentBytes} of ${vm.live.streamBytes} stream bytes sent`,
@@ -230,5 +245,33 @@ test(
     assert.equal(status.status, 'running', 'the guest runs at its source');
     const before = lastTick(source.guest.serial());
     while (lastTick(source.guest.serial()) <= before) await new Promise((r) => setTimeout(r, 200));
+  },
+);
+
+test(
+  'live scatter: a source left stopped by an interrupted switch-over is resumed where it is, then moved',
+  { timeout: 300_000 },
+  async (t) => {
+    const { dir, cleanup } = tempDir('vms-live-');
+    const started: { source?: Source } = {};
+    t.after(async () => {
+      await started.source?.guest.stop().catch(() => undefined);
+      await quitQemuAt(join(dir, 'agents', 't1', 'run', 'g1.qmp'));
+      cleanup();
+    });
+    const source = (started.source = await bootSource(dir, basePort + 6));
+    // What a coordinator that died past the source's completion leaves: the source in 'postmigrate'
+    // and no target running the VM (its agent quit the paused destination).
+    await source.guest.qmp.execute('migrate', { uri: 'exec:cat > /dev/null' });
+    while (((await source.guest.qmp.execute('query-status')) as { status: string }).status !== 'postmigrate')
+      await new Promise((r) => setTimeout(r, 100));
+    const result = await runScatter(dir, source.topology);
+    assert.equal(result.code, 0, `scatter failed: ${result.stderr}`);
+    assert.match(
+      result.stderr,
+      /g1: its source was stopped after an interrupted switch-over .*resumed at its source/,
+    );
+    const vm = JSON.parse(result.stdout).vms[0];
+    assert.equal(vm.verified, true, vm.error);
   },
 );

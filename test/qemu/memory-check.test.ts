@@ -131,6 +131,8 @@ function tamperingSource(
           } else writer.write(record);
         }
       });
+      // The coordinator's answer on the return path goes back to QEMU as it is.
+      toCoordinator.on('data', (chunk: Buffer) => fromQemu.write(chunk));
       fromQemu.once('end', () => toCoordinator.end());
       toCoordinator.once('close', () => fromQemu.destroy());
     });

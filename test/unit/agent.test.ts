@@ -65,6 +65,8 @@ test(
     const messages: Record<string, unknown>[] = [];
     channel.onMessage((m) => messages.push(m as Record<string, unknown>));
     channel.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j2', host: 't1' });
+    // As a coordinator does: the job's first message after 'ready'.
+    while (messages.length < 1) await new Promise((r) => setTimeout(r, 10));
     channel.send({
       t: 'vm',
       vm: '../../etc/passwd',
