@@ -73,43 +73,44 @@ export class AgentJob {
     this.channel.send(message);
   }
 
+  /** What each kind of message does (the live kinds all go to the VM's live target). */
+  private readonly handlers: {
+    readonly [K in ToAgent['t']]: (message: Extract<ToAgent, { t: K }>) => Promise<void> | void;
+  } = {
+    job: (m) => this.start(m.version, m.job),
+    seed: (m) => this.seed(m),
+    vm: (m) => this.receiveVm(m),
+    pages: (m) => {
+      this.storeRecords(m.records);
+    },
+    rebuild: (m) => this.rebuild(m.vm),
+    'fetch-from': (m) => this.fetchFrom(m),
+    fetch: () => {
+      throw new VmscatterError('VMS_PROTOCOL', "'fetch' is for peer connections, not a job's");
+    },
+    'live-incoming': (m) => this.live(m),
+    'live-stream': (m) => this.live(m),
+    'live-end': (m) => this.live(m),
+    'live-repair': (m) => this.live(m),
+    'live-resume': (m) => this.live(m),
+    'live-abort': (m) => this.live(m),
+    end: () => this.end(),
+  };
+
   async handle(message: ToAgent): Promise<void> {
-    switch (message.t) {
-      case 'job':
-        return this.start(message.version, message.job);
-      case 'seed':
-        return this.seed(message);
-      case 'vm':
-        return this.receiveVm(message);
-      case 'pages':
-        this.storeRecords(message.records);
-        return;
-      case 'rebuild':
-        return this.rebuild(message.vm);
-      case 'fetch-from':
-        return this.fetchFrom(message);
-      case 'fetch':
-        throw new VmscatterError('VMS_PROTOCOL', "'fetch' is for peer connections, not a job's");
-      case 'live-incoming':
-      case 'live-stream':
-      case 'live-end':
-      case 'live-repair':
-      case 'live-resume':
-      case 'live-abort':
-        return this.live(message);
-      case 'end': {
-        this.finished = true;
-        // Only between jobs: what was announced as held must stay until the job is over.
-        const dropped = this.agent.store.compact();
-        this.agent.store.flush();
-        this.agent.log(
-          `job ${this.id}: done; template store holds ${this.agent.store.size} pages` +
-            (dropped > 0 ? ` (${dropped} least shared dropped)` : ''),
-        );
-        this.channel.close();
-        return;
-      }
-    }
+    await (this.handlers[message.t] as (message: ToAgent) => Promise<void> | void)(message);
+  }
+
+  /** The job is over: the template store is compacted (only now: what was announced must stay). */
+  private end(): void {
+    this.finished = true;
+    const dropped = this.agent.store.compact();
+    this.agent.store.flush();
+    this.agent.log(
+      `job ${this.id}: done; template store holds ${this.agent.store.size} pages` +
+        (dropped > 0 ? ` (${dropped} least shared dropped)` : ''),
+    );
+    this.channel.close();
   }
 
   /** The coordinator went away, or the agent stops: nothing unverified survives, and we say so. */
