@@ -384,7 +384,7 @@ export class AgentJob {
     return { stored, rejected };
   }
 
-  private receiveVm(message: Extract<ToAgent, { t: 'vm' }>): void {
+  private async receiveVm(message: Extract<ToAgent, { t: 'vm' }>): Promise<void> {
     if (!VM_NAME.test(message.vm)) throw new VmscatterError('VMS_PROTOCOL', `bad VM name '${message.vm}'`);
     if (message.digests.length % DIGEST_BYTES !== 0)
       throw new VmscatterError('VMS_PROTOCOL', `VM ${message.vm}: digest list is not whole digests`);
@@ -405,7 +405,7 @@ export class AgentJob {
     this.reply({ t: 'missing', vm: message.vm, indices });
   }
 
-  private rebuild(vm: string): void {
+  private async rebuild(vm: string): Promise<void> {
     const pending = this.pending.get(vm);
     if (!pending) throw new VmscatterError('VMS_PROTOCOL', `rebuild of VM ${vm}, which was never sent`);
     this.pending.delete(vm);
@@ -418,7 +418,7 @@ export class AgentJob {
     const path = join(imagesDir(this.options.dir), `${vm}.raw`);
     rmSync(`${path}.sha256`, { force: true });
     try {
-      const result = rebuildImage({
+      const result = await rebuildImage({
         path,
         entries: pending.entries,
         pageFor: (i) =>

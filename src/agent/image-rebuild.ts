@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, ftruncateSync, openSync, renameSync, rmSync } from 'node:fs';
+import { closeSync, fsync, ftruncateSync, openSync, renameSync, rmSync } from 'node:fs';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { VmscatterError } from '../errors.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { DiskFullError } from '../store/content-store.js';
@@ -39,8 +41,15 @@ export class RebuildError extends VmscatterError {
 
 const zeroPage = new Uint8Array(PAGE_SIZE);
 const RUN_PAGES = 256;
+/**
+ * The event loop runs between runs of this many pages (4 MiB): a rebuild of gigabytes on a busy CPU
+ * takes seconds, and the agent's control channel must keep its heartbeats going meanwhile, or the
+ * coordinator takes the agent for lost.
+ */
+const YIELD_PAGES = 1024;
+const fsyncAsync = promisify(fsync);
 
-export function rebuildImage(request: RebuildRequest): RebuildResult {
+export async function rebuildImage(request: RebuildRequest): Promise<RebuildResult> {
   const partial = `${request.path}.partial`;
   const write = request.write ?? writeFully;
   const fd = openSync(partial, 'w', PRIVATE_FILE_MODE);
@@ -58,12 +67,14 @@ export function rebuildImage(request: RebuildRequest): RebuildResult {
       if (runPages > 0) write(fd, run.subarray(0, runPages * PAGE_SIZE), runStart * PAGE_SIZE);
       runPages = 0;
     };
-    request.entries.forEach((entry, page) => {
+    for (let page = 0; page < request.entries.length; page++) {
+      if (page % YIELD_PAGES === YIELD_PAGES - 1) await yieldToEventLoop();
+      const entry = request.entries[page]!;
       if (entry === ZERO_ENTRY) {
         zeroPages++;
         hash.update(zeroPage);
         flush();
-        return;
+        continue;
       }
       const bytes = request.pageFor(entry);
       if (!bytes)
@@ -72,9 +83,10 @@ export function rebuildImage(request: RebuildRequest): RebuildResult {
       if (runPages === RUN_PAGES) flush();
       if (runPages === 0) runStart = page;
       run.set(bytes, runPages++ * PAGE_SIZE);
-    });
+    }
     flush();
-    fsyncSync(fd);
+    // In the thread pool: flushing a large image to disk takes a while.
+    await fsyncAsync(fd);
     const sha256 = hash.digest('hex');
     if (sha256 !== request.expectedSha256) {
       throw new RebuildError(

@@ -167,7 +167,7 @@ test('images: scan, plan, multicast seed with loss, store, manifest, rebuild: by
     const manifest = encodeManifest(entries);
     const target = assignment[v]!;
     const out = join(dir, `rebuilt-vm${v}.raw`);
-    rebuildImage({
+    await rebuildImage({
       path: out,
       entries: decodeManifest(manifest, vm.pages.length, scan.table.size),
       pageFor: (i) => stores[target]!.get(scan.table.digestOf(i + 1)),

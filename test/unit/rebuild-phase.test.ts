@@ -15,14 +15,18 @@ import type { Host } from '../../src/topology/model.js';
 import { tempDir } from '../support/fixtures.js';
 
 /** An agent in memory: each message the coordinator sends is answered by `answer`, a turn later. */
-function fakeLink(target: number, name: string, answer: (message: ToAgent) => FromAgent | undefined) {
+function fakeLink(
+  target: number,
+  name: string,
+  answer: (message: ToAgent) => FromAgent | undefined | Promise<FromAgent | undefined>,
+) {
   let deliver: (message: unknown) => void = () => undefined;
   const channel = {
     onMessage: (handler: (message: unknown) => void) => (deliver = handler),
     onClose: () => undefined,
     send: (message: unknown) => {
-      setImmediate(() => {
-        const reply = answer(message as ToAgent);
+      setImmediate(async () => {
+        const reply = await answer(message as ToAgent);
         if (reply) deliver(reply);
       });
       return true;
@@ -49,10 +53,10 @@ test('a VM whose target runs out of disk fails naming the target and what was be
       m.t === 'vm' ? { t: 'rebuilt', vm: m.vm, ok: true, sha256: sha256[0]!, error: '' } : undefined,
     ),
     // t2's disk fills as it writes the image: the agent answers with rebuildImage's own error.
-    fakeLink(1, 't2', (m) => {
+    fakeLink(1, 't2', async (m) => {
       if (m.t !== 'vm') return undefined;
       try {
-        rebuildImage({
+        await rebuildImage({
           path: join(dir, `${m.vm}.raw`),
           entries: Int32Array.from([0]),
           pageFor: () => page,
