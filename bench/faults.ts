@@ -27,9 +27,11 @@
  * - an agent killed (SIGKILL) mid-multicast (its store has received 4 MiB of pages), mid-rebuild (a
  *   partial image of 4 MiB is being written; image jobs) or mid-migration (the source QEMU's
  *   migration to it is active with 8 MiB sent; live jobs).
- * - the coordinator killed (SIGKILL) mid-multicast (image), mid-migration, at the switch-over (the
- *   source QEMU has finished its migration and is stopped, the destination not yet running; live), or
- *   once a guest resumed at its target, before the coordinator quit its source (live); the recovery
+ * - the coordinator killed (SIGKILL) mid-multicast (image), mid-migration, in the memory check (the
+ *   source QEMU stopped with its stream whole, waiting for the coordinator's answer on its return
+ *   path; live), at the switch-over (the source QEMU has completed its migration and is stopped, the
+ *   destination not yet running: the milliseconds before it is told to run; live), or once a guest
+ *   resumed at its target, before the coordinator quit its source (live); the recovery
  *   (`--resume`) runs after every coordinator kill, as an operator without its report would run it.
  * - a disk filling: t1's state directory is a tmpfs; once pages arrive in its store, the bench fills
  *   what is left.
@@ -140,7 +142,7 @@ type Fault =
   | { readonly type: 'kill-agent'; readonly at: 'multicast' | 'rebuild' | 'migration' }
   | {
       readonly type: 'kill-coordinator';
-      readonly at: 'multicast' | 'migration' | 'switch-over' | 'resumed';
+      readonly at: 'multicast' | 'migration' | 'check' | 'switch-over' | 'resumed';
     }
   | { readonly type: 'disk-full' };
 
@@ -183,6 +185,10 @@ function caseList(): CaseDef[] {
       add('kill-coordinator-migration', 'coordinator killed mid-migration', {
         type: 'kill-coordinator',
         at: 'migration',
+      });
+      add('kill-coordinator-check', 'coordinator killed in the memory check', {
+        type: 'kill-coordinator',
+        at: 'check',
       });
       add('kill-coordinator-switch-over', 'coordinator killed at switch-over', {
         type: 'kill-coordinator',
@@ -735,16 +741,19 @@ function onFileSize(
 }
 
 /** A trigger on the source QEMU's migration (asked over the bench's own QMP socket). */
-function onMigration(guest: Guest, stage: 'active' | 'switch-over', act: () => void): Trigger {
+function onMigration(guest: Guest, stage: 'active' | 'check' | 'switch-over', act: () => void): Trigger {
   return {
     waitsFor:
       stage === 'active'
         ? `${guest.pid}: migration active with ${MIGRATION_KILL_BYTES / MiB} MiB sent`
-        : 'migration completed, source stopped',
+        : stage === 'check'
+          ? 'stream whole, source stopped and waiting for its answer'
+          : 'migration completed, source stopped',
     poll: async () => {
-      if (stage === 'switch-over') {
+      if (stage === 'check' || stage === 'switch-over') {
         const { status } = (await guest.qmp.execute('query-status')) as { status?: string };
-        return status === 'postmigrate' ? `source QEMU '${status}' (stopped, stream complete)` : undefined;
+        const wanted = stage === 'check' ? 'finish-migrate' : 'postmigrate';
+        return status === wanted ? `source QEMU '${status}' (stopped, stream complete)` : undefined;
       }
       const info = (await guest.qmp.execute('query-migrate')) as {
         status?: string;
@@ -943,6 +952,8 @@ function methodOf(fault: Fault): string {
       const when = {
         multicast: `once a target's store holds ${STORE_KILL_BYTES / MiB} MiB of pages`,
         migration: `once g1's source QEMU is migrating with ${MIGRATION_KILL_BYTES / MiB} MiB sent`,
+        check:
+          "once g1's source QEMU stopped with its stream whole and waits for the coordinator's answer (the memory check)",
         'switch-over':
           "once g1's source QEMU has completed its migration (stopped; its destination not yet running)",
         resumed: `once ${VICTIM}'s agent logs that g1 runs there (before the coordinator quits g1's source)`,
@@ -1074,7 +1085,11 @@ async function runCase(ctx: Context, def: CaseDef): Promise<CaseResult> {
                   },
                 };
               }
-              return onMigration(victimGuest!, fault.at === 'migration' ? 'active' : 'switch-over', kill);
+              return onMigration(
+                victimGuest!,
+                fault.at === 'migration' ? 'active' : fault.at === 'check' ? 'check' : 'switch-over',
+                kill,
+              );
             }
           : fault.type === 'disk-full'
             ? () =>
