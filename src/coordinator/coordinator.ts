@@ -2,16 +2,17 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
-import type { Topology } from '../topology/model.js';
+import type { Host, Topology } from '../topology/model.js';
 import type { OpenDatagramSocket } from '../transport/datagram.js';
 import { AgentLink } from '../wire/agent-link.js';
+import type { FromAgent } from '../wire/protocol.js';
 import { connectAgents, fetchFromPeers, trustedAnnouncement } from './job-agents.js';
-import { plannedReport, targetReports, type ScatterReport, type VmReport } from './job-report.js';
+import { jobReport, plannedReport, type ScatterReport } from './job-report.js';
 import { scanJob } from './job-scan.js';
 import { planJobWork } from '../plan/job-work.js';
 import { startDirtyRates } from '../live/dirty-rate.js';
 import { ensurePrivateDir } from '../store/file-io.js';
-import { heldForLive, liveSummary, migrateLiveVms } from './live-phase.js';
+import { heldForLive, migrateLiveVms } from './live-phase.js';
 import type { CompressionMode } from '../memory/page-codec.js';
 import { preflightProblems, preflightTargets, PreflightError } from './preflight.js';
 import type { ScatterProgress } from './progress.js';
@@ -88,22 +89,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
   try {
     const readies = await Promise.all(links.map((link) => link.next('ready', () => true, 30_000)));
     const held = readies.map((r, i) => trustedAnnouncement(r.held, links[i]!.host.name, options.onWarning));
-    // Running VMs that an earlier job moved: their destinations run at a target now.
-    const runningAt = new Map<string, string>();
-    readies.forEach((ready, i) => {
-      for (const vm of ready.running) runningAt.set(vm, liveTargets[i]!.name);
-    });
-    const movedEarlier = new Set<number>();
-    topology.vms.forEach((vm, v) => {
-      const at = vm.source.kind === 'qemu' ? runningAt.get(vm.name) : undefined;
-      if (at === undefined) return;
-      if (!options.resume)
-        throw new VmscatterError(
-          'VMS_LIVE',
-          `VM ${vm.name} runs at ${at} already (moved by an earlier job): --resume leaves it there and moves the rest`,
-        );
-      movedEarlier.add(v);
-    });
+    const { runningAt, movedEarlier } = earlierMoves(topology, readies, liveTargets, options.resume);
     const everyTargetAnswered = liveTargets.length === allTargets.length;
 
     t = performance.now();
@@ -124,20 +110,9 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
 
     t = performance.now();
     progress({ phase: 'plan', done: 0, total: 1, unit: 'vms' });
-    // With --resume, a VM verified at a live target stays there: nothing of it moves again.
-    const verifiedAt = new Map<string, string>();
-    readies.forEach((ready, i) => {
-      for (const v of ready.verified) verifiedAt.set(`${v.vm}\n${v.sha256}`, liveTargets[i]!.name);
-    });
-    const doneAt = topology.vms.map((vm, v) =>
-      !options.resume
-        ? undefined
-        : vm.source.kind === 'image'
-          ? verifiedAt.get(`${vm.name}\n${sha256[v]}`)
-          : movedEarlier.has(v)
-            ? runningAt.get(vm.name)
-            : undefined,
-    );
+    const doneAt = options.resume
+      ? targetsHoldingAlready(topology, readies, liveTargets, sha256, movedEarlier, runningAt)
+      : topology.vms.map(() => undefined);
     const jobTopology: Topology = {
       ...topology,
       hosts: topology.hosts.filter((h) => h.role === 'source' || connected.links.has(h.name)),
@@ -270,67 +245,24 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         vmCount: topology.vms.length,
       });
       const lost = await endJob();
-      const reason = interruption(options.signal);
-      const vms: VmReport[] = topology.vms.map((vm, v) => {
-        const failure = outcome.errors.get(v) ?? (done[v] ? undefined : (lost[assignment[v]!] ?? reason));
-        const verified = done[v] || outcome.verified.has(v);
-        return {
-          name: vm.name,
-          target: liveTargets[assignment[v]!]!.name,
-          pages: scan.vms[v]!.pages.length,
-          zeroPages: index.vmStats[v]!.zero,
-          sha256: sha256[v]!,
-          wireBytes: Math.round(
-            wire.vmBytes[v]! + (outcome.unicastBytesByVm.get(v) ?? 0) + (migrated.get(v)?.sentBytes ?? 0),
-          ),
-          ...(migrated.has(v) ? { live: liveSummary(migrated.get(v)!) } : {}),
-          verified,
-          alreadyVerified: done[v]!,
-          ...(verified ? {} : { error: failure ?? 'not verified' }),
-        };
-      });
-      const targets = targetReports({
-        hosts: liveTargets,
-        vms,
-        rounds: work.rounds,
-        roundWireBytes: seeded.roundWireBytes,
-        roundCompleted: seeded.roundCompleted,
-        heldPages: work.heldPages,
-        plannedMulticastPages: work.neededPages,
-        unicastPages: outcome.unicastPages,
-        unicastBytes: outcome.unicastBytesByTarget,
-        peerPages: fetched,
-        droppedDatagrams: seeded.droppedByTarget,
-        lost,
-        unreachable: connected.failures.map((why, i) => ({ name: connected.failedHosts[i]!, why })),
-      });
-      const totalPages = scan.vms.reduce((n, vm) => n + vm.pages.length, 0);
-      const zero = vms.reduce((n, vm) => n + vm.zeroPages, 0);
-      return {
-        ok: vms.every((vm) => vm.verified),
+      return jobReport({
         job,
-        vms,
-        targets,
-        source: {
-          multicastPayloadBytes: seeded.multicastPayloadBytes,
-          multicastWireBytes: seeded.multicastWireBytes,
-          unicastBytes: outcome.unicastBytes,
-          rounds: seeded.rounds,
-          uniquePagesSent: seeded.uniquePagesSent,
-          packets: seeded.packets,
-        },
-        compression: seeded.compression,
-        pages: {
-          total: totalPages,
-          zero,
-          held: targets.reduce((n, x) => n + x.heldPages, 0),
-          multicast: seeded.uniquePagesSent,
-          ...seeded.encodings,
-          unicast: outcome.unicastPages.reduce((a, b) => a + b, 0),
-          peer: fetched.reduce((a, b) => a + b, 0),
-        },
+        topology,
+        targets: liveTargets,
+        scan,
+        detail: plan.detail,
+        done,
+        work,
+        seeded,
+        rebuilt: outcome,
+        migrated,
+        wireBytesOfVm: wire.vmBytes,
+        peerPages: fetched,
+        lost,
+        interrupted: interruption(options.signal),
+        unreachable: connected.failures.map((why, i) => ({ name: connected.failedHosts[i]!, why })),
         seconds,
-      };
+      });
     } finally {
       await scan.close();
     }
@@ -344,4 +276,57 @@ function interruption(signal: AbortSignal | undefined): string | undefined {
   if (!signal?.aborted) return undefined;
   const reason: unknown = signal.reason;
   return reason instanceof Error ? reason.message : typeof reason === 'string' ? reason : 'interrupted';
+}
+
+/**
+ * Running VMs an earlier job moved: their destinations run at a target now (its agent says so in its
+ * `ready`). Only `--resume` goes on with them (and leaves them there); a plain job stops, naming one.
+ */
+export function earlierMoves(
+  topology: Topology,
+  readies: readonly Extract<FromAgent, { t: 'ready' }>[],
+  targets: readonly Host[],
+  resume: boolean,
+): { runningAt: Map<string, string>; movedEarlier: Set<number> } {
+  const runningAt = new Map<string, string>();
+  readies.forEach((ready, i) => {
+    for (const vm of ready.running) runningAt.set(vm, targets[i]!.name);
+  });
+  const movedEarlier = new Set<number>();
+  topology.vms.forEach((vm, v) => {
+    const at = vm.source.kind === 'qemu' ? runningAt.get(vm.name) : undefined;
+    if (at === undefined) return;
+    if (!resume)
+      throw new VmscatterError(
+        'VMS_LIVE',
+        `VM ${vm.name} runs at ${at} already (moved by an earlier job): --resume leaves it there and moves the rest`,
+      );
+    movedEarlier.add(v);
+  });
+  return { runningAt, movedEarlier };
+}
+
+/**
+ * With --resume, where each VM is done already: an image verified at a target with the source's
+ * SHA-256, or a running VM that runs at a target. Nothing of it moves again.
+ */
+export function targetsHoldingAlready(
+  topology: Topology,
+  readies: readonly Extract<FromAgent, { t: 'ready' }>[],
+  targets: readonly Host[],
+  sha256: readonly string[],
+  movedEarlier: ReadonlySet<number>,
+  runningAt: ReadonlyMap<string, string>,
+): (string | undefined)[] {
+  const verifiedAt = new Map<string, string>();
+  readies.forEach((ready, i) => {
+    for (const v of ready.verified) verifiedAt.set(`${v.vm}\n${v.sha256}`, targets[i]!.name);
+  });
+  return topology.vms.map((vm, v) =>
+    vm.source.kind === 'image'
+      ? verifiedAt.get(`${vm.name}\n${sha256[v]}`)
+      : movedEarlier.has(v)
+        ? runningAt.get(vm.name)
+        : undefined,
+  );
 }

@@ -2,8 +2,9 @@ import type { PageIndex } from '../plan/page-index.js';
 import type { Host, Topology } from '../topology/model.js';
 import type { JobScan } from './job-scan.js';
 import type { SendRound } from '../plan/job-work.js';
-import type { liveSummary } from './live-phase.js';
-import type { CompressionDecision } from '../seed/seeding.js';
+import { liveSummary, type LiveVmResult } from './live-phase.js';
+import type { RebuildOutcome } from './rebuild-phase.js';
+import type { CompressionDecision, SeedResult } from '../seed/seeding.js';
 
 /**
  * The final report of a scatter job (what `--json` prints): per VM, per target, the source's link,
@@ -213,5 +214,100 @@ export function plannedReport(
       peer: 0,
     },
     seconds,
+  };
+}
+
+/** What a job did, phase by phase: what its report is made of. */
+export interface JobOutcome {
+  readonly job: string;
+  readonly topology: Topology;
+  /** The targets whose agents took part, in the job's target order. */
+  readonly targets: readonly Host[];
+  readonly scan: JobScan;
+  readonly detail: { readonly assignment: Int32Array; readonly index: PageIndex };
+  /** VMs verified at their target before the job (--resume). */
+  readonly done: readonly boolean[];
+  readonly work: {
+    readonly rounds: readonly SendRound[];
+    readonly heldPages: ArrayLike<number>;
+    readonly neededPages: ArrayLike<number>;
+  };
+  readonly seeded: SeedResult;
+  readonly rebuilt: RebuildOutcome;
+  readonly migrated: ReadonlyMap<number, LiveVmResult>;
+  /** Multicast bytes on the source's link attributed to each VM. */
+  readonly wireBytesOfVm: ArrayLike<number>;
+  /** Pages each target fetched from a site peer. */
+  readonly peerPages: readonly number[];
+  /** Why each target was lost, if it was. */
+  readonly lost: readonly (string | undefined)[];
+  /** Why the job stopped early (Ctrl-C), if it did. */
+  readonly interrupted: string | undefined;
+  readonly unreachable: readonly { readonly name: string; readonly why: string }[];
+  readonly seconds: ScatterReport['seconds'];
+}
+
+/** The job's report: per VM, per target, and the source's link. */
+export function jobReport(o: JobOutcome): ScatterReport {
+  const { topology, scan, rebuilt, migrated, seeded } = o;
+  const { assignment, index } = o.detail;
+  const vms: VmReport[] = topology.vms.map((vm, v) => {
+    const failure =
+      rebuilt.errors.get(v) ?? (o.done[v] ? undefined : (o.lost[assignment[v]!] ?? o.interrupted));
+    const verified = o.done[v]! || rebuilt.verified.has(v);
+    return {
+      name: vm.name,
+      target: o.targets[assignment[v]!]!.name,
+      pages: scan.vms[v]!.pages.length,
+      zeroPages: index.vmStats[v]!.zero,
+      sha256: scan.sha256[v]!,
+      wireBytes: Math.round(
+        o.wireBytesOfVm[v]! + (rebuilt.unicastBytesByVm.get(v) ?? 0) + (migrated.get(v)?.sentBytes ?? 0),
+      ),
+      ...(migrated.has(v) ? { live: liveSummary(migrated.get(v)!) } : {}),
+      verified,
+      alreadyVerified: o.done[v]!,
+      ...(verified ? {} : { error: failure ?? 'not verified' }),
+    };
+  });
+  const targets = targetReports({
+    hosts: o.targets,
+    vms,
+    rounds: o.work.rounds,
+    roundWireBytes: seeded.roundWireBytes,
+    roundCompleted: seeded.roundCompleted,
+    heldPages: o.work.heldPages,
+    plannedMulticastPages: o.work.neededPages,
+    unicastPages: rebuilt.unicastPages,
+    unicastBytes: rebuilt.unicastBytesByTarget,
+    peerPages: o.peerPages,
+    droppedDatagrams: seeded.droppedByTarget,
+    lost: o.lost,
+    unreachable: o.unreachable,
+  });
+  return {
+    ok: vms.every((vm) => vm.verified),
+    job: o.job,
+    vms,
+    targets,
+    source: {
+      multicastPayloadBytes: seeded.multicastPayloadBytes,
+      multicastWireBytes: seeded.multicastWireBytes,
+      unicastBytes: rebuilt.unicastBytes,
+      rounds: seeded.rounds,
+      uniquePagesSent: seeded.uniquePagesSent,
+      packets: seeded.packets,
+    },
+    compression: seeded.compression,
+    pages: {
+      total: scan.vms.reduce((n, vm) => n + vm.pages.length, 0),
+      zero: vms.reduce((n, vm) => n + vm.zeroPages, 0),
+      held: targets.reduce((n, x) => n + x.heldPages, 0),
+      multicast: seeded.uniquePagesSent,
+      ...seeded.encodings,
+      unicast: rebuilt.unicastPages.reduce((a, b) => a + b, 0),
+      peer: o.peerPages.reduce((a, b) => a + b, 0),
+    },
+    seconds: o.seconds,
   };
 }
