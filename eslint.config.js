@@ -12,7 +12,8 @@ const everywhere = ['errors.js', 'read-exactly.js'];
 const layers = {
   native: [],
   qemu: [...everywhere],
-  transport: [...everywhere],
+  fec: [...everywhere],
+  transport: [...everywhere, 'fec/'],
   control: [...everywhere],
   topology: [...everywhere],
   memory: [...everywhere, 'native/', 'topology/'],

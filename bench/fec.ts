@@ -16,8 +16,8 @@
  */
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { defaultKernel, scalarKernel, type RegionKernel } from '../src/transport/gf256.js';
-import { ReedSolomon } from '../src/transport/reed-solomon.js';
+import { defaultKernel, scalarKernel, type RegionKernel } from '../src/fec/gf256.js';
+import { ReedSolomon } from '../src/fec/reed-solomon.js';
 
 const K = 32;
 const SYMBOL_SIZES = [1400, 8900] as const;

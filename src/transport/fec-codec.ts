@@ -1,6 +1,6 @@
 import type { ErasureDecoder } from './multicast-receiver.js';
 import type { ParityEncoder } from './multicast-sender.js';
-import { MAX_BLOCK_SYMBOLS, ReedSolomon } from './reed-solomon.js';
+import { MAX_BLOCK_SYMBOLS, ReedSolomon } from '../fec/reed-solomon.js';
 
 /**
  * Reed-Solomon for the protocol: one code per block size k (an object's last block is short), each

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { scalarKernel, simdKernel, type RegionKernel } from '../../src/transport/gf256.js';
-import { ReedSolomon } from '../../src/transport/reed-solomon.js';
+import { scalarKernel, simdKernel, type RegionKernel } from '../../src/fec/gf256.js';
+import { ReedSolomon } from '../../src/fec/reed-solomon.js';
 
 /** Deterministic bytes (xorshift32) from a seed: cheaper to generate and shrink than raw byte arrays. */
 function bytes(length: number, seed: number): Uint8Array {

@@ -14,8 +14,8 @@ import {
   scalarKernel,
   simdKernel,
   type RegionKernel,
-} from '../../src/transport/gf256.js';
-import { MAX_BLOCK_SYMBOLS, parityCoefficient, ReedSolomon } from '../../src/transport/reed-solomon.js';
+} from '../../src/fec/gf256.js';
+import { MAX_BLOCK_SYMBOLS, parityCoefficient, ReedSolomon } from '../../src/fec/reed-solomon.js';
 
 /** Carry-less multiplication reduced by x^8 + x^4 + x^3 + x^2 + 1, bit by bit: the reference. */
 function slowMul(a: number, b: number): number {
