@@ -344,7 +344,7 @@ test('cleanup: destroy removes namespaces, links and processes, also when the te
   assert.throws(() => lab?.spawn(0, 'true'), /destroyed/);
 });
 
-const labModule = new URL('./lab.js', import.meta.url).href;
+const labModule = new URL('../../bench/harness/lab.js', import.meta.url).href;
 const childScript = `
   import { createLab, watchProcess } from ${JSON.stringify(labModule)};
   const lab = await createLab({ hosts: 2 });
