@@ -12,8 +12,8 @@ const everywhere = ['errors.js', 'read-exactly.js'];
 const layers = {
   native: [],
   qemu: [...everywhere],
-  fec: [...everywhere],
-  transport: [...everywhere, 'fec/'],
+  fec: [...everywhere, 'native/'],
+  transport: [...everywhere, 'fec/', 'native/'],
   control: [...everywhere],
   topology: [...everywhere],
   memory: [...everywhere, 'native/', 'topology/'],

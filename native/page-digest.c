@@ -214,6 +214,8 @@ static napi_value scan_pages(napi_env env, napi_callback_info info) {
 
 /* chunk-digest.c: the memory check's chunk digests. */
 napi_value chunk_digest_exports(napi_env env, napi_value exports);
+/* transport.c: the transport's packet AEAD and socket buffers. */
+napi_value transport_exports(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
@@ -222,7 +224,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"scanPages", NULL, scan_pages, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
-  return chunk_digest_exports(env, exports);
+  return transport_exports(env, chunk_digest_exports(env, exports));
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -38,6 +38,37 @@ export interface NativeAddon {
    * read with pread and digested in libuv's thread pool: 32 bytes per chunk.
    */
   digestFileChunks(fd: number, chunks: Float64Array, seed: Uint8Array): Promise<Uint8Array>;
+  /**
+   * AES-256-GCM contexts (one to seal, one to open) keyed once with a 32-byte key, for aeadSeal and
+   * aeadOpen (native/transport.c): per packet only the nonce is set.
+   */
+  aeadKey(key: Uint8Array): object;
+  /**
+   * Seals a datagram whose first 20 bytes are the header (the associated data; the nonce is bytes
+   * 8..20): encrypts datagram[20..20+plainLength) in place, then source[sourceOffset..+sourceLength)
+   * into the datagram right after it, then writes the 16-byte tag. Returns the datagram's length.
+   */
+  aeadSeal(
+    key: object,
+    datagram: Uint8Array,
+    plainLength: number,
+    source: Uint8Array | null,
+    sourceOffset: number,
+    sourceLength: number,
+  ): number;
+  /**
+   * Opens datagram[0..datagramLength) (header, ciphertext, tag): decrypts into out[outOffset..] and
+   * returns whether the tag is right (what it wrote is zeroed when not).
+   */
+  aeadOpen(
+    key: object,
+    datagram: Uint8Array,
+    datagramLength: number,
+    out: Uint8Array,
+    outOffset: number,
+  ): boolean;
+  /** SO_RCVBUFFORCE (which 0) or SO_SNDBUFFORCE (1) on a socket: 0, or the errno (EPERM unprivileged). */
+  forceSocketBuffer(fd: number, which: 0 | 1, bytes: number): number;
 }
 
 function load(): NativeAddon | undefined {

@@ -10,6 +10,11 @@ export interface DatagramSocket {
   /** This endpoint's unicast address, "host:port". */
   readonly address: string;
   send(bytes: Uint8Array, to: string): void;
+  /**
+   * True when every datagram handed to send() so far has been taken (copied) by the network below, so
+   * the caller may write into the buffers it sent. Sockets without it: never reuse a sent buffer.
+   */
+  sendsSettled?(): boolean;
   joinGroup(group: string): void;
   leaveGroup(group: string): void;
   /** Sets the one handler for arriving datagrams (bytes are only valid during the call). */

@@ -1,5 +1,8 @@
+import { lookup as dnsLookup } from 'node:dns';
 import dgram from 'node:dgram';
+import { isIPv4 } from 'node:net';
 import { VmscatterError } from '../errors.js';
+import { native } from '../native/native.js';
 import { splitAddress, type DatagramSocket } from './datagram.js';
 
 /**
@@ -7,8 +10,14 @@ import { splitAddress, type DatagramSocket } from './datagram.js';
  *
  * Buffers: a multicast receiver must absorb bursts while the event loop is busy decoding, so the
  * kernel receive buffer is asked for generously; the kernel silently caps the request at
- * net.core.rmem_max, so what was granted is read back and reported (bufferReport) for the caller to
- * warn about. Multicast loopback is on only where it must be: when the interface is loopback itself
+ * net.core.rmem_max (wmem_max for sending). Where it did and the process may go past the limits
+ * (CAP_NET_ADMIN: SO_RCVBUFFORCE / SO_SNDBUFFORCE, through the native addon), it does; what was granted
+ * is read back and reported (bufferReport) for the caller to warn about.
+ *
+ * Sending: an IPv4 address is handed to the socket without node:dns (whose lookup answers a literal a
+ * tick later, so every datagram waited for the next tick), so a datagram goes to the kernel within
+ * send(); sendsSettled() says when the kernel has taken every datagram sent, and the caller may reuse
+ * its buffers. Multicast loopback is on only where it must be: when the interface is loopback itself
  * (every host of the embedded default topology is 127.0.0.1) or a test asks for it; elsewhere a sender
  * never receives its own datagrams.
  */
@@ -23,9 +32,14 @@ export interface DgramSocketOptions {
   readonly ttl?: number;
   /** Receive our own multicast (default: only on loopback). */
   readonly loopback?: boolean;
+  /** Receive buffer asked for (default 32 MiB). */
   readonly receiveBufferBytes?: number;
+  /** Send buffer asked for (default 8 MiB). */
   readonly sendBufferBytes?: number;
 }
+
+export const DEFAULT_RECEIVE_BUFFER_BYTES = 32 * 2 ** 20;
+export const DEFAULT_SEND_BUFFER_BYTES = 8 * 2 ** 20;
 
 export interface BufferReport {
   readonly requestedReceive: number;
@@ -34,6 +48,50 @@ export interface BufferReport {
   readonly grantedSend: number;
   /** True when the kernel granted less than asked (raise net.core.rmem_max / wmem_max). */
   readonly capped: boolean;
+  /** True when the limits were passed with SO_RCVBUFFORCE / SO_SNDBUFFORCE (CAP_NET_ADMIN). */
+  readonly forced: boolean;
+}
+
+/**
+ * An IPv4 literal answers at once, in the caller's tick (node:dns answers it on the next one); names
+ * still go through node:dns.
+ */
+function literalLookup(
+  hostname: string,
+  options: unknown,
+  callback: (error: NodeJS.ErrnoException | null, address: string, family: number) => void,
+): void {
+  if (isIPv4(hostname)) return callback(null, hostname, 4);
+  dnsLookup(hostname, options as number, callback);
+}
+
+/** The socket's file descriptor (node:dgram keeps its handle under a private symbol), if it can be had. */
+function socketFd(socket: dgram.Socket): number | undefined {
+  const key = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
+  const state = key === undefined ? undefined : (socket as unknown as Record<symbol, unknown>)[key];
+  const fd = (state as { handle?: { fd?: unknown } } | undefined)?.handle?.fd;
+  return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined;
+}
+
+/**
+ * Sets a kernel buffer to `bytes` and returns what was granted (Linux reports twice the usable size,
+ * its bookkeeping overhead, so that is halved); past the system's limit with the FORCE option when the
+ * process may.
+ */
+function sizeBuffer(socket: dgram.Socket, which: 0 | 1, bytes: number): { granted: number; forced: boolean } {
+  const get = (): number => (which === 0 ? socket.getRecvBufferSize() : socket.getSendBufferSize()) / 2;
+  try {
+    if (which === 0) socket.setRecvBufferSize(bytes);
+    else socket.setSendBufferSize(bytes);
+  } catch {
+    // refused outright: keep what there is
+  }
+  let granted = get();
+  if (granted >= bytes || typeof native?.forceSocketBuffer !== 'function') return { granted, forced: false };
+  const fd = socketFd(socket);
+  if (fd === undefined || native.forceSocketBuffer(fd, which, bytes) !== 0) return { granted, forced: false };
+  granted = get();
+  return { granted, forced: true };
 }
 
 export class DgramSocket implements DatagramSocket {
@@ -61,7 +119,7 @@ export class DgramSocket implements DatagramSocket {
   }
 
   static async open(options: DgramSocketOptions = {}): Promise<DgramSocket> {
-    const socket = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    const socket = dgram.createSocket({ type: 'udp4', reuseAddr: true, lookup: literalLookup });
     const bindAddress = options.bindAddress ?? '0.0.0.0';
     await new Promise<void>((resolve, reject) => {
       const onError = (error: Error) => reject(error);
@@ -77,13 +135,12 @@ export class DgramSocket implements DatagramSocket {
         `cannot bind UDP ${bindAddress}:${options.port ?? 0}: ${error.code ?? error.message}`,
       );
     });
-    const requestedReceive = options.receiveBufferBytes ?? 16 * 2 ** 20;
-    const requestedSend = options.sendBufferBytes ?? 4 * 2 ** 20;
-    socket.setRecvBufferSize(requestedReceive);
-    socket.setSendBufferSize(requestedSend);
-    // Linux reports twice the usable size it granted (bookkeeping overhead), so halve it to compare.
-    const grantedReceive = socket.getRecvBufferSize() / 2;
-    const grantedSend = socket.getSendBufferSize() / 2;
+    const requestedReceive = options.receiveBufferBytes ?? DEFAULT_RECEIVE_BUFFER_BYTES;
+    const requestedSend = options.sendBufferBytes ?? DEFAULT_SEND_BUFFER_BYTES;
+    const receive = sizeBuffer(socket, 0, requestedReceive);
+    const send = sizeBuffer(socket, 1, requestedSend);
+    const grantedReceive = receive.granted;
+    const grantedSend = send.granted;
     const iface = options.multicastInterface;
     if (iface !== undefined) socket.setMulticastInterface(iface);
     socket.setMulticastTTL(options.ttl ?? 1);
@@ -96,6 +153,7 @@ export class DgramSocket implements DatagramSocket {
       requestedSend,
       grantedSend,
       capped: grantedReceive < requestedReceive || grantedSend < requestedSend,
+      forced: receive.forced || send.forced,
     });
   }
 
@@ -109,6 +167,11 @@ export class DgramSocket implements DatagramSocket {
     // No per-datagram callback: at tens of thousands of datagrams a second its allocation shows in
     // profiles; a failed send surfaces as an 'error' event, counted in sendErrors.
     this.socket.send(bytes, target.port, target.host);
+  }
+
+  /** True when the kernel has taken every datagram sent so far: their buffers may be reused. */
+  sendsSettled(): boolean {
+    return this.closed || this.socket.getSendQueueCount() === 0;
   }
 
   joinGroup(group: string): void {

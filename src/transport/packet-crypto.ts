@@ -9,6 +9,7 @@
 
 import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject } from 'node:crypto';
 import { VmscatterError } from '../errors.js';
+import { native } from '../native/native.js';
 import { MessageType, WIRE_VERSION } from './messages.js';
 import {
   HEADER_BYTES,
@@ -71,13 +72,112 @@ export class SequenceExhaustedError extends VmscatterError {
  */
 const INSECURE_PLAINTEXT = new Uint8Array(0);
 
-function modeKey(key: Uint8Array): KeyObject | undefined {
-  if (key === INSECURE_PLAINTEXT) return undefined;
+/**
+ * AES-256-GCM over a datagram laid out as header (20, the associated data; the nonce is its bytes
+ * 8..20) || body || tag (16). Two engines, the same bytes: the addon's (native/transport.c: OpenSSL
+ * contexts keyed once, per packet only the nonce set, nothing allocated) and Node's crypto API (a
+ * Cipheriv per packet), for builds without the addon.
+ */
+export interface Aead {
+  readonly engine: 'native' | 'node';
+  /**
+   * Encrypts datagram[20..20+plainLength) in place, then source[sourceOffset..+sourceLength) into the
+   * datagram right after it, and writes the tag after that; returns the datagram's length.
+   */
+  seal(
+    datagram: Uint8Array,
+    plainLength: number,
+    source: Uint8Array | null,
+    sourceOffset: number,
+    sourceLength: number,
+  ): number;
+  /**
+   * Opens datagram[0..length): decrypts its body into out[outOffset..] (out may be the datagram, in
+   * place) and returns whether the tag is right; when it is not, nothing of the body is left in out.
+   */
+  open(datagram: Uint8Array, length: number, out: Uint8Array, outOffset: number): boolean;
+}
+
+function checkKey(key: Uint8Array): void {
   if (key.length !== KEY_BYTES) {
     throw new RangeError(`packet key must be ${KEY_BYTES} bytes, got ${key.length}`);
   }
+}
+
+/** Whether the loaded addon has the AEAD (an addon built before it had none). */
+export const nativeAeadAvailable = typeof native?.aeadKey === 'function';
+
+/** The addon's AEAD; throws where the addon is not built. */
+export function nativeAead(key: Uint8Array): Aead {
+  checkKey(key);
+  const addon = native;
+  if (addon === undefined || !nativeAeadAvailable)
+    throw new Error('the native addon has no AEAD (npm ci builds it)');
+  const state = addon.aeadKey(key);
+  return {
+    engine: 'native',
+    seal: (datagram, plainLength, source, sourceOffset, sourceLength) =>
+      addon.aeadSeal(state, datagram, plainLength, source, sourceOffset, sourceLength),
+    open: (datagram, length, out, outOffset) => addon.aeadOpen(state, datagram, length, out, outOffset),
+  };
+}
+
+/** Node's crypto API: a Cipheriv per packet (Node takes the nonce only at creation). */
+export function nodeAead(key: Uint8Array): Aead {
+  checkKey(key);
   // A KeyObject is imported once, not per packet.
-  return createSecretKey(key);
+  const secret: KeyObject = createSecretKey(key);
+  return {
+    engine: 'node',
+    seal(datagram, plainLength, source, sourceOffset, sourceLength) {
+      const header = datagram.subarray(0, HEADER_BYTES);
+      const cipher = createCipheriv(CIPHER, secret, header.subarray(HEADER_NONCE_OFFSET), {
+        authTagLength: TAG_BYTES,
+      });
+      cipher.setAAD(header);
+      const plainEnd = HEADER_BYTES + plainLength;
+      if (plainLength > 0)
+        datagram.set(cipher.update(datagram.subarray(HEADER_BYTES, plainEnd)), HEADER_BYTES);
+      if (sourceLength > 0) {
+        datagram.set(cipher.update(source!.subarray(sourceOffset, sourceOffset + sourceLength)), plainEnd);
+      }
+      cipher.final(); // GCM is a stream mode: nothing is held back
+      const end = plainEnd + sourceLength;
+      datagram.set(cipher.getAuthTag(), end);
+      return end + TAG_BYTES;
+    },
+    open(datagram, length, out, outOffset) {
+      const bodyEnd = length - TAG_BYTES;
+      const decipher = createDecipheriv(
+        CIPHER,
+        secret,
+        datagram.subarray(HEADER_NONCE_OFFSET, HEADER_BYTES),
+        {
+          authTagLength: TAG_BYTES,
+        },
+      );
+      decipher.setAAD(datagram.subarray(0, HEADER_BYTES));
+      decipher.setAuthTag(datagram.subarray(bodyEnd, length));
+      const plain = decipher.update(datagram.subarray(HEADER_BYTES, bodyEnd));
+      try {
+        decipher.final();
+      } catch {
+        return false;
+      }
+      out.set(plain, outOffset);
+      return true;
+    },
+  };
+}
+
+/** The fastest engine here: the addon's where it is built, else Node's. */
+export function createAead(key: Uint8Array): Aead {
+  return nativeAeadAvailable ? nativeAead(key) : nodeAead(key);
+}
+
+function modeKey(key: Uint8Array): Aead | undefined {
+  if (key === INSECURE_PLAINTEXT) return undefined;
+  return createAead(key);
 }
 
 function checkId(field: string, value: number): void {
@@ -99,7 +199,7 @@ export class PacketSealer {
   readonly session: number;
   readonly sender: number;
   readonly mode: WireMode;
-  private readonly key: KeyObject | undefined;
+  private readonly key: Aead | undefined;
   /** The header with sequence 0, copied into each datagram: only type and sequence vary per packet. */
   private readonly template: Uint8Array;
   /**
@@ -140,20 +240,50 @@ export class PacketSealer {
     return (BigInt(this.high) << 32n) | BigInt(this.low);
   }
 
+  /** Which AES-GCM engine seals (undefined in plaintext mode). */
+  get engine(): Aead['engine'] | undefined {
+    return this.key?.engine;
+  }
+
+  /** A new datagram holding `body` sealed (for control messages; symbols go through sealInto). */
   seal(type: MessageType, body: Uint8Array): Uint8Array {
     if (!isMessageType(type)) throw new RangeError(`unknown message type ${type}`);
-    const tagBytes = this.key === undefined ? 0 : TAG_BYTES;
-    const length = HEADER_BYTES + body.length + tagBytes;
+    const length = HEADER_BYTES + body.length + (this.key === undefined ? 0 : TAG_BYTES);
     if (length > MAX_DATAGRAM_BYTES) {
       throw new RangeError(`datagram of ${length} bytes exceeds the UDP limit of ${MAX_DATAGRAM_BYTES}`);
     }
+    const datagram = new Uint8Array(length);
+    this.sealInto(type, datagram, 0, body, 0, body.length);
+    return datagram;
+  }
+
+  /**
+   * Seals into `out`, which the caller reuses from packet to packet: out[20..20+plainLength) holds the
+   * first part of the body already (written by the caller, encrypted in place), source[sourceOffset..
+   * +sourceLength) is the rest (encrypted straight from there, e.g. a symbol from its object). Writes the
+   * header and the tag; returns the datagram's length (out[0..length) is the datagram).
+   */
+  sealInto(
+    type: MessageType,
+    out: Uint8Array,
+    plainLength: number,
+    source: Uint8Array | null,
+    sourceOffset: number,
+    sourceLength: number,
+  ): number {
+    if (!isMessageType(type)) throw new RangeError(`unknown message type ${type}`);
+    const tagBytes = this.key === undefined ? 0 : TAG_BYTES;
+    const length = HEADER_BYTES + plainLength + sourceLength + tagBytes;
+    if (length > MAX_DATAGRAM_BYTES) {
+      throw new RangeError(`datagram of ${length} bytes exceeds the UDP limit of ${MAX_DATAGRAM_BYTES}`);
+    }
+    if (length > out.length) throw new RangeError(`datagram of ${length} bytes does not fit ${out.length}`);
     if (this.high > MAX_U32) throw new SequenceExhaustedError(this.session, this.sender);
 
-    const datagram = new Uint8Array(length);
-    datagram.set(this.template);
-    datagram[HEADER_TYPE_OFFSET] = type;
-    writeU32(datagram, HEADER_SEQUENCE_OFFSET, this.high);
-    writeU32(datagram, HEADER_SEQUENCE_OFFSET + 4, this.low);
+    out.set(this.template);
+    out[HEADER_TYPE_OFFSET] = type;
+    writeU32(out, HEADER_SEQUENCE_OFFSET, this.high);
+    writeU32(out, HEADER_SEQUENCE_OFFSET + 4, this.low);
     // Consumed before encrypting: whatever happens below, this sequence (nonce) is never used again.
     if (this.low === MAX_U32) {
       this.low = 0;
@@ -163,18 +293,12 @@ export class PacketSealer {
     }
 
     if (this.key === undefined) {
-      datagram.set(body, HEADER_BYTES);
-      return datagram;
+      if (sourceLength > 0) {
+        out.set(source!.subarray(sourceOffset, sourceOffset + sourceLength), HEADER_BYTES + plainLength);
+      }
+      return length;
     }
-    const header = datagram.subarray(0, HEADER_BYTES);
-    const cipher = createCipheriv(CIPHER, this.key, header.subarray(HEADER_NONCE_OFFSET), {
-      authTagLength: TAG_BYTES,
-    });
-    cipher.setAAD(header);
-    datagram.set(cipher.update(body), HEADER_BYTES);
-    cipher.final(); // GCM is a stream mode: nothing is held back
-    datagram.set(cipher.getAuthTag(), HEADER_BYTES + body.length);
-    return datagram;
+    return this.key.seal(out, plainLength, source, sourceOffset, sourceLength);
   }
 }
 
@@ -294,7 +418,7 @@ export class PacketOpener {
   readonly session: number;
   readonly mode: WireMode;
   readonly drops: DropCounters;
-  private readonly key: KeyObject | undefined;
+  private readonly key: Aead | undefined;
   private readonly windowSize: number;
   private readonly maxSenders: number;
   /**
@@ -326,12 +450,21 @@ export class PacketOpener {
     return this.windows.size;
   }
 
+  /** Which AES-GCM engine opens (undefined in plaintext mode). */
+  get engine(): Aead['engine'] | undefined {
+    return this.key?.engine;
+  }
+
   /**
    * Never throws. Cheap checks come first (header, session, replay window), so junk and replays cost
    * no decryption; the window and the sender table change only after authentication, so forged
    * datagrams can neither advance a window nor fill the table.
+   *
+   * The body is decrypted into `into` when given (from its start; a buffer the caller reuses from
+   * packet to packet, at least as long as the body: the body returned is then a view of it, valid until
+   * the next open into it), else into a new array. The datagram itself is never changed.
    */
-  open(datagram: Uint8Array): OpenedPacket | DroppedPacket {
+  open(datagram: Uint8Array, into?: Uint8Array): OpenedPacket | DroppedPacket {
     const header = decodeHeader(datagram);
     if (isDecodeFailure(header)) return this.dropped(header.code);
     if (header.mode !== this.mode) return this.dropped('mode');
@@ -347,18 +480,10 @@ export class PacketOpener {
     if (this.key === undefined) {
       body = datagram.subarray(HEADER_BYTES);
     } else {
-      const nonce = datagram.subarray(HEADER_NONCE_OFFSET, HEADER_BYTES);
-      const decipher = createDecipheriv(CIPHER, this.key, nonce, { authTagLength: TAG_BYTES });
-      decipher.setAAD(datagram.subarray(0, HEADER_BYTES));
-      decipher.setAuthTag(datagram.subarray(bodyEnd));
-      const plain = decipher.update(datagram.subarray(HEADER_BYTES, bodyEnd));
-      try {
-        decipher.final();
-      } catch {
-        return this.dropped('auth');
-      }
-      // A plain Uint8Array view, so callers never come to depend on Buffer.
-      body = new Uint8Array(plain.buffer, plain.byteOffset, plain.byteLength);
+      const length = bodyEnd - HEADER_BYTES;
+      const out = into !== undefined && into.length >= length ? into : new Uint8Array(length);
+      if (!this.key.open(datagram, datagram.length, out, 0)) return this.dropped('auth');
+      body = out.length === length ? out : out.subarray(0, length);
     }
 
     let window = known;

@@ -1,5 +1,5 @@
 import type { DatagramSocket, Scheduler } from './datagram.js';
-import type { Message } from './messages.js';
+import { MessageType, type Message } from './messages.js';
 import { MulticastReceiver, type ReceiverOptions, type ReceiverState } from './multicast-receiver.js';
 import {
   MulticastSender,
@@ -7,8 +7,22 @@ import {
   type SenderOptions,
   type SessionResult,
 } from './multicast-sender.js';
-import { DropCounters, PacketOpener, PacketSealer, type OpenedPacket } from './packet-crypto.js';
-import { decodeMessage, encodeMessage, isDecodeFailure } from './wire-codec.js';
+import {
+  DropCounters,
+  MAX_DATAGRAM_BYTES,
+  PacketOpener,
+  PacketSealer,
+  type OpenedPacket,
+} from './packet-crypto.js';
+import {
+  HEADER_BYTES,
+  SYMBOL_FIXED_BYTES,
+  TAG_BYTES,
+  decodeMessage,
+  encodeMessage,
+  encodeSymbolFields,
+  isDecodeFailure,
+} from './wire-codec.js';
 
 /**
  * Binds the protocol state machines to a datagram socket, packet crypto and a scheduler. Everything
@@ -38,12 +52,17 @@ function openerFor(identity: SessionIdentity, drops: DropCounters): PacketOpener
     : new PacketOpener(identity.key, identity.session, { drops });
 }
 
-/** Opens and decodes a datagram, counting what is dropped; undefined when dropped. */
+/**
+ * Opens and decodes a datagram, counting what is dropped; undefined when dropped. The body is
+ * decrypted into `scratch`, so a symbol's payload is a view of it: the state machines copy what they
+ * keep before the next datagram.
+ */
 function openMessage(
   opener: PacketOpener,
   bytes: Uint8Array,
+  scratch: Uint8Array,
 ): { opened: OpenedPacket; message: Message } | undefined {
-  const opened = opener.open(bytes);
+  const opened = opener.open(bytes, scratch);
   if ('drop' in opened) return undefined;
   const message = decodeMessage(opened.header.type, opened.body);
   if (isDecodeFailure(message)) {
@@ -51,6 +70,56 @@ function openMessage(
     return undefined;
   }
   return { opened, message };
+}
+
+/** Most buffers held for sends the kernel has not taken yet; past it, each send gets a new one. */
+const MAX_SEND_BUFFERS = 1024;
+
+/**
+ * Datagram buffers for symbols, reused once the socket says it has taken every datagram sent (so a
+ * symbol costs no allocation); new ones while the kernel still holds some.
+ */
+class SendBuffers {
+  private readonly buffers: Uint8Array[] = [];
+  private used = 0;
+
+  constructor(private readonly socket: DatagramSocket) {}
+
+  take(length: number): Uint8Array {
+    if (this.socket.sendsSettled === undefined) return new Uint8Array(length);
+    if (this.socket.sendsSettled()) this.used = 0;
+    if (this.used >= MAX_SEND_BUFFERS) return new Uint8Array(length);
+    let buffer = this.buffers[this.used];
+    if (buffer === undefined || buffer.length !== length) {
+      buffer = new Uint8Array(length);
+      this.buffers[this.used] = buffer;
+    }
+    this.used++;
+    return buffer;
+  }
+}
+
+/**
+ * Seals and sends one message. A symbol is laid out in a reused buffer and its payload encrypted straight
+ * from its object (one pass over the bytes); other messages are small and encoded on their own.
+ */
+function sendMessage(
+  socket: DatagramSocket,
+  sealer: PacketSealer,
+  buffers: SendBuffers,
+  message: Message,
+  to: string,
+): void {
+  if (message.type !== MessageType.Data && message.type !== MessageType.Parity) {
+    socket.send(sealer.seal(message.type, encodeMessage(message)), to);
+    return;
+  }
+  const payload = message.payload;
+  const tag = sealer.mode === 'sealed' ? TAG_BYTES : 0;
+  const out = buffers.take(HEADER_BYTES + SYMBOL_FIXED_BYTES + payload.length + tag);
+  encodeSymbolFields(message, out, HEADER_BYTES);
+  sealer.sealInto(message.type, out, SYMBOL_FIXED_BYTES, payload, 0, payload.length);
+  socket.send(out, to);
 }
 
 export interface SenderSessionOptions extends Omit<SenderOptions, 'parity'> {
@@ -63,6 +132,7 @@ export class SenderSession {
   private readonly machine: MulticastSender;
   private readonly sealer: PacketSealer;
   private readonly opener: PacketOpener;
+  private readonly scratch = new Uint8Array(MAX_DATAGRAM_BYTES);
   private cancelTimer: (() => void) | undefined;
   /** Runs the machine now (while running): what changed may end the session or free the wire. */
   private wake: (() => void) | undefined;
@@ -77,10 +147,10 @@ export class SenderSession {
   ) {
     this.sealer = sealerFor(identity, 0);
     this.opener = openerFor(identity, this.drops);
+    const buffers = new SendBuffers(socket);
     this.machine = new MulticastSender(objects, receivers, options, {
       now: () => scheduler.now(),
-      send: (message) =>
-        this.socket.send(this.sealer.seal(message.type, encodeMessage(message)), identity.group),
+      send: (message) => sendMessage(this.socket, this.sealer, buffers, message, identity.group),
     });
   }
 
@@ -122,7 +192,7 @@ export class SenderSession {
       if (signal?.aborted) return abort();
       signal?.addEventListener('abort', abort, { once: true });
       this.socket.onDatagram((bytes) => {
-        const got = openMessage(this.opener, bytes);
+        const got = openMessage(this.opener, bytes, this.scratch);
         if (got) this.machine.handle(got.opened.header.sender, got.message);
       });
       const tick = () => {
@@ -148,6 +218,7 @@ export class ReceiverSession {
   private readonly machine: MulticastReceiver;
   private readonly sealer: PacketSealer;
   private readonly opener: PacketOpener;
+  private readonly scratch = new Uint8Array(MAX_DATAGRAM_BYTES);
   private senderAddress: string | undefined;
   private cancelTimer: (() => void) | undefined;
 
@@ -207,7 +278,7 @@ export class ReceiverSession {
         this.cancelTimer = this.scheduler.schedule(wait, tick);
       };
       this.socket.onDatagram((bytes) => {
-        const got = openMessage(this.opener, bytes);
+        const got = openMessage(this.opener, bytes, this.scratch);
         if (!got || got.opened.header.sender !== 0) return;
         this.machine.handle(got.message, Number(got.opened.header.sequence));
         if (this.machine.state !== 'receiving') tick();

@@ -250,6 +250,17 @@ function decodeAnnounce(r: BinaryReader): AnnounceMessage | DecodeFailure {
 }
 
 function encodeSymbol(m: SymbolMessage): Uint8Array {
+  const out = new Uint8Array(SYMBOL_FIXED_BYTES + m.payload.length);
+  encodeSymbolFields(m, out, 0);
+  out.set(m.payload, SYMBOL_FIXED_BYTES);
+  return out;
+}
+
+/**
+ * Writes the SYMBOL_FIXED_BYTES fields of a Data or Parity body (everything but the payload, which
+ * follows them) at out[offset..]: the hot path seals the payload straight from its object after these.
+ */
+export function encodeSymbolFields(m: SymbolMessage, out: Uint8Array, offset: number): void {
   checkUint('objectId', m.objectId, MAX_U32);
   checkUint('objectLength', m.objectLength, MAX_OBJECT_LENGTH);
   checkUint('block', m.block, MAX_U32);
@@ -257,18 +268,28 @@ function encodeSymbol(m: SymbolMessage): Uint8Array {
   checkUint('index', m.index, MAX_SYMBOL_INDEX);
   const problem = symbolIndexProblem(m.type, m.index, m.blockSymbols);
   if (problem !== undefined) throw new RangeError(problem);
-  if (m.payload.length > MAX_SYMBOL_SIZE) {
-    throw new RangeError(`symbol payload of ${m.payload.length} bytes exceeds ${MAX_SYMBOL_SIZE}`);
+  const length = m.payload.length;
+  if (length > MAX_SYMBOL_SIZE) {
+    throw new RangeError(`symbol payload of ${length} bytes exceeds ${MAX_SYMBOL_SIZE}`);
   }
-  return new BinaryWriter(SYMBOL_FIXED_BYTES + m.payload.length)
-    .u32(m.objectId)
-    .u64(m.objectLength)
-    .u32(m.block)
-    .u8(m.index)
-    .u8(m.blockSymbols)
-    .u16(m.payload.length)
-    .raw(m.payload)
-    .finish();
+  if (offset + SYMBOL_FIXED_BYTES > out.length) throw new RangeError('symbol fields do not fit');
+  const high = Math.floor(m.objectLength / 2 ** 32);
+  const low = m.objectLength % 2 ** 32;
+  put32(out, offset, m.objectId);
+  put32(out, offset + 4, high);
+  put32(out, offset + 8, low);
+  put32(out, offset + 12, m.block);
+  out[offset + 16] = m.index;
+  out[offset + 17] = m.blockSymbols;
+  out[offset + 18] = length >>> 8;
+  out[offset + 19] = length & 0xff;
+}
+
+function put32(out: Uint8Array, offset: number, value: number): void {
+  out[offset] = value >>> 24;
+  out[offset + 1] = (value >>> 16) & 0xff;
+  out[offset + 2] = (value >>> 8) & 0xff;
+  out[offset + 3] = value & 0xff;
 }
 
 function decodeSymbol(

@@ -1,0 +1,197 @@
+/*
+ * The transport's per-packet work at native speed (src/transport/packet-crypto.ts, dgram-socket.ts).
+ *
+ * AES-256-GCM with one EVP context per key and direction, made once per session: per packet only the
+ * nonce is set (the key schedule and GHASH tables stay), the associated data and body go through in
+ * place or from a separate source straight into the datagram, and the tag is written after the body.
+ * Node's crypto API makes a Cipheriv per nonce, and a Buffer per update, tag and final. The wire format
+ * and the checks are those of packet-crypto.ts: nonce = header bytes 8..20, AAD = the 20-byte header,
+ * 16-byte tag; opening verifies the tag (OpenSSL compares in constant time) and wipes what it wrote when
+ * the tag is wrong. OpenSSL is the one inside Node (its symbols are exported by the node binary).
+ *
+ * Socket buffers: SO_RCVBUFFORCE / SO_SNDBUFFORCE, which a process with CAP_NET_ADMIN may use to go
+ * past net.core.rmem_max / wmem_max (a bursty multicast receiver is the case they exist for).
+ */
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <node_api.h>
+#include <openssl/evp.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define KEY_BYTES 32
+#define NONCE_BYTES 12
+#define TAG_BYTES 16
+
+typedef struct {
+  EVP_CIPHER_CTX *seal;
+  EVP_CIPHER_CTX *open;
+} aead_t;
+
+static void free_aead(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  aead_t *aead = data;
+  EVP_CIPHER_CTX_free(aead->seal);
+  EVP_CIPHER_CTX_free(aead->open);
+  free(aead);
+}
+
+static napi_value fail(napi_env env, const char *message) {
+  napi_throw_type_error(env, NULL, message);
+  return NULL;
+}
+
+static int bytes_of(napi_env env, napi_value value, uint8_t **data, size_t *length) {
+  napi_typedarray_type type;
+  napi_value buffer;
+  size_t offset;
+  void *raw;
+  if (napi_get_typedarray_info(env, value, &type, length, &raw, &buffer, &offset) != napi_ok) return 0;
+  if (type != napi_uint8_array) return 0;
+  *data = raw;
+  return 1;
+}
+
+static int int_of(napi_env env, napi_value value, int64_t *out) {
+  return napi_get_value_int64(env, value, out) == napi_ok;
+}
+
+/* aeadKey(key: Uint8Array(32)): an opaque pair of contexts (seal, open) keyed once. */
+static napi_value aead_key(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  uint8_t *key;
+  size_t length;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || !bytes_of(env, argv[0], &key, &length) || length != KEY_BYTES)
+    return fail(env, "aeadKey: a 32-byte Uint8Array key is required");
+  aead_t *aead = calloc(1, sizeof(aead_t));
+  if (aead == NULL) return fail(env, "aeadKey: out of memory");
+  aead->seal = EVP_CIPHER_CTX_new();
+  aead->open = EVP_CIPHER_CTX_new();
+  if (aead->seal == NULL || aead->open == NULL ||
+      EVP_EncryptInit_ex(aead->seal, EVP_aes_256_gcm(), NULL, key, NULL) != 1 ||
+      EVP_DecryptInit_ex(aead->open, EVP_aes_256_gcm(), NULL, key, NULL) != 1) {
+    free_aead(env, aead, NULL);
+    return fail(env, "aeadKey: OpenSSL refused AES-256-GCM");
+  }
+  napi_value external;
+  if (napi_create_external(env, aead, free_aead, NULL, &external) != napi_ok) {
+    free_aead(env, aead, NULL);
+    return fail(env, "aeadKey: cannot wrap the context");
+  }
+  return external;
+}
+
+/*
+ * aeadSeal(key, datagram, plainLength, source, sourceOffset, sourceLength): number
+ *
+ * datagram[0..20) is the header (AAD; nonce = bytes 8..20). Encrypts datagram[20..20+plainLength) in
+ * place, then source[sourceOffset..+sourceLength) into the datagram right after it (source may be
+ * null when sourceLength is 0), and writes the tag after that. Returns the datagram's length.
+ */
+static napi_value aead_seal(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  void *state;
+  uint8_t *datagram, *source = NULL;
+  size_t datagram_length, source_length = 0;
+  int64_t plain, offset, count;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 6 || napi_get_value_external(env, argv[0], &state) != napi_ok ||
+      !bytes_of(env, argv[1], &datagram, &datagram_length) || !int_of(env, argv[2], &plain) ||
+      !int_of(env, argv[4], &offset) || !int_of(env, argv[5], &count))
+    return fail(env, "aeadSeal(key, datagram, plainLength, source, sourceOffset, sourceLength)");
+  if (count > 0 && !bytes_of(env, argv[3], &source, &source_length))
+    return fail(env, "aeadSeal: source must be a Uint8Array");
+  const int64_t header = 20;
+  if (plain < 0 || offset < 0 || count < 0 || (count > 0 && (uint64_t)offset + (uint64_t)count > source_length) ||
+      (uint64_t)header + (uint64_t)plain + (uint64_t)count + TAG_BYTES > datagram_length ||
+      plain + count > 0x7fffffff)
+    return fail(env, "aeadSeal: a range is outside its array");
+  EVP_CIPHER_CTX *ctx = ((aead_t *)state)->seal;
+  uint8_t *body = datagram + header;
+  int out = 0;
+  if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, datagram + 8) != 1 ||
+      EVP_EncryptUpdate(ctx, NULL, &out, datagram, (int)header) != 1 ||
+      (plain > 0 && EVP_EncryptUpdate(ctx, body, &out, body, (int)plain) != 1) ||
+      (count > 0 && EVP_EncryptUpdate(ctx, body + plain, &out, source + offset, (int)count) != 1) ||
+      EVP_EncryptFinal_ex(ctx, body + plain + count, &out) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES, body + plain + count) != 1)
+    return fail(env, "aeadSeal: OpenSSL failed");
+  napi_value result;
+  napi_create_int64(env, header + plain + count + TAG_BYTES, &result);
+  return result;
+}
+
+/*
+ * aeadOpen(key, datagram, datagramLength, out, outOffset): boolean
+ *
+ * datagram[0..datagramLength) = header (20) || ciphertext || tag (16). Decrypts the ciphertext into
+ * out[outOffset..] (which may be the datagram's own body, in place) and returns whether the tag is
+ * right; when it is not, what was written is zeroed.
+ */
+static napi_value aead_open(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  void *state;
+  uint8_t *datagram, *target;
+  size_t datagram_length, target_length;
+  int64_t length, offset;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5 || napi_get_value_external(env, argv[0], &state) != napi_ok ||
+      !bytes_of(env, argv[1], &datagram, &datagram_length) || !int_of(env, argv[2], &length) ||
+      !bytes_of(env, argv[3], &target, &target_length) || !int_of(env, argv[4], &offset))
+    return fail(env, "aeadOpen(key, datagram, datagramLength, out, outOffset)");
+  const int64_t header = 20;
+  int64_t cipher = length - header - TAG_BYTES;
+  if (cipher < 0 || (uint64_t)length > datagram_length || offset < 0 ||
+      (uint64_t)offset + (uint64_t)cipher > target_length || cipher > 0x7fffffff)
+    return fail(env, "aeadOpen: a range is outside its array");
+  EVP_CIPHER_CTX *ctx = ((aead_t *)state)->open;
+  uint8_t tag[TAG_BYTES];
+  memcpy(tag, datagram + header + cipher, TAG_BYTES);
+  int out = 0;
+  int ok = EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, datagram + 8) == 1 &&
+           EVP_DecryptUpdate(ctx, NULL, &out, datagram, (int)header) == 1 &&
+           (cipher == 0 || EVP_DecryptUpdate(ctx, target + offset, &out, datagram + header, (int)cipher) == 1) &&
+           EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_BYTES, tag) == 1 &&
+           EVP_DecryptFinal_ex(ctx, target + offset + cipher, &out) == 1;
+  if (!ok && cipher > 0) memset(target + offset, 0, (size_t)cipher);
+  napi_value result;
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
+/*
+ * forceSocketBuffer(fd, which: 0 receive | 1 send, bytes): 0, or the errno (EPERM without
+ * CAP_NET_ADMIN). The kernel doubles the figure for its bookkeeping, as with SO_RCVBUF.
+ */
+static napi_value force_socket_buffer(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int64_t fd, which, bytes;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3 || !int_of(env, argv[0], &fd) || !int_of(env, argv[1], &which) || !int_of(env, argv[2], &bytes) ||
+      fd < 0 || (which != 0 && which != 1) || bytes < 0 || bytes > 0x7fffffff)
+    return fail(env, "forceSocketBuffer(fd, 0 | 1, bytes)");
+  int value = (int)bytes;
+  int rc = setsockopt((int)fd, SOL_SOCKET, which == 0 ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, &value, sizeof(value));
+  napi_value result;
+  napi_create_int32(env, rc == 0 ? 0 : errno, &result);
+  return result;
+}
+
+napi_value transport_exports(napi_env env, napi_value exports) {
+  napi_property_descriptor properties[] = {
+      {"aeadKey", NULL, aead_key, NULL, NULL, NULL, napi_default, NULL},
+      {"aeadSeal", NULL, aead_seal, NULL, NULL, NULL, napi_default, NULL},
+      {"aeadOpen", NULL, aead_open, NULL, NULL, NULL, napi_default, NULL},
+      {"forceSocketBuffer", NULL, force_socket_buffer, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
+  return exports;
+}
