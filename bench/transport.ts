@@ -94,15 +94,17 @@ import {
   writeSync,
 } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { maxSymbolSize } from '../src/transport/wire-codec.js';
 import { parseSize } from '../src/topology/units.js';
 import { createLab, findTool, labAvailable, type Lab, type LabHost } from './harness/lab.js';
 
-export type Tool = 'vmscatter' | 'udpcast' | 'uftp';
-const ALL_TOOLS: readonly Tool[] = ['vmscatter', 'udpcast', 'uftp'];
+export type Tool = 'vmscatter' | 'udpcast' | 'uftp' | 'uftp-gcm';
+const ALL_TOOLS: readonly Tool[] = ['vmscatter', 'udpcast', 'uftp', 'uftp-gcm'];
+/** The peers vmscatter is compared with. */
+const BASELINES: readonly Tool[] = ['udpcast', 'uftp', 'uftp-gcm'];
 
 const OBJECT_BYTES = 4 * 2 ** 20;
 const SEED = 1;
@@ -131,7 +133,13 @@ export type Variant =
       fullDuplex: boolean;
       rcvbuf: number | undefined;
     }
-  | { tool: 'uftp'; label: string; wireFraction: number; blockBelowMtu: number; buffers: boolean };
+  | {
+      tool: 'uftp' | 'uftp-gcm';
+      label: string;
+      wireFraction: number;
+      blockBelowMtu: number;
+      buffers: boolean;
+    };
 
 function vmscatterVariant(rateFactor: number): Variant {
   return { tool: 'vmscatter', label: `--rate ${rateFactor} x link`, rateFactor };
@@ -146,9 +154,14 @@ function udpcastVariant(maxBitrate: string | undefined, fullDuplex: boolean, rcv
   return { tool: 'udpcast', label: parts.join(' '), maxBitrate, fullDuplex, rcvbuf };
 }
 
-function uftpVariant(wireFraction: number, blockBelowMtu: number, buffers: boolean): Variant {
-  const label = `-R ${wireFraction} x link, -b MTU-${blockBelowMtu}${buffers ? ', -B 4 MiB, uftpd -c 20 MiB' : ''}`;
-  return { tool: 'uftp', label, wireFraction, blockBelowMtu, buffers };
+function uftpVariant(
+  tool: 'uftp' | 'uftp-gcm',
+  wireFraction: number,
+  blockBelowMtu: number,
+  buffers: boolean,
+): Variant {
+  const label = `${tool === 'uftp' ? '-Y none' : '-Y aes256-gcm'}, -R ${wireFraction} x link, -b MTU-${blockBelowMtu}${buffers ? ', -B 4 MiB, uftpd -c 20 MiB' : ''}`;
+  return { tool, label, wireFraction, blockBelowMtu, buffers };
 }
 
 /** Candidate settings per tool, best first: the default run tries the first two, --tune all of them. */
@@ -167,19 +180,26 @@ export function candidates(tool: Tool): Variant[] {
         udpcastVariant('950m', true),
       ];
     case 'uftp':
+    case 'uftp-gcm':
       return [
-        uftpVariant(0.97, 200, true),
-        uftpVariant(0.97, 200, false),
-        uftpVariant(0.95, 200, true),
-        uftpVariant(0.99, 200, true),
-        uftpVariant(0.95, 200, false),
-        uftpVariant(0.99, 200, false),
+        uftpVariant(tool, 0.97, 200, true),
+        uftpVariant(tool, 0.97, 200, false),
+        uftpVariant(tool, 0.95, 200, true),
+        uftpVariant(tool, 0.99, 200, true),
+        uftpVariant(tool, 0.95, 200, false),
+        uftpVariant(tool, 0.99, 200, false),
       ];
   }
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Results
+
+/** CPU seconds of one process: user (its own code) and system (the kernel, on its behalf). */
+export interface CpuTime {
+  user: number;
+  system: number;
+}
 
 export interface RunResult {
   tool: Tool;
@@ -201,6 +221,9 @@ export interface RunResult {
   senderLinkPackets: number;
   cpuSenderSeconds: number | undefined;
   cpuReceiverSeconds: (number | undefined)[];
+  /** The same split into user and system time. */
+  cpuSender: CpuTime | undefined;
+  cpuReceivers: (CpuTime | undefined)[];
   /** CPU seconds the whole machine spent during the run (all processes, softirq included). */
   machineCpuSeconds: number;
   /** Share of the machine busy just before the run (other people's work). */
@@ -368,16 +391,19 @@ function signalPids(pids: readonly number[], signal: NodeJS.Signals): void {
   }
 }
 
-/** The children's user+system seconds that bash's `times` printed after our marker. */
-function parseTimes(stderr: string): number | undefined {
+/** The children's user and system seconds that bash's `times` printed after our marker. */
+function parseTimes(stderr: string): CpuTime | undefined {
   const at = stderr.lastIndexOf('@@cpu');
   if (at < 0) return undefined;
   const lines = [...stderr.slice(at).matchAll(/(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s/g)];
   const children = lines[1];
   if (children === undefined) return undefined;
   const seconds = (m: string | undefined, s: string | undefined): number => Number(m) * 60 + Number(s);
-  return seconds(children[1], children[2]) + seconds(children[3], children[4]);
+  return { user: seconds(children[1], children[2]), system: seconds(children[3], children[4]) };
 }
+
+const cpuTotal = (t: CpuTime | undefined): number | undefined =>
+  t === undefined ? undefined : t.user + t.system;
 
 const CPU_WRAPPER = '"$@"; rc=$?; printf "\\n@@cpu\\n" >&2; times >&2; exit $rc';
 
@@ -633,8 +659,8 @@ interface ToolOutcome {
   doneAt: (number | undefined)[];
   verified: boolean;
   error?: string;
-  cpuSender: number | undefined;
-  cpuReceivers: (number | undefined)[];
+  cpuSender: CpuTime | undefined;
+  cpuReceivers: (CpuTime | undefined)[];
   details: Record<string, unknown>;
 }
 
@@ -699,8 +725,10 @@ async function runOne(ctx: Context, variant: Variant): Promise<RunResult> {
     wallGoodputBitsPerSecond: last === undefined ? undefined : bits / ((last - outcome.setupStart) / 1000),
     senderLinkBytes: after.txBytes - before.txBytes,
     senderLinkPackets: after.txPackets - before.txPackets,
-    cpuSenderSeconds: outcome.cpuSender,
-    cpuReceiverSeconds: outcome.cpuReceivers,
+    cpuSenderSeconds: cpuTotal(outcome.cpuSender),
+    cpuReceiverSeconds: outcome.cpuReceivers.map(cpuTotal),
+    cpuSender: outcome.cpuSender,
+    cpuReceivers: outcome.cpuReceivers,
     machineCpuSeconds: (ticksAfter.busy - ticksBefore.busy) / TICKS_PER_SECOND,
     backgroundBusy: background,
     details: {
@@ -756,7 +784,8 @@ async function runVmscatter(ctx: Context, v: Extract<Variant, { tool: 'vmscatter
         ],
         { env, stdio: ['ignore', 'pipe', 'pipe'] },
       ),
-      { stream: 'stdout', pattern: /\n/ },
+      // The moment its session completed, before it checks what it received (transport-peer.ts).
+      { stream: 'stderr', pattern: /"event":"received","state":"complete"/ },
     ),
   );
   let tx: Tracked | undefined;
@@ -817,10 +846,8 @@ async function runVmscatter(ctx: Context, v: Extract<Variant, { tool: 'vmscatter
       doneAt: rx.map((r, i) => (receiverReports[i]?.exact === true ? r.doneAt : undefined)),
       verified,
       ...(problems.length > 0 ? { error: problems.join(' | ') } : {}),
-      cpuSender: typeof senderReport?.cpuSeconds === 'number' ? senderReport.cpuSeconds : undefined,
-      cpuReceivers: receiverReports.map((r) =>
-        typeof r?.cpuSeconds === 'number' ? r.cpuSeconds : undefined,
-      ),
+      cpuSender: peerCpu(senderReport),
+      cpuReceivers: receiverReports.map(peerCpu),
       details: {
         peerRate: peerRate(rateBits),
         sender: senderReport ?? { stdout: tail(tx.stdout), stderr: tail(tx.stderr) },
@@ -835,6 +862,13 @@ async function runVmscatter(ctx: Context, v: Extract<Variant, { tool: 'vmscatter
   } finally {
     await Promise.all([...rx, ...(tx === undefined ? [] : [tx])].map((t) => stop(t)));
   }
+}
+
+/** A transport-peer report's CPU (the transport's own; the harness's is apart, see transport-peer.ts). */
+function peerCpu(report: Record<string, unknown> | undefined): CpuTime | undefined {
+  const user = report?.cpuUserSeconds;
+  const system = report?.cpuSystemSeconds;
+  return typeof user === 'number' && typeof system === 'number' ? { user, system } : undefined;
 }
 
 async function runUdpcast(ctx: Context, v: Extract<Variant, { tool: 'udpcast' }>): Promise<ToolOutcome> {
@@ -947,7 +981,10 @@ async function runUdpcast(ctx: Context, v: Extract<Variant, { tool: 'udpcast' }>
   }
 }
 
-async function runUftp(ctx: Context, v: Extract<Variant, { tool: 'uftp' }>): Promise<ToolOutcome> {
+async function runUftp(
+  ctx: Context,
+  v: Extract<Variant, { tool: 'uftp' | 'uftp-gcm' }>,
+): Promise<ToolOutcome> {
   const [src, ...receivers] = ctx.hosts as [Host, ...Host[]];
   const bash = needTool('bash');
   const deadlineMs = runDeadlineMs(ctx);
@@ -1026,8 +1063,8 @@ async function runUftp(ctx: Context, v: Extract<Variant, { tool: 'uftp' }>): Pro
           needTool('uftp'),
           '-I',
           src.lab.interface,
-          '-Y',
-          'none',
+          // uftp's own encryption: AES-256-GCM per packet, keys from an ECDH exchange signed with RSA (uftpd's default key type; its keys made per run).
+          ...(v.tool === 'uftp' ? ['-Y', 'none'] : ['-Y', 'aes256-gcm', '-h', 'sha256', '-e', 'ecdh_rsa']),
           '-p',
           `${port}`,
           '-M',
@@ -1140,42 +1177,67 @@ function baselineBest(cases: readonly CaseResult[], loss: number): RunResult | u
   return bases.length === 0 ? undefined : bases.reduce((a, b) => (score(b) > score(a) ? b : a));
 }
 
+/** A verified run's figure for a tool in a case, or undefined. */
+function caseBest(cases: readonly CaseResult[], loss: number, tool: Tool): RunResult | undefined {
+  const best = cases.find((c) => c.lossPercent === loss && c.tool === tool)?.best;
+  return best?.verified === true ? best : undefined;
+}
+
+/** CPU seconds per GB of payload. */
+const perGB = (seconds: number | undefined, sizeBytes: number): number | undefined =>
+  seconds === undefined ? undefined : seconds / (sizeBytes / GB);
+
+function maxKnown(values: readonly (number | undefined)[]): number | undefined {
+  const known = values.filter((v): v is number => v !== undefined);
+  return known.length === 0 ? undefined : Math.max(...known);
+}
+
 function checkTargets(report: MtuReport, rateBits: number, sizeBytes: number): TargetCheck[] {
   const checks: TargetCheck[] = [];
   const losses = [...new Set(report.cases.map((c) => c.lossPercent))];
   for (const loss of losses) {
     const ours = report.cases.find((c) => c.lossPercent === loss && c.tool === 'vmscatter')?.best;
     if (ours === undefined) continue;
+    const check = (target: string, measured: string, pass: boolean | undefined): void => {
+      checks.push({ mtu: report.mtu, lossPercent: loss, target, measured, pass });
+    };
     const goodput = ours.verified ? ours.goodputBitsPerSecond : undefined;
     const share = goodput === undefined ? undefined : goodput / rateBits;
     const need = loss === 0 ? 0.95 : 0.9;
-    checks.push({
-      mtu: report.mtu,
-      lossPercent: loss,
-      target: `goodput >= ${need * 100}% of link`,
-      measured: share === undefined ? 'not verified' : `${(share * 100).toFixed(1)}%`,
-      pass: share === undefined ? false : share >= need,
-    });
+    check(
+      `goodput >= ${need * 100}% of link`,
+      share === undefined ? 'not verified' : `${(share * 100).toFixed(1)}%`,
+      share === undefined ? false : share >= need,
+    );
+    const uftp = caseBest(report.cases, loss, 'uftp');
+    if (uftp !== undefined) {
+      const ratio = goodput === undefined ? 0 : goodput / score(uftp);
+      check('goodput >= 1.0x uftp (-Y none)', `${ratio.toFixed(2)}x`, ratio >= 1.0);
+    }
     const base = baselineBest(report.cases, loss);
     if (base !== undefined) {
       const ratio = goodput === undefined ? 0 : goodput / score(base);
-      checks.push({
-        mtu: report.mtu,
-        lossPercent: loss,
-        target: `>= 1.0x the better of udpcast/uftp (${base.tool})`,
-        measured: `${ratio.toFixed(2)}x`,
-        pass: ratio >= 1.0,
-      });
+      check(`goodput >= 1.0x the best peer (${base.tool})`, `${ratio.toFixed(2)}x`, ratio >= 1.0);
+    }
+    const gcm = caseBest(report.cases, loss, 'uftp-gcm');
+    if (gcm !== undefined) {
+      const ourWorst = ours.verified ? maxKnown(ours.cpuReceiverSeconds) : undefined;
+      const theirs = mean(gcm.cpuReceiverSeconds);
+      check(
+        "CPU s/GB at each receiver <= uftp-gcm's (mean of its receivers)",
+        ourWorst === undefined || theirs === undefined
+          ? 'not measured'
+          : `${fmt(perGB(ourWorst, sizeBytes), 2)} (worst) vs ${fmt(perGB(theirs, sizeBytes), 2)}`,
+        ourWorst === undefined || theirs === undefined ? false : ourWorst <= theirs,
+      );
     }
     if (loss > 0) {
       const overhead = ours.senderLinkBytes / sizeBytes;
-      checks.push({
-        mtu: report.mtu,
-        lossPercent: loss,
-        target: 'sender-link bytes <= 1.05x payload',
-        measured: ours.verified ? `${overhead.toFixed(3)}x` : 'not verified',
-        pass: ours.verified && overhead <= 1.05,
-      });
+      check(
+        'sender-link bytes <= 1.05x payload',
+        ours.verified ? `${overhead.toFixed(3)}x` : 'not verified',
+        ours.verified && overhead <= 1.05,
+      );
     }
   }
   return checks;
@@ -1197,11 +1259,18 @@ function table(rows: readonly string[][]): string {
     .join('\n');
 }
 
+/** "total (user+system)" in s/GB. */
+function cpuCell(t: CpuTime | undefined, sizeBytes: number): string {
+  if (t === undefined) return '-';
+  const g = (x: number): string => fmt(perGB(x, sizeBytes), 2);
+  return `${g(t.user + t.system)} (${g(t.user)}+${g(t.system)})`;
+}
+
 function printReport(report: TransportReport): void {
-  const gb = report.sizeBytes / GB;
+  const size = report.sizeBytes;
   const lines: string[] = [];
   lines.push(
-    `transport: 1 sender -> ${RECEIVERS} receivers, ${(report.sizeBytes / 2 ** 20).toFixed(0)} MiB, links ${(report.rateBitsPerSecond / 1e6).toFixed(0)} Mbit/s each way, ${report.cpus} CPUs, load ${report.loadAverage.map((l) => l.toFixed(2)).join(' ')} at start, ${report.seconds.toFixed(0)} s`,
+    `transport: 1 sender -> ${RECEIVERS} receivers, ${(size / 2 ** 20).toFixed(0)} MiB, links ${(report.rateBitsPerSecond / 1e6).toFixed(0)} Mbit/s each way, ${report.cpus} CPUs, load ${report.loadAverage.map((l) => l.toFixed(2)).join(' ')} at start, ${report.seconds.toFixed(0)} s`,
   );
   for (const m of report.mtus) {
     lines.push(
@@ -1214,12 +1283,14 @@ function printReport(report: TransportReport): void {
         'tool',
         'goodput Mbit/s',
         '% link',
-        'vs base',
+        'vs uftp',
+        'vs best',
         'data s',
         'setup s',
         'link B/payload',
-        'CPU s/GB snd',
-        'CPU s/GB rcv',
+        'CPU s/GB sender (usr+sys)',
+        'CPU s/GB each receiver',
+        'rcv usr+sys',
         'bg busy',
         'verified',
       ],
@@ -1228,18 +1299,25 @@ function printReport(report: TransportReport): void {
       const r = c.best;
       if (r === undefined) continue;
       const base = baselineBest(m.cases, c.lossPercent);
+      const uftp = caseBest(m.cases, c.lossPercent, 'uftp');
       const g = r.verified ? r.goodputBitsPerSecond : undefined;
+      const rcvUser = mean(r.cpuReceivers.map((t) => t?.user));
+      const rcvSystem = mean(r.cpuReceivers.map((t) => t?.system));
       rows.push([
         `${c.lossPercent}%`,
         c.tool,
         fmt(g === undefined ? undefined : g / 1e6, 0),
         fmt(g === undefined ? undefined : (g / report.rateBitsPerSecond) * 100),
+        uftp === undefined || g === undefined ? '-' : `${(g / score(uftp)).toFixed(2)}x`,
         base === undefined || g === undefined ? '-' : `${(g / score(base)).toFixed(2)}x`,
         fmt(r.dataSeconds, 2),
         fmt(r.setupSeconds, 2),
-        fmt(r.senderLinkBytes / report.sizeBytes, 3),
-        fmt(r.cpuSenderSeconds === undefined ? undefined : r.cpuSenderSeconds / gb, 2),
-        fmt(mean(r.cpuReceiverSeconds) === undefined ? undefined : mean(r.cpuReceiverSeconds)! / gb, 2),
+        fmt(r.senderLinkBytes / size, 3),
+        cpuCell(r.cpuSender, size),
+        r.cpuReceiverSeconds.map((x) => fmt(perGB(x, size), 2)).join('/') || '-',
+        rcvUser === undefined || rcvSystem === undefined
+          ? '-'
+          : `${fmt(perGB(rcvUser, size), 2)}+${fmt(perGB(rcvSystem, size), 2)}`,
         `${(r.backgroundBusy * 100).toFixed(0)}%`,
         r.verified ? 'yes' : 'NO',
       ]);
@@ -1260,9 +1338,9 @@ function printReport(report: TransportReport): void {
       lines.push('unshaped maximum (no tbf, 0% loss):');
       for (const r of m.unshaped) {
         const pps = r.dataSeconds === undefined ? undefined : r.senderLinkPackets / r.dataSeconds;
-        const mbs = r.dataSeconds === undefined ? undefined : report.sizeBytes / r.dataSeconds / 1e6;
+        const mbs = r.dataSeconds === undefined ? undefined : size / r.dataSeconds / 1e6;
         lines.push(
-          `  ${r.tool} (${r.variant}): ${fmt(pps === undefined ? undefined : pps / 1000)} kpackets/s on the sender's link, ${fmt(mbs)} MB/s payload at the slowest receiver (${fmt(r.goodputBitsPerSecond === undefined ? undefined : r.goodputBitsPerSecond / 1e6, 0)} Mbit/s), link bytes/payload ${fmt(r.senderLinkBytes / report.sizeBytes, 3)}, CPU s/GB sender ${fmt(r.cpuSenderSeconds === undefined ? undefined : r.cpuSenderSeconds / gb, 2)} receivers ${fmt(mean(r.cpuReceiverSeconds) === undefined ? undefined : mean(r.cpuReceiverSeconds)! / gb, 2)}, verified ${r.verified ? 'yes' : 'NO'}${r.error === undefined ? '' : ` (${r.error.slice(0, 300)})`}`,
+          `  ${r.tool} (${r.variant}): ${fmt(pps === undefined ? undefined : pps / 1000)} kpackets/s on the sender's link, ${fmt(mbs)} MB/s payload at the slowest receiver (${fmt(r.goodputBitsPerSecond === undefined ? undefined : r.goodputBitsPerSecond / 1e6, 0)} Mbit/s), link bytes/payload ${fmt(r.senderLinkBytes / size, 3)}, CPU s/GB sender ${cpuCell(r.cpuSender, size)} receivers ${r.cpuReceiverSeconds.map((x) => fmt(perGB(x, size), 2)).join('/')}, verified ${r.verified ? 'yes' : 'NO'}${r.error === undefined ? '' : ` (${r.error.slice(0, 300)})`}`,
         );
       }
     }
@@ -1277,11 +1355,107 @@ function printReport(report: TransportReport): void {
   }
   lines.push(
     '',
-    `vmscatter's CPU figures include the test payload: making it costs ${report.payloadSynthesisCpuSecondsPerGB.toFixed(2)} s/GB here (sender once; each receiver again to verify, plus ${report.payloadCompareCpuSecondsPerGB.toFixed(2)} s/GB to compare).`,
-    'udpcast and uftp read and write files on tmpfs; vmscatter encrypts and authenticates every packet (AES-256-GCM), uftp runs with -Y none.',
+    `CPU: user+system seconds per GB of payload of each process; vmscatter's are the transport's own (its test harness makes the payload before the session and checks it after: ${report.payloadSynthesisCpuSecondsPerGB.toFixed(2)} s/GB to make here, reported apart as harnessCpuSeconds in --json), uftp's and udpcast's include reading or writing their files on tmpfs.`,
+    'vmscatter seals every packet with AES-256-GCM; uftp runs as -Y none and as uftp-gcm (-Y aes256-gcm); udpcast has no encryption.',
   );
   if (report.skipped.length > 0) lines.push('', `skipped (time budget): ${report.skipped.join(', ')}`);
   process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+function summaryRun(r: RunResult, sizeBytes: number) {
+  const round = (x: number | undefined, digits = 3): number | null =>
+    x === undefined || !Number.isFinite(x) ? null : Number(x.toFixed(digits));
+  return {
+    tool: r.tool,
+    variant: r.variant,
+    mtu: r.mtu,
+    lossPercent: r.lossPercent,
+    verified: r.verified,
+    goodputBitsPerSecond: r.verified ? round(r.goodputBitsPerSecond, 0) : null,
+    linkBytesPerPayload: round(r.senderLinkBytes / sizeBytes),
+    linkPackets: r.senderLinkPackets,
+    cpuSecondsPerGB: {
+      sender: round(perGB(r.cpuSenderSeconds, sizeBytes)),
+      senderUser: round(perGB(r.cpuSender?.user, sizeBytes)),
+      senderSystem: round(perGB(r.cpuSender?.system, sizeBytes)),
+      receivers: r.cpuReceiverSeconds.map((x) => round(perGB(x, sizeBytes))),
+      receiversUser: r.cpuReceivers.map((t) => round(perGB(t?.user, sizeBytes))),
+      receiversSystem: r.cpuReceivers.map((t) => round(perGB(t?.system, sizeBytes))),
+    },
+    dataSeconds: round(r.dataSeconds),
+    setupSeconds: round(r.setupSeconds),
+    backgroundBusy: round(r.backgroundBusy, 2),
+  };
+}
+
+/**
+ * docs/bench/transport.json: per tool, MTU and loss the goodput, link bytes / payload and CPU s/GB at
+ * each end, and vmscatter's ratios to each peer measured in the same run.
+ */
+export function summaryOf(report: TransportReport, argv: readonly string[]) {
+  const size = report.sizeBytes;
+  const ratio = (a: number | undefined, b: number | undefined): number | null =>
+    a === undefined || b === undefined || b === 0 ? null : Number((a / b).toFixed(3));
+  return {
+    bench: 'transport',
+    date: report.startedAt,
+    command: `npm run bench:transport${argv.length ? ` -- ${argv.join(' ')}` : ''}`,
+    config: {
+      sizeBytes: size,
+      rateBitsPerSecond: report.rateBitsPerSecond,
+      receivers: RECEIVERS,
+      mtus: report.mtus.map((m) => m.mtu),
+      losses: report.losses,
+      tools: report.tools,
+      repeat: report.repeat,
+      tuned: report.tuned,
+      cpus: report.cpus,
+      loadAverage: report.loadAverage.map((l) => Number(l.toFixed(2))),
+      seconds: Math.round(report.seconds),
+      skipped: report.skipped,
+      cpuNote:
+        "user+system seconds per GB of payload; vmscatter's exclude its test harness (payload made before, checked after the session)",
+    },
+    results: report.mtus.flatMap((m) =>
+      m.cases.flatMap((c) => {
+        if (c.best === undefined) return [];
+        const entry = summaryRun(c.best, size);
+        if (c.tool !== 'vmscatter') return [entry];
+        const ours = c.best.verified ? c.best : undefined;
+        const ratiosToPeers = Object.fromEntries(
+          BASELINES.flatMap((peer) => {
+            const theirs = caseBest(m.cases, c.lossPercent, peer);
+            if (theirs === undefined) return [];
+            return [
+              [
+                peer,
+                {
+                  goodput: ratio(ours?.goodputBitsPerSecond, theirs.goodputBitsPerSecond),
+                  linkBytes: ratio(ours?.senderLinkBytes, theirs.senderLinkBytes),
+                  cpuSender: ratio(ours?.cpuSenderSeconds, theirs.cpuSenderSeconds),
+                  cpuReceiverWorst: ratio(
+                    maxKnown(ours?.cpuReceiverSeconds ?? []),
+                    maxKnown(theirs.cpuReceiverSeconds),
+                  ),
+                },
+              ],
+            ];
+          }),
+        );
+        return [{ ...entry, ratiosToPeers }];
+      }),
+    ),
+    unshaped: report.mtus.flatMap((m) =>
+      m.unshaped.map((r) => ({
+        ...summaryRun(r, size),
+        kpacketsPerSecond:
+          r.dataSeconds === undefined
+            ? null
+            : Number((r.senderLinkPackets / r.dataSeconds / 1000).toFixed(1)),
+      })),
+    ),
+    targets: report.mtus.flatMap((m) => m.targets),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1298,6 +1472,7 @@ interface Options {
   tune: boolean;
   quick: boolean;
   out: string | undefined;
+  summary: string;
   tmp: string | undefined;
   unshaped: boolean;
   budgetMs: number;
@@ -1318,6 +1493,10 @@ function parseOptions(argv: readonly string[]): Options {
       quick: { type: 'boolean', default: false },
       tune: { type: 'boolean', default: false },
       out: { type: 'string' },
+      summary: {
+        type: 'string',
+        default: join(dirname(fileURLToPath(import.meta.url)), '../../docs/bench/transport.json'),
+      },
       tmp: { type: 'string' },
       'skip-unshaped': { type: 'boolean', default: false },
       'budget-min': { type: 'string', default: '14' },
@@ -1357,6 +1536,7 @@ function parseOptions(argv: readonly string[]): Options {
     tune: values.tune === true,
     quick,
     out: values.out,
+    summary: values.summary!,
     tmp: values.tmp,
     unshaped: values['skip-unshaped'] !== true,
     budgetMs: Number(values['budget-min']) * 60_000,
@@ -1392,7 +1572,7 @@ export async function main(argv: readonly string[] = process.argv.slice(2)): Pro
   for (const tool of options.tools) {
     for (const name of tool === 'udpcast'
       ? ['udp-sender', 'udp-receiver']
-      : tool === 'uftp'
+      : tool === 'uftp' || tool === 'uftp-gcm'
         ? ['uftp', 'uftpd']
         : []) {
       needTool(name);
@@ -1532,6 +1712,12 @@ export async function main(argv: readonly string[] = process.argv.slice(2)): Pro
     const file = join(options.out, `transport-${report.startedAt.replace(/[:.]/g, '-')}.json`);
     writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
     log(`wrote ${file}`);
+  }
+  // The summary the README's table comes from (a quick run is a smoke test, not a figure to publish).
+  if (!options.quick) {
+    mkdirSync(dirname(options.summary), { recursive: true });
+    writeFileSync(options.summary, `${JSON.stringify(summaryOf(report, argv), null, 2)}\n`);
+    log(`wrote ${options.summary}`);
   }
   return report;
 }

@@ -11,7 +11,15 @@
  *
  * Socket buffers: SO_RCVBUFFORCE / SO_SNDBUFFORCE, which a process with CAP_NET_ADMIN may use to go
  * past net.core.rmem_max / wmem_max (a bursty multicast receiver is the case they exist for).
+ *
+ * Receiving: node:dgram reads one datagram per system call and allocates a buffer (64 KiB, then
+ * shrunk) and an address object for each. udpReceiveStart watches a duplicate of the socket's
+ * descriptor on libuv's loop and reads up to `slots` datagrams per recvmmsg call into fixed slots of
+ * one buffer the caller owns, then calls back once per batch with their count; lengths and sources go
+ * into a Uint32Array beside it ([length, IPv4 address, port] per slot). The caller stops node:dgram's
+ * own reading first. A datagram larger than its slot is counted in the slot's length as 0 (dropped).
  */
+#define _GNU_SOURCE /* recvmmsg */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <node_api.h>
 #include <openssl/evp.h>
@@ -19,7 +27,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
 
 #define KEY_BYTES 32
 #define NONCE_BYTES 12
@@ -185,12 +197,187 @@ static napi_value force_socket_buffer(napi_env env, napi_callback_info info) {
   return result;
 }
 
+#define MAX_SLOTS 256
+/* Batches read per readiness event before yielding to the loop (others' timers and I/O). */
+#define MAX_ROUNDS 8
+
+typedef struct {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_ref buffer_ref;
+  napi_ref meta_ref;
+  napi_ref closed_callback;
+  napi_async_context context;
+  uint8_t *buffer;
+  uint32_t *meta;
+  size_t slot_bytes;
+  int slots;
+  int fd;
+  int stopped;
+  struct mmsghdr msgs[MAX_SLOTS];
+  struct iovec iovs[MAX_SLOTS];
+  struct sockaddr_in addrs[MAX_SLOTS];
+} receiver_t;
+
+static void receiver_closed(uv_handle_t *handle) {
+  receiver_t *r = handle->data;
+  close(r->fd);
+  if (r->closed_callback != NULL) {
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(r->env, &scope) == napi_ok) {
+      napi_value callback, global, result;
+      napi_get_reference_value(r->env, r->closed_callback, &callback);
+      napi_get_global(r->env, &global);
+      if (napi_make_callback(r->env, r->context, global, callback, 0, NULL, &result) != napi_ok) {
+        napi_value error;
+        if (napi_get_and_clear_last_exception(r->env, &error) == napi_ok) napi_fatal_exception(r->env, error);
+      }
+      napi_close_handle_scope(r->env, scope);
+    }
+    napi_delete_reference(r->env, r->closed_callback);
+  }
+  napi_delete_reference(r->env, r->callback);
+  napi_delete_reference(r->env, r->buffer_ref);
+  napi_delete_reference(r->env, r->meta_ref);
+  napi_async_destroy(r->env, r->context);
+  free(r);
+}
+
+static void on_readable(uv_poll_t *poll, int status, int events) {
+  (void)events;
+  receiver_t *r = poll->data;
+  if (r->stopped || status < 0) return;
+  napi_env env = r->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  for (int round = 0; round < MAX_ROUNDS && !r->stopped; round++) {
+    for (int i = 0; i < r->slots; i++) {
+      r->msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+      r->msgs[i].msg_hdr.msg_flags = 0;
+    }
+    int n = recvmmsg(r->fd, r->msgs, (unsigned)r->slots, MSG_DONTWAIT, NULL);
+    if (n <= 0) break;
+    for (int i = 0; i < n; i++) {
+      int truncated = (r->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+      r->meta[3 * i] = truncated ? 0 : r->msgs[i].msg_len;
+      r->meta[3 * i + 1] = ntohl(r->addrs[i].sin_addr.s_addr);
+      r->meta[3 * i + 2] = ntohs(r->addrs[i].sin_port);
+    }
+    napi_value callback, global, count, result;
+    napi_get_reference_value(env, r->callback, &callback);
+    napi_get_global(env, &global);
+    napi_create_int32(env, n, &count);
+    if (napi_make_callback(env, r->context, global, callback, 1, &count, &result) != napi_ok) {
+      napi_value error;
+      if (napi_get_and_clear_last_exception(env, &error) == napi_ok) napi_fatal_exception(env, error);
+      break;
+    }
+    if (n < r->slots) break;
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+/*
+ * udpReceiveStart(fd, buffer: Uint8Array, slotBytes, meta: Uint32Array, callback(count)): handle.
+ * buffer holds the slots (slots = min(buffer.length / slotBytes, meta.length / 3, 256)).
+ */
+static napi_value udp_receive_start(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  int64_t fd, slot_bytes;
+  uint8_t *buffer;
+  size_t buffer_length, meta_length;
+  void *meta_raw;
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t ab_offset;
+  napi_valuetype callback_type;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5 || !int_of(env, argv[0], &fd) || !bytes_of(env, argv[1], &buffer, &buffer_length) ||
+      !int_of(env, argv[2], &slot_bytes) ||
+      napi_get_typedarray_info(env, argv[3], &type, &meta_length, &meta_raw, &ab, &ab_offset) != napi_ok ||
+      type != napi_uint32_array || napi_typeof(env, argv[4], &callback_type) != napi_ok ||
+      callback_type != napi_function || fd < 0 || slot_bytes <= 0)
+    return fail(env, "udpReceiveStart(fd, buffer, slotBytes, meta: Uint32Array, callback)");
+  int64_t slots = (int64_t)buffer_length / slot_bytes;
+  if ((int64_t)meta_length / 3 < slots) slots = (int64_t)meta_length / 3;
+  if (slots > MAX_SLOTS) slots = MAX_SLOTS;
+  if (slots < 1) return fail(env, "udpReceiveStart: no room for one slot");
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return fail(env, "udpReceiveStart: no event loop");
+  receiver_t *r = calloc(1, sizeof(receiver_t));
+  if (r == NULL) return fail(env, "udpReceiveStart: out of memory");
+  r->fd = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
+  if (r->fd < 0) {
+    free(r);
+    return fail(env, "udpReceiveStart: cannot duplicate the descriptor");
+  }
+  r->env = env;
+  r->buffer = buffer;
+  r->meta = meta_raw;
+  r->slot_bytes = (size_t)slot_bytes;
+  r->slots = (int)slots;
+  for (int i = 0; i < r->slots; i++) {
+    r->iovs[i].iov_base = buffer + (size_t)i * r->slot_bytes;
+    r->iovs[i].iov_len = r->slot_bytes;
+    r->msgs[i].msg_hdr.msg_iov = &r->iovs[i];
+    r->msgs[i].msg_hdr.msg_iovlen = 1;
+    r->msgs[i].msg_hdr.msg_name = &r->addrs[i];
+    r->msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+  }
+  napi_value name;
+  napi_create_string_utf8(env, "vmscatter:udpReceive", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_reference(env, argv[4], 1, &r->callback) != napi_ok ||
+      napi_create_reference(env, argv[1], 1, &r->buffer_ref) != napi_ok ||
+      napi_create_reference(env, argv[3], 1, &r->meta_ref) != napi_ok ||
+      napi_async_init(env, NULL, name, &r->context) != napi_ok || uv_poll_init(loop, &r->poll, r->fd) != 0) {
+    close(r->fd);
+    free(r);
+    return fail(env, "udpReceiveStart: cannot set up");
+  }
+  r->poll.data = r;
+  if (uv_poll_start(&r->poll, UV_READABLE, on_readable) != 0) {
+    r->stopped = 1;
+    uv_close((uv_handle_t *)&r->poll, receiver_closed);
+    return fail(env, "udpReceiveStart: cannot watch the descriptor");
+  }
+  napi_value external;
+  napi_create_external(env, r, NULL, NULL, &external);
+  return external;
+}
+
+/*
+ * udpReceiveStop(handle, closed?: () => void): stops reading and closes the duplicate descriptor, then
+ * calls `closed` (the socket is only gone once both descriptors are); once only.
+ */
+static napi_value udp_receive_stop(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  void *data;
+  napi_valuetype closed_type = napi_undefined;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || napi_get_value_external(env, argv[0], &data) != napi_ok ||
+      (argc >= 2 && napi_typeof(env, argv[1], &closed_type) != napi_ok))
+    return fail(env, "udpReceiveStop(handle, closed?)");
+  receiver_t *r = data;
+  if (!r->stopped) {
+    if (closed_type == napi_function) napi_create_reference(env, argv[1], 1, &r->closed_callback);
+    r->stopped = 1;
+    uv_poll_stop(&r->poll);
+    uv_close((uv_handle_t *)&r->poll, receiver_closed);
+  }
+  return NULL;
+}
+
 napi_value transport_exports(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"aeadKey", NULL, aead_key, NULL, NULL, NULL, napi_default, NULL},
       {"aeadSeal", NULL, aead_seal, NULL, NULL, NULL, napi_default, NULL},
       {"aeadOpen", NULL, aead_open, NULL, NULL, NULL, napi_default, NULL},
       {"forceSocketBuffer", NULL, force_socket_buffer, NULL, NULL, NULL, napi_default, NULL},
+      {"udpReceiveStart", NULL, udp_receive_start, NULL, NULL, NULL, napi_default, NULL},
+      {"udpReceiveStop", NULL, udp_receive_stop, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return exports;

@@ -9,6 +9,13 @@
  * The session key comes in the environment (VMS_SESSION_KEY, hex): in a job the control channel
  * carries it. The payload is a seeded, incompressible stream both ends can generate, so a receiver
  * checks every object byte-exact without a copy being shipped. Prints one JSON line when done.
+ *
+ * CPU: `cpuSeconds` is the transport's own (process.cpuUsage, all threads, from the socket's opening to
+ * the session's end): the sender makes its payload before, a receiver its objects' digests before and
+ * checks what it received after. That work is the harness's, reported apart (`harnessCpuSeconds`);
+ * udpcast and uftp read and write files instead. A receiver says `{"event":"received",…}` on stderr
+ * the moment its session completes, before checking (bench/transport times it from that line, as
+ * it times uftpd from its status line).
  */
 import { createHash, createCipheriv } from 'node:crypto';
 import { cpuUsage } from 'node:process';
@@ -85,15 +92,17 @@ async function main(): Promise<void> {
   const codec = new BlockCodec();
   const lengths = objectLengths(total, objectBytes);
   const signal = AbortSignal.timeout(Number(values['timeout-ms']));
-  const cpuStart = cpuUsage();
-  const started = performance.now();
+  const harnessStart = cpuUsage();
   if (role === 'send') {
+    const objects = lengths.map((length, i) => ({ bytes: payloadObject(seed, i, length) }));
+    const harness = cpuUsage(harnessStart);
+    const cpuStart = cpuUsage();
+    const started = performance.now();
     const socket = await DgramSocket.open({
       bindAddress: iface,
       port: Number(values.port),
       multicastInterface: iface,
     });
-    const objects = lengths.map((length, i) => ({ bytes: payloadObject(seed, i, length) }));
     const receivers = Array.from({ length: Number(values.receivers) }, (_, i) => i + 1);
     const session = new SenderSession(socket, realScheduler, identity, objects, receivers, {
       symbolSize: maxSymbolSize(mtu),
@@ -102,11 +111,24 @@ async function main(): Promise<void> {
       rateCapBytesPerSecond: rateBytesPerSecond,
       joinTimeoutMs: 10_000,
     });
+    // The congestion control's rate every 100 ms, for reading a run's shape.
+    const rates: number[] = [];
+    const sampler = setInterval(() => rates.push(Math.round((session.rateBytesPerSecond * 8) / 1e6)), 100);
     const result = await session.run(signal);
+    clearInterval(sampler);
+    const used = cpuUsage(cpuStart);
     report(
-      { role, ...result, bufferReport: socket.bufferReport, sendErrors: socket.sendErrors },
+      {
+        role,
+        ...result,
+        bufferReport: socket.bufferReport,
+        sendErrors: socket.sendErrors,
+        aead: session.aeadEngine ?? 'plaintext',
+        harnessCpuSeconds: seconds(harness),
+        rateMbitPer100ms: rates,
+      },
       started,
-      cpuStart,
+      used,
       total,
     );
     await socket.close();
@@ -114,12 +136,14 @@ async function main(): Promise<void> {
   }
   if (role === 'receive') {
     const port = Number(group.slice(group.lastIndexOf(':') + 1));
-    const socket = await DgramSocket.open({ port, multicastInterface: iface });
-    // Each object is checked on arrival against a digest computed before the session: hashing costs
-    // about a third of regenerating the payload there, which halved the rate.
+    // The digests to check against are made before the session, the objects checked after it.
     const expected = lengths.map((length, i) => sha256(payloadObject(seed, i, length)));
-    const verified = new Set<number>();
-    let corrupt = 0;
+    let harness = cpuUsage(harnessStart);
+    const cpuStart = cpuUsage();
+    const started = performance.now();
+    const socket = await DgramSocket.open({ port, multicastInterface: iface });
+    const received: (Uint8Array | undefined)[] = new Array<Uint8Array | undefined>(lengths.length);
+    let unexpected = 0;
     const session = new ReceiverSession(
       socket,
       realScheduler,
@@ -128,25 +152,43 @@ async function main(): Promise<void> {
       needString(values.sender, '--sender'),
       { decoder: codec, senderTimeoutMs: 15_000, maxObjectBytes: objectBytes },
       (id, bytes) => {
-        if (sha256(bytes) === expected[id]) verified.add(id);
-        else corrupt++;
+        if (id < received.length && received[id] === undefined) received[id] = bytes;
+        else unexpected++;
       },
     );
     const state = await session.run(signal);
-    const exact = state === 'complete' && corrupt === 0 && verified.size === lengths.length;
+    const used = cpuUsage(cpuStart);
+    const seconds_ = (performance.now() - started) / 1000;
+    process.stderr.write(
+      `${JSON.stringify({ event: 'received', state, seconds: seconds_, cpuSeconds: seconds(used) })}\n`,
+    );
+    const checkStart = cpuUsage();
+    let verified = 0;
+    let corrupt = unexpected;
+    for (const [id, bytes] of received.entries()) {
+      if (bytes === undefined) continue;
+      if (sha256(bytes) === expected[id]) verified++;
+      else corrupt++;
+    }
+    harness = add(harness, cpuUsage(checkStart));
+    const exact = state === 'complete' && corrupt === 0 && verified === lengths.length;
     report(
       {
         role,
         state,
         exact,
         corrupt,
-        objectsReceived: verified.size,
+        objectsReceived: verified,
         stats: session.stats,
         drops: session.drops.snapshot(),
+        bufferReport: socket.bufferReport,
+        aead: session.aeadEngine ?? 'plaintext',
+        harnessCpuSeconds: seconds(harness),
       },
       started,
-      cpuStart,
+      used,
       total,
+      seconds_,
     );
     await socket.close();
     process.exitCode = exact ? 0 : 1;
@@ -155,12 +197,31 @@ async function main(): Promise<void> {
   throw new Error(`role must be send or receive, got ${role}`);
 }
 
-function report(fields: object, started: number, cpu: NodeJS.CpuUsage, bytes: number): void {
-  const seconds = (performance.now() - started) / 1000;
-  const used = cpuUsage(cpu);
-  const cpuSeconds = (used.user + used.system) / 1e6;
+function seconds(usage: NodeJS.CpuUsage): number {
+  return (usage.user + usage.system) / 1e6;
+}
+
+function add(a: NodeJS.CpuUsage, b: NodeJS.CpuUsage): NodeJS.CpuUsage {
+  return { user: a.user + b.user, system: a.system + b.system };
+}
+
+/** The one JSON line on stdout: `cpuSeconds` is the transport's (see the header). */
+function report(
+  fields: object,
+  started: number,
+  used: NodeJS.CpuUsage,
+  bytes: number,
+  elapsed = (performance.now() - started) / 1000,
+): void {
   process.stdout.write(
-    `${JSON.stringify({ ...fields, seconds, cpuSeconds, goodputBitsPerSecond: (bytes * 8) / seconds })}\n`,
+    `${JSON.stringify({
+      ...fields,
+      seconds: elapsed,
+      cpuSeconds: seconds(used),
+      cpuUserSeconds: used.user / 1e6,
+      cpuSystemSeconds: used.system / 1e6,
+      goodputBitsPerSecond: (bytes * 8) / elapsed,
+    })}\n`,
   );
 }
 

@@ -69,6 +69,23 @@ export interface NativeAddon {
   ): boolean;
   /** SO_RCVBUFFORCE (which 0) or SO_SNDBUFFORCE (1) on a socket: 0, or the errno (EPERM unprivileged). */
   forceSocketBuffer(fd: number, which: 0 | 1, bytes: number): number;
+  /**
+   * Reads datagrams from a duplicate of `fd` on libuv's loop, up to one per slot of `buffer`
+   * (`slotBytes` each) per recvmmsg call, and calls `callback(count)` per batch; meta holds [length (0:
+   * truncated), IPv4 address, port] per slot. The slots are only valid during the callback.
+   */
+  udpReceiveStart(
+    fd: number,
+    buffer: Uint8Array,
+    slotBytes: number,
+    meta: Uint32Array,
+    callback: (count: number) => void,
+  ): object;
+  /**
+   * Stops a udpReceiveStart reader and closes its descriptor, then calls `closed` (once; later calls do
+   * nothing).
+   */
+  udpReceiveStop(handle: object, closed?: () => void): void;
 }
 
 function load(): NativeAddon | undefined {

@@ -65,12 +65,74 @@ function literalLookup(
   dnsLookup(hostname, options as number, callback);
 }
 
-/** The socket's file descriptor (node:dgram keeps its handle under a private symbol), if it can be had. */
-function socketFd(socket: dgram.Socket): number | undefined {
+interface UdpHandle {
+  fd?: unknown;
+  recvStop?: unknown;
+}
+
+/** node:dgram's libuv handle (kept under a private symbol), if it can be had. */
+function udpHandle(socket: dgram.Socket): UdpHandle | undefined {
   const key = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
   const state = key === undefined ? undefined : (socket as unknown as Record<symbol, unknown>)[key];
-  const fd = (state as { handle?: { fd?: unknown } } | undefined)?.handle?.fd;
+  return (state as { handle?: UdpHandle } | undefined)?.handle;
+}
+
+/** The socket's file descriptor, if it can be had. */
+function socketFd(socket: dgram.Socket): number | undefined {
+  const fd = udpHandle(socket)?.fd;
   return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined;
+}
+
+/** Datagrams read per recvmmsg call, and the room for each (the largest UDP payload fits). */
+const RECEIVE_SLOTS = 32;
+const RECEIVE_SLOT_BYTES = 65_536;
+
+/**
+ * Batched reading through the addon (see native/transport.c): node:dgram's own reading is stopped and a
+ * duplicate of the descriptor read with recvmmsg into fixed slots, each datagram handed on as a view of
+ * its slot. Undefined where the addon or node:dgram's handle is not there (then node:dgram reads).
+ */
+function batchedReceiver(
+  socket: dgram.Socket,
+  deliver: (bytes: Uint8Array, from: string) => void,
+): (() => Promise<void>) | undefined {
+  const addon = native;
+  const handle = udpHandle(socket);
+  const fd = socketFd(socket);
+  if (addon === undefined || typeof addon.udpReceiveStart !== 'function' || fd === undefined)
+    return undefined;
+  if (handle === undefined || typeof handle.recvStop !== 'function') return undefined;
+  const buffer = new Uint8Array(RECEIVE_SLOTS * RECEIVE_SLOT_BYTES);
+  const meta = new Uint32Array(RECEIVE_SLOTS * 3);
+  let lastHost = -1;
+  let lastPort = -1;
+  let lastFrom = '';
+  const onBatch = (count: number): void => {
+    for (let i = 0; i < count; i++) {
+      const length = meta[3 * i]!;
+      if (length === 0) continue;
+      const host = meta[3 * i + 1]!;
+      const port = meta[3 * i + 2]!;
+      if (host !== lastHost || port !== lastPort) {
+        lastHost = host;
+        lastPort = port;
+        lastFrom = `${host >>> 24}.${(host >>> 16) & 0xff}.${(host >>> 8) & 0xff}.${host & 0xff}:${port}`;
+      }
+      const start = i * RECEIVE_SLOT_BYTES;
+      deliver(buffer.subarray(start, start + length), lastFrom);
+    }
+  };
+  (handle.recvStop as () => number).call(handle);
+  let reader: object;
+  try {
+    reader = addon.udpReceiveStart(fd, buffer, RECEIVE_SLOT_BYTES, meta, onBatch);
+  } catch {
+    const restart = (handle as { recvStart?: unknown }).recvStart;
+    if (typeof restart === 'function') (restart as () => number).call(handle);
+    return undefined;
+  }
+  // Resolves once the duplicate descriptor is closed: until then the socket still holds its port.
+  return () => new Promise<void>((resolve) => addon.udpReceiveStop(reader, resolve));
 }
 
 /**
@@ -100,6 +162,8 @@ export class DgramSocket implements DatagramSocket {
   /** Parsed destinations: a session sends to one group and one sender address, thousands of times. */
   private readonly targets = new Map<string, { host: string; port: number }>();
   private closed = false;
+  /** Stops the addon's batched reading, when it reads for this socket. */
+  private stopBatched: (() => Promise<void>) | undefined;
   /** Datagrams the kernel refused to send (counted, not thrown: UDP may drop and the protocol repairs). */
   sendErrors = 0;
 
@@ -116,6 +180,12 @@ export class DgramSocket implements DatagramSocket {
     });
     // A socket error after bind (e.g. ICMP unreachable surfaced on Linux) must not crash an agent.
     socket.on('error', () => this.sendErrors++);
+    this.stopBatched = batchedReceiver(socket, (bytes, from) => this.handler?.(bytes, from));
+  }
+
+  /** Whether datagrams are read in batches through the addon (else one at a time by node:dgram). */
+  get batchedReceive(): boolean {
+    return this.stopBatched !== undefined;
   }
 
   static async open(options: DgramSocketOptions = {}): Promise<DgramSocket> {
@@ -194,6 +264,9 @@ export class DgramSocket implements DatagramSocket {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await new Promise<void>((resolve) => this.socket.close(() => resolve()));
+    await Promise.all([
+      this.stopBatched?.(),
+      new Promise<void>((resolve) => this.socket.close(() => resolve())),
+    ]);
   }
 }

@@ -86,6 +86,8 @@ interface ReceiverState {
 }
 
 const DONE_REPEATS = 3;
+/** Sending a late poll may catch up on, in ms at the current rate (the token bucket's depth). */
+const BURST_MS = 8;
 /** IPv4 + UDP + our header + symbol fields + GCM tag: what a symbol costs on the wire beyond its payload. */
 const SYMBOL_OVERHEAD_BYTES = 84;
 
@@ -396,8 +398,12 @@ export class MulticastSender {
   private refill(now: number): void {
     const elapsed = Math.max(0, now - this.lastRefillMs);
     this.lastRefillMs = now;
-    // The bucket holds at most 2 ms of sending, so a late poll bursts little.
-    const depth = Math.max(2 * (this.options.symbolSize + SYMBOL_OVERHEAD_BYTES), this.rate.rate * 0.002);
+    // The bucket holds BURST_MS of sending: timers fire a millisecond or more late (more on a busy
+    // host), and whatever a late poll cannot make up is rate lost for good.
+    const depth = Math.max(
+      2 * (this.options.symbolSize + SYMBOL_OVERHEAD_BYTES),
+      (this.rate.rate * BURST_MS) / 1000,
+    );
     this.tokens = Math.min(depth, this.tokens + (this.rate.rate * elapsed) / 1000);
   }
 

@@ -158,6 +158,11 @@ export class SenderSession {
     return this.machine.stats;
   }
 
+  /** Which AES-GCM engine seals and opens ('native' or 'node'); undefined in plaintext mode. */
+  get aeadEngine(): 'native' | 'node' | undefined {
+    return this.sealer.engine;
+  }
+
   /** Whether the session is over (the promise of run() settles a microtask later). */
   get done(): boolean {
     return this.machine.done;
@@ -251,6 +256,11 @@ export class ReceiverSession {
 
   get stats() {
     return this.machine.stats;
+  }
+
+  /** Which AES-GCM engine seals and opens ('native' or 'node'); undefined in plaintext mode. */
+  get aeadEngine(): 'native' | 'node' | undefined {
+    return this.sealer.engine;
   }
 
   get state(): ReceiverState {
