@@ -29,6 +29,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -370,6 +371,33 @@ static napi_value udp_receive_stop(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/*
+ * populate(bytes: Uint8Array): boolean
+ *
+ * Backs the pages of `bytes` with memory now, in one call (MADV_POPULATE_WRITE, Linux 5.14), instead of
+ * one page fault per 4 KiB at first write: a receiver writes every byte of a new object once. False
+ * where the kernel cannot (older kernels): the pages then fault in as they are written.
+ */
+static napi_value populate(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  uint8_t *bytes;
+  size_t length;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || !bytes_of(env, argv[0], &bytes, &length)) return fail(env, "populate(bytes)");
+  long page = sysconf(_SC_PAGESIZE);
+  uintptr_t start = ((uintptr_t)bytes + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
+  uintptr_t end = ((uintptr_t)bytes + length) & ~(uintptr_t)(page - 1);
+  int ok = end > start && madvise((void *)start, end - start, MADV_POPULATE_WRITE) == 0;
+  napi_value result;
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
 napi_value transport_exports(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"aeadKey", NULL, aead_key, NULL, NULL, NULL, napi_default, NULL},
@@ -378,6 +406,7 @@ napi_value transport_exports(napi_env env, napi_value exports) {
       {"forceSocketBuffer", NULL, force_socket_buffer, NULL, NULL, NULL, napi_default, NULL},
       {"udpReceiveStart", NULL, udp_receive_start, NULL, NULL, NULL, napi_default, NULL},
       {"udpReceiveStop", NULL, udp_receive_stop, NULL, NULL, NULL, napi_default, NULL},
+      {"populate", NULL, populate, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return exports;

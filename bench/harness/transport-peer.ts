@@ -126,6 +126,7 @@ async function main(): Promise<void> {
         aead: session.aeadEngine ?? 'plaintext',
         harnessCpuSeconds: seconds(harness),
         rateMbitPer100ms: rates,
+        rateCuts: session.rateCuts,
       },
       started,
       used,

@@ -67,6 +67,11 @@ export interface NativeAddon {
     out: Uint8Array,
     outOffset: number,
   ): boolean;
+  /**
+   * Backs the pages of `bytes` with memory now (MADV_POPULATE_WRITE) rather than a page fault per 4 KiB
+   * at first write; false where the kernel cannot.
+   */
+  populate(bytes: Uint8Array): boolean;
   /** SO_RCVBUFFORCE (which 0) or SO_SNDBUFFORCE (1) on a socket: 0, or the errno (EPERM unprivileged). */
   forceSocketBuffer(fd: number, which: 0 | 1, bytes: number): number;
   /**

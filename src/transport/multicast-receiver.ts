@@ -38,6 +38,8 @@ export interface ReceiverOptions {
   readonly senderTimeoutMs?: number;
   /** Largest object accepted (bytes): a forged length must not make us allocate without bound. */
   readonly maxObjectBytes?: number;
+  /** Memory for an object of `length` bytes, zeroed (default: a new Uint8Array). */
+  readonly allocate?: (length: number) => Uint8Array;
 }
 
 export type ReceiverState = 'receiving' | 'complete' | 'failed';
@@ -68,7 +70,10 @@ export interface ReceiverStats {
 const LOSS_WINDOW_PACKETS = 256;
 
 export class MulticastReceiver {
-  private readonly options: Required<Omit<ReceiverOptions, 'decoder'>> & { decoder: ErasureDecoder };
+  private readonly options: Required<Omit<ReceiverOptions, 'decoder' | 'allocate'>> & {
+    decoder: ErasureDecoder;
+    allocate?: (length: number) => Uint8Array;
+  };
   private readonly objects = new Map<number, ObjectState>();
   private symbolSize = 0;
   private objectCount = -1;
@@ -181,7 +186,8 @@ export class MulticastReceiver {
     if (!object) {
       if (m.objectId < this.leading) return; // delivered already
       const layout = layoutObject(m.objectLength, this.symbolSize, m.blockSymbols);
-      object = { layout, bytes: new Uint8Array(m.objectLength), blocks: [], blocksDone: 0, complete: false };
+      const bytes = this.options.allocate?.(m.objectLength) ?? new Uint8Array(m.objectLength);
+      object = { layout, bytes, blocks: [], blocksDone: 0, complete: false };
       this.objects.set(m.objectId, object);
     }
     if (object.complete || object.layout.length !== m.objectLength) return this.duplicate();

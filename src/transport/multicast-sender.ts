@@ -158,6 +158,11 @@ export class MulticastSender {
     return this.rate.rate;
   }
 
+  /** How often congestion control cut the rate, by signal. */
+  get rateCuts(): { readonly queue: number; readonly loss: number } {
+    return { ...this.rate.cuts };
+  }
+
   get done(): boolean {
     return this.doneSent >= DONE_REPEATS;
   }

@@ -23,6 +23,9 @@ export interface RateControllerConfig {
 interface ReceiverSignal {
   minRttMs: number;
   srttMs: number;
+  /** The last RECENT_SAMPLES RTT samples (a ring), and how many were taken. */
+  recent: number[];
+  samples: number;
   /** Smoothed loss share and the least smoothed loss seen (the link's usual loss). */
   loss: number;
   lossFloor: number;
@@ -32,12 +35,21 @@ const GROWTH = 1.25;
 const FLOOR_RISE = 0.0005;
 const CUT = 0.8;
 const MIN_INTERVAL_MS = 5;
+/**
+ * A queue delays every packet behind it; a receiver that did not run for a while (a busy host) answers
+ * a few heartbeats late and the next ones on time. So queueing is read from the least of the last few
+ * RTT samples, not from their average.
+ */
+const RECENT_SAMPLES = 4;
 
 export class RateController {
   private rateValue: number;
   private readonly receivers = new Map<number, ReceiverSignal>();
   private lastDecisionAt = -Infinity;
   private congestedSinceDecision = false;
+  /** Why the rate was cut, counted per decision (for reports: a busy host shows as 'queue'). */
+  readonly cuts = { queue: 0, loss: 0 };
+  private cause: 'queue' | 'loss' = 'queue';
   private readonly cap: number;
   private readonly floor: number;
   private readonly queueDelayMs: number;
@@ -64,19 +76,26 @@ export class RateController {
   report(receiver: number, rttMs: number | undefined, lossShare: number): void {
     let s = this.receivers.get(receiver);
     if (!s) {
-      s = { minRttMs: Infinity, srttMs: 0, loss: lossShare, lossFloor: lossShare };
+      s = { minRttMs: Infinity, srttMs: 0, recent: [], samples: 0, loss: lossShare, lossFloor: lossShare };
       this.receivers.set(receiver, s);
     }
     if (rttMs !== undefined && rttMs >= 0) {
       s.minRttMs = Math.min(s.minRttMs, rttMs);
       s.srttMs = s.srttMs === 0 ? rttMs : 0.875 * s.srttMs + 0.125 * rttMs;
+      s.recent[s.samples % RECENT_SAMPLES] = rttMs;
+      s.samples++;
     }
     s.loss = 0.75 * s.loss + 0.25 * lossShare;
     // The usual loss falls at once with the loss, and rises only slowly (a time constant of some
     // thousands of reports), so sustained congestion loss is not mistaken for the link's nature.
     s.lossFloor = s.loss < s.lossFloor ? s.loss : s.lossFloor + (s.loss - s.lossFloor) * FLOOR_RISE;
-    const queueing = s.srttMs - s.minRttMs > Math.max(this.queueDelayMs, s.minRttMs);
-    if (queueing || s.loss > s.lossFloor + this.lossExcess) this.congestedSinceDecision = true;
+    const queueing =
+      s.samples >= RECENT_SAMPLES &&
+      Math.min(...s.recent) - s.minRttMs > Math.max(this.queueDelayMs, s.minRttMs);
+    if (queueing || s.loss > s.lossFloor + this.lossExcess) {
+      this.congestedSinceDecision = true;
+      this.cause = queueing ? 'queue' : 'loss';
+    }
   }
 
   /** Stops taking a receiver's reports into account (it left or was dropped). */
@@ -96,6 +115,7 @@ export class RateController {
     const interval = Math.max(MIN_INTERVAL_MS, 2 * this.slowestRttMs);
     if (nowMs - this.lastDecisionAt < interval) return;
     this.lastDecisionAt = nowMs;
+    if (this.congestedSinceDecision) this.cuts[this.cause]++;
     const next = this.congestedSinceDecision ? this.rateValue * CUT : this.rateValue * GROWTH;
     this.rateValue = Math.max(this.floor, Math.min(this.cap, next));
     this.congestedSinceDecision = false;
