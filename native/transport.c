@@ -18,6 +18,12 @@
  * one buffer the caller owns, then calls back once per batch with their count; lengths and sources go
  * into a Uint32Array beside it ([length, IPv4 address, port] per slot). The caller stops node:dgram's
  * own reading first. A datagram larger than its slot is counted in the slot's length as 0 (dropped).
+ *
+ * Erasure code: gfCombine is the region kernel of src/transport/gf256.ts (outputs[r] = sum over j of
+ * coefficients[r][j] * inputs[j] over GF(2^8), polynomial 0x11d) on the inputs where they are: each byte
+ * split in two nibbles looked up in 16-entry product tables, 32 bytes per AVX2 shuffle where the CPU
+ * has AVX2, a byte per table lookup elsewhere. The WebAssembly kernel copies every input into its own
+ * memory first.
  */
 #define _GNU_SOURCE /* recvmmsg */
 #define OPENSSL_SUPPRESS_DEPRECATED
@@ -33,6 +39,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define KEY_BYTES 32
 #define NONCE_BYTES 12
@@ -398,6 +407,130 @@ static napi_value populate(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* GF(2^8) region kernel */
+
+static uint8_t gf_mul[256][256];
+/* Per coefficient c: c * x for x = 0..15 (low nibble), then c * (x << 4) (high nibble). */
+static uint8_t gf_nibbles[256][32];
+static int gf_ready = 0;
+static int gf_avx2 = 0;
+
+static void gf_init(void) {
+  if (gf_ready) return;
+  uint8_t exp[512], log[256];
+  int x = 1;
+  for (int i = 0; i < 255; i++) {
+    exp[i] = (uint8_t)x;
+    log[x] = (uint8_t)i;
+    x <<= 1;
+    if (x & 0x100) x ^= 0x11d;
+  }
+  for (int i = 255; i < 512; i++) exp[i] = exp[i - 255];
+  for (int a = 0; a < 256; a++)
+    for (int b = 0; b < 256; b++) gf_mul[a][b] = (a == 0 || b == 0) ? 0 : exp[log[a] + log[b]];
+  for (int c = 0; c < 256; c++)
+    for (int n = 0; n < 16; n++) {
+      gf_nibbles[c][n] = gf_mul[c][n];
+      gf_nibbles[c][16 + n] = gf_mul[c][n << 4];
+    }
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  gf_avx2 = __builtin_cpu_supports("avx2");
+#endif
+  gf_ready = 1;
+}
+
+/* out[0..length) ^= c * in[0..length) (or = when first), byte by byte. */
+static void gf_mul_add_scalar(uint8_t *out, const uint8_t *in, uint8_t c, size_t length, int first) {
+  const uint8_t *row = gf_mul[c];
+  if (first)
+    for (size_t i = 0; i < length; i++) out[i] = row[in[i]];
+  else
+    for (size_t i = 0; i < length; i++) out[i] ^= row[in[i]];
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) static void gf_mul_add_avx2(uint8_t *out, const uint8_t *in, uint8_t c,
+                                                             size_t length, int first) {
+  const __m128i lo128 = _mm_loadu_si128((const __m128i *)gf_nibbles[c]);
+  const __m128i hi128 = _mm_loadu_si128((const __m128i *)(gf_nibbles[c] + 16));
+  const __m256i lo = _mm256_broadcastsi128_si256(lo128);
+  const __m256i hi = _mm256_broadcastsi128_si256(hi128);
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  size_t i = 0;
+  for (; i + 32 <= length; i += 32) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)(in + i));
+    __m256i p = _mm256_xor_si256(_mm256_shuffle_epi8(lo, _mm256_and_si256(v, mask)),
+                                 _mm256_shuffle_epi8(hi, _mm256_and_si256(_mm256_srli_epi16(v, 4), mask)));
+    if (!first) p = _mm256_xor_si256(p, _mm256_loadu_si256((const __m256i *)(out + i)));
+    _mm256_storeu_si256((__m256i *)(out + i), p);
+  }
+  gf_mul_add_scalar(out + i, in + i, c, length - i, first);
+}
+#endif
+
+static void gf_mul_add(uint8_t *out, const uint8_t *in, uint8_t c, size_t length, int first) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (gf_avx2) {
+    gf_mul_add_avx2(out, in, c, length, first);
+    return;
+  }
+#endif
+  gf_mul_add_scalar(out, in, c, length, first);
+}
+
+#define MAX_REGIONS 256
+
+/*
+ * gfCombine(coefficients: Uint8Array, inputs: Uint8Array[], outputs: Uint8Array[], length): undefined
+ * outputs[r][0..length) = sum over j of coefficients[r * inputs.length + j] * inputs[j][0..length).
+ * The caller checks that outputs overlap neither the inputs nor each other (gf256.ts does).
+ */
+static napi_value gf_combine(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  uint8_t *coefficients;
+  size_t coefficient_count;
+  uint32_t n, m;
+  int64_t length;
+  bool is_array;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 4 || !bytes_of(env, argv[0], &coefficients, &coefficient_count) ||
+      napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array || napi_get_array_length(env, argv[1], &n) != napi_ok ||
+      napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array || napi_get_array_length(env, argv[2], &m) != napi_ok ||
+      !int_of(env, argv[3], &length) || length < 0)
+    return fail(env, "gfCombine(coefficients, inputs[], outputs[], length)");
+  if (n > MAX_REGIONS || m > MAX_REGIONS || (size_t)n * m != coefficient_count)
+    return fail(env, "gfCombine: coefficients must be outputs x inputs (at most 256 each)");
+  gf_init();
+  uint8_t *inputs[MAX_REGIONS];
+  for (uint32_t j = 0; j < n; j++) {
+    napi_value element;
+    size_t region;
+    if (napi_get_element(env, argv[1], j, &element) != napi_ok || !bytes_of(env, element, &inputs[j], &region) ||
+        region < (size_t)length)
+      return fail(env, "gfCombine: every input must be a Uint8Array of at least `length` bytes");
+  }
+  for (uint32_t r = 0; r < m; r++) {
+    napi_value element;
+    uint8_t *out;
+    size_t region;
+    if (napi_get_element(env, argv[2], r, &element) != napi_ok || !bytes_of(env, element, &out, &region) ||
+        region < (size_t)length)
+      return fail(env, "gfCombine: every output must be a Uint8Array of at least `length` bytes");
+    int first = 1;
+    for (uint32_t j = 0; j < n; j++) {
+      uint8_t c = coefficients[(size_t)r * n + j];
+      if (c == 0) continue;
+      gf_mul_add(out, inputs[j], c, (size_t)length, first);
+      first = 0;
+    }
+    if (first) memset(out, 0, (size_t)length);
+  }
+  return NULL;
+}
+
 napi_value transport_exports(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"aeadKey", NULL, aead_key, NULL, NULL, NULL, napi_default, NULL},
@@ -407,6 +540,7 @@ napi_value transport_exports(napi_env env, napi_value exports) {
       {"udpReceiveStart", NULL, udp_receive_start, NULL, NULL, NULL, napi_default, NULL},
       {"udpReceiveStop", NULL, udp_receive_stop, NULL, NULL, NULL, napi_default, NULL},
       {"populate", NULL, populate, NULL, NULL, NULL, napi_default, NULL},
+      {"gfCombine", NULL, gf_combine, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return exports;

@@ -11,6 +11,7 @@
  * WebAssembly SIMD is unavailable) is the plain table loop `out[i] ^= row[src[i]]`, four bytes per step
  * when the buffers are 4-byte aligned. Both give identical results.
  */
+import { native } from '../native/native.js';
 import { createSimdKernel } from './gf256-simd.js';
 import type { RegionKernel } from './region-kernel.js';
 
@@ -229,5 +230,40 @@ export const scalarKernel: RegionKernel = {
 /** The WebAssembly SIMD kernel, or undefined where the runtime cannot run it. */
 export const simdKernel: RegionKernel | undefined = createSimdKernel({ gfMul, checkCombine, scalarKernel });
 
-/** The fastest kernel available here. */
+/** The fastest kernel available here without the addon. */
 export const defaultKernel: RegionKernel = simdKernel ?? scalarKernel;
+
+/**
+ * The addon's kernel (native/transport.c: the same nibble tables, 32 bytes per AVX2 shuffle, on the
+ * inputs where they are, where the WebAssembly one copies each into its memory first); undefined where
+ * the addon is not built, or disagrees with the scalar kernel on a small example.
+ */
+export const nativeKernel: RegionKernel | undefined = (() => {
+  const addon = native;
+  if (addon === undefined || typeof addon.gfCombine !== 'function') return undefined;
+  const kernel: RegionKernel = {
+    name: 'native',
+    combine(coefficients, inputs, outputs, length) {
+      checkCombine(coefficients, inputs, outputs, length);
+      if (length === 0 || outputs.length === 0) return;
+      addon.gfCombine(coefficients, inputs, outputs, length);
+    },
+  };
+  const a = Uint8Array.from({ length: 77 }, (_, x) => (x * 97 + 13) & 0xff);
+  const b = Uint8Array.from({ length: 77 }, (_, x) => (x * 31 + 200) & 0xff);
+  const coefficients = Uint8Array.of(0, 1, 2, 0x8e, 0xff, 0x53);
+  const expected = [new Uint8Array(77), new Uint8Array(77), new Uint8Array(77)];
+  const actual = [new Uint8Array(77), new Uint8Array(77), new Uint8Array(77)];
+  scalarKernel.combine(coefficients, [a, b], expected, 77);
+  try {
+    kernel.combine(coefficients, [a, b], actual, 77);
+  } catch {
+    return undefined;
+  }
+  for (let r = 0; r < 3; r++)
+    for (let x = 0; x < 77; x++) if (actual[r]![x] !== expected[r]![x]) return undefined;
+  return kernel;
+})();
+
+/** The fastest kernel of all: the addon's where it is built. */
+export const fastestKernel: RegionKernel = nativeKernel ?? defaultKernel;

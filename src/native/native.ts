@@ -72,6 +72,16 @@ export interface NativeAddon {
    * at first write; false where the kernel cannot.
    */
   populate(bytes: Uint8Array): boolean;
+  /**
+   * outputs[r][0..length) = sum over j of coefficients[r * inputs.length + j] * inputs[j][0..length) over
+   * GF(2^8) with the polynomial 0x11d (src/transport/gf256.ts's region kernel; AVX2 where the CPU has it).
+   */
+  gfCombine(
+    coefficients: Uint8Array,
+    inputs: readonly Uint8Array[],
+    outputs: readonly Uint8Array[],
+    length: number,
+  ): void;
   /** SO_RCVBUFFORCE (which 0) or SO_SNDBUFFORCE (1) on a socket: 0, or the errno (EPERM unprivileged). */
   forceSocketBuffer(fd: number, which: 0 | 1, bytes: number): number;
   /**

@@ -1,5 +1,6 @@
 import type { ErasureDecoder } from './multicast-receiver.js';
 import type { ParityEncoder } from './multicast-sender.js';
+import { fastestKernel } from '../fec/gf256.js';
 import { MAX_BLOCK_SYMBOLS, ReedSolomon } from '../fec/reed-solomon.js';
 
 /**
@@ -24,7 +25,7 @@ export class BlockCodec implements ParityEncoder, ErasureDecoder {
   private code(k: number): ReedSolomon {
     let code = this.codes.get(k);
     if (!code) {
-      code = new ReedSolomon(k, MAX_BLOCK_SYMBOLS - k);
+      code = new ReedSolomon(k, MAX_BLOCK_SYMBOLS - k, { kernel: fastestKernel });
       this.codes.set(k, code);
     }
     return code;

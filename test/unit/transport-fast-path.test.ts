@@ -5,6 +5,8 @@ import fc from 'fast-check';
 import type { DatagramSocket } from '../../src/transport/datagram.js';
 import { DgramSocket } from '../../src/transport/dgram-socket.js';
 import { BlockCodec } from '../../src/transport/fec-codec.js';
+import { defaultKernel, fastestKernel, nativeKernel, scalarKernel } from '../../src/fec/gf256.js';
+import { ReedSolomon } from '../../src/fec/reed-solomon.js';
 import { MessageType, type SymbolMessage } from '../../src/transport/messages.js';
 import {
   PacketOpener,
@@ -287,3 +289,62 @@ test('dgram socket: reads in batches through the addon, a 65507-byte datagram an
 function realSleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
+
+test('native GF(2^8) kernel: built, used by the block codec, and equal to the scalar one everywhere', () => {
+  assert.ok(nativeKernel, 'the addon has no gfCombine (npm ci builds native/transport.c)');
+  assert.equal(fastestKernel, nativeKernel);
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 0, max: 9000 }),
+      fc.integer({ min: 0, max: 7 }),
+      fc.integer({ min: 1, max: 70 }),
+      fc.integer({ min: 1, max: 4 }),
+      fc.integer({ min: 0, max: 2 ** 31 }),
+      (length, offset, n, rows, seed) => {
+        let x = seed;
+        const next = (): number => (x = (x * 1103515245 + 12345) >>> 0) >>> 24;
+        const coefficients = Uint8Array.from({ length: n * rows }, next);
+        if (n * rows > 2) [coefficients[0], coefficients[1]] = [0, 1];
+        const inputs = Array.from({ length: n }, () =>
+          Uint8Array.from({ length: length + offset }, next).subarray(offset),
+        );
+        const expected = Array.from({ length: rows }, () => new Uint8Array(length));
+        const actual = Array.from({ length: rows }, () =>
+          Uint8Array.from({ length: length + 3 }, next).subarray(3),
+        );
+        scalarKernel.combine(coefficients, inputs, expected, length);
+        nativeKernel!.combine(coefficients, inputs, actual, length);
+        assert.deepEqual(actual, expected);
+      },
+    ),
+    { numRuns: 200 },
+  );
+  assert.throws(
+    () => nativeKernel!.combine(new Uint8Array(3), [new Uint8Array(5)], [new Uint8Array(5)], 5),
+    RangeError,
+  );
+});
+
+test('block codec on the native kernel: any k of a block rebuild it, parity as the WebAssembly kernel makes it', () => {
+  const k = 64;
+  const size = 8916;
+  const sources = Array.from({ length: k }, (_, i) =>
+    Uint8Array.from({ length: size }, (_, j) => (i * 31 + j * 7) & 0xff),
+  );
+  const codec = new BlockCodec();
+  const reference = new ReedSolomon(k, 255 - k, { kernel: defaultKernel });
+  const parity = new Map<number, Uint8Array>();
+  for (const index of [k, k + 1, k + 2, 200, 254]) {
+    const made = codec.encodeParity(sources, index);
+    const expected = new Uint8Array(size);
+    reference.encodeParity(sources, index, expected);
+    assert.deepEqual(made, expected, `parity ${index}`);
+    parity.set(index, made);
+  }
+  // Lose five data symbols; rebuild from the rest and the five parity symbols.
+  const symbols = new Map<number, Uint8Array>();
+  for (let i = 0; i < k; i++) if (![0, 7, 31, 32, 63].includes(i)) symbols.set(i, sources[i]!);
+  for (const [index, bytes] of parity) symbols.set(index, bytes);
+  const rebuilt = codec.decode(k, symbols, size);
+  for (let i = 0; i < k; i++) assert.deepEqual(rebuilt[i], sources[i], `symbol ${i}`);
+});
