@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <node_api.h>
+#include "napi-args.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,28 +60,12 @@ static void lane_digest(const uint8_t *bytes, size_t length, const uint32_t seed
   }
 }
 
-static int bytes_of(napi_env env, napi_value value, uint8_t **data, size_t *length) {
-  napi_typedarray_type type;
-  napi_value buffer;
-  size_t offset;
-  void *raw;
-  if (napi_get_typedarray_info(env, value, &type, length, &raw, &buffer, &offset) != napi_ok) return 0;
-  if (type != napi_uint8_array) return 0;
-  *data = raw;
-  return 1;
-}
-
 static int seed_of(napi_env env, napi_value value, uint32_t seed[LANES]) {
   uint8_t *bytes;
   size_t length;
   if (!bytes_of(env, value, &bytes, &length) || length != LANES * 4) return 0;
   for (int i = 0; i < LANES; i++) seed[i] = le32(bytes + 4 * i);
   return 1;
-}
-
-static napi_value fail(napi_env env, const char *message) {
-  napi_throw_type_error(env, NULL, message);
-  return NULL;
 }
 
 /* chunkDigest(bytes: Uint8Array, seed: Uint8Array(32), out: Uint8Array(32)). */

@@ -6,6 +6,7 @@
  */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <node_api.h>
+#include "napi-args.h"
 #include <openssl/sha.h>
 #include <errno.h>
 #include <stdint.h>
@@ -22,22 +23,6 @@ static void free_state(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   free(data);
-}
-
-static int bytes_of(napi_env env, napi_value value, uint8_t **data, size_t *length) {
-  napi_typedarray_type type;
-  napi_value buffer;
-  size_t offset;
-  void *raw;
-  if (napi_get_typedarray_info(env, value, &type, length, &raw, &buffer, &offset) != napi_ok) return 0;
-  if (type != napi_uint8_array) return 0;
-  *data = raw;
-  return 1;
-}
-
-static napi_value fail(napi_env env, const char *message) {
-  napi_throw_type_error(env, NULL, message);
-  return NULL;
 }
 
 /* keyedState(key: Uint8Array(64)): an opaque state for digestPages. */
