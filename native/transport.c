@@ -18,6 +18,11 @@
  * one buffer the caller owns, then calls back once per batch with their count; lengths and sources go
  * into a Uint32Array beside it ([length, IPv4 address, port] per slot). The caller stops node:dgram's
  * own reading first. A datagram larger than its slot is counted in the slot's length as 0 (dropped).
+ * Coalescing: datagrams paced at a link's rate arrive one at a time, and waking the loop (and calling
+ * into JavaScript) per datagram costs more than reading it. So once a readiness event found datagrams,
+ * the reader stops watching and reads again `coalesceMs` later (a timer), and keeps doing so while it
+ * finds some; the first read that finds none goes back to watching. Datagrams wait at most about that
+ * long in the socket's buffer (which is sized for far longer).
  *
  * Erasure code: gfCombine is the region kernel of src/transport/gf256.ts (outputs[r] = sum over j of
  * coefficients[r][j] * inputs[j] over GF(2^8), polynomial 0x11d) on the inputs where they are: each byte
@@ -213,6 +218,9 @@ static napi_value force_socket_buffer(napi_env env, napi_callback_info info) {
 
 typedef struct {
   uv_poll_t poll;
+  uv_timer_t timer;
+  int open_handles;
+  int64_t coalesce_ms;
   napi_env env;
   napi_ref callback;
   napi_ref buffer_ref;
@@ -232,6 +240,7 @@ typedef struct {
 
 static void receiver_closed(uv_handle_t *handle) {
   receiver_t *r = handle->data;
+  if (--r->open_handles > 0) return;
   close(r->fd);
   if (r->closed_callback != NULL) {
     napi_handle_scope scope;
@@ -254,13 +263,12 @@ static void receiver_closed(uv_handle_t *handle) {
   free(r);
 }
 
-static void on_readable(uv_poll_t *poll, int status, int events) {
-  (void)events;
-  receiver_t *r = poll->data;
-  if (r->stopped || status < 0) return;
+/* Reads what is there (up to MAX_ROUNDS batches), calling back per batch; returns how many were read. */
+static int drain(receiver_t *r) {
   napi_env env = r->env;
   napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  int total = 0;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return 0;
   for (int round = 0; round < MAX_ROUNDS && !r->stopped; round++) {
     for (int i = 0; i < r->slots; i++) {
       r->msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
@@ -268,6 +276,7 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
     }
     int n = recvmmsg(r->fd, r->msgs, (unsigned)r->slots, MSG_DONTWAIT, NULL);
     if (n <= 0) break;
+    total += n;
     for (int i = 0; i < n; i++) {
       int truncated = (r->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
       r->meta[3 * i] = truncated ? 0 : r->msgs[i].msg_len;
@@ -286,16 +295,41 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
     if (n < r->slots) break;
   }
   napi_close_handle_scope(env, scope);
+  return total;
+}
+
+static void on_readable(uv_poll_t *poll, int status, int events);
+
+static void on_timer(uv_timer_t *timer) {
+  receiver_t *r = timer->data;
+  if (r->stopped) return;
+  int total = drain(r);
+  if (r->stopped) return;
+  if (total > 0)
+    uv_timer_start(&r->timer, on_timer, (uint64_t)r->coalesce_ms, 0);
+  else
+    uv_poll_start(&r->poll, UV_READABLE, on_readable);
+}
+
+static void on_readable(uv_poll_t *poll, int status, int events) {
+  (void)events;
+  receiver_t *r = poll->data;
+  if (r->stopped || status < 0) return;
+  int total = drain(r);
+  if (r->stopped || total == 0 || r->coalesce_ms <= 0) return;
+  uv_poll_stop(&r->poll);
+  uv_timer_start(&r->timer, on_timer, (uint64_t)r->coalesce_ms, 0);
 }
 
 /*
- * udpReceiveStart(fd, buffer: Uint8Array, slotBytes, meta: Uint32Array, callback(count)): handle.
- * buffer holds the slots (slots = min(buffer.length / slotBytes, meta.length / 3, 256)).
+ * udpReceiveStart(fd, buffer: Uint8Array, slotBytes, meta: Uint32Array, callback(count), coalesceMs?):
+ * handle. buffer holds the slots (slots = min(buffer.length / slotBytes, meta.length / 3, 256));
+ * coalesceMs 0 reads on every readiness event.
  */
 static napi_value udp_receive_start(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  int64_t fd, slot_bytes;
+  size_t argc = 6;
+  napi_value argv[6];
+  int64_t fd, slot_bytes, coalesce_ms = 0;
   uint8_t *buffer;
   size_t buffer_length, meta_length;
   void *meta_raw;
@@ -309,7 +343,9 @@ static napi_value udp_receive_start(napi_env env, napi_callback_info info) {
       napi_get_typedarray_info(env, argv[3], &type, &meta_length, &meta_raw, &ab, &ab_offset) != napi_ok ||
       type != napi_uint32_array || napi_typeof(env, argv[4], &callback_type) != napi_ok ||
       callback_type != napi_function || fd < 0 || slot_bytes <= 0)
-    return fail(env, "udpReceiveStart(fd, buffer, slotBytes, meta: Uint32Array, callback)");
+    return fail(env, "udpReceiveStart(fd, buffer, slotBytes, meta: Uint32Array, callback, coalesceMs?)");
+  if (argc >= 6 && (!int_of(env, argv[5], &coalesce_ms) || coalesce_ms < 0 || coalesce_ms > 1000))
+    return fail(env, "udpReceiveStart: coalesceMs must be 0..1000");
   int64_t slots = (int64_t)buffer_length / slot_bytes;
   if ((int64_t)meta_length / 3 < slots) slots = (int64_t)meta_length / 3;
   if (slots > MAX_SLOTS) slots = MAX_SLOTS;
@@ -324,6 +360,7 @@ static napi_value udp_receive_start(napi_env env, napi_callback_info info) {
     return fail(env, "udpReceiveStart: cannot duplicate the descriptor");
   }
   r->env = env;
+  r->coalesce_ms = coalesce_ms;
   r->buffer = buffer;
   r->meta = meta_raw;
   r->slot_bytes = (size_t)slot_bytes;
@@ -341,15 +378,19 @@ static napi_value udp_receive_start(napi_env env, napi_callback_info info) {
   if (napi_create_reference(env, argv[4], 1, &r->callback) != napi_ok ||
       napi_create_reference(env, argv[1], 1, &r->buffer_ref) != napi_ok ||
       napi_create_reference(env, argv[3], 1, &r->meta_ref) != napi_ok ||
-      napi_async_init(env, NULL, name, &r->context) != napi_ok || uv_poll_init(loop, &r->poll, r->fd) != 0) {
+      napi_async_init(env, NULL, name, &r->context) != napi_ok || uv_timer_init(loop, &r->timer) != 0 ||
+      uv_poll_init(loop, &r->poll, r->fd) != 0) {
     close(r->fd);
     free(r);
     return fail(env, "udpReceiveStart: cannot set up");
   }
   r->poll.data = r;
+  r->timer.data = r;
+  r->open_handles = 2;
   if (uv_poll_start(&r->poll, UV_READABLE, on_readable) != 0) {
     r->stopped = 1;
     uv_close((uv_handle_t *)&r->poll, receiver_closed);
+    uv_close((uv_handle_t *)&r->timer, receiver_closed);
     return fail(env, "udpReceiveStart: cannot watch the descriptor");
   }
   napi_value external;
@@ -375,7 +416,9 @@ static napi_value udp_receive_stop(napi_env env, napi_callback_info info) {
     if (closed_type == napi_function) napi_create_reference(env, argv[1], 1, &r->closed_callback);
     r->stopped = 1;
     uv_poll_stop(&r->poll);
+    uv_timer_stop(&r->timer);
     uv_close((uv_handle_t *)&r->poll, receiver_closed);
+    uv_close((uv_handle_t *)&r->timer, receiver_closed);
   }
   return NULL;
 }

@@ -87,7 +87,9 @@ export interface NativeAddon {
   /**
    * Reads datagrams from a duplicate of `fd` on libuv's loop, up to one per slot of `buffer`
    * (`slotBytes` each) per recvmmsg call, and calls `callback(count)` per batch; meta holds [length (0:
-   * truncated), IPv4 address, port] per slot. The slots are only valid during the callback.
+   * truncated), IPv4 address, port] per slot. The slots are only valid during the callback. Once a
+   * readiness event found datagrams it reads again every `coalesceMs` (a timer) while it finds some,
+   * rather than waking per datagram; 0: on every readiness event.
    */
   udpReceiveStart(
     fd: number,
@@ -95,6 +97,7 @@ export interface NativeAddon {
     slotBytes: number,
     meta: Uint32Array,
     callback: (count: number) => void,
+    coalesceMs?: number,
   ): object;
   /**
    * Stops a udpReceiveStart reader and closes its descriptor, then calls `closed` (once; later calls do
