@@ -165,7 +165,9 @@ export class DgramSocket implements DatagramSocket {
   private handler: ((bytes: Uint8Array, from: string) => void) | undefined;
   private readonly joined = new Set<string>();
   /** Parsed destinations: a session sends to one group and one sender address, thousands of times. */
-  private readonly targets = new Map<string, { host: string; port: number }>();
+  private readonly targets = new Map<string, { host: string; port: number; literal: boolean }>();
+  /** Sends to a name, waiting for node:dns: their buffers are not the kernel's yet. */
+  private resolving = 0;
   private closed = false;
   /** Stops the addon's batched reading, when it reads for this socket. */
   private stopBatched: (() => Promise<void>) | undefined;
@@ -236,8 +238,18 @@ export class DgramSocket implements DatagramSocket {
     if (this.closed) return;
     let target = this.targets.get(to);
     if (!target) {
-      target = splitAddress(to);
+      const { host, port } = splitAddress(to);
+      target = { host, port, literal: isIPv4(host) };
       this.targets.set(to, target);
+    }
+    if (!target.literal) {
+      // Sent once node:dns has answered, a tick or more later: counted until then.
+      this.resolving++;
+      this.socket.send(bytes, target.port, target.host, (error) => {
+        this.resolving--;
+        if (error) this.sendErrors++;
+      });
+      return;
     }
     // No per-datagram callback: at tens of thousands of datagrams a second its allocation shows in
     // profiles; a failed send surfaces as an 'error' event, counted in sendErrors.
@@ -246,7 +258,7 @@ export class DgramSocket implements DatagramSocket {
 
   /** True when the kernel has taken every datagram sent so far: their buffers may be reused. */
   sendsSettled(): boolean {
-    return this.closed || this.socket.getSendQueueCount() === 0;
+    return this.closed || (this.resolving === 0 && this.socket.getSendQueueCount() === 0);
   }
 
   joinGroup(group: string): void {

@@ -73,8 +73,12 @@ function openMessage(
   return { opened, message };
 }
 
-/** Objects at least this large get their memory populated at once (see objectMemory). */
-const POPULATE_BYTES = 2 ** 20;
+/**
+ * Objects from 1 to 64 MiB get their memory populated at once (see objectMemory); larger ones fault in
+ * as they fill, so the event loop never stalls long on one allocation.
+ */
+const POPULATE_MIN_BYTES = 2 ** 20;
+const POPULATE_MAX_BYTES = 64 * 2 ** 20;
 
 /**
  * Memory for a received object: every byte of it is written once, so its pages are backed in one call
@@ -83,7 +87,13 @@ const POPULATE_BYTES = 2 ** 20;
  */
 function objectMemory(length: number): Uint8Array {
   const bytes = new Uint8Array(length);
-  if (length >= POPULATE_BYTES && typeof native?.populate === 'function') native.populate(bytes);
+  if (
+    length >= POPULATE_MIN_BYTES &&
+    length <= POPULATE_MAX_BYTES &&
+    typeof native?.populate === 'function'
+  ) {
+    native.populate(bytes);
+  }
   return bytes;
 }
 

@@ -348,3 +348,28 @@ test('block codec on the native kernel: any k of a block rebuild it, parity as t
   const rebuilt = codec.decode(k, symbols, size);
   for (let i = 0; i < k; i++) assert.deepEqual(rebuilt[i], sources[i], `symbol ${i}`);
 });
+
+test('dgram socket: a send to a name waits for node:dns, and its buffer is not reported free until it went', async () => {
+  const a = await DgramSocket.open({ bindAddress: '127.0.0.1', multicastInterface: '127.0.0.1' });
+  const b = await DgramSocket.open({ bindAddress: '127.0.0.1', multicastInterface: '127.0.0.1' });
+  try {
+    const got: Uint8Array[] = [];
+    const both = new Promise<void>((resolve) =>
+      b.onDatagram((bytes) => {
+        got.push(bytes.slice());
+        if (got.length === 2) resolve();
+      }),
+    );
+    a.send(Uint8Array.of(1, 2, 3), b.address);
+    assert.equal(a.sendsSettled(), true, 'a literal address goes to the kernel within send()');
+    const port = b.address.slice(b.address.lastIndexOf(':') + 1);
+    a.send(Uint8Array.of(4, 5, 6), `localhost:${port}`);
+    assert.equal(a.sendsSettled(), false, 'a name is resolved first: the buffer is still ours to keep');
+    await Promise.race([both, realSleep(5000)]);
+    assert.deepEqual(got, [Uint8Array.of(1, 2, 3), Uint8Array.of(4, 5, 6)]);
+    await realSleep(10);
+    assert.equal(a.sendsSettled(), true);
+  } finally {
+    await Promise.all([a.close(), b.close()]);
+  }
+});
