@@ -33,6 +33,7 @@
 #define _GNU_SOURCE /* recvmmsg */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <node_api.h>
+#include "napi-args.h"
 #include <openssl/evp.h>
 #include <errno.h>
 #include <stdint.h>
@@ -64,26 +65,6 @@ static void free_aead(napi_env env, void *data, void *hint) {
   EVP_CIPHER_CTX_free(aead->seal);
   EVP_CIPHER_CTX_free(aead->open);
   free(aead);
-}
-
-static napi_value fail(napi_env env, const char *message) {
-  napi_throw_type_error(env, NULL, message);
-  return NULL;
-}
-
-static int bytes_of(napi_env env, napi_value value, uint8_t **data, size_t *length) {
-  napi_typedarray_type type;
-  napi_value buffer;
-  size_t offset;
-  void *raw;
-  if (napi_get_typedarray_info(env, value, &type, length, &raw, &buffer, &offset) != napi_ok) return 0;
-  if (type != napi_uint8_array) return 0;
-  *data = raw;
-  return 1;
-}
-
-static int int_of(napi_env env, napi_value value, int64_t *out) {
-  return napi_get_value_int64(env, value, out) == napi_ok;
 }
 
 /* aeadKey(key: Uint8Array(32)): an opaque pair of contexts (seal, open) keyed once. */
