@@ -185,6 +185,7 @@ function fileReader(
 ): GuestRam {
   const fd = openSync(path, 'r');
   let writeFd: number | undefined;
+  let closed = false;
   return {
     method,
     get map() {
@@ -205,7 +206,12 @@ function fileReader(
         done += n;
       }
     },
+    // Idempotent: a destination's RAM is closed when it resumes or is aborted, and an abort may come
+    // twice (the coordinator's live-abort, then the job's end); closing a descriptor twice is EBADF,
+    // or worse, another file's descriptor by then.
     close: () => {
+      if (closed) return;
+      closed = true;
       closeSync(fd);
       if (writeFd !== undefined) closeSync(writeFd);
       cleanup();
