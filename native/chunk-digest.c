@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <node_api.h>
+#include "file-read.h"
 #include "napi-args.h"
 #include <stdint.h>
 #include <stdio.h>
@@ -105,16 +106,7 @@ static void read_and_digest(napi_env env, void *data) {
   }
   for (size_t k = 0; k < job->count && job->error == 0; k++) {
     int64_t position = job->chunks[2 * k], length = job->chunks[2 * k + 1];
-    for (int64_t done = 0; done < length;) {
-      ssize_t n = pread(job->fd, buffer + done, (size_t)(length - done), (off_t)(position + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        job->error = n < 0 ? errno : -1;
-        job->failed_at = position + done;
-        break;
-      }
-      done += n;
-    }
+    job->error = pread_fully(job->fd, buffer, length, position, &job->failed_at);
     if (job->error == 0) lane_digest(buffer, (size_t)length, job->seed, job->digests + k * DIGEST_BYTES);
   }
   free(buffer);
@@ -128,16 +120,7 @@ static void settle(napi_env env, napi_status status, void *data) {
     napi_create_buffer_copy(env, job->count * DIGEST_BYTES, job->digests, &copy, &result);
     napi_resolve_deferred(env, job->deferred, result);
   } else {
-    char message[160];
-    if (job->error == -1)
-      snprintf(message, sizeof(message), "end of file at position %lld", (long long)job->failed_at);
-    else
-      snprintf(message, sizeof(message), "read at position %lld: %s", (long long)job->failed_at,
-               strerror(job->error));
-    napi_value text;
-    napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &text);
-    napi_create_error(env, NULL, text, &result);
-    napi_reject_deferred(env, job->deferred, result);
+    napi_reject_deferred(env, job->deferred, read_error(env, job->error, job->failed_at));
   }
   napi_delete_async_work(env, job->work);
   free(job->chunks);

@@ -6,6 +6,7 @@
  */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <node_api.h>
+#include "file-read.h"
 #include "napi-args.h"
 #include <openssl/sha.h>
 #include <errno.h>
@@ -106,17 +107,8 @@ static void scan_execute(napi_env env, void *data) {
   (void)env;
   scan_job *job = data;
   if (job->fd >= 0) {
-    int64_t length = job->count * PAGE_SIZE;
-    for (int64_t done = 0; done < length;) {
-      ssize_t n = pread(job->fd, job->pages + done, (size_t)(length - done), (off_t)(job->position + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        job->error = n < 0 ? errno : -1;
-        job->failed_at = job->position + done;
-        return;
-      }
-      done += n;
-    }
+    job->error = pread_fully(job->fd, job->pages, job->count * PAGE_SIZE, job->position, &job->failed_at);
+    if (job->error != 0) return;
   }
   unsigned char digest[SHA256_DIGEST_LENGTH];
   for (int64_t i = 0; i < job->count; i++) {
@@ -137,16 +129,7 @@ static void scan_complete(napi_env env, napi_status status, void *data) {
     napi_get_undefined(env, &undefined);
     napi_resolve_deferred(env, job->deferred, undefined);
   } else {
-    char message[160];
-    if (job->error == -1)
-      snprintf(message, sizeof(message), "end of file at position %lld", (long long)job->failed_at);
-    else
-      snprintf(message, sizeof(message), "read at position %lld: %s", (long long)job->failed_at,
-               job->error ? strerror(job->error) : "cancelled");
-    napi_value text, error;
-    napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &text);
-    napi_create_error(env, NULL, text, &error);
-    napi_reject_deferred(env, job->deferred, error);
+    napi_reject_deferred(env, job->deferred, read_error(env, job->error, job->failed_at));
   }
   for (int i = 0; i < 4; i++) napi_delete_reference(env, job->refs[i]);
   napi_delete_async_work(env, job->work);
