@@ -22,6 +22,7 @@ import {
   type MemoryDigests,
 } from './memory-check.js';
 import { LiveStreamEncoder } from './encoder.js';
+import { AckWindow } from './ack-window.js';
 import { streamListener, waitMigrationSettled, withTimeout } from './source.js';
 
 /**
@@ -34,7 +35,7 @@ import { streamListener, waitMigrationSettled, withTimeout } from './source.js';
  * runs at its source or at its target, never nowhere.
  *
  * Backpressure: the coordinator stops reading QEMU's socket while the control channel's buffer is
- * full or the destination has not taken what was sent (live-ack), so QEMU sees the real rate, end to
+ * full or the destination has not taken what was sent (AckWindow), so QEMU sees the real rate, end to
  * end, and its convergence logic (dirty rate against bandwidth) works.
  */
 export interface LiveMigrationResult {
@@ -98,11 +99,6 @@ export const NOTHING_MOVED = {
   seconds: 0,
 } as const;
 
-/**
- * End-to-end flow control: at most this many messages (encoder.ts bounds each) are not yet taken
- * by the destination. So the source's QEMU is read at the rate the destination loads.
- */
-const MESSAGES_IN_FLIGHT = 2;
 const STEP_TIMEOUT_MS = 120_000;
 /** `max-bandwidth` for the migration: high enough never to bind (QEMU takes bytes per second). */
 const QEMU_UNCAPPED_BYTES_PER_SECOND = 100 * 2 ** 30;
@@ -251,24 +247,17 @@ export async function migrateLiveVm(options: {
       ...(options.onSentInFull ? { onSentInFull: options.onSentInFull } : {}),
       compress: options.compress,
     });
-    let unacknowledged = 0;
-    // Counted down before each wait, so two waiters at once never wait for the same ack.
-    const acknowledged = async (atMost: number) => {
-      while (unacknowledged > atMost) {
-        unacknowledged--;
-        await link.next('live-ack', (m) => m.vm === vm, STEP_TIMEOUT_MS);
-      }
-    };
+    const window = new AckWindow(link, vm, STEP_TIMEOUT_MS);
     let flushing: Promise<void> = Promise.resolve();
     const flush = async () => {
       const message = encoder!.take();
       if (!message) return;
       await options.wire?.take(message.wireBytes);
       link.send({ t: 'live-stream', vm, records: message.records });
-      unacknowledged++;
+      window.sent();
       counts.sentBytes += message.wireBytes;
       await link.drain();
-      await acknowledged(MESSAGES_IN_FLIGHT - 1);
+      await window.room();
     };
     await new Promise<void>((resolve, reject) => {
       const abort = () => {
@@ -340,7 +329,7 @@ export async function migrateLiveVm(options: {
     // A paused socket still closes: the flush its last chunk started may still be under way.
     await flushing;
     await flush();
-    await acknowledged(0);
+    await window.all();
     // QEMU waits in its completion for our answer: anything else means its migration failed.
     const { status } = (await source.execute('query-migrate')) as { status?: string };
     if (status !== 'active' && status !== 'device')

@@ -103,7 +103,7 @@ export class LiveTarget {
       this.decoder.write(records);
     } finally {
       const bytes = this.output.take();
-      if (bytes.length > 0) this.writes.write(bytes);
+      if (bytes.length > 0) this.writes.write(bytes, () => this.output.recycle(bytes));
     }
   }
 
@@ -230,9 +230,11 @@ class CountedWrites {
 
   constructor(private readonly socket: net.Socket) {}
 
-  write(bytes: Uint8Array): void {
+  /** `done` runs once the socket no longer needs `bytes`. */
+  write(bytes: Uint8Array, done: () => void): void {
     this.written++;
     this.socket.write(bytes, () => {
+      done();
       this.handedOn++;
       while (this.waiting.length > 0 && this.waiting[0]!.at <= this.handedOn) this.waiting.shift()!.resolve();
     });
@@ -244,9 +246,16 @@ class CountedWrites {
   }
 }
 
-/** Bytes appended (copied) into one buffer that grows as needed; `take` hands them over. */
+/**
+ * Bytes appended (copied) into one buffer that grows as needed; `take` hands them over. Buffers come
+ * back through `recycle` once written, so a stream of messages reuses a few buffers at their high-water
+ * size instead of faulting in fresh memory and regrowing it for every message.
+ */
 export class OutputBuffer {
-  private buffer = Buffer.allocUnsafe(1 << 20);
+  /** Buffers kept for reuse at most (one per message in flight is all a stream needs). */
+  static readonly POOL = 16;
+  private readonly free: Buffer[] = [];
+  private buffer: Buffer = Buffer.allocUnsafe(1 << 20);
   private at = 0;
 
   append(bytes: Uint8Array): void {
@@ -259,12 +268,20 @@ export class OutputBuffer {
     this.at += bytes.length;
   }
 
-  /** The bytes appended since the last take (a buffer of their own), and a fresh start. */
+  /** The bytes appended since the last take (a view of a buffer of their own), and a fresh start. */
   take(): Buffer {
     if (this.at === 0) return Buffer.alloc(0);
     const bytes = this.buffer.subarray(0, this.at);
-    this.buffer = Buffer.allocUnsafe(Math.max(1 << 20, this.buffer.length));
+    const size = this.buffer.length;
+    this.buffer = this.free.pop() ?? Buffer.allocUnsafe(size);
     this.at = 0;
     return bytes;
+  }
+
+  /** Gives back what `take` returned, once nothing reads it any more. */
+  recycle(taken: Buffer): void {
+    const whole = Buffer.from(taken.buffer, taken.byteOffset, taken.buffer.byteLength - taken.byteOffset);
+    if (taken.byteOffset !== 0 || whole.length < this.buffer.length) return; // outgrown: left to the GC
+    if (this.free.length < OutputBuffer.POOL) this.free.push(whole);
   }
 }

@@ -41,14 +41,16 @@ export class StreamWriter {
 
   /**
    * `sink` gets each record's bytes as one buffer (tail bytes as given, not copied). With `sinkCopies`
-   * the sink copies them before it returns, so page records are built in one reused buffer instead of
-   * a new one each (the agent writes thousands a message).
+   * the sink copies them before it returns, so page heads are built in one reused buffer instead of a
+   * new one each (the agent writes thousands a message), and a page record comes as two calls: its
+   * head, then the page bytes as given.
    */
   constructor(
     private readonly sink: (bytes: Uint8Array) => void,
     options: { readonly sinkCopies?: boolean } = {},
   ) {
-    if (options.sinkCopies) this.scratch = Buffer.allocUnsafe(8 + 256 + STREAM_PAGE_SIZE);
+    // The longest head: offset and flags, a block name's length byte and name, a zero page's fill.
+    if (options.sinkCopies) this.scratch = Buffer.allocUnsafe(8 + 1 + 255 + 1);
   }
 
   /** Bytes written so far. */
@@ -179,6 +181,12 @@ export class StreamWriter {
   /** A full page. `continued` as in PageRecord: absent lets the writer choose. */
   page(block: string, offset: number, data: Uint8Array, continued?: boolean): void {
     if (data.length !== STREAM_PAGE_SIZE) throw this.usage(`a page of ${data.length} bytes`);
+    if (this.scratch) {
+      // The sink copies: the head and the page go to it apart, so the page is copied once, not twice.
+      this.emit(this.pageHead(block, offset, RamFlag.PAGE, 0, continued));
+      this.emit(data);
+      return;
+    }
     const bytes = this.pageHead(block, offset, RamFlag.PAGE, STREAM_PAGE_SIZE, continued);
     bytes.set(data, bytes.length - STREAM_PAGE_SIZE);
     this.emit(bytes);
