@@ -133,5 +133,8 @@ test('output buffer: a taken buffer is not written to until it comes back', () =
   output.append(new Uint8Array(10).fill(4));
   const fourth = output.take();
   assert.ok(fourth.buffer === first.buffer, 'the recycled buffer is used again');
-  assert.ok(second.every((b) => b === 2), 'the buffer still out is untouched');
+  assert.ok(
+    second.every((b) => b === 2),
+    'the buffer still out is untouched',
+  );
 });
