@@ -134,6 +134,11 @@ export interface Lab {
   dropShare(host: HostRef, percent: number, direction: Direction): Promise<void>;
   /** Removes the loss rules of both directions. */
   clearLoss(host: HostRef): Promise<void>;
+  /**
+   * Drops every multicast packet (224.0.0.0/4) the host would receive (an nftables table in its
+   * namespace, prerouting), as a firewall on its path would; unicast still passes. false removes it.
+   */
+  denyMulticast(host: HostRef, deny: boolean): Promise<void>;
   /** Starts a command in the host's namespace (`ip netns exec`); tracked and killed by destroy(). Stdio defaults to pipes. */
   spawn(host: HostRef, command: string, args?: readonly string[], options?: SpawnOptions): ChildProcess;
   /** Runs a command in the host's namespace to completion; rejects only on timeout or a failure to start. */
@@ -908,6 +913,16 @@ class LabImpl implements Lab {
     const host = this.host(ref);
     await this.nft(host.namespace, replaceTable('inet vmslab_loss', undefined));
     await this.nft(this.switchNamespace, replaceTable(`netdev vmslab_loss_${host.veth}`, undefined));
+  }
+
+  async denyMulticast(ref: HostRef, deny: boolean): Promise<void> {
+    this.assertLive();
+    const host = this.host(ref);
+    const chain = 'type filter hook prerouting priority -300; policy accept;\n    ip daddr 224.0.0.0/4 drop';
+    await this.nft(
+      host.namespace,
+      replaceTable('inet vmslab_multicast', deny ? { name: 'in', body: chain } : undefined),
+    );
   }
 
   private async nft(namespace: string, script: string): Promise<void> {

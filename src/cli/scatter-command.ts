@@ -281,8 +281,11 @@ function renderReport(report: ScatterReport, file: string): string {
       : `${formatBytes(t.multicastPages * PAGE_SIZE)} of ${formatBytes(t.plannedMulticastPages * PAGE_SIZE)} planned`,
     formatBytes(t.peerPages * PAGE_SIZE),
     formatBytes(t.unicastPages * PAGE_SIZE),
-    t.lost ?? 'ok',
+    t.lost ?? (t.multicastUnreached ? 'ok, multicast did not reach it' : 'ok'),
   ]);
+  const unreached = report.targets.flatMap((t) =>
+    t.multicastUnreached ? [`${t.name}: ${t.multicastUnreached}`] : [],
+  );
   const s = report.seconds;
   const memory = report.pages.total * PAGE_SIZE;
   return [
@@ -296,6 +299,7 @@ function renderReport(report: ScatterReport, file: string): string {
       targetRows,
       'lrrrrrl',
     ),
+    ...(unreached.length > 0 ? ['', ...unreached] : []),
     '',
     `guest memory ${formatBytes(memory)}; on the source's link ${formatBytes(report.source.multicastWireBytes + report.source.unicastBytes)} ` +
       `(${percent(report.source.multicastWireBytes + report.source.unicastBytes, memory)}) in ${report.source.rounds} multicast round(s)`,

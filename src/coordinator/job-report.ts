@@ -50,6 +50,8 @@ export interface TargetReport {
    */
   readonly droppedDatagrams: number;
   readonly lost?: string;
+  /** Why multicast did not reach it (its pages then went over the control channel), if it did not. */
+  readonly multicastUnreached?: string;
 }
 
 export interface ScatterReport {
@@ -102,6 +104,8 @@ export interface TargetOutcome {
   readonly droppedDatagrams: readonly number[];
   /** Why each was lost, if it was. */
   readonly lost: readonly (string | undefined)[];
+  /** Why multicast did not reach each, if it did not. */
+  readonly unreached?: readonly (string | undefined)[];
   /** Targets that never answered, and why. */
   readonly unreachable: readonly { readonly name: string; readonly why: string }[];
 }
@@ -133,6 +137,7 @@ export function targetReports(outcome: TargetOutcome): TargetReport[] {
       wireBytes: Math.round(multicastBytes[t]! + (outcome.unicastBytes[t] ?? 0)),
       droppedDatagrams: outcome.droppedDatagrams[t] ?? 0,
       ...(outcome.lost[t] ? { lost: outcome.lost[t] } : {}),
+      ...(outcome.unreached?.[t] ? { multicastUnreached: outcome.unreached[t] } : {}),
     })),
     ...outcome.unreachable.map(({ name, why }) => ({
       name,
@@ -283,6 +288,10 @@ export function jobReport(o: JobOutcome): ScatterReport {
     peerPages: o.peerPages,
     droppedDatagrams: seeded.droppedByTarget,
     lost: o.lost,
+    unreached: o.targets.map((_, t) => {
+      const reasons = seeded.unheard.filter((u) => u.target === t).map((u) => u.why);
+      return reasons.length > 0 ? reasons.join('; ') : undefined;
+    }),
     unreachable: o.unreachable,
   });
   return {

@@ -19,6 +19,7 @@ import type { JobWork, SendRound } from '../plan/job-work.js';
 import type { BatchCounts } from '../memory/page-batches.js';
 import { measureCodec, shouldCompress, type CodecRates, type CompressionMode } from '../memory/page-codec.js';
 import { RoundEncoder, type EncodedRound } from './round-encoder.js';
+import { probeGroups, type Unheard } from './reach-check.js';
 import type { SourcePages } from '../store/source-pages.js';
 
 /**
@@ -27,6 +28,8 @@ import type { SourcePages } from '../store/source-pages.js';
  * control channels. Rounds are encoded (pages read, compressed when it pays) on a worker one round
  * ahead of the wire, and a round goes out as soon as the last one's transport session ended: the
  * receivers' confirmations that they stored it (their 'seeded') are awaited once all rounds are out.
+ * Before the first round, each group is probed (reach-check.ts): a target it does not reach is left
+ * out of the group's rounds instead of timing each of them out.
  */
 export interface SeedOptions {
   /** Path MTU of the multicast network. */
@@ -75,6 +78,8 @@ export interface SeedResult {
   readonly droppedByTarget: number[];
   /** Stopped by the signal before every round was sent (the arrays cover the rounds begun). */
   readonly interrupted: boolean;
+  /** Targets a group's probe did not reach, left out of its rounds (reach-check.ts). */
+  readonly unheard: readonly Unheard[];
 }
 
 /** Pages per transport object: about 4 MiB raw, the object size the transport was tuned with. */
@@ -130,9 +135,23 @@ export async function seedRounds(
     /** Each round starts at the rate the last one arrived at, not from scratch. */
     initialRateBytesPerSecond: undefined as number | undefined,
   };
+  let unheard: Unheard[] = [];
   try {
     let next: Promise<EncodedRound> | undefined =
       work.rounds[0] && encoder.encode(work.rounds[0].ids, compression.on);
+    // While the first round is encoded: who hears which group.
+    if (work.rounds.length > 0 && !options.signal?.aborted)
+      unheard = await probeGroups({
+        rounds: work.rounds,
+        plan,
+        links,
+        source,
+        mtu: options.mtu,
+        rateBytesPerSecond: linkBitsPerSecond / 8,
+        insecurePlaintext: options.insecurePlaintext,
+        ...(options.openSocket ? { openSocket: options.openSocket } : {}),
+      });
+    const deaf = new Set(unheard.map((u) => `${u.group}:${u.target}`));
     for (const [r, round] of work.rounds.entries()) {
       if (options.signal?.aborted) {
         interrupted = true;
@@ -146,7 +165,7 @@ export async function seedRounds(
       encodings.raw += encoded.counts.raw;
       encodings.uniform += encoded.counts.uniform;
       encodings.compressed += encoded.counts.compressed;
-      const receivers = round.receivers.filter((t) => !links[t]!.lost);
+      const receivers = round.receivers.filter((t) => !links[t]!.lost && !deaf.has(`${round.group}:${t}`));
       roundWireBytes.push(0);
       roundCompleted.push([]);
       if (receivers.length > 0) {
@@ -192,6 +211,7 @@ export async function seedRounds(
     roundCompleted,
     droppedByTarget,
     interrupted,
+    unheard,
   };
 }
 

@@ -30,6 +30,8 @@ export class MemoryNetwork {
   private readonly groups = new Map<string, Set<MemorySocket>>();
   /** Conditions per receiving address (overrides the network's own). */
   private readonly perReceiver = new Map<string, NetworkConditions>();
+  /** Hosts multicast does not reach (denyMulticast). */
+  private readonly deaf = new Set<string>();
   readonly counters: NetworkCounters = { sent: 0, delivered: 0, dropped: 0, sentBytes: 0 };
   /** Bytes each address sent. */
   readonly sentBytesBy = new Map<string, number>();
@@ -55,6 +57,14 @@ export class MemoryNetwork {
     return socket;
   }
 
+  /**
+   * Multicast no longer reaches host `host`'s sockets (as where it is filtered on the path); unicast
+   * still does. Each datagram it misses is counted as dropped.
+   */
+  denyMulticast(host: string): void {
+    this.deaf.add(host);
+  }
+
   setConditions(conditions: NetworkConditions, receiver?: string): void {
     if (receiver === undefined) this.conditions = conditions;
     else this.perReceiver.set(receiver, conditions);
@@ -70,7 +80,13 @@ export class MemoryNetwork {
     const receivers = group
       ? [...group].filter((s) => s !== from)
       : [this.sockets.get(to)].filter((s) => !!s);
-    for (const receiver of receivers) this.deliver(receiver!, copy, from.address);
+    for (const receiver of receivers) {
+      if (group && this.deaf.has(receiver!.address.slice(0, receiver!.address.lastIndexOf(':')))) {
+        this.counters.dropped++;
+        continue;
+      }
+      this.deliver(receiver!, copy, from.address);
+    }
   }
 
   /** @internal */

@@ -98,7 +98,10 @@ export class AgentLink {
     });
   }
 
+  /** Ends the link: whatever still waits for a reply is rejected now, not at its timeout. */
   close(): void {
+    for (const waiter of this.waiters) waiter.reject(new AgentLostError(`${this.host.name}: link closed`));
+    this.waiters.clear();
     this.channel.close();
   }
 

@@ -128,3 +128,49 @@ test('lab scatter: 8 VMs -> 4 targets, 1% loss, an agent killed mid-run and resu
   assert.ok(resumeWire < 1.25 * t2.multicastPages * 4096 + 2 * 2 ** 20, `resume sent ${resumeWire} bytes`);
   for (const agent of agents.values()) agent.child.kill('SIGTERM');
 });
+
+test('lab scatter: multicast filtered on the way to one target: every VM verified, the report names it', async (t) => {
+  const available = labAvailable();
+  assert.ok(available.ok, available.ok ? '' : `the network lab is needed: ${available.why}`);
+  const { dir, cleanup } = tempDir();
+  const lab = await createLab({ hosts: ['src', ...targets] });
+  t.after(async () => {
+    await lab.destroy();
+    cleanup();
+  });
+  await lab.denyMulticast('t2', true);
+  const topology = writeTopology(dir, lab);
+  writeFileSync(join(dir, 'secret'), 'the lab deployment secret, 32 bytes+', { mode: 0o600 });
+  const agents = await Promise.all(targets.map((host) => startAgent(lab, dir, topology, host)));
+  const job = watchProcess(
+    lab.spawn(
+      'src',
+      process.execPath,
+      [
+        cli,
+        'scatter',
+        '--topology',
+        topology,
+        '--work-dir',
+        dir,
+        '--json',
+        '--secret-file',
+        join(dir, 'secret'),
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    ),
+  );
+  const done = await job.exit(180_000);
+  assert.equal(done.code, 0, done.stderr);
+  const report = JSON.parse(done.stdout);
+  assert.equal(report.ok, true);
+  assertImagesIdentical(dir, report);
+  const t2 = report.targets.find((x: { name: string }) => x.name === 't2');
+  assert.ok(t2.vms.length > 0, 't2 has VMs');
+  assert.match(t2.multicastUnreached ?? '', /did not reach it/);
+  assert.equal(t2.multicastPages, 0);
+  assert.ok(t2.unicastPages > 0, 't2 received its pages over the control channel');
+  for (const other of report.targets.filter((x: { name: string }) => x.name !== 't2'))
+    assert.equal(other.multicastUnreached, undefined, `${other.name} hears its groups`);
+  for (const agent of agents) agent.child.kill('SIGTERM');
+});

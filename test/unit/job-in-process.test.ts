@@ -145,3 +145,34 @@ test('in-process job: three agents on the in-memory network, one lost mid-seedin
   const lacking = (t2.multicastPages + t2.unicastPages) * 4096;
   assert.ok(sent < 1.2 * lacking + 2 ** 20, `resume sent ${sent} bytes for ${lacking} bytes t2 lacked`);
 });
+
+test('in-process job: a target multicast does not reach gets its pages by unicast, and the report says why', async (t) => {
+  const { dir, cleanup } = tempDir('vms-job-');
+  const network = new MemoryNetwork(realScheduler, Math.random, {});
+  network.denyMulticast('t3');
+  const hosts = targets(dir, network);
+  t.after(async () => {
+    await hosts.close();
+    cleanup();
+  });
+  for (const name of TARGETS) await hosts.start(name);
+  const path = writeTopology(dir, new Map(TARGETS.map((n) => [n, hosts.agents.get(n)!.port])));
+  const topology = materialiseSyntheticImages(loadTopology(path), dir);
+  const report = await scatter(topology, dir, network);
+  t.diagnostic(`job: ${JSON.stringify(report.seconds)}`);
+  assert.equal(report.ok, true, JSON.stringify(report.vms.filter((vm) => !vm.verified)));
+  const t3 = report.targets.find((x) => x.name === 't3')!;
+  assert.ok(t3.vms.length > 0, 't3 has VMs');
+  assert.match(t3.multicastUnreached ?? '', /did not reach it/);
+  assert.equal(t3.multicastPages, 0);
+  assert.ok(t3.unicastPages > 0, 'its pages came over the control channel');
+  for (const other of report.targets.filter((x) => x.name !== 't3')) {
+    assert.equal(other.multicastUnreached, undefined, other.name);
+    assert.ok(other.multicastPages > 0, `${other.name} still received by multicast`);
+  }
+  for (const vm of report.vms) {
+    const source = topology.vms.find((v) => v.name === vm.name)!.source;
+    const image = join(dir, 'agents', vm.target, 'images', `${vm.name}.raw`);
+    assert.equal(imageSha256(image), imageSha256(source.kind === 'image' ? source.path : ''), vm.name);
+  }
+});
