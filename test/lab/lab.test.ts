@@ -96,26 +96,32 @@ const scripts = {
   tcpBlast: `
     const [address, port, size] = process.argv.slice(1);
     const socket = require('node:net').connect(Number(port), address, () => socket.end(Buffer.alloc(Number(size), 1)));`,
-  // Counts datagrams until 700 ms pass without one.
+  // Counts 32-byte datagrams until the first 1-byte end marker (the path keeps their order, so every
+  // datagram sent before it has arrived or been dropped by then).
   udpCount: `
     const s = require('node:dgram').createSocket('udp4');
-    let count = 0, timer;
-    const done = () => { console.log(JSON.stringify({ count })); s.close(); };
-    s.on('message', () => { count++; clearTimeout(timer); timer = setTimeout(done, 700); });
-    s.bind(Number(process.argv[1]), () => { console.log('ready'); timer = setTimeout(done, 10000); });`,
-  // Sends small datagrams in paced batches (so no socket buffer overflows) and reports send errors.
+    let count = 0;
+    s.on('message', (m) => {
+      if (m.length > 1) return void count++;
+      console.log(JSON.stringify({ count }));
+      s.close();
+    });
+    s.bind(Number(process.argv[1]), () => console.log('ready'));`,
+  // Sends small datagrams in paced batches (so no socket buffer overflows), then end markers (many:
+  // loss rules drop them too; all 40 lost at 50% loss is a chance of 1 in 10^12); reports send errors.
   udpBurst: `
     const [address, port, count] = process.argv.slice(1);
     const s = require('node:dgram').createSocket('udp4');
     let sent = 0, done = 0, errors = 0;
+    const total = Number(count) + 40;
     const batch = () => {
-      for (let i = 0; i < 50 && sent < Number(count); i++, sent++) {
-        s.send(Buffer.alloc(32, 3), Number(port), address, (error) => {
+      for (let i = 0; i < 50 && sent < total; i++, sent++) {
+        s.send(Buffer.alloc(sent < Number(count) ? 32 : 1, 3), Number(port), address, (error) => {
           if (error) errors++;
-          if (++done === Number(count)) { console.log(JSON.stringify({ errors })); s.close(); }
+          if (++done === total) { console.log(JSON.stringify({ errors })); s.close(); }
         });
       }
-      if (sent < Number(count)) setTimeout(batch, 2);
+      if (sent < total) setTimeout(batch, 2);
     };
     s.bind(0, batch);`,
 };
