@@ -11,7 +11,7 @@ import type { SendRound } from '../plan/job-work.js';
 import { chooseCopyStrategy, QEMU_DOWNTIME_LIMIT_MS, type CopyDecision } from '../live/copy-strategy.js';
 import { startDirtyRates, type DirtyRateProbe } from '../live/dirty-rate.js';
 import { migrateLiveVm, NOTHING_MOVED, type LiveMigrationResult } from '../live/migrate.js';
-import { WireBudget } from '../live/wire-budget.js';
+import { WireBudget } from '../live/flow.js';
 
 /**
  * Phase 6 for running VMs: all at once by default (`maxParallel` bounds it), sharing the source's link

@@ -6,7 +6,7 @@ import { StreamParser } from '../qemu/migration-stream.js';
 import { openGuestRam, type GuestRam, type GuestRamMethod } from '../qemu/guest-ram.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { LiveLink } from './messages.js';
-import type { WireBudget } from './wire-budget.js';
+import { AckWindow, type WireBudget } from './flow.js';
 import type { CopyStrategy } from './copy-strategy.js';
 import {
   CHECK_CHUNK_BYTES,
@@ -22,8 +22,14 @@ import {
   type MemoryDigests,
 } from './memory-check.js';
 import { LiveStreamEncoder } from './encoder.js';
-import { AckWindow } from './ack-window.js';
-import { streamListener, waitMigrationSettled, withTimeout } from './source.js';
+import {
+  completeSource,
+  prepareSource,
+  rollBackSource,
+  streamListener,
+  watchMigration,
+  withTimeout,
+} from './source-qemu.js';
 
 /**
  * Phase 5 for a running VM: QEMU migrates into the coordinator, which passes the stream on to the
@@ -100,8 +106,6 @@ export const NOTHING_MOVED = {
 } as const;
 
 const STEP_TIMEOUT_MS = 120_000;
-/** `max-bandwidth` for the migration: high enough never to bind (QEMU takes bytes per second). */
-const QEMU_UNCAPPED_BYTES_PER_SECOND = 100 * 2 ** 30;
 
 export async function migrateLiveVm(options: {
   readonly vm: string;
@@ -167,14 +171,10 @@ export async function migrateLiveVm(options: {
         seconds: (performance.now() - started) / 1000,
       };
     }
-    // Roll back: the destination goes, the source runs on. Cutting the stream before the return path's
-    // answer fails the source's migration, and QEMU restarts a guest that ran; `cont` covers the rest.
+    // Roll back: the destination goes, the source runs on (source-qemu.ts).
     link.send({ t: 'live-abort', vm });
     stream?.destroy();
-    await source.execute('migrate_cancel').catch(() => undefined);
-    await waitMigrationSettled(source).catch(() => undefined);
-    const status = (await source.execute('query-status').catch(() => ({}))) as { status?: string };
-    if (sourceWasRunning && status.status !== 'running') await source.execute('cont').catch(() => undefined);
+    await rollBackSource(source, sourceWasRunning);
     return {
       ok: false,
       error: error instanceof Error ? error.message : String(error),
@@ -193,31 +193,7 @@ export async function migrateLiveVm(options: {
     if (ready.t === 'live-refused')
       throw new Error(`VM ${vm}: ${link.host.name} refused to start its destination: ${ready.error}`);
     options.signal?.throwIfAborted();
-    const before = (await source.execute('query-status')) as { status?: string };
-    if (before.status !== 'running' && before.status !== 'paused')
-      throw new Error(`VM ${vm}: its source QEMU is '${before.status}', not running: nothing to migrate`);
-    sourceWasRunning = before.status === 'running';
-    // QEMU's own cap would apply to its whole stream, references included: the link's cap is ours
-    // (options.wire), on what crosses it, and end-to-end acks give QEMU the real rate.
-    await source.execute('migrate-set-parameters', {
-      'max-bandwidth': Math.round(options.qemuMaxBandwidth ?? QEMU_UNCAPPED_BYTES_PER_SECOND),
-      'downtime-limit': Math.max(1, Math.round(options.downtimeLimitMs)),
-    });
-    // Auto-converge is armed for every precopy: QEMU throttles the guest only if its pages dirty faster
-    // than they cross, so a dirty rate measured wrong before the migration is corrected during it.
-    // The auto-converge strategy (a rate measured near the bandwidth share) starts throttling harder.
-    // The return path makes the switch-over safe from this process dying: QEMU completes its side only
-    // once it reads our answer on it (RETURN_PATH_SHUT_OK, sent when the target may run); if this
-    // process dies first, the stream closes unanswered, the migration fails and QEMU restarts the guest.
-    await source.execute('migrate-set-capabilities', {
-      capabilities: [
-        { capability: 'auto-converge', state: options.strategy !== 'stop-and-copy' },
-        { capability: 'return-path', state: true },
-      ],
-    });
-    await source.execute('migrate-set-parameters', {
-      'cpu-throttle-initial': options.strategy === 'precopy-auto-converge' ? 40 : 20,
-    });
+    ({ wasRunning: sourceWasRunning } = await prepareSource(source, vm, options));
     // Stop-and-copy: the guest stops for the whole copy (it could not converge, or is tiny); a
     // rollback resumes it.
     let stoppedAt: number | undefined;
@@ -248,7 +224,6 @@ export async function migrateLiveVm(options: {
       compress: options.compress,
     });
     const window = new AckWindow(link, vm, STEP_TIMEOUT_MS);
-    let flushing: Promise<void> = Promise.resolve();
     const flush = async () => {
       const message = encoder!.take();
       if (!message) return;
@@ -259,64 +234,16 @@ export async function migrateLiveVm(options: {
       await link.drain();
       await window.room();
     };
-    await new Promise<void>((resolve, reject) => {
-      const abort = () => {
-        socket.destroy();
-        reject(options.signal?.reason ?? new Error('aborted'));
-      };
-      if (options.signal?.aborted) return abort();
-      options.signal?.addEventListener('abort', abort, { once: true });
-      const timer = options.timeout
-        ? setTimeout(() => {
-            if (options.timeout!.action === 'abort') {
-              socket.destroy();
-              reject(new Error(`VM ${vm}: not migrated within ${Math.round(options.timeout!.ms / 1000)} s`));
-            } else void source.execute('stop').catch(() => undefined);
-          }, options.timeout.ms)
-        : undefined;
-      const settle = () => {
-        clearTimeout(timer);
-        options.signal?.removeEventListener('abort', abort);
-      };
-      socket.once('close', settle);
-      socket.on('data', (chunk: Buffer) => {
-        counts.streamBytes += chunk.length;
-        let records;
-        try {
-          records = parser.push(chunk);
-        } catch (error) {
-          socket.destroy();
-          return reject(error);
-        }
-        for (const record of records) encoder!.add(record);
-        // Whole: QEMU stopped the guest, sent its last pages and device state, and now waits for the
-        // return path's answer with the socket open.
-        if (parser.complete) {
-          settle();
-          return resolve();
-        }
-        if (encoder!.full) {
-          socket.pause();
-          flushing = flush();
-          flushing.then(
-            () => socket.resume(),
-            (error: unknown) => {
-              socket.destroy(); // its 'close' clears the timer and the abort listener
-              reject(error);
-            },
-          );
-        }
-      });
-      // Closed before it was whole: QEMU's migration failed (a stream cut short is refused here).
-      socket.once('close', () => {
-        try {
-          parser.end();
-          resolve();
-        } catch (error) {
-          reject(error);
-        }
-      });
-      socket.once('error', reject);
+    const { lastFlush } = await pumpStream({
+      socket,
+      parser,
+      encoder,
+      flush,
+      onBytes: (n) => (counts.streamBytes += n),
+      vm,
+      source,
+      ...(options.timeout ? { timeout: options.timeout } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
     });
     // The stream is whole: the guest is stopped, and QEMU waits for the return path's answer. Its RAM
     // is read for the memory check at once, while the stream's tail drains to the target, which then
@@ -327,7 +254,7 @@ export async function migrateLiveVm(options: {
     const sourceDigests = ram.remap().then(() => digestGuestRam(ram, memorySeed, options.signal));
     sourceDigests.catch(() => undefined); // awaited below, unless the migration failed first
     // A paused socket still closes: the flush its last chunk started may still be under way.
-    await flushing;
+    await lastFlush;
     await flush();
     await window.all();
     // QEMU waits in its completion for our answer: anything else means its migration failed.
@@ -368,13 +295,7 @@ export async function migrateLiveVm(options: {
     // restart the guest; only then may the target run it. Should this process die in between, the
     // guest stays stopped at its source, whole, until `scatter --resume` resumes it there.
     const resumeStarted = performance.now();
-    await new Promise<void>((resolve, reject) =>
-      socket.write(RETURN_PATH_SHUT_OK, (error) => (error ? reject(error) : resolve())),
-    );
-    const completed = await waitMigrationSettled(source, STEP_TIMEOUT_MS, COMPLETION_POLL_MS);
-    if (completed !== 'completed')
-      throw new Error(`VM ${vm}: the source's migration ended '${completed}' after its answer`);
-    const completedAt = performance.now();
+    const completedAt = await completeSource(socket, source, vm, STEP_TIMEOUT_MS);
     committed = true;
     link.send({ t: 'live-resume', vm });
     await link.next('live-resumed', (m) => m.vm === vm, STEP_TIMEOUT_MS);
@@ -414,30 +335,83 @@ export async function migrateLiveVm(options: {
 }
 
 /**
- * Polls the running migration for what QEMU measured of the guest: how much auto-converge throttled it
- * and the dirty rate between passes (the figure the strategy was chosen on, but from the migration's
- * own dirty bitmap instead of a sample).
+ * Reads QEMU's stream into the encoder until it is whole (QEMU then stopped the guest and waits for
+ * the return path's answer) or closes; a full encoder is flushed with the socket paused, so QEMU is
+ * read no faster than the destination takes it. Resolves with the flush the last chunk started (it may
+ * still be under way: the caller starts the memory check meanwhile).
  */
-function watchMigration(
-  source: QmpClient,
-  observed: { throttlePercent: number; migrationDirtyBytesPerSecond: number },
-): { stop: () => void } {
-  const timer = setInterval(() => {
-    source.execute('query-migrate').then(
-      (info) => {
-        const { ram, 'cpu-throttle-percentage': throttle } = info as {
-          ram?: { 'dirty-pages-rate'?: number; 'page-size'?: number };
-          'cpu-throttle-percentage'?: number;
-        };
-        observed.throttlePercent = Math.max(observed.throttlePercent, throttle ?? 0);
-        const rate = (ram?.['dirty-pages-rate'] ?? 0) * (ram?.['page-size'] ?? 4096);
-        observed.migrationDirtyBytesPerSecond = Math.max(observed.migrationDirtyBytesPerSecond, rate);
-      },
-      () => undefined,
-    );
-  }, 500);
-  timer.unref();
-  return { stop: () => clearInterval(timer) };
+function pumpStream(options: {
+  readonly socket: net.Socket;
+  readonly parser: StreamParser;
+  readonly encoder: LiveStreamEncoder;
+  readonly flush: () => Promise<void>;
+  readonly onBytes: (bytes: number) => void;
+  readonly vm: string;
+  readonly source: QmpClient;
+  readonly timeout?: { readonly ms: number; readonly action: 'abort' | 'stop-and-copy' };
+  readonly signal?: AbortSignal;
+}): Promise<{ readonly lastFlush: Promise<void> }> {
+  const { socket, parser, encoder, signal, timeout } = options;
+  let lastFlush: Promise<void> = Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const abort = () => {
+      socket.destroy();
+      reject(signal?.reason ?? new Error('aborted'));
+    };
+    if (signal?.aborted) return abort();
+    signal?.addEventListener('abort', abort, { once: true });
+    const timer = timeout
+      ? setTimeout(() => {
+          if (timeout.action === 'abort') {
+            socket.destroy();
+            reject(new Error(`VM ${options.vm}: not migrated within ${Math.round(timeout.ms / 1000)} s`));
+          } else void options.source.execute('stop').catch(() => undefined);
+        }, timeout.ms)
+      : undefined;
+    const settle = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', abort);
+    };
+    socket.once('close', settle);
+    socket.on('data', (chunk: Buffer) => {
+      options.onBytes(chunk.length);
+      let records;
+      try {
+        records = parser.push(chunk);
+      } catch (error) {
+        socket.destroy();
+        return reject(error);
+      }
+      for (const record of records) encoder.add(record);
+      // Whole: QEMU stopped the guest, sent its last pages and device state, and now waits for the
+      // return path's answer with the socket open.
+      if (parser.complete) {
+        settle();
+        return resolve({ lastFlush });
+      }
+      if (encoder.full) {
+        socket.pause();
+        lastFlush = options.flush();
+        lastFlush.then(
+          () => socket.resume(),
+          (error: unknown) => {
+            socket.destroy(); // its 'close' clears the timer and the abort listener
+            reject(error);
+          },
+        );
+      }
+    });
+    // Closed before it was whole: QEMU's migration failed (a stream cut short is refused here).
+    socket.once('close', () => {
+      try {
+        parser.end();
+        resolve({ lastFlush });
+      } catch (error) {
+        reject(error);
+      }
+    });
+    socket.once('error', reject);
+  });
 }
 
 /** The most of the destination's RAM a repair rewrites (it adds to the downtime); beyond, a rollback. */
@@ -487,14 +461,6 @@ async function repairMemory(options: {
       );
   }
 }
-
-/**
- * The return path's answer that completes a source's migration (migration.c: MIG_RP_MSG_SHUT, be16
- * type 1, be16 length 4, be32 error 0).
- */
-const RETURN_PATH_SHUT_OK = Uint8Array.of(0, 1, 0, 4, 0, 0, 0, 0);
-/** How often the source's completion is polled once answered (it is a matter of milliseconds). */
-const COMPLETION_POLL_MS = 5;
 
 /** MiB chunks a repair message carries at most (well under the control channel's 16 MiB frames). */
 const REPAIR_MESSAGE_CHUNKS = 8;

@@ -1,5 +1,4 @@
-import { existsSync, rmSync } from 'node:fs';
-import net from 'node:net';
+import { existsSync } from 'node:fs';
 import { VmscatterError } from '../errors.js';
 import type { DigestTable } from '../memory/digest-table.js';
 import { DIGEST_BYTES, isZeroPage, PAGE_SIZE, ZERO_PAGE_ID, type VmPages } from '../memory/page.js';
@@ -22,24 +21,6 @@ export interface ScannedLiveVm {
   readonly pages: VmPages;
   /** How the memory was read (qemu/guest-ram.ts). */
   readonly method: GuestRamMethod;
-}
-
-/** Opens a unix socket at `path` for QEMU's outgoing stream and resolves with the first connection. */
-export function streamListener(path: string): { accepted: Promise<net.Socket>; close: () => void } {
-  rmSync(path, { force: true });
-  const server = net.createServer();
-  const accepted = new Promise<net.Socket>((resolve, reject) => {
-    server.once('connection', (socket) => resolve(socket));
-    server.once('error', reject);
-  });
-  server.listen(path);
-  return {
-    accepted,
-    close: () => {
-      server.close();
-      rmSync(path, { force: true });
-    },
-  };
 }
 
 export async function connectSourceQmp(path: string, vm: string): Promise<QmpClient> {
@@ -127,33 +108,4 @@ export interface LiveScanOptions {
   readonly store?: ContentStore;
   /** Ctrl-C: the scan stops (the guest never noticed it). */
   readonly signal?: AbortSignal;
-}
-
-/** Waits until the source's migration is no longer active (after a cancel or a completion). */
-export async function waitMigrationSettled(qmp: QmpClient, timeoutMs = 30_000, pollMs = 50): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const info = (await qmp.execute('query-migrate')) as { status?: string };
-    const status = info.status ?? 'none';
-    if (!['setup', 'active', 'cancelling', 'pre-switchover', 'device', 'wait-unplug'].includes(status))
-      return status;
-    if (Date.now() > deadline) return status;
-    await new Promise((r) => setTimeout(r, pollMs));
-  }
-}
-
-export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new LiveSourceError(`${what} within ${ms / 1000} s`)), ms);
-    promise.then(
-      (value) => {
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (error: unknown) => {
-        clearTimeout(timer);
-        reject(error);
-      },
-    );
-  });
 }

@@ -3,7 +3,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { StreamParser } from '../../src/qemu/migration-stream.js';
-import { waitMigrationSettled } from '../../src/live/source.js';
+import { waitMigrationSettled } from '../../src/live/source-qemu.js';
 import { bootGuest, buildInitramfs, ensureGuestKernel, lastTick } from '../../bench/harness/qemu-guest.js';
 import { tempDir } from '../support/fixtures.js';
 

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { PAGE_SIZE } from '../../src/memory/page.js';
 import { parseStream, StreamWriter, writeStream } from '../../src/qemu/migration-stream.js';
-import { AckWindow } from '../../src/live/ack-window.js';
+import { AckWindow } from '../../src/live/flow.js';
 import type { LiveLink } from '../../src/live/messages.js';
 import { OutputBuffer } from '../../src/live/target.js';
 
