@@ -410,11 +410,9 @@ export class AgentJob {
     if (!pending) throw new VmscatterError('VMS_PROTOCOL', `rebuild of VM ${vm}, which was never sent`);
     this.pending.delete(vm);
     const weights = new DataView(pending.weights.buffer, pending.weights.byteOffset, pending.weights.length);
-    for (let i = 0; i * DIGEST_BYTES < pending.digests.length && 2 * i + 1 < pending.weights.length; i++) {
-      const weight = weights.getUint16(2 * i, true);
-      if (weight > 0)
-        this.agent.store.reweigh(pending.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), weight);
-    }
+    this.agent.store.reweighMany(pending.digests, (i) =>
+      2 * i + 1 < pending.weights.length ? weights.getUint16(2 * i, true) : 0,
+    );
     const path = join(imagesDir(this.options.dir), `${vm}.raw`);
     rmSync(`${path}.sha256`, { force: true });
     try {

@@ -57,6 +57,8 @@ export class ControlChannel {
   private closedWith: { error?: ControlError } | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private idle: NodeJS.Timeout | undefined;
+  /** When a frame last arrived (performance.now()). */
+  private lastHeard = performance.now();
 
   /** @internal use connectControl / listenControl */
   constructor(
@@ -166,11 +168,24 @@ export class ControlChannel {
   }
 
   private touch(): void {
+    this.lastHeard = performance.now();
     clearTimeout(this.idle);
-    this.idle = setTimeout(
-      () => this.fail(`peer silent for ${this.options.idleTimeoutMs} ms`),
-      this.options.idleTimeoutMs,
-    ).unref();
+    this.idle = setTimeout(() => this.silent(), this.options.idleTimeoutMs).unref();
+  }
+
+  /**
+   * The idle timer fired. If it fired late because this process's own event loop was held (a long
+   * synchronous step, or a CPU starved by other work), the peer's frames may be waiting unread in the
+   * socket: the timer runs before the loop reads sockets. So the verdict waits for the loop's next
+   * check phase, after its poll phase read what arrived; a frame read then has touched the channel.
+   */
+  private silent(): void {
+    setImmediate(() => {
+      if (this.closedWith) return;
+      const quiet = performance.now() - this.lastHeard;
+      if (quiet >= this.options.idleTimeoutMs) this.fail(`peer silent for ${this.options.idleTimeoutMs} ms`);
+      else this.idle = setTimeout(() => this.silent(), this.options.idleTimeoutMs - quiet).unref();
+    }).unref();
   }
 
   private fail(reason: string): void {

@@ -60,6 +60,8 @@ export function livePagesFile(root: string): string {
 }
 const WEIGHTS = 'weights.bin';
 const RECORD_BYTES = 12;
+/** Records apart that reweighMany still writes as one run (a file page of them). */
+const RUN_GAP_RECORDS = Math.floor(4096 / RECORD_BYTES);
 const GENERATION = /^gen-(\d{6,})$/;
 const OWNED_ENTRY = /^gen-\d{6,}(\.tmp)?$/;
 const MAX_WEIGHT = 2 ** 32 - 1;
@@ -277,6 +279,56 @@ export class TemplateStore {
       throw error;
     }
     return true;
+  }
+
+  /**
+   * Reweighs many pages at once: digest i of `digests` (16 bytes each) gets `weightOf(i)` (0: left
+   * alone), in the order given. The records go to disk in runs of neighbouring ids, not one write per
+   * page: a VM's manifest names tens of thousands of pages, and a write each held the agent's event
+   * loop for seconds on a busy machine (its heartbeats starved, the coordinator took it for lost).
+   * Returns how many were held.
+   */
+  reweighMany(digests: Uint8Array, weightOf: (i: number) => number): number {
+    const live = this.live;
+    const ids: number[] = [];
+    for (let i = 0; i * DIGEST_BYTES < digests.length; i++) {
+      const weight = weightOf(i);
+      if (weight === 0) continue;
+      checkWeight(weight);
+      const id = live.ids.lookup(digests, i * DIGEST_BYTES);
+      if (id <= 0) continue;
+      live.record(id, weight, this.nextSequence++);
+      ids.push(id);
+    }
+    ids.sort((a, b) => a - b);
+    // Runs of ids closer than a file page apart are written whole (the records between are rewritten
+    // with what memory holds of them, which is what the file holds).
+    for (let start = 0; start < ids.length;) {
+      let end = start;
+      while (end + 1 < ids.length && ids[end + 1]! - ids[end]! <= RUN_GAP_RECORDS) end++;
+      this.writeRecords(ids[start]!, ids[end]!);
+      start = end + 1;
+    }
+    return ids.length;
+  }
+
+  /** Writes the records of ids first..last from memory. */
+  private writeRecords(first: number, last: number): void {
+    const live = this.live;
+    const records = new Uint8Array((last - first + 1) * RECORD_BYTES);
+    const view = new DataView(records.buffer);
+    for (let id = first; id <= last; id++) {
+      const at = (id - first) * RECORD_BYTES;
+      view.setUint32(at, live.weights[id - 1]!, true);
+      view.setBigUint64(at + 4, BigInt(live.sequences[id - 1]!), true);
+    }
+    try {
+      writeFully(live.weightsFd, records, (first - 1) * RECORD_BYTES);
+    } catch (error) {
+      // The pages are held either way; only their weights may be lost (0 at the next opening).
+      if ((error as NodeJS.ErrnoException).code === 'ENOSPC') throw new DiskFullError(this.root);
+      throw error;
+    }
   }
 
   /**

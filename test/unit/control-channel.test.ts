@@ -143,6 +143,41 @@ test('heartbeats keep a quiet but live connection open', async (t) => {
   assert.equal(await reply, 'still here');
 });
 
+test('a live peer is not taken for silent when this process was held longer than the idle timeout', async (t) => {
+  // The peer heartbeats every 50 ms from a child process while this process's event loop is held
+  // for three idle timeouts (as a long synchronous step or a starved CPU holds an agent): its frames
+  // wait in the socket, and the idle timer, which runs before the loop reads sockets, must not win.
+  const child = spawn(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `const { listenControl } = await import(${JSON.stringify(new URL('../../src/control/control-channel.js', import.meta.url).href)});
+       const server = await listenControl('127.0.0.1', 0, { secret: ${JSON.stringify(secret)}, heartbeatMs: 50, idleTimeoutMs: 60_000 }, (channel) =>
+         channel.onMessage((m) => channel.send(m)));
+       process.stdout.write(server.port + '\\n');`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  t.after(() => child.kill('SIGKILL'));
+  const port = Number(
+    await new Promise<string>((resolve) => child.stdout.once('data', (d) => resolve(`${d}`))),
+  );
+  const client = await connectControl('127.0.0.1', port, { secret, heartbeatMs: 50, idleTimeoutMs: 500 });
+  t.after(() => client.close());
+  const echoed = nextMessage(client);
+  client.send('before');
+  assert.equal(await echoed, 'before');
+  const held = Date.now() + 1500;
+  while (Date.now() < held); // the event loop held
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(client.closed, false, 'the peer heartbeated all along');
+  const after = nextMessage(client);
+  client.send('after');
+  assert.equal(await after, 'after');
+});
+
 test('drain() returns when the peer dies with our buffer full (a killed agent never hangs its sender)', async (t) => {
   // The peer: a control server in a child process that stops reading after the first message.
   const child = spawn(

@@ -115,6 +115,37 @@ test('the store persists across close and open: a second job builds on the first
   );
 });
 
+test('reweighMany: weights and recency as one reweigh each, in order, kept across close and open', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const store = TemplateStore.open(dir, { capacityPages: 1000 });
+  const held = Array.from({ length: 600 }, () => entry(1));
+  store.offerMany(Buffer.concat(held.map((e) => e.d)), Buffer.concat(held.map((e) => e.p)), 1);
+  // A manifest's list: held pages far apart and close together, one not held, one left alone (0).
+  const picked = [599, 3, 4, 5, 300, 0];
+  const stranger = entry(9);
+  const digests = Buffer.concat([...picked.map((i) => held[i]!.d), stranger.d]);
+  const weights = [7, 2, 0, 4, 5, 6, 9];
+  assert.equal(
+    store.reweighMany(digests, (i) => weights[i]!),
+    5,
+    'five held pages reweighed',
+  );
+  store.close();
+  const reopened = TemplateStore.open(dir, { capacityPages: 3 });
+  t.after(() => reopened.close());
+  const weightOf = (i: number) => reopened.weightOf(held[i]!.d);
+  assert.deepEqual([599, 3, 4, 5, 300, 0].map(weightOf), [7, 2, 1, 4, 5, 6]);
+  assert.equal(weightOf(1), 1);
+  assert.equal(reopened.holds(stranger.d), false);
+  // A capacity of 3 keeps the three heaviest: 599, 0 and 300 (weights 7, 6, 5).
+  reopened.compact();
+  assert.deepEqual(
+    new Set([...reopened.digests()].map(hex)),
+    new Set([599, 0, 300].map((i) => hex(held[i]!.d))),
+  );
+});
+
 test('a half-written new generation and other leftovers are dropped on opening; the old store is intact', (t) => {
   const { dir, cleanup } = tempDir();
   t.after(cleanup);
