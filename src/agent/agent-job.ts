@@ -254,7 +254,10 @@ export class AgentJob {
           vm,
           command: message.command,
           dir: join(this.options.dir, 'run'),
-          pageOf: (digest, into) => this.agent.store.get(digest, into),
+          held: {
+            pageOf: (digest, into) => this.agent.store.get(digest, into),
+            readMany: (digests, count, into, found) => this.agent.store.readMany(digests, count, into, found),
+          },
           digester: this.digester,
         });
         this.liveTargets.set(vm, started);

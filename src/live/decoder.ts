@@ -24,23 +24,35 @@ export class LiveDecodeError extends VmscatterError {
 
 const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
 
+export interface LiveDecoderOptions {
+  /** A held page, read into `into` or returned as is; valid until the next call. */
+  readonly pageOf: (digest: Uint8Array, into: Uint8Array) => Uint8Array | undefined;
+  /**
+   * The held pages of many digests at once (ContentStore.readMany), where the store can read
+   * neighbours together: a run's references are read before it is expanded, in a few reads
+   * instead of one per page. Without it, `pageOf` serves each.
+   */
+  readonly readMany?: (digests: Uint8Array, count: number, into: Uint8Array, found: Uint8Array) => void;
+  readonly digester: PageDigester;
+  readonly sink: (record: StreamRecord) => void;
+}
+
 export class LiveStreamDecoder {
   readonly digest = new StreamDigest();
   private readonly sentBefore = new StreamPageMemory();
   private readonly hash = new Uint8Array(DIGEST_BYTES);
   /** Where the store reads a referenced page (the sink copies what it is given). */
   private readonly scratch = new Uint8Array(PAGE_SIZE);
+  /** A run's referenced pages, read ahead (readMany): digests, pages and whether each was held. */
+  private refDigests = new Uint8Array(0);
+  private refPages = new Uint8Array(0);
+  private refFound = new Uint8Array(0);
   /** The largest RAM block of the stream's block list: the guest's main RAM. */
   private mainBlock = '';
 
   constructor(
     private readonly vm: string,
-    private readonly options: {
-      /** A held page, read into `into` or returned as is; valid until the next call. */
-      readonly pageOf: (digest: Uint8Array, into: Uint8Array) => Uint8Array | undefined;
-      readonly digester: PageDigester;
-      readonly sink: (record: StreamRecord) => void;
-    },
+    private readonly options: LiveDecoderOptions,
   ) {}
 
   /** Expands and passes on the records; throws LiveDecodeError when a page cannot be put back. */
@@ -54,6 +66,8 @@ export class LiveStreamDecoder {
         continue;
       }
       const { block } = record;
+      const readAhead = this.readAhead(record.entries);
+      let ref = 0;
       for (const entry of readEntries(record.entries)) {
         const offset = entry.page * PAGE_SIZE;
         switch (entry.type) {
@@ -66,7 +80,13 @@ export class LiveStreamDecoder {
             this.options.sink({ kind: 'page', block, offset, data: ZERO_PAGE });
             continue;
           case EntryType.Ref: {
-            const data = this.options.pageOf(entry.body, this.scratch) ?? this.sentBefore.get(entry.body);
+            const k = ref++;
+            const data =
+              (readAhead
+                ? this.refFound[k] === 1
+                  ? this.refPages.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE)
+                  : undefined
+                : this.options.pageOf(entry.body, this.scratch)) ?? this.sentBefore.get(entry.body);
             if (!data)
               throw new LiveDecodeError(`VM ${this.vm}: a page referenced at ${block}+${offset} is not held`);
             if (block !== this.mainBlock) this.page(block, offset, data, false);
@@ -89,6 +109,34 @@ export class LiveStreamDecoder {
         }
       }
     }
+  }
+
+  /**
+   * Reads a run's referenced pages from the store in one go, when it can (readMany): true when it
+   * did, and the run's k-th reference is then slot k of refPages (refFound[k] says whether it was held;
+   * one that was not may still be in the stream's memory, looked up when its turn comes).
+   */
+  private readAhead(entries: Uint8Array): boolean {
+    const { readMany } = this.options;
+    if (!readMany) return false;
+    let count = 0;
+    for (const entry of readEntries(entries)) {
+      if (entry.type !== EntryType.Ref) continue;
+      if ((count + 1) * DIGEST_BYTES > this.refDigests.length) {
+        const digests = new Uint8Array(Math.max(64, 2 * (count + 1)) * DIGEST_BYTES);
+        digests.set(this.refDigests);
+        this.refDigests = digests;
+      }
+      this.refDigests.set(entry.body, count * DIGEST_BYTES);
+      count++;
+    }
+    if (count === 0) return true;
+    if (count * PAGE_SIZE > this.refPages.length) {
+      this.refPages = new Uint8Array(count * PAGE_SIZE);
+      this.refFound = new Uint8Array(count);
+    }
+    readMany(this.refDigests, count, this.refPages, this.refFound);
+    return true;
   }
 
   private page(block: string, offset: number, data: Uint8Array, inFull: boolean): void {

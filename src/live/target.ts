@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { startIncomingQemu, type IncomingQemu } from '../qemu/incoming.js';
 import { StreamWriter } from '../qemu/migration-stream.js';
-import { LiveStreamDecoder } from './decoder.js';
+import { LiveStreamDecoder, type LiveDecoderOptions } from './decoder.js';
 import type { LiveRecord } from './records.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import { openGuestRam, type GuestRam } from '../qemu/guest-ram.js';
@@ -30,6 +30,9 @@ export class LiveTargetError extends VmscatterError {
 
 const LOAD_TIMEOUT_MS = 120_000;
 
+/** Where referenced pages are read (the decoder's `pageOf`, and `readMany` where the store has it). */
+export type HeldPages = Pick<LiveDecoderOptions, 'pageOf' | 'readMany'>;
+
 export class LiveTarget {
   private readonly decoder: LiveStreamDecoder;
   /** A message's stream bytes, written to the destination in one go. */
@@ -51,21 +54,26 @@ export class LiveTarget {
     private readonly qemu: IncomingQemu,
     private readonly socket: net.Socket,
     private readonly writes: CountedWrites,
-    pageOf: (digest: Uint8Array, into: Uint8Array) => Uint8Array | undefined,
+    held: HeldPages,
     digester: PageDigester,
     private readonly scratchDir: string,
   ) {
     socket.on('error', (error) => (this.failure ??= error));
     this.early = this.openRam(true).catch(() => undefined);
     const writer = new StreamWriter((bytes) => this.output.append(bytes), { sinkCopies: true });
-    this.decoder = new LiveStreamDecoder(vm, { pageOf, digester, sink: (record) => writer.write(record) });
+    this.decoder = new LiveStreamDecoder(vm, {
+      ...held,
+      digester,
+      sink: (record) => writer.write(record),
+    });
   }
 
   static async start(options: {
     readonly vm: string;
     readonly command: readonly string[];
     readonly dir: string;
-    readonly pageOf: (digest: Uint8Array, into: Uint8Array) => Uint8Array | undefined;
+    /** The agent's store, where referenced pages are read. */
+    readonly held: HeldPages;
     /** The job's page digester: pages are digested as written, for the canonical stream digest. */
     readonly digester: PageDigester;
   }): Promise<LiveTarget> {
@@ -81,7 +89,7 @@ export class LiveTarget {
         qemu,
         socket,
         new CountedWrites(socket),
-        options.pageOf,
+        options.held,
         options.digester,
         join(options.dir, 'ram'),
       );

@@ -5,6 +5,9 @@ import { DigestTable } from '../memory/digest-table.js';
 import { ensurePrivateDir, openForUpdate, readFully, writeFully } from './file-io.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 
+/** Pages one read of readMany takes at most (1 MiB). */
+const MAX_RUN_PAGES = 256;
+
 /** A store's page bytes, page i at i * PAGE_SIZE, in its directory. */
 export const PAGES_FILE = 'pages.bin';
 
@@ -91,6 +94,46 @@ export class ContentStore {
       'content store file shorter than its index',
     );
     return page;
+  }
+
+  /**
+   * Reads the held pages among `count` digests (16 bytes each from digests[0]) into `into`, page k at
+   * k * PAGE_SIZE, and sets found[k] to 1 for those held (0 for the rest, whose slots are left as they
+   * are). One read per run of pages that lie next to each other in pages.bin: pages that arrived
+   * together mostly do, so a VM's pages cost a few reads instead of one each.
+   */
+  readMany(digests: Uint8Array, count: number, into: Uint8Array, found: Uint8Array): void {
+    let runStart = 0; // first slot of the open run
+    let runIndex = -1; // its first page in pages.bin; -1: no open run
+    let runLength = 0;
+    const flush = () => {
+      if (runIndex < 0) return;
+      readFully(
+        this.pagesFd,
+        into.subarray(runStart * PAGE_SIZE, (runStart + runLength) * PAGE_SIZE),
+        runLength * PAGE_SIZE,
+        runIndex * PAGE_SIZE,
+        'content store file shorter than its index',
+      );
+      runIndex = -1;
+    };
+    for (let k = 0; k < count; k++) {
+      const index = this.index.lookup(digests, k * DIGEST_BYTES) - 1;
+      found[k] = index >= 0 ? 1 : 0;
+      if (index < 0) {
+        flush();
+        continue;
+      }
+      if (runIndex >= 0 && index === runIndex + runLength && runLength < MAX_RUN_PAGES) {
+        runLength++;
+        continue;
+      }
+      flush();
+      runStart = k;
+      runIndex = index;
+      runLength = 1;
+    }
+    flush();
   }
 
   /** Where the page with this digest sits in pages.bin (a page number), or -1 when it is not held. */

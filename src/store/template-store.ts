@@ -202,6 +202,11 @@ export class TemplateStore {
     return this.live.pages.get(digest, into);
   }
 
+  /** Reads the held pages among `count` digests into `into` (ContentStore.readMany). */
+  readMany(digests: Uint8Array, count: number, into: Uint8Array, found: Uint8Array): void {
+    this.live.pages.readMany(digests, count, into, found);
+  }
+
   /** The weight recorded for a held page, or undefined. */
   weightOf(digest: Uint8Array): number | undefined {
     const id = this.live.ids.lookup(digest);

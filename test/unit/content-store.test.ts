@@ -106,6 +106,35 @@ test('putMany stores a batch in one write: held pages and repeats within the bat
   assert.throws(() => store.putMany(digests, new Uint8Array(10)), RangeError);
 });
 
+test('readMany reads held pages into their slots, marks the rest, across runs and gaps', (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const store = ContentStore.open(dir);
+  t.after(() => store.close());
+  const entries = Array.from({ length: 600 }, () => ({ d: digest(), p: page() }));
+  for (const e of entries) store.put(e.d, e.p);
+  const strangers = [digest(), digest()];
+  // Neighbours in the file (a run longer than one read), a step back, a gap, repeats, unknowns.
+  const order = [...Array.from({ length: 300 }, (_, i) => i + 10), 5, 4, 599, -1, 320, 320, -2, 0];
+  const digests = Buffer.concat(order.map((i) => (i >= 0 ? entries[i]!.d : strangers[-i - 1]!)));
+  const into = new Uint8Array(order.length * PAGE_SIZE).fill(0xee);
+  const found = new Uint8Array(order.length).fill(7);
+  store.readMany(digests, order.length, into, found);
+  order.forEach((i, k) => {
+    const slot = into.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE);
+    if (i < 0) {
+      assert.equal(found[k], 0, `slot ${k}: not held`);
+      assert.ok(
+        slot.every((b) => b === 0xee),
+        `slot ${k} left as it was`,
+      );
+    } else {
+      assert.equal(found[k], 1, `slot ${k}: held`);
+      assert.ok(Buffer.from(slot).equals(Buffer.from(entries[i]!.p)), `slot ${k}: page ${i}`);
+    }
+  });
+});
+
 test('putMany on a full disk stores none of the batch and says so', (t) => {
   const { dir, cleanup } = tempDir();
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir]);
