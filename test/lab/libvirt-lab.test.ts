@@ -1,0 +1,260 @@
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { createConnection, createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { tempDir } from '../support/fixtures.js';
+import { createLab, type Lab } from '../../bench/harness/lab.js';
+import { createLibvirtLab, libvirtLabAvailable, type LibvirtLab } from '../../bench/harness/libvirt-lab.js';
+import {
+  buildInitramfs,
+  ensureGuestKernel,
+  GUEST_KERNEL_FAULT,
+  GUEST_SUM_MARKER,
+  lastTick,
+} from '../../bench/harness/qemu-guest.js';
+
+/**
+ * The libvirt lab (bench/harness/libvirt-lab.ts): two libvirt hosts, h1 and h2, each a libvirtd in a
+ * network namespace of the lab and a mount namespace of its own. A guest of qemu-guest.ts (2 vCPUs,
+ * writing 256 KiB/s) runs at h1 and is moved with `virsh migrate --live --p2p --persistent
+ * --undefinesource` over a unix socket: libvirt points h1's QEMU at /run/libvirt/<sock> in h1's view and
+ * has h2's QEMU listen at the same path in h2's, and a proxy in this process joins the two real files
+ * behind those paths. So the test sees the whole migration stream, as vmscatter will when it sits in the
+ * data path. Needs root, the lab's tools, libvirt and QEMU: without them it fails, it does not skip.
+ */
+const MiB = 2 ** 20;
+const GUEST = 'g1';
+const MEMORY_MIB = 192;
+/** The guest holds this twice over at least: in its initramfs and copied into tmpfs. */
+const WORKLOAD_MIB = 16;
+/** Where the second test's proxy stops passing the stream on: well short of the guest's memory. */
+const CUT_AFTER_BYTES = 8 * MiB;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls until `check()` returns a value; fails the test with `what` after `timeoutMs`. */
+async function until<T>(what: string, timeoutMs: number, check: () => T | undefined): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = check();
+    if (value !== undefined) return value;
+    assert.ok(Date.now() < deadline, `${what} (within ${timeoutMs} ms)`);
+    await sleep(250);
+  }
+}
+
+const lastSum = (serial: string) =>
+  [...serial.matchAll(new RegExp(`${GUEST_SUM_MARKER} (\\w+)`, 'g'))].at(-1)?.[1];
+
+/**
+ * A lab of h1 and h2 with a daemon each and the guest running at h1, its console ticking. Everything
+ * is removed in t.after, whatever the test does: first what the test handed to `defer` (last first),
+ * then the daemons and their guests, then the lab.
+ */
+async function labWithGuest(
+  t: TestContext,
+): Promise<{ libvirt: LibvirtLab; defer: (cleanup: () => Promise<void>) => void }> {
+  const available = libvirtLabAvailable();
+  assert.ok(available.ok, available.ok ? '' : `the libvirt lab is needed: ${available.why}`);
+  const { dir, cleanup } = tempDir('vms-libvirt-lab-');
+  // Filled in as they are made, so that t.after removes whatever exists when a step fails.
+  const made: { lab?: Lab; libvirt?: LibvirtLab } = {};
+  const deferred: (() => Promise<void>)[] = [];
+  t.after(async () => {
+    try {
+      for (const cleanup of deferred.reverse()) await cleanup().catch(() => undefined);
+      await made.libvirt?.destroy();
+    } finally {
+      try {
+        await made.lab?.destroy();
+      } finally {
+        cleanup();
+      }
+    }
+  });
+  const started = Date.now();
+  const seconds = (since: number) => `${((Date.now() - since) / 1000).toFixed(1)} s`;
+  const kernel = await ensureGuestKernel();
+  const initrd = join(dir, 'initrd.gz');
+  buildInitramfs(initrd, { seed: 17, workloadMiB: WORKLOAD_MIB });
+  made.lab = await createLab({ hosts: ['h1', 'h2'] });
+  const libvirt = (made.libvirt = await createLibvirtLab(made.lab));
+  t.diagnostic(`daemons answering after ${seconds(started)}`);
+  const booting = Date.now();
+  await libvirt.defineGuest('h1', { name: GUEST, memoryMiB: MEMORY_MIB, vcpus: 2, kernel, initrd });
+  await libvirt.virsh('h1', ['start', GUEST]);
+  await until('the guest ticks at h1 and prints its checksum', 120_000, () => {
+    const serial = libvirt.serial('h1', GUEST);
+    return lastTick(serial) >= 2 && lastSum(serial) !== undefined ? true : undefined;
+  });
+  t.diagnostic(`guest ticking at h1 ${seconds(booting)} after define`);
+  return { libvirt, defer: (cleanup) => deferred.push(cleanup) };
+}
+
+interface Proxy {
+  /** Bytes from the source's QEMU towards the destination's, and back. */
+  readonly forward: number;
+  readonly backward: number;
+  readonly connections: number;
+  /** Whether it cut the stream. */
+  readonly cut: boolean;
+  readonly errors: readonly string[];
+  close(): Promise<void>;
+}
+
+/**
+ * Listens at `listenPath` and joins each connection to a new one to `targetPath`, both ways, counting
+ * bytes; with `cutAfter`, destroys both ends once that many bytes have gone forward.
+ */
+async function startProxy(listenPath: string, targetPath: string, cutAfter?: number): Promise<Proxy> {
+  const sockets = new Set<Socket>();
+  const state = { forward: 0, backward: 0, connections: 0, cut: false, errors: [] as string[] };
+  const track = (socket: Socket, side: string) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', (error) => state.errors.push(`${side}: ${error.message}`));
+  };
+  const server = createServer((source) => {
+    state.connections++;
+    const target = createConnection(targetPath);
+    track(source, 'source');
+    track(target, 'target');
+    source.on('data', (chunk: Buffer) => {
+      state.forward += chunk.length;
+      if (cutAfter !== undefined && state.forward >= cutAfter && !state.cut) {
+        state.cut = true;
+        source.destroy();
+        target.destroy();
+      }
+    });
+    target.on('data', (chunk: Buffer) => (state.backward += chunk.length));
+    source.pipe(target);
+    target.pipe(source);
+  });
+  rmSync(listenPath, { force: true });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(listenPath, () => resolve());
+  });
+  return {
+    get forward() {
+      return state.forward;
+    },
+    get backward() {
+      return state.backward;
+    },
+    get connections() {
+      return state.connections;
+    },
+    get cut() {
+      return state.cut;
+    },
+    errors: state.errors,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** `virsh migrate` of the guest from h1 to h2 through a proxy the caller starts at the returned path. */
+function migrateArgs(libvirt: LibvirtLab, socket: string): string[] {
+  return [
+    ...['migrate', '--live', '--p2p', '--persistent', '--undefinesource', GUEST],
+    ...[libvirt.host('h2').uri, '--migrateuri', `unix://${socket}`],
+  ];
+}
+
+/** Names of the guests defined at a host, running or not. */
+async function defined(libvirt: LibvirtLab, host: string): Promise<string[]> {
+  const listed = await libvirt.virsh(host, ['list', '--all', '--name']);
+  return listed
+    .split('\n')
+    .map((name) => name.trim())
+    .filter((name) => name !== '');
+}
+
+/** The completed incoming migration's count of non-zero pages, in bytes, as the destination saw it. */
+async function normalBytes(libvirt: LibvirtLab, host: string): Promise<number> {
+  const info = await libvirt.virsh(host, ['domjobinfo', GUEST, '--completed']);
+  const pages = /^Normal pages:\s+(\d+)/m.exec(info)?.[1];
+  const pageSize = /^Page size:\s+(\d+)/m.exec(info)?.[1];
+  assert.ok(pages !== undefined && pageSize !== undefined, `domjobinfo --completed at ${host}: ${info}`);
+  return Number(pages) * Number(pageSize);
+}
+
+test(
+  'libvirt lab: virsh migrate --live --p2p h1 -> h2 through a unix-socket proxy; the guest goes on at h2',
+  { timeout: 300_000 },
+  async (t) => {
+    const { libvirt, defer } = await labWithGuest(t);
+    const socket = `/run/libvirt/vms-${GUEST}-${process.pid}.sock`;
+    const proxy = await startProxy(libvirt.hostPath('h1', socket), libvirt.hostPath('h2', socket));
+    defer(() => proxy.close());
+    const migrating = Date.now();
+    const migrated = await libvirt.virshResult('h1', migrateArgs(libvirt, socket), { timeoutMs: 180_000 });
+    t.diagnostic(`virsh migrate took ${((Date.now() - migrating) / 1000).toFixed(1)} s`);
+    assert.equal(migrated.code, 0, `virsh migrate: ${migrated.stderr}\n${libvirt.daemonLog('h1')}`);
+    t.diagnostic(
+      `proxy: ${proxy.connections} connection(s), ${proxy.forward} B forward, ${proxy.backward} B back`,
+    );
+
+    assert.equal((await libvirt.virsh('h2', ['domstate', GUEST])).trim(), 'running');
+    assert.match(await libvirt.virsh('h2', ['dominfo', GUEST]), /^Persistent:\s+yes$/m);
+    assert.ok(!(await defined(libvirt, 'h1')).includes(GUEST), 'the guest is gone from h1');
+
+    // Its console at h2 starts after the move: ticks past the last one h1 showed, the same checksum.
+    const before = libvirt.serial('h1', GUEST);
+    const tickBefore = lastTick(before);
+    const after = await until(
+      `the guest ticks at h2 past ${tickBefore} and prints its checksum`,
+      60_000,
+      () => {
+        const serial = libvirt.serial('h2', GUEST);
+        return lastTick(serial) > tickBefore && lastSum(serial) !== undefined ? serial : undefined;
+      },
+    );
+    assert.equal(lastSum(after), lastSum(before), "the guest's data is unchanged");
+    assert.doesNotMatch(after, GUEST_KERNEL_FAULT);
+
+    // Every non-zero page went through the proxy, some more than once (dirtied while it moved); a zero
+    // page goes as a flag, without its bytes.
+    const normal = await normalBytes(libvirt, 'h2');
+    t.diagnostic(`non-zero memory migrated: ${(normal / MiB).toFixed(1)} MiB`);
+    assert.ok(
+      normal >= 2 * WORKLOAD_MIB * MiB,
+      `the guest's non-zero memory (${normal} B) holds its workload`,
+    );
+    assert.ok(proxy.forward >= normal, `the proxy carried ${proxy.forward} B, the guest has ${normal} B`);
+  },
+);
+
+test(
+  'libvirt lab: a proxy that cuts the stream fails the migration; the guest runs on, defined, at h1 only',
+  { timeout: 300_000 },
+  async (t) => {
+    const { libvirt, defer } = await labWithGuest(t);
+    const socket = `/run/libvirt/vms-${GUEST}-${process.pid}-cut.sock`;
+    const proxy = await startProxy(
+      libvirt.hostPath('h1', socket),
+      libvirt.hostPath('h2', socket),
+      CUT_AFTER_BYTES,
+    );
+    defer(() => proxy.close());
+    const migrated = await libvirt.virshResult('h1', migrateArgs(libvirt, socket), { timeoutMs: 180_000 });
+    t.diagnostic(`virsh migrate (exit ${migrated.code}): ${migrated.stderr.trim()}`);
+    assert.ok(proxy.cut, `the proxy cut the stream (it carried ${proxy.forward} B)`);
+    assert.notEqual(migrated.code, 0, 'the migration failed');
+
+    assert.equal((await libvirt.virsh('h1', ['domstate', GUEST])).trim(), 'running');
+    assert.match(await libvirt.virsh('h1', ['dominfo', GUEST]), /^Persistent:\s+yes$/m);
+    assert.ok(!(await defined(libvirt, 'h2')).includes(GUEST), 'nothing of the guest is left at h2');
+    const tickBefore = lastTick(libvirt.serial('h1', GUEST));
+    await until(`the guest ticks on at h1 past ${tickBefore}`, 60_000, () =>
+      lastTick(libvirt.serial('h1', GUEST)) > tickBefore ? true : undefined,
+    );
+    assert.doesNotMatch(libvirt.serial('h1', GUEST), GUEST_KERNEL_FAULT);
+  },
+);
