@@ -424,6 +424,15 @@ export class AgentJob {
         entries: pending.entries,
         pageFor: (i) =>
           this.agent.store.get(pending.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)),
+        readMany: (indices, count, into, found) => {
+          const digests = new Uint8Array(count * DIGEST_BYTES);
+          for (let k = 0; k < count; k++)
+            digests.set(
+              pending.digests.subarray(indices[k]! * DIGEST_BYTES, (indices[k]! + 1) * DIGEST_BYTES),
+              k * DIGEST_BYTES,
+            );
+          this.agent.store.readMany(digests, count, into, found);
+        },
         expectedSha256: pending.sha256,
       });
       writeFileSync(`${path}.sha256`, `${result.sha256}\n`);

@@ -24,27 +24,39 @@ function sourceImage(dir: string, pages: number) {
   return { path, unique, entries, sha256: imageSha256(path) };
 }
 
-test('an image rebuilt from its manifest is byte-identical, verified, and sparse', async (t) => {
-  const { dir, cleanup } = tempDir();
-  t.after(cleanup);
-  const source = sourceImage(dir, 2048);
-  const out = join(dir, 'rebuilt.raw');
-  const result = await rebuildImage({
-    path: out,
-    entries: source.entries,
-    pageFor: (i) => source.unique[i],
-    expectedSha256: source.sha256,
+for (const batched of [false, true])
+  test(`an image rebuilt from its manifest is byte-identical, verified, and sparse (pages read ${batched ? 'ahead in batches' : 'one by one'})`, async (t) => {
+    const { dir, cleanup } = tempDir();
+    t.after(cleanup);
+    const source = sourceImage(dir, 2048 + 300);
+    const out = join(dir, 'rebuilt.raw');
+    const result = await rebuildImage({
+      path: out,
+      entries: source.entries,
+      pageFor: (i) => (batched ? assert.fail('read one by one') : source.unique[i]),
+      ...(batched
+        ? {
+            readMany: (indices: Int32Array, count: number, into: Uint8Array, found: Uint8Array) => {
+              for (let k = 0; k < count; k++) {
+                const page = source.unique[indices[k]!];
+                found[k] = page ? 1 : 0;
+                if (page) into.set(page, k * PAGE_SIZE);
+              }
+            },
+          }
+        : {}),
+      expectedSha256: source.sha256,
+    });
+    assert.equal(result.sha256, source.sha256);
+    assert.equal(result.writtenPages + result.zeroPages, 2048 + 300);
+    assert.ok(readFileSync(out).equals(readFileSync(source.path)));
+    const stat = statSync(out);
+    assert.ok(
+      stat.blocks * 512 < stat.size / 2,
+      `sparse: ${stat.blocks * 512} bytes allocated of ${stat.size}`,
+    );
+    assert.equal(existsSync(`${out}.partial`), false);
   });
-  assert.equal(result.sha256, source.sha256);
-  assert.equal(result.writtenPages + result.zeroPages, 2048);
-  assert.ok(readFileSync(out).equals(readFileSync(source.path)));
-  const stat = statSync(out);
-  assert.ok(
-    stat.blocks * 512 < stat.size / 2,
-    `sparse: ${stat.blocks * 512} bytes allocated of ${stat.size}`,
-  );
-  assert.equal(existsSync(`${out}.partial`), false);
-});
 
 test('a digest mismatch or a page not held leaves no image behind', async (t) => {
   const { dir, cleanup } = tempDir();
