@@ -22,6 +22,7 @@ import type { ChildProcess, SpawnOptions } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
+import { CleanupRegistry } from './cleanup-registry.js';
 
 /** Every namespace this module creates starts with this. */
 export const LAB_PREFIX = 'vmslab';
@@ -547,56 +548,7 @@ export function sweepStaleLabs(): string[] {
 // ---------------------------------------------------------------------------------------------------
 // Cleanup on exit and signals
 
-const liveLabs = new Set<LabImpl>();
-const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
-let handlersInstalled = false;
-
-function destroyAllSync(): void {
-  for (const lab of [...liveLabs]) {
-    try {
-      lab.destroySync();
-    } catch {
-      // keep going: the other labs still need removing
-    }
-  }
-}
-
-const onExit = (): void => destroyAllSync();
-const signalHandlers = new Map<NodeJS.Signals, () => void>(
-  SIGNALS.map((signal) => [
-    signal,
-    () => {
-      destroyAllSync();
-      uninstallHandlers();
-      // With no other handler left, the default action (terminate) applies again: re-raise.
-      if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
-    },
-  ]),
-);
-
-function installHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  process.on('exit', onExit);
-  for (const [signal, handler] of signalHandlers) process.on(signal, handler);
-}
-
-function uninstallHandlers(): void {
-  if (!handlersInstalled) return;
-  handlersInstalled = false;
-  process.removeListener('exit', onExit);
-  for (const [signal, handler] of signalHandlers) process.removeListener(signal, handler);
-}
-
-function register(lab: LabImpl): void {
-  liveLabs.add(lab);
-  installHandlers();
-}
-
-function unregister(lab: LabImpl): void {
-  liveLabs.delete(lab);
-  if (liveLabs.size === 0) uninstallHandlers();
-}
+const registry = new CleanupRegistry<LabImpl>();
 
 // ---------------------------------------------------------------------------------------------------
 // Parsing
@@ -1033,7 +985,7 @@ class LabImpl implements Lab {
     }
     this.state = 'destroyed';
     this.children.clear();
-    unregister(this);
+    registry.unregister(this);
   }
 }
 
@@ -1062,7 +1014,7 @@ export async function createLab(options: LabOptions): Promise<Lab> {
   const killGraceMs = options.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
   if (options.sweep !== false) sweepStaleLabs();
   const lab = new LabImpl(names, subnet, options.mtu, killGraceMs);
-  register(lab); // from here on, exit and signals remove whatever exists
+  registry.register(lab); // from here on, exit and signals remove whatever exists
   try {
     await lab.build(options.signal, options.mtu !== undefined);
   } catch (error) {

@@ -55,6 +55,7 @@ import {
   type LabHost,
   type ProcessWatch,
 } from './lab.js';
+import { CleanupRegistry } from './cleanup-registry.js';
 
 /** Every lab directory this module creates is named `<prefix>-<pid base 36>-XXXXXX`. */
 export const LIBVIRT_LAB_PREFIX = 'vmslibvirt';
@@ -672,7 +673,7 @@ class LibvirtLabImpl implements LibvirtLab {
     const left = killMountingSync(this.stem);
     rmSync(this.dir, { recursive: true, force: true });
     this.state = 'destroyed';
-    unregister(this);
+    registry.unregister(this);
     if (left.length > 0) {
       throw new LibvirtLabError(`libvirt lab ${this.stem}: processes ${left.join(', ')} would not die`);
     }
@@ -710,59 +711,7 @@ export function sweepStaleLibvirtLabs(): string[] {
   return removed;
 }
 
-const liveLabs = new Set<LibvirtLabImpl>();
-const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
-let handlersInstalled = false;
-
-function destroyAllSync(): void {
-  for (const lab of [...liveLabs]) {
-    try {
-      lab.destroySync();
-    } catch {
-      // keep going: the other labs still need removing
-    }
-  }
-}
-
-const onExit = (): void => destroyAllSync();
-/**
- * Like lab.ts's: clean up, remove these handlers, and re-raise the signal when no other handler is
- * left. Whichever of the two modules' handlers runs last re-raises, so both clean up first.
- */
-const signalHandlers = new Map<NodeJS.Signals, () => void>(
-  SIGNALS.map((signal) => [
-    signal,
-    () => {
-      destroyAllSync();
-      uninstallHandlers();
-      if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
-    },
-  ]),
-);
-
-function installHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  process.on('exit', onExit);
-  for (const [signal, handler] of signalHandlers) process.on(signal, handler);
-}
-
-function uninstallHandlers(): void {
-  if (!handlersInstalled) return;
-  handlersInstalled = false;
-  process.removeListener('exit', onExit);
-  for (const [signal, handler] of signalHandlers) process.removeListener(signal, handler);
-}
-
-function register(lab: LibvirtLabImpl): void {
-  liveLabs.add(lab);
-  installHandlers();
-}
-
-function unregister(lab: LibvirtLabImpl): void {
-  liveLabs.delete(lab);
-  if (liveLabs.size === 0) uninstallHandlers();
-}
+const registry = new CleanupRegistry<LibvirtLabImpl>();
 
 /**
  * Starts one libvirtd per named host of a live network lab (see the module comment) and waits until
@@ -778,7 +727,7 @@ export async function createLibvirtLab(lab: Lab, options: LibvirtLabOptions = {}
   }
   if (options.sweep !== false) sweepStaleLibvirtLabs();
   const libvirt = new LibvirtLabImpl(lab);
-  register(libvirt); // from here on, exit and signals remove whatever exists
+  registry.register(libvirt); // from here on, exit and signals remove whatever exists
   try {
     await libvirt.build(hosts, options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
   } catch (error) {
