@@ -51,3 +51,27 @@ export class CleanupRegistry<T extends { destroySync(): void }> {
     for (const [signal, handler] of this.onSignal) process.removeListener(signal, handler);
   }
 }
+
+/** Blocks this thread for `ms` (cleanup on 'exit' must be synchronous). */
+export function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** Sends `signal` to `pid`; one already gone is not an error. */
+export function kill(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+/** Whether `pid` is alive (EPERM: alive, another user's). */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -22,7 +22,7 @@ import type { ChildProcess, SpawnOptions } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { CleanupRegistry } from './cleanup-registry.js';
+import { CleanupRegistry, kill, pidAlive, sleepSync } from './cleanup-registry.js';
 
 /** Every namespace this module creates starts with this. */
 export const LAB_PREFIX = 'vmslab';
@@ -308,10 +308,6 @@ function tail(text: string): string {
   return `: ${trimmed.length > 2000 ? `…${trimmed.slice(-2000)}` : trimmed}`;
 }
 
-function sleepSync(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-
 /** Resolves true when the promise settles first, false after the timeout. */
 async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
@@ -449,14 +445,6 @@ function processGone(pid: number): boolean {
   }
 }
 
-function kill(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // already gone
-  }
-}
-
 async function stopChildren(children: readonly ChildProcess[], graceMs: number): Promise<void> {
   const alive = children.filter(isRunning);
   if (alive.length === 0) return;
@@ -518,15 +506,6 @@ function removeNamespacesSync(names: readonly string[]): string[] {
   runSync(ip, ['-force', '-batch', '-'], targets.map((ns) => `netns delete ${ns}\n`).join(''));
   const left = new Set(listNamespaces());
   return targets.filter((name) => left.has(name));
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**

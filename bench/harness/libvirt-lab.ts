@@ -55,7 +55,7 @@ import {
   type LabHost,
   type ProcessWatch,
 } from './lab.js';
-import { CleanupRegistry } from './cleanup-registry.js';
+import { CleanupRegistry, kill, pidAlive, sleepSync } from './cleanup-registry.js';
 
 /** Every lab directory this module creates is named `<prefix>-<pid base 36>-XXXXXX`. */
 export const LIBVIRT_LAB_PREFIX = 'vmslibvirt';
@@ -361,10 +361,6 @@ function readOr(path: string, fallback = ''): string {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-function sleepSync(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-
 /**
  * Pids of the processes whose mount namespace has a mount from a directory named `stem` (one lab's
  * directory): its daemons, their QEMUs, anything entered into their namespaces. A mount table is read
@@ -394,14 +390,6 @@ function processesMounting(stem: string): number[] {
     if (ours) pids.push(pid);
   }
   return pids;
-}
-
-function kill(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // already gone
-  }
 }
 
 /** SIGKILL to every process of the lab directory `stem` until none is left (or 5 s have passed). */
@@ -682,15 +670,6 @@ class LibvirtLabImpl implements LibvirtLab {
 
 // ---------------------------------------------------------------------------------------------------
 // Stale labs, and cleanup on exit and signals
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * Removes the directories of libvirt labs whose creating process is dead, killing any daemon or QEMU

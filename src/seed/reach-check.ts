@@ -32,8 +32,8 @@ const PROBE_OBJECT = new Uint8Array(4);
 /** How long an agent's 'seeded' answer to a probe is waited for in the background (then dropped). */
 const PROBE_ANSWER_MS = 60_000;
 
-export async function probeGroups(options: {
-  readonly rounds: readonly SendRound[];
+/** Where and how the probes go: the job's plan, its agents, the source and its link. */
+export interface ProbeOptions {
   readonly plan: ScatterPlan;
   readonly links: readonly AgentLink[];
   readonly source: Host;
@@ -41,7 +41,11 @@ export async function probeGroups(options: {
   readonly rateBytesPerSecond: number;
   readonly insecurePlaintext: boolean;
   readonly openSocket?: OpenDatagramSocket;
-}): Promise<Unheard[]> {
+}
+
+export async function probeGroups(
+  options: ProbeOptions & { readonly rounds: readonly SendRound[] },
+): Promise<Unheard[]> {
   const receiversOf = new Map<number, Set<number>>();
   for (const round of options.rounds) {
     const set = receiversOf.get(round.group) ?? new Set<number>();
@@ -57,17 +61,9 @@ export async function probeGroups(options: {
   return unheard.flat();
 }
 
-async function probeGroup(options: {
-  readonly group: number;
-  readonly receivers: readonly number[];
-  readonly plan: ScatterPlan;
-  readonly links: readonly AgentLink[];
-  readonly source: Host;
-  readonly mtu: number;
-  readonly rateBytesPerSecond: number;
-  readonly insecurePlaintext: boolean;
-  readonly openSocket?: OpenDatagramSocket;
-}): Promise<Unheard[]> {
+async function probeGroup(
+  options: ProbeOptions & { readonly group: number; readonly receivers: readonly number[] },
+): Promise<Unheard[]> {
   const { links, receivers } = options;
   const group = options.plan.groups[options.group]!;
   const address = `${group.address}:${group.port}`;
