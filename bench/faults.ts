@@ -87,7 +87,8 @@ import {
   buildInitramfs,
   ensureGuestKernel,
   GUEST_SUM_MARKER,
-  GUEST_TICK_MARKER,
+  lastMarked,
+  lastTick,
   type Guest,
 } from './harness/qemu-guest.js';
 import {
@@ -347,9 +348,6 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const sha256File = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 /** Bytes a file holds on disk (its blocks: a file created at its full size and filled later counts as it fills). */
 const sizeOf = (path: string) => (existsSync(path) ? statSync(path).blocks * 512 : 0);
-const lastOf = (text: string, marker: string): string | undefined =>
-  [...text.matchAll(new RegExp(`${marker} (\\w+)`, 'g'))].at(-1)?.[1];
-const lastTick = (text: string) => Number(lastOf(text, GUEST_TICK_MARKER) ?? 0);
 const topologyRate = (r: string) =>
   r.replace(/^(\d+(?:\.\d+)?)([kmg])bit$/i, (_, n: string, p: string) => `${n}${p.toUpperCase()}bit`);
 
@@ -501,11 +499,11 @@ async function prepareGuests(dir: string): Promise<LiveSetup> {
       });
       try {
         const deadline = Date.now() + 120_000;
-        while (!lastOf(guest.serial(), GUEST_SUM_MARKER) || lastTick(guest.serial()) < 2) {
+        while (!lastMarked(guest.serial(), GUEST_SUM_MARKER) || lastTick(guest.serial()) < 2) {
           if (Date.now() > deadline) throw new Error(`${name}: no checksum line within 120 s of booting`);
           await sleep(250);
         }
-        const sum = lastOf(guest.serial(), GUEST_SUM_MARKER)!;
+        const sum = lastMarked(guest.serial(), GUEST_SUM_MARKER)!;
         const file = join(dir, `${name}.state`);
         await guest.qmp.execute('migrate', { uri: `exec:cat > ${file}` });
         for (;;) {
@@ -873,7 +871,7 @@ async function observeGuests(
         const text = readTarget();
         if (!atTarget && targetUp() && lastTick(text) > targetFrom) atTarget = true;
         // The checksum printed after the guest started there (the file's own lines: it is new per destination).
-        if (atTarget) sum = lastOf(text, GUEST_SUM_MARKER);
+        if (atTarget) sum = lastMarked(text, GUEST_SUM_MARKER);
         const sourceDone = atSource || !sourceUp();
         const targetDone = (atTarget && sum !== undefined) || !targetUp();
         if ((sourceDone && targetDone) || Date.now() > deadline) break;

@@ -21,15 +21,23 @@ export const GUEST_READY_MARKER = 'VMSCATTER-GUEST-READY';
 /** Printed with a counter every second after ready: a migrated guest's counter goes on at its target. */
 export const GUEST_TICK_MARKER = 'VMSCATTER-TICK';
 
+/**
+ * The value of the last whole console line `MARKER VALUE`, or undefined. Only lines the guest finished
+ * count: a console read while the guest writes ends in half a line ("VMSCATTER-SUM d9"), whose value
+ * is not the guest's.
+ */
+export function lastMarked(serial: string, marker: string): string | undefined {
+  return [...serial.matchAll(new RegExp(`${marker} (\\w+)\\r?\\n`, 'g'))].at(-1)?.[1];
+}
+
 /** The last tick a guest's console shows (0 before the first). */
 export function lastTick(serial: string): number {
-  const ticks = [...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} (\\d+)`, 'g'))];
-  return ticks.length === 0 ? 0 : Number(ticks.at(-1)![1]);
+  return Number(lastMarked(serial, GUEST_TICK_MARKER) ?? 0);
 }
 
 /** How many ticks a guest's console shows. */
 export function tickCount(serial: string): number {
-  return [...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} \\d+`, 'g'))].length;
+  return [...serial.matchAll(new RegExp(`${GUEST_TICK_MARKER} \\d+\\r?\\n`, 'g'))].length;
 }
 /** Printed with the md5 of the guest's private data every 5 ticks. */
 export const GUEST_SUM_MARKER = 'VMSCATTER-SUM';

@@ -11,6 +11,7 @@ import {
   ensureGuestKernel,
   GUEST_SUM_MARKER,
   GUEST_TICK_MARKER,
+  lastMarked,
   quitQemuAt,
   type Guest,
 } from '../../bench/harness/qemu-guest.js';
@@ -39,9 +40,6 @@ const LAB_DIR = '/run/vmscatter-lab-4';
 const HOSTS = ['src', 't1', 't2', 't3'];
 const TARGETS = HOSTS.slice(1);
 const MiB = 1024 * 1024;
-
-const lastOf = (serial: string, marker: string) =>
-  [...serial.matchAll(new RegExp(`${marker} (\\w+)`, 'g'))].at(-1)?.[1];
 
 /** The argument after `flag` in a command line. */
 function argAfter(command: readonly string[], flag: string): string {
@@ -128,7 +126,7 @@ test(
     }
     // Wait for every guest's first checksum line.
     const deadline = Date.now() + 60_000;
-    while (!guests.every((g) => lastOf(g.serial(), GUEST_SUM_MARKER))) {
+    while (!guests.every((g) => lastMarked(g.serial(), GUEST_SUM_MARKER))) {
       assert.ok(Date.now() < deadline, 'every guest prints its checksum');
       await new Promise((r) => setTimeout(r, 200));
     }
@@ -152,8 +150,8 @@ test(
       agents.push(agent);
     }
     const before = guests.map((g) => ({
-      tick: Number(lastOf(g.serial(), GUEST_TICK_MARKER)),
-      sum: lastOf(g.serial(), GUEST_SUM_MARKER),
+      tick: Number(lastMarked(g.serial(), GUEST_TICK_MARKER)),
+      sum: lastMarked(g.serial(), GUEST_SUM_MARKER),
     }));
     const job = watchProcess(
       lab.spawn(
@@ -228,12 +226,12 @@ test(
       let serial = '';
       for (;;) {
         serial = existsSync(vm.serial) ? readFileSync(vm.serial, 'latin1') : '';
-        const tick = Number(lastOf(serial, GUEST_TICK_MARKER) ?? 0);
-        if (tick > before[i]!.tick + 1 && lastOf(serial, GUEST_SUM_MARKER)) break;
+        const tick = Number(lastMarked(serial, GUEST_TICK_MARKER) ?? 0);
+        if (tick > before[i]!.tick + 1 && lastMarked(serial, GUEST_SUM_MARKER)) break;
         assert.ok(Date.now() < until, `${vm.name} goes on at its target (it was at ${before[i]!.tick})`);
         await new Promise((r) => setTimeout(r, 250));
       }
-      assert.equal(lastOf(serial, GUEST_SUM_MARKER), before[i]!.sum, `${vm.name}'s data unchanged`);
+      assert.equal(lastMarked(serial, GUEST_SUM_MARKER), before[i]!.sum, `${vm.name}'s data unchanged`);
     }
     for (const agent of agents) agent.child.kill('SIGTERM');
     t.diagnostic(
