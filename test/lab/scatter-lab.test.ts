@@ -65,7 +65,14 @@ function assertImagesIdentical(dir: string, report: { vms: { name: string; targe
   }
 }
 
-test('lab scatter: 8 VMs -> 4 targets, 1% loss, an agent killed mid-run and resumed: byte-identical', async (t) => {
+/**
+ * A lab of the source and the four targets, set up by `prepare` (shaping, loss, filters), with the
+ * topology and the deployment secret written; all of it removed after the test.
+ */
+async function labJob(
+  t: { after: (fn: () => Promise<void>) => void },
+  prepare: (lab: Lab) => Promise<void>,
+): Promise<{ dir: string; lab: Lab; topology: string }> {
   const available = labAvailable();
   assert.ok(available.ok, available.ok ? '' : `the network lab is needed: ${available.why}`);
   const { dir, cleanup } = tempDir();
@@ -74,10 +81,17 @@ test('lab scatter: 8 VMs -> 4 targets, 1% loss, an agent killed mid-run and resu
     await lab.destroy();
     cleanup();
   });
-  await lab.shape('src', { rate: '1gbit' });
-  await lab.dropShare('t3', 1, 'in');
+  await prepare(lab);
   const topology = writeTopology(dir, lab);
   writeFileSync(join(dir, 'secret'), 'the lab deployment secret, 32 bytes+', { mode: 0o600 });
+  return { dir, lab, topology };
+}
+
+test('lab scatter: 8 VMs -> 4 targets, 1% loss, an agent killed mid-run and resumed: byte-identical', async (t) => {
+  const { dir, lab, topology } = await labJob(t, async (lab) => {
+    await lab.shape('src', { rate: '1gbit' });
+    await lab.dropShare('t3', 1, 'in');
+  });
   const agents = new Map<string, ProcessWatch>();
   for (const host of targets) agents.set(host, await startAgent(lab, dir, topology, host));
 
@@ -130,17 +144,7 @@ test('lab scatter: 8 VMs -> 4 targets, 1% loss, an agent killed mid-run and resu
 });
 
 test('lab scatter: multicast filtered on the way to one target: every VM verified, the report names it', async (t) => {
-  const available = labAvailable();
-  assert.ok(available.ok, available.ok ? '' : `the network lab is needed: ${available.why}`);
-  const { dir, cleanup } = tempDir();
-  const lab = await createLab({ hosts: ['src', ...targets] });
-  t.after(async () => {
-    await lab.destroy();
-    cleanup();
-  });
-  await lab.denyMulticast('t2', true);
-  const topology = writeTopology(dir, lab);
-  writeFileSync(join(dir, 'secret'), 'the lab deployment secret, 32 bytes+', { mode: 0o600 });
+  const { dir, lab, topology } = await labJob(t, (lab) => lab.denyMulticast('t2', true));
   const agents = await Promise.all(targets.map((host) => startAgent(lab, dir, topology, host)));
   const job = watchProcess(
     lab.spawn(

@@ -95,10 +95,12 @@ function scatter(
   });
 }
 
-test('in-process job: three agents on the in-memory network, one lost mid-seeding, --resume finishes', async (t) => {
+/** A temporary directory, the three agents started on `network`, and the job's topology with images. */
+async function jobWithAgents(
+  t: { after: (fn: () => Promise<void>) => void },
+  network: MemoryNetwork,
+): Promise<{ dir: string; hosts: Targets; topology: ScatterOptions['topology'] }> {
   const { dir, cleanup } = tempDir('vms-job-');
-  // 2% loss on every datagram: rounds need their repairs.
-  const network = new MemoryNetwork(realScheduler, Math.random, { loss: 0.02 });
   const hosts = targets(dir, network);
   t.after(async () => {
     await hosts.close();
@@ -106,7 +108,28 @@ test('in-process job: three agents on the in-memory network, one lost mid-seedin
   });
   for (const name of TARGETS) await hosts.start(name);
   const path = writeTopology(dir, new Map(TARGETS.map((n) => [n, hosts.agents.get(n)!.port])));
-  const topology = materialiseSyntheticImages(loadTopology(path), dir);
+  return { dir, hosts, topology: materialiseSyntheticImages(loadTopology(path), dir) };
+}
+
+/** Every image at its target is the source's, byte for byte, and marked verified. */
+function assertImagesAtTargets(
+  topology: ScatterOptions['topology'],
+  dir: string,
+  report: ScatterReport,
+): void {
+  for (const vm of report.vms) {
+    const source = topology.vms.find((v) => v.name === vm.name)!.source;
+    assert.equal(source.kind, 'image');
+    const image = join(dir, 'agents', vm.target, 'images', `${vm.name}.raw`);
+    assert.equal(imageSha256(image), imageSha256(source.kind === 'image' ? source.path : ''), vm.name);
+    assert.ok(readFileSync(`${image}.sha256`, 'utf8').length > 0);
+  }
+}
+
+test('in-process job: three agents on the in-memory network, one lost mid-seeding, --resume finishes', async (t) => {
+  // 2% loss on every datagram: rounds need their repairs.
+  const network = new MemoryNetwork(realScheduler, Math.random, { loss: 0.02 });
+  const { dir, hosts, topology } = await jobWithAgents(t, network);
 
   // t2 stops once the first round is out: the middle of seeding.
   let stopped: Promise<void> | undefined;
@@ -131,14 +154,7 @@ test('in-process job: three agents on the in-memory network, one lost mid-seedin
   t.diagnostic(`resumed job: ${JSON.stringify(resumed.seconds)}`);
   assert.equal(resumed.ok, true, JSON.stringify(resumed.vms.filter((vm) => !vm.verified)));
   assert.equal(resumed.vms.filter((vm) => vm.alreadyVerified).length, first.vms.length - failed.length);
-  // Every image at its target is the source's, byte for byte.
-  for (const vm of resumed.vms) {
-    const source = topology.vms.find((v) => v.name === vm.name)!.source;
-    assert.equal(source.kind, 'image');
-    const image = join(dir, 'agents', vm.target!, 'images', `${vm.name}.raw`);
-    assert.equal(imageSha256(image), imageSha256(source.kind === 'image' ? source.path : ''), vm.name);
-    assert.ok(readFileSync(`${image}.sha256`, 'utf8').length > 0);
-  }
+  assertImagesAtTargets(topology, dir, resumed);
   // t2 kept what it stored before it stopped, and only what it lacked was sent again.
   const t2 = resumed.targets.find((x) => x.name === 't2')!;
   const sent = resumed.source.multicastPayloadBytes + resumed.source.unicastBytes;
@@ -147,17 +163,9 @@ test('in-process job: three agents on the in-memory network, one lost mid-seedin
 });
 
 test('in-process job: a target multicast does not reach gets its pages by unicast, and the report says why', async (t) => {
-  const { dir, cleanup } = tempDir('vms-job-');
   const network = new MemoryNetwork(realScheduler, Math.random, {});
   network.denyMulticast('t3');
-  const hosts = targets(dir, network);
-  t.after(async () => {
-    await hosts.close();
-    cleanup();
-  });
-  for (const name of TARGETS) await hosts.start(name);
-  const path = writeTopology(dir, new Map(TARGETS.map((n) => [n, hosts.agents.get(n)!.port])));
-  const topology = materialiseSyntheticImages(loadTopology(path), dir);
+  const { dir, topology } = await jobWithAgents(t, network);
   const report = await scatter(topology, dir, network);
   t.diagnostic(`job: ${JSON.stringify(report.seconds)}`);
   assert.equal(report.ok, true, JSON.stringify(report.vms.filter((vm) => !vm.verified)));
@@ -170,9 +178,5 @@ test('in-process job: a target multicast does not reach gets its pages by unicas
     assert.equal(other.multicastUnreached, undefined, other.name);
     assert.ok(other.multicastPages > 0, `${other.name} still received by multicast`);
   }
-  for (const vm of report.vms) {
-    const source = topology.vms.find((v) => v.name === vm.name)!.source;
-    const image = join(dir, 'agents', vm.target, 'images', `${vm.name}.raw`);
-    assert.equal(imageSha256(image), imageSha256(source.kind === 'image' ? source.path : ''), vm.name);
-  }
+  assertImagesAtTargets(topology, dir, report);
 });
