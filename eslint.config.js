@@ -12,6 +12,7 @@ const everywhere = ['errors.js', 'read-exactly.js'];
 const layers = {
   native: [],
   qemu: [...everywhere],
+  libvirt: [...everywhere, 'qemu/'],
   fec: [...everywhere, 'native/'],
   transport: [...everywhere, 'fec/', 'native/'],
   control: [...everywhere],
@@ -20,18 +21,18 @@ const layers = {
   plan: [...everywhere, 'memory/', 'topology/'],
   announce: [...everywhere, 'memory/'],
   store: [...everywhere, 'memory/'],
-  live: [...everywhere, 'memory/', 'native/', 'qemu/', 'store/', 'topology/'],
+  live: [...everywhere, 'libvirt/', 'memory/', 'native/', 'qemu/', 'store/', 'topology/'],
   wire: [...everywhere, 'control/', 'live/', 'memory/', 'topology/'],
   seed: [...everywhere, 'memory/', 'plan/', 'store/', 'topology/', 'transport/', 'wire/'],
   agent: [
     ...everywhere,
-    ...['announce/', 'control/', 'live/', 'memory/', 'native/', 'qemu/', 'store/', 'topology/'],
-    ...['transport/', 'wire/'],
+    ...['announce/', 'control/', 'libvirt/', 'live/', 'memory/', 'native/', 'qemu/', 'store/'],
+    ...['topology/', 'transport/', 'wire/'],
   ],
   coordinator: [
     ...everywhere,
-    ...['announce/', 'control/', 'live/', 'memory/', 'native/', 'plan/', 'qemu/', 'seed/'],
-    ...['store/', 'topology/', 'transport/', 'wire/'],
+    ...['announce/', 'control/', 'libvirt/', 'live/', 'memory/', 'native/', 'plan/', 'qemu/'],
+    ...['seed/', 'store/', 'topology/', 'transport/', 'wire/'],
   ],
   local: [...everywhere, 'memory/', 'store/', 'topology/'],
 };

@@ -41,6 +41,8 @@
 #include <string.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -190,6 +192,23 @@ static napi_value force_socket_buffer(napi_env env, napi_callback_info info) {
   int rc = setsockopt((int)fd, SOL_SOCKET, which == 0 ? SO_RCVBUFFORCE : SO_SNDBUFFORCE, &value, sizeof(value));
   napi_value result;
   napi_create_int32(env, rc == 0 ? 0 : errno, &result);
+  return result;
+}
+
+/*
+ * socketUnread(fd): bytes written to a connected stream socket that its peer has not read yet
+ * (SIOCOUTQ; on a unix socket they leave the count once the peer's read consumed them), or -errno.
+ */
+static napi_value socket_unread(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int64_t fd;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || !int_of(env, argv[0], &fd) || fd < 0) return fail(env, "socketUnread(fd)");
+  int pending = 0;
+  int rc = ioctl((int)fd, SIOCOUTQ, &pending);
+  napi_value result;
+  napi_create_int32(env, rc == 0 ? pending : -errno, &result);
   return result;
 }
 
@@ -561,6 +580,7 @@ napi_value transport_exports(napi_env env, napi_value exports) {
       {"aeadSeal", NULL, aead_seal, NULL, NULL, NULL, napi_default, NULL},
       {"aeadOpen", NULL, aead_open, NULL, NULL, NULL, napi_default, NULL},
       {"forceSocketBuffer", NULL, force_socket_buffer, NULL, NULL, NULL, napi_default, NULL},
+      {"socketUnread", NULL, socket_unread, NULL, NULL, NULL, napi_default, NULL},
       {"udpReceiveStart", NULL, udp_receive_start, NULL, NULL, NULL, napi_default, NULL},
       {"udpReceiveStop", NULL, udp_receive_stop, NULL, NULL, NULL, napi_default, NULL},
       {"populate", NULL, populate, NULL, NULL, NULL, napi_default, NULL},

@@ -35,6 +35,7 @@ export const ERROR_CATALOGUE = {
   VMS_QMP_CONNECTION: { exitCode: 7, meaning: "QEMU's QMP socket could not be reached or closed" },
   VMS_STREAM: { exitCode: 7, meaning: 'a QEMU migration stream that is not well-formed (byte offset)' },
   VMS_GUEST_RAM: { exitCode: 7, meaning: "a running guest's RAM that cannot be read" },
+  VMS_LIBVIRT: { exitCode: 7, meaning: 'libvirt (through virsh) refused a command or could not be reached' },
   VMS_LIVE: { exitCode: 7, meaning: 'a live migration that failed (the VM runs on at its source)' },
   VMS_INTERRUPTED: { exitCode: 130, meaning: 'interrupted by Ctrl-C or SIGTERM' },
   VMS_ABORTED: { exitCode: 130, meaning: 'work cancelled because its job was interrupted' },

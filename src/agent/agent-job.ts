@@ -12,7 +12,8 @@ import { ReceiverSession } from '../transport/session.js';
 import type { AgentOptions } from './agent-options.js';
 import { chooseAnnouncement } from '../announce/digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
-import { LiveTarget } from '../live/target.js';
+import { LiveTarget, type HeldPages } from '../live/target.js';
+import { attachLibvirtDestination } from '../live/destination-libvirt.js';
 import { defaultEmulators, refuseCommand } from '../qemu/command-policy.js';
 import { decodeManifest } from '../wire/manifest.js';
 import { decodeBatch, sliceBatch } from '../memory/page-batches.js';
@@ -39,6 +40,8 @@ export interface AgentHost {
  */
 const ANNOUNCEMENT_FALSE_POSITIVES = 1e-6;
 const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+/** A libvirt domain name as the topology allows it (topology/validate.ts). */
+const DOMAIN_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 const RECEIVER_GIVE_UP_MS = 30_000;
 /** Records stored between two turns of the event loop (about a millisecond of work). */
 const STORE_SLICE_RECORDS = 64;
@@ -57,6 +60,8 @@ export class AgentJob {
   private readonly sessions = new Map<number, AbortController>();
   private readonly pending = new Map<string, PendingVm>();
   private readonly liveTargets = new Map<string, LiveTarget>();
+  /** libvirt domains whose destination is being waited for (live-attach), so a rollback stops the wait. */
+  private readonly liveAttaching = new Map<string, AbortController>();
   /** Why a live VM's stream failed at this end, reported when the coordinator asks for the verdict. */
   private readonly liveFailures = new Map<string, string>();
   private readonly check = new Uint8Array(DIGEST_BYTES);
@@ -89,6 +94,7 @@ export class AgentJob {
       throw new VmscatterError('VMS_PROTOCOL', "'fetch' is for peer connections, not a job's");
     },
     'live-incoming': (m) => this.live(m),
+    'live-attach': (m) => this.live(m),
     'live-stream': (m) => this.live(m),
     'live-end': (m) => this.live(m),
     'live-repair': (m) => this.live(m),
@@ -254,14 +260,41 @@ export class AgentJob {
           vm,
           command: message.command,
           dir: join(this.options.dir, 'run'),
-          held: {
-            pageOf: (digest, into) => this.agent.store.get(digest, into),
-            readMany: (digests, count, into, found) => this.agent.store.readMany(digests, count, into, found),
-          },
+          held: this.heldPages(),
           digester: this.digester,
         });
         this.liveTargets.set(vm, started);
         this.agent.log(`job ${this.id}: ${vm}: destination QEMU waiting for the stream`);
+        return this.reply({ t: 'live-ready', vm });
+      }
+      case 'live-attach': {
+        this.liveFailures.delete(vm);
+        const refuse = (error: string) => {
+          this.agent.log(`job ${this.id}: ${vm}: not attached to domain ${message.domain}: ${error}`);
+          this.reply({ t: 'live-refused', vm, error });
+        };
+        // Only a host configured with a libvirt takes libvirt domains, and only through our sockets.
+        const uri = this.options.libvirt;
+        if (uri === undefined) return refuse('this host has no libvirt (no libvirt: in its topology entry)');
+        if (!DOMAIN_NAME.test(message.domain)) return refuse(`'${message.domain}' is not a domain name`);
+        const attaching = new AbortController();
+        this.liveAttaching.set(vm, attaching);
+        try {
+          const { destination, socket } = await attachLibvirtDestination({
+            uri,
+            domain: message.domain,
+            socket: message.socket,
+            signal: attaching.signal,
+          });
+          const held = this.heldPages();
+          const scratch = join(this.options.dir, 'run', 'ram');
+          this.liveTargets.set(vm, new LiveTarget(vm, destination, socket, held, this.digester, scratch));
+        } catch (error) {
+          return refuse((error as Error).message);
+        } finally {
+          this.liveAttaching.delete(vm);
+        }
+        this.agent.log(`job ${this.id}: ${vm}: attached to libvirt's destination of ${message.domain}`);
         return this.reply({ t: 'live-ready', vm });
       }
       case 'live-stream': {
@@ -324,11 +357,20 @@ export class AgentJob {
         this.agent.log(`job ${this.id}: ${vm}: running here`);
         return this.reply({ t: 'live-resumed', vm });
       case 'live-abort':
+        this.liveAttaching.get(vm)?.abort();
         this.liveTargets.delete(vm);
         if (target) await target.abort();
         this.agent.log(`job ${this.id}: ${vm}: rolled back (it runs on at the source)`);
         return;
     }
+  }
+
+  /** Where a live stream's referenced pages are read: the agent's store. */
+  private heldPages(): HeldPages {
+    return {
+      pageOf: (digest, into) => this.agent.store.get(digest, into),
+      readMany: (digests, count, into, found) => this.agent.store.readMany(digests, count, into, found),
+    };
   }
 
   private async fetchFrom(message: Extract<ToAgent, { t: 'fetch-from' }>): Promise<void> {

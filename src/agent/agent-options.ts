@@ -19,6 +19,11 @@ export interface AgentOptions {
    */
   readonly emulators?: readonly string[];
   /**
+   * This host's libvirt URI (its topology entry's `libvirt:`): libvirt domains may arrive, and the
+   * agent attaches to the destinations that libvirt starts for them. Absent: none may.
+   */
+  readonly libvirt?: string;
+  /**
    * Accept multicast rounds sent in clear (a coordinator's --insecure-plaintext). Off by default: an
    * empty round key is refused, so no coordinator alone can make guest memory travel unencrypted.
    */

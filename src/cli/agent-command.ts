@@ -43,6 +43,7 @@ export async function agentCommand(options: AgentCommandOptions): Promise<void> 
     dir: options.dir ?? `.vmscatter/agents/${host.name}`,
     secret: readSecretFile(secretFile),
     ...(options.allowEmulator ? { emulators: allowedEmulators(options.allowEmulator) } : {}),
+    ...(host.libvirt === undefined ? {} : { libvirt: host.libvirt }),
     insecurePlaintext: options.insecurePlaintext ?? false,
     log,
   });

@@ -3,6 +3,7 @@ import { randomDigestKey } from '../memory/page-digest.js';
 import { buildScatterPlan, type ScatterPlan } from '../plan/scatter-plan.js';
 import { scanForPlan, type LiveCopyPlan } from '../live/plan.js';
 import { loadTopology } from '../topology/load.js';
+import { isRunning } from '../topology/model.js';
 import { formatBytes } from '../topology/units.js';
 import { Progress } from './progress.js';
 import { displayPath, percent, renderTable } from './table.js';
@@ -25,7 +26,7 @@ export async function planCommand(options: PlanCommandOptions): Promise<void> {
   const interrupt = new AbortController();
   const stop = (signal: NodeJS.Signals) =>
     interrupt.abort(new Error(signal === 'SIGINT' ? 'interrupted (Ctrl-C)' : `interrupted (${signal})`));
-  if (topology.vms.some((vm) => vm.source.kind === 'qemu')) {
+  if (topology.vms.some((vm) => isRunning(vm.source))) {
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
   }

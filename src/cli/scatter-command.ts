@@ -6,7 +6,7 @@ import {
   type ScatterProgress,
   type ScatterReport,
 } from '../coordinator/coordinator.js';
-import type { Topology } from '../topology/model.js';
+import { isRunning, type Topology } from '../topology/model.js';
 import { startLocalAgents, type LocalAgents } from '../local/local-agents.js';
 import type { CompressionMode } from '../memory/page-codec.js';
 import {
@@ -84,7 +84,7 @@ export async function runJobFromCli(
 ): Promise<CliJobResult> {
   const progress = new Progress(!options.json);
   let agents: LocalAgents | undefined;
-  const running = loaded.vms.some((vm) => vm.source.kind === 'qemu');
+  const running = loaded.vms.some((vm) => isRunning(vm.source));
   const interrupt = interruptOnSignals(progress, running, () => agents?.stopNow());
   try {
     return await runJob(loaded, options, job, progress, interrupt.signal, (started) => (agents = started));

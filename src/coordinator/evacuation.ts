@@ -1,7 +1,8 @@
 import { existsSync } from 'node:fs';
 import { InputError } from '../errors.js';
 import { connectQmp } from '../qemu/qmp.js';
-import type { Topology } from '../topology/model.js';
+import { sourceHostOf, type Topology } from '../topology/model.js';
+import { domainState } from '../libvirt/domain.js';
 
 /**
  * Host evacuation as a scatter job: the host being emptied is the source, every other host (but the
@@ -61,6 +62,20 @@ export async function presentVms(topology: Topology): Promise<{ topology: Topolo
   const absent: AbsentVm[] = [];
   const present = [];
   for (const vm of topology.vms) {
+    if (vm.source.kind === 'libvirt') {
+      const uri = sourceHostOf(topology).libvirt!;
+      const state = await domainState(uri, vm.source.domain).catch((error: Error) => error.message);
+      if (state === 'running' || state === 'paused') present.push(vm);
+      else
+        absent.push({
+          name: vm.name,
+          reason:
+            state === 'absent'
+              ? `no domain ${vm.source.domain} at ${uri} (moved earlier, or not defined)`
+              : `domain ${vm.source.domain} at ${uri}: ${state}`,
+        });
+      continue;
+    }
     if (vm.source.kind !== 'qemu') {
       present.push(vm);
       continue;

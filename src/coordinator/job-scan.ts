@@ -6,12 +6,12 @@ import { fingerprintVms } from '../memory/fingerprint.js';
 import { PAGE_SIZE, type VmPages } from '../memory/page.js';
 import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
 import { pageCountOf } from '../memory/page-source.js';
-import type { QmpClient } from '../qemu/qmp.js';
-import type { Topology } from '../topology/model.js';
+import type { QemuMonitor } from '../qemu/qmp.js';
+import { isRunning, sourceHostOf, type Topology } from '../topology/model.js';
 import { ContentStore } from '../store/content-store.js';
 import { imageSha256 } from '../memory/image-hash.js';
 import { scanRunningVm } from '../live/scan.js';
-import { connectSourceQmp, type ScannedLiveVm } from '../live/source.js';
+import { reachRunningVm, type ScannedLiveVm } from '../live/source.js';
 import { SourcePages } from '../store/source-pages.js';
 
 /**
@@ -26,7 +26,7 @@ export interface JobScan {
   /** SHA-256 of each image VM's file; '' for a running VM (its stream is verified instead). */
   readonly sha256: string[];
   /** QMP of each running VM's source QEMU, by VM index. */
-  readonly qmp: Map<number, QmpClient>;
+  readonly qmp: Map<number, QemuMonitor>;
   /** How each running VM was scanned, by VM index. */
   readonly liveScans: Map<number, ScannedLiveVm['method']>;
   readonly pages: SourcePages;
@@ -58,7 +58,7 @@ export async function scanJob(
   const live: number[] = [];
   topology.vms.forEach((vm, v) => {
     if (vm.source.kind === 'image') images.push({ v, path: vm.source.path });
-    else if (vm.source.kind === 'qemu') live.push(v);
+    else if (isRunning(vm.source)) live.push(v);
     else throw new InputError(`VM ${vm.name}: a synthetic source has no image yet (write it out first)`);
   });
   for (const { v, path } of images) {
@@ -79,7 +79,7 @@ export async function scanJob(
     vms[v] = fingerprinted.vms[i]!;
     sha256[v] = imageSha256(path);
   });
-  const qmp = new Map<number, QmpClient>();
+  const qmp = new Map<number, QemuMonitor>();
   const liveScans = new Map<number, ScannedLiveVm['method']>();
   // The running VMs' pages of this job only: what an earlier job kept is of no use now.
   const storeDir = join(options.runDir, 'source-pages');
@@ -89,23 +89,26 @@ export async function scanJob(
     const digester = new PageDigester(key);
     for (const v of live) {
       const vm = topology.vms[v]!;
-      if (vm.source.kind !== 'qemu') continue;
+      if (!isRunning(vm.source)) continue;
       if (options.moved?.has(v)) {
         vms[v] = { name: vm.name, pages: new Uint32Array(Math.ceil(vm.memoryBytes / PAGE_SIZE)) };
         continue;
       }
-      const client = await connectSourceQmp(vm.source.qmp, vm.name);
-      qmp.set(v, client);
-      await resumeIfStoppedBySwitchOver(
-        client,
-        vm.name,
-        () => options.mayResumeStopped?.(v) ?? false,
-        options.onWarning,
-      );
+      const reached = await reachRunningVm(vm.name, vm.source, sourceHostOf(topology));
+      qmp.set(v, reached.monitor);
+      // A libvirt source left stopped by a failed switch-over is libvirt's to resume (its migration
+      // failed with our stream), not ours.
+      if (vm.source.kind === 'qemu')
+        await resumeIfStoppedBySwitchOver(
+          reached.monitor,
+          vm.name,
+          () => options.mayResumeStopped?.(v) ?? false,
+          options.onWarning,
+        );
       const scanned = await scanRunningVm({
         vm: vm.name,
-        qmp: client,
-        qmpSocket: vm.source.qmp,
+        qmp: reached.monitor,
+        ...reached.process,
         runDir: options.runDir,
         table,
         digester,
@@ -153,7 +156,7 @@ export async function scanJob(
  * runs again where it was, with every byte it had. Without proof that no target runs it, it stays.
  */
 async function resumeIfStoppedBySwitchOver(
-  qmp: QmpClient,
+  qmp: QemuMonitor,
   vm: string,
   mayResume: () => boolean,
   onWarning?: (line: string) => void,

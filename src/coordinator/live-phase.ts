@@ -2,7 +2,7 @@ import { DigestTable } from '../memory/digest-table.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
-import type { Topology } from '../topology/model.js';
+import { isRunning, type Host, type RunningVmSource, type Topology } from '../topology/model.js';
 import type { AgentLink } from '../wire/agent-link.js';
 import type { HeldDigests } from '../announce/digest-set.js';
 import type { JobScan } from './job-scan.js';
@@ -10,7 +10,12 @@ import type { ScannedLiveVm } from '../live/source.js';
 import type { SendRound } from '../plan/job-work.js';
 import { chooseCopyStrategy, QEMU_DOWNTIME_LIMIT_MS, type CopyDecision } from '../live/copy-strategy.js';
 import { startDirtyRates, type DirtyRateProbe } from '../live/dirty-rate.js';
-import { migrateLiveVm, NOTHING_MOVED, type LiveMigrationResult } from '../live/migrate.js';
+import { migrateLiveVm, NOTHING_MOVED, STEP_TIMEOUT_MS, type LiveMigrationResult } from '../live/migrate.js';
+import type { MigrationSource } from '../live/migration-source.js';
+import { qemuMigrationSource } from '../live/source-qemu.js';
+import { libvirtMigrationSource } from '../live/source-libvirt.js';
+import type { CopyStrategy } from '../live/copy-strategy.js';
+import type { QemuMonitor } from '../qemu/qmp.js';
 import { WireBudget } from '../live/flow.js';
 
 /**
@@ -69,7 +74,8 @@ export async function migrateLiveVms(options: {
       const vm = options.topology.vms[v]!;
       const target = options.plan.detail.assignment[v]!;
       const link = options.links[target]!;
-      if (vm.source.kind !== 'qemu') continue;
+      if (!isRunning(vm.source)) continue;
+      const running = vm.source;
       const memoryBytes = options.scan.vms[v]!.pages.length * PAGE_SIZE;
       const copy = chooseCopyStrategy({
         memoryBytes,
@@ -87,21 +93,27 @@ export async function migrateLiveVms(options: {
             ? { ...notMigrated, error: link.lost ?? 'interrupted before it started' }
             : await migrateLiveVm({
                 vm: vm.name,
-                command: vm.source.command,
-                source: options.scan.qmp.get(v)!,
-                sourceQmpSocket: vm.source.qmp,
+                source: migrationSourceOf({
+                  vm: vm.name,
+                  source: running,
+                  monitor: options.scan.qmp.get(v)!,
+                  sourceHost: options.topology.hosts.find((h) => h.role === 'source')!,
+                  targetHost: link.host,
+                  runDir: options.runDir,
+                  // The last attempt copies with the guest stopped: no page can change behind the copy.
+                  strategy: rollbacks.length >= MEMORY_CHECK_RETRIES ? 'stop-and-copy' : copy.strategy,
+                  downtimeLimitMs,
+                  // A retry after a failed memory check runs QEMU's stream at the VM's share of the link.
+                  ...(rollbacks.length > 0 ? { qemuMaxBandwidth: bandwidth } : {}),
+                }),
                 link,
                 runDir: options.runDir,
                 digester,
                 holds: (digest) => options.holds(target, digest),
                 onSentInFull: (digest) => newContent.sent(v, target, digest),
                 wire,
-                // A retry after a failed memory check runs QEMU's stream at the VM's share of the link.
-                ...(rollbacks.length > 0 ? { qemuMaxBandwidth: bandwidth } : {}),
                 compress: options.compress,
-                // The last attempt copies with the guest stopped: no page can change behind the copy.
                 strategy: rollbacks.length >= MEMORY_CHECK_RETRIES ? 'stop-and-copy' : copy.strategy,
-                downtimeLimitMs,
                 ...(options.timeoutPerGiB
                   ? {
                       timeout: {
@@ -135,6 +147,44 @@ export async function migrateLiveVms(options: {
   };
   await Promise.all(Array.from({ length: parallel }, worker));
   return results;
+}
+
+/** The source end of one attempt: the VM's own QEMU, or its libvirt domain. */
+function migrationSourceOf(options: {
+  readonly vm: string;
+  readonly source: RunningVmSource;
+  readonly monitor: QemuMonitor;
+  readonly sourceHost: Host;
+  readonly targetHost: Host;
+  readonly runDir: string;
+  readonly strategy: CopyStrategy;
+  readonly downtimeLimitMs: number;
+  readonly qemuMaxBandwidth?: number;
+}): MigrationSource {
+  const { vm, source, strategy, downtimeLimitMs } = options;
+  if (source.kind === 'qemu')
+    return qemuMigrationSource({
+      vm,
+      command: source.command,
+      monitor: options.monitor,
+      qmpSocket: source.qmp,
+      runDir: options.runDir,
+      strategy,
+      downtimeLimitMs,
+      ...(options.qemuMaxBandwidth === undefined ? {} : { qemuMaxBandwidth: options.qemuMaxBandwidth }),
+      stepTimeoutMs: STEP_TIMEOUT_MS,
+    });
+  // The topology lets a libvirt domain go only from and to hosts with a libvirt (topology/validate.ts).
+  return libvirtMigrationSource({
+    vm,
+    domain: source.domain,
+    uri: options.sourceHost.libvirt!,
+    targetUri: options.targetHost.libvirt!,
+    // libvirt copies live: its domains have no stop-and-copy here, so QEMU throttles the guest instead.
+    autoConverge: true,
+    downtimeLimitMs,
+    stepTimeoutMs: STEP_TIMEOUT_MS,
+  });
 }
 
 export interface LiveVmResult extends LiveMigrationResult, NewContentCounts {

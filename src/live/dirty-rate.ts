@@ -1,4 +1,4 @@
-import type { QmpClient } from '../qemu/qmp.js';
+import type { QemuMonitor } from '../qemu/qmp.js';
 
 /**
  * Each running VM's dirty rate (bytes/s), measured by QEMU over one second, all VMs at once, started
@@ -21,7 +21,7 @@ export interface DirtyRateProbe {
   rates(): Promise<number[]>;
 }
 
-export function startDirtyRates(clients: readonly QmpClient[]): DirtyRateProbe {
+export function startDirtyRates(clients: readonly QemuMonitor[]): DirtyRateProbe {
   const startedAt = Date.now();
   const started = Promise.all(
     clients.map((qmp) =>
@@ -43,7 +43,7 @@ export function startDirtyRates(clients: readonly QmpClient[]): DirtyRateProbe {
   };
 }
 
-async function measured(qmp: QmpClient): Promise<number> {
+async function measured(qmp: QemuMonitor): Promise<number> {
   for (let tries = 0; tries < 50; tries++) {
     const info = (await qmp.execute('query-dirty-rate').catch(() => ({}))) as {
       status?: string;

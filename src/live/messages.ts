@@ -3,12 +3,18 @@ import type { LiveRecord } from './records.js';
 /**
  * What the two ends of a live migration say to each other: the live part of the job protocol
  * (wire/protocol.ts adds the other kinds and checks every message's shape). In order, per VM:
- *   live-incoming -> live-ready (or live-refused), live-stream* -> live-ack*, live-end -> live-verified,
+ *   live-incoming (or live-attach) -> live-ready (or live-refused), live-stream* -> live-ack*, live-end -> live-verified,
  *   live-repair? -> live-repaired, live-resume -> live-resumed; live-abort at any point rolls it back.
  */
 export type LiveToAgent =
   /** Start a destination QEMU from this command line, paused, waiting for a stream. */
   | { readonly t: 'live-incoming'; readonly vm: string; readonly command: readonly string[] }
+  /**
+   * A libvirt domain arrives: the target's libvirt starts its destination for the migration the source's
+   * libvirt began, listening at `socket`; the agent connects there, writes the stream, and holds back
+   * its tail (after the RAM's END section) until live-resume, so the domain cannot run before the check.
+   */
+  | { readonly t: 'live-attach'; readonly vm: string; readonly domain: string; readonly socket: string }
   /** The VM's migration stream, in order; pages the agent holds come as references. */
   | { readonly t: 'live-stream'; readonly vm: string; readonly records: readonly LiveRecord[] }
   /**

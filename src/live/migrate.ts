@@ -3,8 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PageDigester } from '../memory/page-digest.js';
 import { StreamParser } from '../qemu/migration-stream.js';
-import { openGuestRam, type GuestRam, type GuestRamMethod } from '../qemu/guest-ram.js';
-import type { QmpClient } from '../qemu/qmp.js';
+import type { GuestRam, GuestRamMethod } from '../qemu/guest-ram.js';
 import type { LiveLink } from './messages.js';
 import { AckWindow, type WireBudget } from './flow.js';
 import type { CopyStrategy } from './copy-strategy.js';
@@ -22,14 +21,8 @@ import {
   type MemoryDigests,
 } from './memory-check.js';
 import { LiveStreamEncoder } from './encoder.js';
-import {
-  completeSource,
-  prepareSource,
-  rollBackSource,
-  streamListener,
-  watchMigration,
-  withTimeout,
-} from './source-qemu.js';
+import { streamListener, withTimeout } from './source-qemu.js';
+import type { MigrationSource } from './migration-source.js';
 
 /**
  * Phase 5 for a running VM: QEMU migrates into the coordinator, which passes the stream on to the
@@ -105,14 +98,13 @@ export const NOTHING_MOVED = {
   seconds: 0,
 } as const;
 
-const STEP_TIMEOUT_MS = 120_000;
+/** The most one step of a migration (an answer from the agent, a source command) may take. */
+export const STEP_TIMEOUT_MS = 120_000;
 
 export async function migrateLiveVm(options: {
   readonly vm: string;
-  readonly command: readonly string[];
-  readonly source: QmpClient;
-  /** The source QEMU's QMP socket (finds its process, whose memory the check reads). */
-  readonly sourceQmpSocket?: string;
+  /** The source end: a QEMU of its own (source-qemu.ts) or a libvirt domain (source-libvirt.ts). */
+  readonly source: MigrationSource;
   readonly link: LiveLink;
   readonly runDir: string;
   readonly digester: PageDigester;
@@ -122,19 +114,11 @@ export async function migrateLiveVm(options: {
   readonly onSentInFull?: (digest: Uint8Array) => void;
   /** The source link, shared by the job's migrations: each message waits for room on it. */
   readonly wire?: WireBudget;
-  /**
-   * A cap on QEMU's own stream (bytes/s); none by default (see QEMU_UNCAPPED_BYTES_PER_SECOND). A retry
-   * after a failed memory check sets one: QEMU 7.2's dirty tracking under multi-threaded TCG loses pages
-   * mostly when its stream runs unthrottled.
-   */
-  readonly qemuMaxBandwidth?: number;
   /** The most of the destination's RAM a failed memory check may rewrite (MAX_REPAIR_BYTES; 0: none). */
   readonly maxRepairBytes?: number;
   /** Pages sent in full go LZ4-compressed when that shrinks them (uniform pages always as one word). */
   readonly compress: boolean;
   readonly strategy: CopyStrategy;
-  /** QEMU's downtime limit for the final pass (ms). */
-  readonly downtimeLimitMs: number;
   /**
    * The migration must be done by then (ms from its start): on expiry, 'abort' rolls it back and
    * 'stop-and-copy' stops the guest so the copy ends.
@@ -171,10 +155,10 @@ export async function migrateLiveVm(options: {
         seconds: (performance.now() - started) / 1000,
       };
     }
-    // Roll back: the destination goes, the source runs on (source-qemu.ts).
+    // Roll back: the destination goes, the source runs on.
     link.send({ t: 'live-abort', vm });
     stream?.destroy();
-    await rollBackSource(source, sourceWasRunning);
+    await source.rollBack(sourceWasRunning);
     return {
       ok: false,
       error: error instanceof Error ? error.message : String(error),
@@ -186,35 +170,47 @@ export async function migrateLiveVm(options: {
     };
   };
   mkdirSync(options.runDir, { recursive: true, mode: 0o700 });
-  const listener = streamListener(join(options.runDir, `${vm}.out`));
-  try {
-    link.send({ t: 'live-incoming', vm, command: [...options.command] });
-    const ready = await link.next(['live-ready', 'live-refused'], (m) => m.vm === vm, STEP_TIMEOUT_MS);
+  const listener = streamListener(source.streamPath);
+  const gaveUp = source.gaveUp.then((why): never => {
+    throw new Error(why);
+  });
+  gaveUp.catch(() => undefined); // raced below; a source that gives up later fails its own step
+  // The target's agent gets ready to receive (starting the destination, or attaching to the one the
+  // source's libvirt has started once the migration began).
+  const destinationReady = async () => {
+    link.send(source.destination);
+    const ready = await Promise.race([
+      link.next(['live-ready', 'live-refused'], (m) => m.vm === vm, STEP_TIMEOUT_MS),
+      gaveUp,
+    ]);
     if (ready.t === 'live-refused')
-      throw new Error(`VM ${vm}: ${link.host.name} refused to start its destination: ${ready.error}`);
+      throw new Error(`VM ${vm}: ${link.host.name} refused to receive it: ${ready.error}`);
+  };
+  try {
+    if (!source.destinationAfterStart) await destinationReady();
     options.signal?.throwIfAborted();
-    ({ wasRunning: sourceWasRunning } = await prepareSource(source, vm, options));
+    ({ wasRunning: sourceWasRunning } = await source.prepare());
     // Stop-and-copy: the guest stops for the whole copy (it could not converge, or is tiny); a
     // rollback resumes it.
     let stoppedAt: number | undefined;
-    if (options.strategy === 'stop-and-copy') {
-      await source.execute('stop');
+    if (options.strategy === 'stop-and-copy' && source.stop) {
+      await source.stop();
       stoppedAt = performance.now();
     }
     // Found while the guest still runs (its mapping stays for the process's life), so the check after
     // the source stopped only reads: the search samples pages through QMP, downtime it need not cost.
     // Kept open until the VM runs somewhere: a repair reads the differing chunks through it.
-    const ram = await openGuestRam(source, {
-      ...(options.sourceQmpSocket ? { qmpSocket: options.sourceQmpSocket } : {}),
-      scratchDir: join(options.runDir, 'ram'),
-      name: vm,
-      running: stoppedAt === undefined,
-    });
+    const ram = await source.openRam(join(options.runDir, 'ram'), stoppedAt === undefined);
     sourceRam = ram;
-    await source.execute('migrate', { uri: `unix:${join(options.runDir, `${vm}.out`)}` });
-    const socket = await withTimeout(listener.accepted, 30_000, `VM ${vm}: QEMU did not connect`);
+    await source.start();
+    if (source.destinationAfterStart) await destinationReady();
+    const socket = await withTimeout(
+      Promise.race([listener.accepted, gaveUp]),
+      30_000,
+      `VM ${vm}: QEMU did not connect`,
+    );
     stream = socket;
-    watching = watchMigration(source, observed);
+    watching = source.watch(observed);
     // A complete stream ends with the VM description: one cut short inside device state is refused.
     const parser = new StreamParser();
     encoder = new LiveStreamEncoder({
@@ -241,7 +237,7 @@ export async function migrateLiveVm(options: {
       flush,
       onBytes: (n) => (counts.streamBytes += n),
       vm,
-      source,
+      ...(source.stop ? { stop: source.stop } : {}),
       ...(options.timeout ? { timeout: options.timeout } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     });
@@ -257,10 +253,7 @@ export async function migrateLiveVm(options: {
     await lastFlush;
     await flush();
     await window.all();
-    // QEMU waits in its completion for our answer: anything else means its migration failed.
-    const { status } = (await source.execute('query-migrate')) as { status?: string };
-    if (status !== 'active' && status !== 'device')
-      throw new Error(`VM ${vm}: the source's migration is '${status}' with its stream whole`);
+    await source.whole();
     Object.assign(counts, encoder.counts);
     link.send({ t: 'live-end', vm, sha256: encoder.digest.hex(), memorySeed });
     const checkStarted = performance.now();
@@ -293,9 +286,10 @@ export async function migrateLiveVm(options: {
     }
     // Commit. The source first: once QEMU reads the answer its migration completes and it will not
     // restart the guest; only then may the target run it. Should this process die in between, the
-    // guest stays stopped at its source, whole, until `scatter --resume` resumes it there.
+    // guest stays stopped at its source, whole, until `scatter --resume` resumes it there. (A libvirt
+    // source completed already: the agent's releasing the stream's tail is what commits.)
     const resumeStarted = performance.now();
-    const completedAt = await completeSource(socket, source, vm, STEP_TIMEOUT_MS);
+    const completedAt = await source.commit(socket);
     committed = true;
     link.send({ t: 'live-resume', vm });
     await link.next('live-resumed', (m) => m.vm === vm, STEP_TIMEOUT_MS);
@@ -306,15 +300,13 @@ export async function migrateLiveVm(options: {
       checkMs: Math.round(resumeStarted - checkStarted),
       resumeMs: Math.round(resumed - resumeStarted),
     };
-    const info = (await source.execute('query-migrate')) as { downtime?: number };
+    const sourceFigure = await source.finish();
     // QEMU's figure runs from its stop to its completion, which waited for our answer (the tail, the
     // memory check); the target ran a little after. A guest stopped by us for the whole copy was
     // down since our stop.
     const sourceDowntimeMs =
-      stoppedAt === undefined ? (info.downtime ?? 0) : Math.round(completedAt - stoppedAt);
+      stoppedAt === undefined ? (sourceFigure ?? 0) : Math.round(completedAt - stoppedAt);
     const downtimeMs = sourceDowntimeMs + Math.round(resumed - completedAt);
-    // The VM runs at its target: the source's QEMU has nothing left to do.
-    await source.execute('quit').catch(() => undefined);
     return {
       ok: true,
       ...(memoryCheck ? { memoryCheck } : {}),
@@ -347,7 +339,8 @@ function pumpStream(options: {
   readonly flush: () => Promise<void>;
   readonly onBytes: (bytes: number) => void;
   readonly vm: string;
-  readonly source: QmpClient;
+  /** Stops the guest (a timeout's stop-and-copy); where absent, the timeout aborts. */
+  readonly stop?: () => Promise<void>;
   readonly timeout?: { readonly ms: number; readonly action: 'abort' | 'stop-and-copy' };
   readonly signal?: AbortSignal;
 }): Promise<{ readonly lastFlush: Promise<void> }> {
@@ -362,10 +355,10 @@ function pumpStream(options: {
     signal?.addEventListener('abort', abort, { once: true });
     const timer = timeout
       ? setTimeout(() => {
-          if (timeout.action === 'abort') {
+          if (timeout.action === 'abort' || !options.stop) {
             socket.destroy();
             reject(new Error(`VM ${options.vm}: not migrated within ${Math.round(timeout.ms / 1000)} s`));
-          } else void options.source.execute('stop').catch(() => undefined);
+          } else void options.stop().catch(() => undefined);
         }, timeout.ms)
       : undefined;
     const settle = () => {

@@ -7,12 +7,12 @@ import type { FingerprintResult } from '../memory/fingerprint.js';
 import { PAGE_SIZE, type VmPages } from '../memory/page.js';
 import { PageDigester } from '../memory/page-digest.js';
 import { scanTopology } from '../memory/scan.js';
-import type { QmpClient } from '../qemu/qmp.js';
-import type { Topology } from '../topology/model.js';
+import type { QemuMonitor } from '../qemu/qmp.js';
+import { isRunning, sourceHostOf, type Topology } from '../topology/model.js';
 import { chooseCopyStrategy, QEMU_DOWNTIME_LIMIT_MS, type CopyDecision } from './copy-strategy.js';
 import { scanRunningVm } from './scan.js';
 import { startDirtyRates } from './dirty-rate.js';
-import { connectSourceQmp, type ScannedLiveVm } from './source.js';
+import { reachRunningVm, type ScannedLiveVm } from './source.js';
 
 /**
  * What `vmscatter plan` learns of running VMs: their pages (read as a job would, from the shared
@@ -38,29 +38,29 @@ export async function scanForPlan(
     readonly signal?: AbortSignal;
   },
 ): Promise<FingerprintResult & { readonly live: LiveCopyPlan[] }> {
-  const running = topology.vms.flatMap((vm, v) => (vm.source.kind === 'qemu' ? [v] : []));
+  const running = topology.vms.flatMap((vm, v) => (isRunning(vm.source) ? [v] : []));
   const table = new DigestTable(1 << 16);
-  const others = topology.vms.flatMap((vm, v) => (vm.source.kind === 'qemu' ? [] : [v]));
+  const others = topology.vms.flatMap((vm, v) => (isRunning(vm.source) ? [] : [v]));
   const scanned = await scanTopology(
     { ...topology, vms: others.map((v) => topology.vms[v]!) },
     { key: options.key, table, ...(options.onProgress ? { onProgress: options.onProgress } : {}) },
   );
   const vms: VmPages[] = new Array(topology.vms.length);
   others.forEach((v, i) => (vms[v] = scanned.vms[i]!));
-  const clients: QmpClient[] = [];
+  const clients: QemuMonitor[] = [];
   const runDir = mkdtempSync(join(tmpdir(), 'vmscatter-plan-'));
   try {
     const digester = new PageDigester(options.key);
     const methods: ScannedLiveVm['method'][] = [];
     for (const v of running) {
       const vm = topology.vms[v]!;
-      if (vm.source.kind !== 'qemu') continue;
-      const qmp = await connectSourceQmp(vm.source.qmp, vm.name);
-      clients.push(qmp);
+      if (!isRunning(vm.source)) continue;
+      const reached = await reachRunningVm(vm.name, vm.source, sourceHostOf(topology));
+      clients.push(reached.monitor);
       const live = await scanRunningVm({
         vm: vm.name,
-        qmp,
-        qmpSocket: vm.source.qmp,
+        qmp: reached.monitor,
+        ...reached.process,
         runDir,
         table,
         digester,

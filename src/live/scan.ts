@@ -15,6 +15,7 @@ import { LivePageCollector, type LiveScanOptions, type ScannedLiveVm } from './s
 export async function scanRunningVm(options: LiveScanOptions): Promise<ScannedLiveVm> {
   const ram = await openGuestRam(options.qmp, {
     ...(options.qmpSocket ? { qmpSocket: options.qmpSocket } : {}),
+    ...(options.pid !== undefined ? { pid: options.pid } : {}),
     scratchDir: `${options.runDir}/ram`,
     name: options.vm,
     running: true,

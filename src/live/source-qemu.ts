@@ -1,6 +1,9 @@
 import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { openGuestRam } from '../qemu/guest-ram.js';
+import type { MigrationSource } from './migration-source.js';
 import net from 'node:net';
-import type { QmpClient } from '../qemu/qmp.js';
+import type { QemuMonitor } from '../qemu/qmp.js';
 import type { CopyStrategy } from './copy-strategy.js';
 import { LiveSourceError } from './source.js';
 
@@ -15,7 +18,7 @@ const QEMU_UNCAPPED_BYTES_PER_SECOND = 100 * 2 ** 30;
 
 /** Refuses a source neither running nor paused; sets the migration up. Resolves with whether it ran. */
 export async function prepareSource(
-  source: QmpClient,
+  source: QemuMonitor,
   vm: string,
   options: {
     readonly strategy: CopyStrategy;
@@ -56,7 +59,7 @@ export async function prepareSource(
  * own dirty bitmap instead of a sample).
  */
 export function watchMigration(
-  source: QmpClient,
+  source: QemuMonitor,
   observed: { throttlePercent: number; migrationDirtyBytesPerSecond: number },
 ): { stop: () => void } {
   const timer = setInterval(() => {
@@ -91,7 +94,7 @@ const COMPLETION_POLL_MS = 5;
  */
 export async function completeSource(
   socket: net.Socket,
-  source: QmpClient,
+  source: QemuMonitor,
   vm: string,
   timeoutMs: number,
 ): Promise<number> {
@@ -109,7 +112,7 @@ export async function completeSource(
  * it already, and QEMU restarts a guest that ran) and resumes the guest if it ran when the migration
  * began; a source left stopped by an earlier migration may have its VM running elsewhere.
  */
-export async function rollBackSource(source: QmpClient, wasRunning: boolean): Promise<void> {
+export async function rollBackSource(source: QemuMonitor, wasRunning: boolean): Promise<void> {
   await source.execute('migrate_cancel').catch(() => undefined);
   await waitMigrationSettled(source).catch(() => undefined);
   const status = (await source.execute('query-status').catch(() => ({}))) as { status?: string };
@@ -135,7 +138,11 @@ export function streamListener(path: string): { accepted: Promise<net.Socket>; c
 }
 
 /** Waits until the source's migration is no longer active (after a cancel or a completion). */
-export async function waitMigrationSettled(qmp: QmpClient, timeoutMs = 30_000, pollMs = 50): Promise<string> {
+export async function waitMigrationSettled(
+  qmp: QemuMonitor,
+  timeoutMs = 30_000,
+  pollMs = 50,
+): Promise<string> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const info = (await qmp.execute('query-migrate')) as { status?: string };
@@ -161,4 +168,58 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): P
       },
     );
   });
+}
+
+/** A QEMU of its own as a migration's source, driven through its QMP socket (the steps above). */
+export function qemuMigrationSource(options: {
+  readonly vm: string;
+  /** The destination's command line, as the agent starts it. */
+  readonly command: readonly string[];
+  readonly monitor: QemuMonitor;
+  /** Its QMP socket (finds the QEMU process, whose memory the check reads). */
+  readonly qmpSocket?: string;
+  readonly runDir: string;
+  readonly strategy: CopyStrategy;
+  readonly downtimeLimitMs: number;
+  readonly qemuMaxBandwidth?: number;
+  readonly stepTimeoutMs: number;
+}): MigrationSource {
+  const { vm, monitor } = options;
+  const streamPath = join(options.runDir, `${vm}.out`);
+  return {
+    monitor,
+    streamPath,
+    destination: { t: 'live-incoming', vm, command: [...options.command] },
+    destinationAfterStart: false,
+    gaveUp: new Promise<string>(() => undefined),
+    prepare: () => prepareSource(monitor, vm, options),
+    stop: async () => {
+      await monitor.execute('stop');
+    },
+    openRam: (scratchDir, running) =>
+      openGuestRam(monitor, {
+        ...(options.qmpSocket ? { qmpSocket: options.qmpSocket } : {}),
+        scratchDir,
+        name: vm,
+        running,
+      }),
+    start: async () => {
+      await monitor.execute('migrate', { uri: `unix:${streamPath}` });
+    },
+    watch: (observed) => watchMigration(monitor, observed),
+    whole: async () => {
+      // QEMU waits in its completion for our answer: anything else means its migration failed.
+      const { status } = (await monitor.execute('query-migrate')) as { status?: string };
+      if (status !== 'active' && status !== 'device')
+        throw new Error(`VM ${vm}: the source's migration is '${status}' with its stream whole`);
+    },
+    commit: (stream) => completeSource(stream, monitor, vm, options.stepTimeoutMs),
+    finish: async () => {
+      const info = (await monitor.execute('query-migrate')) as { downtime?: number };
+      // The VM runs at its target: the source's QEMU has nothing left to do.
+      await monitor.execute('quit').catch(() => undefined);
+      return info.downtime;
+    },
+    rollBack: (wasRunning) => rollBackSource(monitor, wasRunning),
+  };
 }

@@ -4,7 +4,10 @@ import type { DigestTable } from '../memory/digest-table.js';
 import { DIGEST_BYTES, isZeroPage, PAGE_SIZE, ZERO_PAGE_ID, type VmPages } from '../memory/page.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import type { GuestRamMethod } from '../qemu/guest-ram.js';
-import { connectQmp, type QmpClient } from '../qemu/qmp.js';
+import { connectQmp, type QemuMonitor, type QmpClient } from '../qemu/qmp.js';
+import { LibvirtMonitor } from '../libvirt/monitor.js';
+import { domainPid, domainState } from '../libvirt/domain.js';
+import type { Host, RunningVmSource } from '../topology/model.js';
 import type { ContentStore } from '../store/content-store.js';
 
 /**
@@ -31,6 +34,30 @@ export async function connectSourceQmp(path: string, vm: string): Promise<QmpCli
   } catch (error) {
     throw new LiveSourceError(`VM ${vm}: cannot reach its QEMU at ${path}: ${(error as Error).message}`);
   }
+}
+
+/**
+ * A running VM's monitor, and how its QEMU process is found (its QMP socket, or libvirt's pid file):
+ * a QEMU of its own through its QMP socket, a libvirt domain through the source's libvirt, which must
+ * run it.
+ */
+export async function reachRunningVm(
+  name: string,
+  source: RunningVmSource,
+  sourceHost: Host,
+): Promise<{ monitor: QemuMonitor; process: { qmpSocket: string } | { pid: number } }> {
+  if (source.kind === 'qemu')
+    return { monitor: await connectSourceQmp(source.qmp, name), process: { qmpSocket: source.qmp } };
+  // The topology lets a libvirt domain be only where the source host has a libvirt (validate.ts).
+  const uri = sourceHost.libvirt!;
+  const state = await domainState(uri, source.domain);
+  if (state !== 'running' && state !== 'paused')
+    throw new LiveSourceError(
+      state === 'absent'
+        ? `VM ${name}: no domain ${source.domain} at the source's libvirt ${uri} (moved already, or a typo?)`
+        : `VM ${name}: domain ${source.domain} at ${uri} is '${state}', not running: nothing to migrate`,
+    );
+  return { monitor: new LibvirtMonitor(uri, source.domain), process: { pid: domainPid(source.domain) } };
 }
 
 /**
@@ -97,9 +124,11 @@ export class LivePageCollector {
 /** What scanning a running VM needs, whichever way it is read. */
 export interface LiveScanOptions {
   readonly vm: string;
-  readonly qmp: QmpClient;
+  readonly qmp: QemuMonitor;
   /** Its QMP socket (finds the QEMU process, whose memory is the fastest to read). */
   readonly qmpSocket?: string;
+  /** Its QEMU's pid, where known otherwise (a libvirt domain's). */
+  readonly pid?: number;
   /** Where QEMU may write pmemsave output (a private directory is made below it). */
   readonly runDir: string;
   readonly table: DigestTable;

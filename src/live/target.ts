@@ -5,6 +5,8 @@ import { startIncomingQemu, type IncomingQemu } from '../qemu/incoming.js';
 import { StreamWriter } from '../qemu/migration-stream.js';
 import { LiveStreamDecoder, type LiveDecoderOptions } from './decoder.js';
 import type { LiveRecord } from './records.js';
+import type { StreamRecord } from '../qemu/stream-records.js';
+import type { QemuMonitor } from '../qemu/qmp.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import { openGuestRam, type GuestRam } from '../qemu/guest-ram.js';
 import {
@@ -33,10 +35,71 @@ const LOAD_TIMEOUT_MS = 120_000;
 /** Where referenced pages are read (the decoder's `pageOf`, and `readMany` where the store has it). */
 export type HeldPages = Pick<LiveDecoderOptions, 'pageOf' | 'readMany'>;
 
+/**
+ * The QEMU a stream goes into: one this agent started (`startIncomingQemu`), or one a libvirt started
+ * for a domain's migration (destination-libvirt.ts). What differs is how the agent knows it loaded
+ * the stream, and who lets it run.
+ */
+export interface Destination {
+  readonly monitor: QemuMonitor;
+  /** Its process, whose memory the check reads (undefined: found some other way, or pmemsave). */
+  readonly pid: number | undefined;
+  /**
+   * The stream's tail (device state and EOF, after the RAM's END section) is held back until resume:
+   * a libvirt destination that read its EOF would be run by libvirt before the memory check.
+   */
+  readonly holdsTail: boolean;
+  /** The status of a destination that loaded the stream and waits (a repair writes only then). */
+  readonly waitingStatus: string;
+  /**
+   * Resolves once the destination loaded every byte written to `socket` (the whole stream, or all but
+   * the held tail), with why not when it cannot have.
+   */
+  loaded(socket: net.Socket): Promise<string | undefined>;
+  /** Lets the VM run here (the held tail, if any, is written and the stream closed before). */
+  resume(): Promise<void>;
+  /** The VM does not run here: the destination goes (the source keeps it). */
+  kill(): Promise<void>;
+}
+
+/** A destination this agent started from the VM's command line (`-S -incoming defer`). */
+export function qemuDestination(qemu: IncomingQemu): Destination {
+  return {
+    monitor: qemu.qmp,
+    pid: qemu.process.pid,
+    holdsTail: false,
+    waitingStatus: 'paused',
+    loaded: async (socket) => {
+      await new Promise<void>((resolve) => socket.end(() => resolve()));
+      const deadline = Date.now() + LOAD_TIMEOUT_MS;
+      for (;;) {
+        const info = (await qemu.qmp.execute('query-status')) as { status?: string };
+        if (info.status === 'paused' || info.status === 'prelaunch') break;
+        if (info.status !== 'inmigrate') return `destination QEMU is '${info.status}' after loading`;
+        if (Date.now() > deadline) return `destination QEMU still loading after ${LOAD_TIMEOUT_MS / 1000} s`;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const migration = (await qemu.qmp.execute('query-migrate')) as { status?: string };
+      if (migration.status !== undefined && migration.status !== 'completed')
+        return `destination migration status '${migration.status}'`;
+      return undefined;
+    },
+    resume: async () => {
+      await qemu.qmp.execute('cont');
+      await qemu.qmp.close();
+      qemu.release();
+    },
+    kill: () => qemu.kill(),
+  };
+}
+
 export class LiveTarget {
   private readonly decoder: LiveStreamDecoder;
   /** A message's stream bytes, written to the destination in one go. */
   private readonly output = new OutputBuffer();
+  private readonly writer: StreamWriter;
+  /** The stream's tail, held back until resume where the destination holds it (copies). */
+  private readonly tail: StreamRecord[] = [];
   private failure: Error | undefined;
   /** The destination's RAM digests once loaded: what a repair may write (whole chunks of it). */
   private memory: MemoryDigests | undefined;
@@ -49,24 +112,32 @@ export class LiveTarget {
    */
   private readonly early: Promise<GuestRam | undefined>;
 
-  private constructor(
+  constructor(
     readonly vm: string,
-    private readonly qemu: IncomingQemu,
+    private readonly destination: Destination,
     private readonly socket: net.Socket,
-    private readonly writes: CountedWrites,
     held: HeldPages,
     digester: PageDigester,
     private readonly scratchDir: string,
   ) {
+    this.writes = new CountedWrites(socket);
     socket.on('error', (error) => (this.failure ??= error));
     this.early = this.openRam(true).catch(() => undefined);
-    const writer = new StreamWriter((bytes) => this.output.append(bytes), { sinkCopies: true });
+    const writer = (this.writer = new StreamWriter((bytes) => this.output.append(bytes), {
+      sinkCopies: true,
+    }));
     this.decoder = new LiveStreamDecoder(vm, {
       ...held,
       digester,
-      sink: (record) => writer.write(record),
+      sink: (record) => {
+        if (destination.holdsTail && record.kind === 'tail')
+          this.tail.push({ kind: 'tail', bytes: record.bytes.slice() });
+        else writer.write(record);
+      },
     });
   }
+
+  private readonly writes: CountedWrites;
 
   static async start(options: {
     readonly vm: string;
@@ -86,9 +157,8 @@ export class LiveTarget {
       });
       return new LiveTarget(
         options.vm,
-        qemu,
+        qemuDestination(qemu),
         socket,
-        new CountedWrites(socket),
         options.held,
         options.digester,
         join(options.dir, 'ram'),
@@ -124,28 +194,21 @@ export class LiveTarget {
   }
 
   /**
-   * The stream is complete: closes it, waits for the destination to finish loading, compares stream
-   * digests, then reads the loaded guest RAM for the memory check (memory-check.ts). Resolves with
-   * the reason it must not resume, or with the RAM's digests (encoded) when the stream agreed.
+   * The stream is complete: closes it (or, where the destination holds the tail, writes all but the
+   * tail), waits for the destination to load it, compares stream digests, then reads the loaded guest
+   * RAM for the memory check (memory-check.ts). Resolves with the reason it must not resume, or with
+   * the RAM's digests (encoded) when the stream agreed.
    */
   async finish(
     sourceSha256: string,
     memorySeed: Uint8Array,
   ): Promise<{ readonly why: string } | { readonly memory: Uint8Array }> {
-    await new Promise<void>((resolve) => this.socket.end(() => resolve()));
-    if (this.failure) return { why: `destination stream: ${this.failure.message}` };
-    const deadline = Date.now() + LOAD_TIMEOUT_MS;
-    for (;;) {
-      const info = (await this.qemu.qmp.execute('query-status')) as { status?: string };
-      if (info.status === 'paused' || info.status === 'prelaunch') break;
-      if (info.status !== 'inmigrate') return { why: `destination QEMU is '${info.status}' after loading` };
-      if (Date.now() > deadline)
-        return { why: `destination QEMU still loading after ${LOAD_TIMEOUT_MS / 1000} s` };
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    const migration = (await this.qemu.qmp.execute('query-migrate')) as { status?: string };
-    if (migration.status !== undefined && migration.status !== 'completed')
-      return { why: `destination migration status '${migration.status}'` };
+    await this.taken();
+    const notLoaded = this.streamFailure() ?? (await this.destination.loaded(this.socket));
+    const why = this.streamFailure() ?? notLoaded;
+    if (why) return { why };
+    if (this.destination.holdsTail && this.tail.length === 0)
+      return { why: 'the stream ended without device state' };
     const own = this.decoder.digest.hex();
     if (own !== sourceSha256)
       return { why: `stream digest ${own} differs from the source's ${sourceSha256}` };
@@ -181,8 +244,8 @@ export class LiveTarget {
         throw new LiveTargetError(
           `VM ${this.vm}: a repair of ${bytes.length} bytes at ${offset} is not a chunk`,
         );
-    const status = (await this.qemu.qmp.execute('query-status')) as { status?: string };
-    if (status.status !== 'paused')
+    const status = (await this.destination.monitor.execute('query-status')) as { status?: string };
+    if (status.status !== this.destination.waitingStatus)
       throw new LiveTargetError(`VM ${this.vm}: repair of a destination '${status.status}'`);
     const ram = this.ram;
     if (!ram) throw new LiveTargetError(`VM ${this.vm}: a memory repair before the memory check`);
@@ -197,10 +260,14 @@ export class LiveTarget {
     return digests;
   }
 
+  private streamFailure(): string | undefined {
+    return this.failure && `destination stream: ${this.failure.message}`;
+  }
+
   /** `loading`: the stream may still be writing pages, so samples may differ between two reads. */
   private openRam(loading: boolean): Promise<GuestRam> {
-    return openGuestRam(this.qemu.qmp, {
-      ...(this.qemu.process.pid !== undefined ? { pid: this.qemu.process.pid } : {}),
+    return openGuestRam(this.destination.monitor, {
+      ...(this.destination.pid !== undefined ? { pid: this.destination.pid } : {}),
       scratchDir: this.scratchDir,
       name: this.vm,
       running: loading,
@@ -210,15 +277,21 @@ export class LiveTarget {
   async resume(): Promise<void> {
     this.ram?.close();
     this.ram = undefined;
-    await this.qemu.qmp.execute('cont');
-    await this.qemu.qmp.close();
-    this.qemu.release();
+    if (this.destination.holdsTail) {
+      for (const record of this.tail.splice(0)) this.writer.write(record);
+      const bytes = this.output.take();
+      if (bytes.length > 0) this.writes.write(bytes, () => undefined);
+      await new Promise<void>((resolve) => this.socket.end(() => resolve()));
+      const failed = this.streamFailure();
+      if (failed) throw new LiveTargetError(`VM ${this.vm}: ${failed}`);
+    }
+    await this.destination.resume();
   }
 
   async abort(): Promise<void> {
     this.socket.destroy();
-    await this.qemu.kill();
-    // Its QMP gone, a search still under way ends too.
+    await this.destination.kill();
+    // Its monitor gone, a search still under way ends too.
     const early = await this.early;
     if (early && early !== this.ram) early.close();
     this.ram?.close();

@@ -15,10 +15,9 @@ export function pageSourceOf(vm: Vm): PageSourceSpec {
         vm: { name: vm.name, pageCount: vm.memoryBytes / PAGE_SIZE, spec: vm.source.model },
       };
     case 'qemu':
+    case 'libvirt':
       // Running guests are read through their QEMU (live/plan.ts, coordinator/job-scan.ts).
-      throw new InputError(
-        `VM ${vm.name}: a running QEMU guest is scanned through its QMP socket, not as a file`,
-      );
+      throw new InputError(`VM ${vm.name}: a running guest is scanned through its QEMU, not as a file`);
   }
 }
 

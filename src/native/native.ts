@@ -84,6 +84,8 @@ export interface NativeAddon {
   ): void;
   /** SO_RCVBUFFORCE (which 0) or SO_SNDBUFFORCE (1) on a socket: 0, or the errno (EPERM unprivileged). */
   forceSocketBuffer(fd: number, which: 0 | 1, bytes: number): number;
+  /** Bytes written to a connected stream socket that its peer has not read yet (SIOCOUTQ), or -errno. */
+  socketUnread(fd: number): number;
   /**
    * Reads datagrams from a duplicate of `fd` on libuv's loop, up to one per slot of `buffer`
    * (`slotBytes` each) per recvmmsg call, and calls `callback(count)` per batch; meta holds [length (0:

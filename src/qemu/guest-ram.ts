@@ -3,7 +3,7 @@ import { readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { listeningSocketInode, mainRam, parseMaps, ramCandidates, type MainRam } from './memory-map.js';
-import type { QmpClient } from './qmp.js';
+import type { QemuMonitor } from './qmp.js';
 import { readExactly } from '../read-exactly.js';
 
 /**
@@ -68,7 +68,7 @@ export interface SharedMemoryFile {
  * `memory-backend` machine property, a RAM or memfd backend, a private mapping whose file does not see
  * the guest's writes, or a file that is not there).
  */
-export async function sharedMemoryFile(qmp: QmpClient): Promise<SharedMemoryFile | undefined> {
+export async function sharedMemoryFile(qmp: QemuMonitor): Promise<SharedMemoryFile | undefined> {
   const qomGet = (path: string, property: string) =>
     qmp.execute('qom-get', { path, property }).catch(() => undefined);
   const link = await qomGet('/machine', 'memory-backend');
@@ -92,7 +92,7 @@ export async function sharedMemoryFile(qmp: QmpClient): Promise<SharedMemoryFile
 }
 
 /** The main RAM's layout as this QEMU reports it. */
-export async function mainRamOf(qmp: QmpClient): Promise<MainRam> {
+export async function mainRamOf(qmp: QemuMonitor): Promise<MainRam> {
   const hmp = async (command: string) =>
     String(await qmp.execute('human-monitor-command', { 'command-line': command }));
   const map = mainRam(await hmp('info ramblock'), await hmp('info mtree -f'));
@@ -133,7 +133,7 @@ export function pidListeningAt(path: string): number | undefined {
 }
 
 export async function openGuestRam(
-  qmp: QmpClient,
+  qmp: QemuMonitor,
   options: {
     /** QEMU's pid, when known (the agent started it); else looked up from `qmpSocket`. */
     readonly pid?: number;
@@ -220,7 +220,7 @@ function fileReader(
 }
 
 function pmemsaveReader(
-  qmp: QmpClient,
+  qmp: QemuMonitor,
   layout: { readonly map: MainRam },
   remap: () => Promise<void>,
   scratch: string,

@@ -26,6 +26,18 @@ export class QmpConnectionError extends VmscatterError {
   }
 }
 
+/**
+ * What reading and migrating a running guest asks of its QEMU's monitor: QMP commands. A QMP socket of
+ * its own (QmpClient) or, for a libvirt domain, libvirt's hold on the monitor (libvirt/monitor.ts).
+ */
+export interface QemuMonitor {
+  /** Names the monitor in messages. */
+  readonly path: string;
+  /** Runs a command and resolves with its `return` value; rejects with QmpError for a QMP error. */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T>;
+  close(): Promise<void>;
+}
+
 export interface QmpEvent {
   readonly event: string;
   readonly data: Record<string, unknown>;
@@ -43,7 +55,7 @@ interface Pending {
 }
 
 /** Emits 'event' (QmpEvent) and, once, 'close' (QmpConnectionError, or undefined after close()). */
-export class QmpClient extends EventEmitter {
+export class QmpClient extends EventEmitter implements QemuMonitor {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private buffer = '';

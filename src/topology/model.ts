@@ -20,6 +20,11 @@ export interface Host {
   readonly linkBitsPerSecond: number;
   /** Site name; hosts of one site can fetch pages from each other instead of over the source's link. */
   readonly site: string;
+  /**
+   * The host's libvirt, as the source's libvirt reaches it (e.g. `qemu+tcp://10.0.0.3/system`): its
+   * libvirt domains can be moved, and it can take libvirt domains. Absent: no libvirt.
+   */
+  readonly libvirt?: string;
 }
 
 export interface MulticastRange {
@@ -34,7 +39,16 @@ export interface MulticastRange {
 export type VmSource =
   | { readonly kind: 'image'; readonly path: string }
   | { readonly kind: 'synthetic'; readonly model: SyntheticModelSpec }
-  | { readonly kind: 'qemu'; readonly qmp: string; readonly command: readonly string[] };
+  | { readonly kind: 'qemu'; readonly qmp: string; readonly command: readonly string[] }
+  /** A domain of the source host's libvirt, moved by libvirt's own migration (src/libvirt/). */
+  | { readonly kind: 'libvirt'; readonly domain: string };
+
+/** A VM that runs while it moves (a QEMU of its own or a libvirt domain), not an image. */
+export type RunningVmSource = Extract<VmSource, { kind: 'qemu' | 'libvirt' }>;
+
+export function isRunning(source: VmSource): source is RunningVmSource {
+  return source.kind === 'qemu' || source.kind === 'libvirt';
+}
 
 /** Parameters of the seeded synthetic guest-memory model (src/memory/synthetic.ts documents it). */
 export interface SyntheticModelSpec {
@@ -69,4 +83,9 @@ export interface Topology {
   readonly hosts: readonly Host[];
   readonly multicast: MulticastRange;
   readonly vms: readonly Vm[];
+}
+
+/** The topology's one source host (validate.ts makes sure there is exactly one). */
+export function sourceHostOf(topology: Topology): Host {
+  return topology.hosts.find((h) => h.role === 'source')!;
 }

@@ -99,7 +99,7 @@ function readMulticastBase(ctx: Ctx, at: Field): string {
 // ---------------------------------------------------------------------------------------------------
 // Hosts
 
-const HOST_KEYS = ['name', 'address', 'port', 'role', 'memory', 'maxVms', 'link', 'site'] as const;
+const HOST_KEYS = ['name', 'address', 'port', 'role', 'memory', 'maxVms', 'link', 'site', 'libvirt'] as const;
 
 interface ReadHost {
   readonly host: Host;
@@ -178,8 +178,30 @@ function readHost(ctx: Ctx, at: Field): ReadHost {
   const link = readRate(ctx, required(ctx, entries, 'link', RATE_EXPECTED));
   const siteField = optional(ctx, entries, 'site');
   const site = siteField === undefined ? DEFAULT_SITE : readName(ctx, siteField);
-  const host: Host = { name, address, port, role, memoryBytes, maxVms, linkBitsPerSecond: link, site };
+  const libvirtField = optional(ctx, entries, 'libvirt');
+  const libvirt = libvirtField === undefined ? undefined : readLibvirtUri(ctx, libvirtField);
+  const host: Host = {
+    name,
+    address,
+    port,
+    role,
+    memoryBytes,
+    maxVms,
+    linkBitsPerSecond: link,
+    site,
+    ...(libvirt === undefined ? {} : { libvirt }),
+  };
   return { host, nameField, roleField, endpointField: portField ?? addressField };
+}
+
+const LIBVIRT_EXPECTED =
+  "the host's libvirt URI as the source's libvirt reaches it, e.g. qemu+tcp://10.0.0.3/system";
+
+function readLibvirtUri(ctx: Ctx, at: Field): string {
+  const uri = readString(ctx, at, LIBVIRT_EXPECTED);
+  // virsh takes it as one argument: no whitespace, and a driver scheme such as qemu or qemu+tcp.
+  if (!/^[a-z][a-z0-9+]*:\/\/[^\s]*$/.test(uri)) fail(ctx, at, `expected ${LIBVIRT_EXPECTED}, got '${uri}'`);
+  return uri;
 }
 
 function readRole(ctx: Ctx, at: Field): HostRole {
@@ -242,13 +264,13 @@ function readVmEntry(ctx: Ctx, at: Field, hosts: Hosts, baseDir: string): ReadVm
   const suffixLength = count === undefined ? 0 : `-${count}`.length;
   const name = readName(ctx, nameField, MAX_NAME_LENGTH - suffixLength);
   const memoryBytes = readVmMemory(ctx, required(ctx, entries, 'memory', SIZE_EXPECTED));
-  const sourceField = required(ctx, entries, 'source', 'one of synthetic, image or qemu');
+  const sourceField = required(ctx, entries, 'source', 'one of synthetic, image, qemu or libvirt');
   const source = readSource(ctx, sourceField, baseDir);
   if (countField !== undefined && source.kind !== 'synthetic') {
     fail(
       ctx,
       countField,
-      'count works only with a synthetic source: each image or qemu VM needs its own file',
+      'count works only with a synthetic source: each image, qemu or libvirt VM needs its own',
     );
   }
   const targetField = optional(ctx, entries, 'target');
@@ -256,6 +278,8 @@ function readVmEntry(ctx: Ctx, at: Field, hosts: Hosts, baseDir: string): ReadVm
   const excludeField = optional(ctx, entries, 'exclude');
   const excludedTargets =
     excludeField === undefined ? [] : readExclusions(ctx, excludeField, hosts, fixedTarget);
+  if (source.kind === 'libvirt')
+    checkLibvirtHosts(ctx, sourceField, targetField, hosts, fixedTarget, excludedTargets);
   const names = count === undefined ? [name] : Array.from({ length: count }, (_, i) => `${name}-${i + 1}`);
   return names.map((vmName, index) => ({
     vm: {
@@ -268,6 +292,32 @@ function readVmEntry(ctx: Ctx, at: Field, hosts: Hosts, baseDir: string): ReadVm
     nameField,
     count,
   }));
+}
+
+/**
+ * A libvirt domain moves from the source's libvirt to a target's: the source must have one, and
+ * targets without one are left out of its placement (a pinned one is an error).
+ */
+function checkLibvirtHosts(
+  ctx: Ctx,
+  sourceField: Field,
+  targetField: Field | undefined,
+  hosts: Hosts,
+  fixedTarget: string | undefined,
+  excludedTargets: string[],
+): void {
+  if (hosts.source.libvirt === undefined)
+    fail(
+      ctx,
+      sourceField,
+      `a libvirt domain, but the source host '${hosts.source.name}' has no libvirt: URI`,
+    );
+  const without = hosts.list.filter((h) => h.role === 'target' && h.libvirt === undefined).map((h) => h.name);
+  if (fixedTarget !== undefined && without.includes(fixedTarget))
+    fail(ctx, targetField!, `'${fixedTarget}' has no libvirt: URI, so it cannot take a libvirt domain`);
+  for (const name of without) if (!excludedTargets.includes(name)) excludedTargets.push(name);
+  if (excludedTargets.length === hosts.targetNames.length)
+    fail(ctx, sourceField, 'a libvirt domain, but no target it may go to has a libvirt: URI');
 }
 
 function readVmMemory(ctx: Ctx, at: Field): number {
@@ -317,12 +367,12 @@ interface SourceMaker {
 }
 
 function readSource(ctx: Ctx, at: Field, baseDir: string): SourceMaker {
-  const entries = readMap(ctx, at, 'a VM source', ['synthetic', 'image', 'qemu']);
+  const entries = readMap(ctx, at, 'a VM source', ['synthetic', 'image', 'qemu', 'libvirt']);
   const given = [...entries.fields];
   const [first] = given;
   if (first === undefined || given.length > 1) {
     const got = given.length === 0 ? 'none' : given.map(([key]) => key).join(' and ');
-    fail(ctx, at, `expected exactly one of synthetic, image or qemu, got ${got}`);
+    fail(ctx, at, `expected exactly one of synthetic, image, qemu or libvirt, got ${got}`);
   }
   const [kind, field] = first;
   if (kind === 'image') {
@@ -332,6 +382,10 @@ function readSource(ctx: Ctx, at: Field, baseDir: string): SourceMaker {
   if (kind === 'qemu') {
     const qemu = readQemu(ctx, field, baseDir);
     return { kind, make: () => ({ kind, ...qemu }) };
+  }
+  if (kind === 'libvirt') {
+    const domain = readLibvirtDomain(ctx, field);
+    return { kind, make: () => ({ kind, domain }) };
   }
   const synthetic = readSynthetic(ctx, field);
   return {
@@ -357,6 +411,17 @@ function readQemu(ctx: Ctx, at: Field, baseDir: string): { qmp: string; command:
   );
   if (command.length === 0) fail(ctx, commandField, `expected ${commandExpected}, got an empty list`);
   return { qmp, command };
+}
+
+const DOMAIN_EXPECTED = "the domain's name at the source's libvirt (letters, digits, '.', '_', '-')";
+
+function readLibvirtDomain(ctx: Ctx, at: Field): string {
+  const entries = readMap(ctx, at, 'a libvirt source', ['domain']);
+  const field = required(ctx, entries, 'domain', DOMAIN_EXPECTED);
+  const domain = readString(ctx, field, DOMAIN_EXPECTED);
+  if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/.test(domain))
+    fail(ctx, field, `expected ${DOMAIN_EXPECTED}, got '${domain}'`);
+  return domain;
 }
 
 function readSynthetic(

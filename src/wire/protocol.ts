@@ -138,6 +138,7 @@ const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
     vm: isString,
     command: (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096 && v.every((a) => isString(a)),
   },
+  'live-attach': { vm: isString, domain: isString, socket: isString },
   'live-stream': {
     vm: isString,
     records: (v) => Array.isArray(v) && v.length <= 1 << 20 && v.every((r) => isLiveRecord(r)),

@@ -13,6 +13,7 @@ import { Agent } from '../../src/agent/agent.js';
 import { AgentLink } from '../../src/wire/agent-link.js';
 import { digestGuestRam, newMemorySeed } from '../../src/live/memory-check.js';
 import { migrateLiveVm } from '../../src/live/migrate.js';
+import { qemuMigrationSource } from '../../src/live/source-qemu.js';
 import { PROTOCOL_VERSION } from '../../src/wire/protocol.js';
 import { tempDir } from '../support/fixtures.js';
 import {
@@ -186,16 +187,22 @@ async function migrate(
   return migrateLiveVm({
     ...extra,
     vm: 'g1',
-    command,
-    source,
-    sourceQmpSocket: vmsQmp,
+    source: qemuMigrationSource({
+      vm: 'g1',
+      command,
+      monitor: source,
+      qmpSocket: vmsQmp,
+      runDir: join(dir, 'run'),
+      strategy: 'precopy',
+      downtimeLimitMs: 300,
+      stepTimeoutMs: 120_000,
+    }),
     link,
     runDir: join(dir, 'run'),
     digester: new PageDigester(deriveDigestKey(secret)),
     holds: () => false,
     compress: true,
     strategy: 'precopy',
-    downtimeLimitMs: 300,
   });
 }
 

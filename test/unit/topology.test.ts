@@ -625,12 +625,12 @@ test('count is a positive whole number and needs a synthetic source', () => {
   rejects(edit({ 10: ['  - name: b', '    count: 2'] }), 11, 'vms[1].count', /only with a synthetic source/);
 });
 
-test('a VM source is exactly one of synthetic, image or qemu', () => {
+test('a VM source is exactly one of synthetic, image, qemu or libvirt', () => {
   rejects(
     edit({ 12: '    source: {}' }),
     12,
     'vms[1].source',
-    /exactly one of synthetic, image or qemu, got none/,
+    /exactly one of synthetic, image, qemu or libvirt, got none/,
   );
   rejects(
     edit({ 12: '    source: { image: b.raw, synthetic: {} }' }),
@@ -681,6 +681,63 @@ test('a qemu source needs a QMP path and a non-empty command', () => {
     17,
     'vms[1].source.qemu.command[1]',
     /got number 64 \(quote it/,
+  );
+});
+
+test('a libvirt domain: hosts name their libvirt; targets without one are left out of its placement', () => {
+  const withLibvirt = (line: string) => line.replace(' }', ', libvirt: "qemu+tcp://10.0.0.9/system" }');
+  const topology = parse(
+    edit({
+      3: withLibvirt(BASE[2]!),
+      4: withLibvirt(BASE[3]!),
+      12: '    source: { libvirt: { domain: web-1 } }',
+    }),
+  );
+  assert.equal(topology.hosts[0]!.libvirt, 'qemu+tcp://10.0.0.9/system');
+  assert.equal(topology.hosts[2]!.libvirt, undefined);
+  assert.deepEqual(vm(topology, 'b').source, { kind: 'libvirt', domain: 'web-1' });
+  assert.deepEqual(vm(topology, 'b').excludedTargets, ['t2'], 't2 has no libvirt');
+  assert.deepEqual(vm(topology, 'a').excludedTargets, [], 'an image VM goes anywhere');
+
+  rejects(
+    edit({ 4: withLibvirt(BASE[3]!), 12: '    source: { libvirt: { domain: web-1 } }' }),
+    12,
+    'vms[1].source',
+    /the source host 'src' has no libvirt: URI/,
+  );
+  rejects(
+    edit({ 3: withLibvirt(BASE[2]!), 12: '    source: { libvirt: { domain: web-1 } }' }),
+    12,
+    'vms[1].source',
+    /no target it may go to has a libvirt: URI/,
+  );
+  rejects(
+    edit({
+      3: withLibvirt(BASE[2]!),
+      4: withLibvirt(BASE[3]!),
+      12: ['    source: { libvirt: { domain: web-1 } }', '    target: t2'],
+    }),
+    13,
+    'vms[1].target',
+    /'t2' has no libvirt: URI, so it cannot take a libvirt domain/,
+  );
+  rejects(
+    edit({
+      3: withLibvirt(BASE[2]!),
+      4: withLibvirt(BASE[3]!),
+      12: '    source: { libvirt: { domain: "web 1" } }',
+    }),
+    12,
+    'vms[1].source.libvirt.domain',
+    /the domain's name at the source's libvirt/,
+  );
+  rejects(
+    edit({
+      3: '  - { name: src, address: 127.0.0.1, port: 7410, role: source, link: 1Gbit, libvirt: "qemu system" }',
+    }),
+    3,
+    'hosts[0].libvirt',
+    /expected the host's libvirt URI/,
   );
 });
 

@@ -1,0 +1,58 @@
+import { readFileSync } from 'node:fs';
+import { LibvirtError, virsh } from './virsh.js';
+
+/** A domain's state as `virsh domstate` names it ('running', 'paused', 'shut off', …), or 'absent'. */
+export async function domainState(uri: string, domain: string): Promise<string> {
+  const names = await definedDomains(uri);
+  const active = (await virsh(uri, ['list', '--name'])).split('\n').map((n) => n.trim());
+  if (!names.includes(domain) && !active.includes(domain)) return 'absent';
+  return (await virsh(uri, ['domstate', domain])).trim();
+}
+
+/** Names of the domains a libvirt knows, running or not. */
+export async function definedDomains(uri: string): Promise<string[]> {
+  const listed = await virsh(uri, ['list', '--all', '--name']);
+  return listed
+    .split('\n')
+    .map((name) => name.trim())
+    .filter((name) => name !== '');
+}
+
+/** Whether libvirt keeps the domain's definition (it survives a stop). */
+export async function isPersistent(uri: string, domain: string): Promise<boolean> {
+  return /^Persistent:\s+yes$/m.test(await virsh(uri, ['dominfo', domain]));
+}
+
+/**
+ * The pid of a running domain's QEMU, from the pid file libvirt's system instance keeps for it (on the
+ * host this process runs on): the process whose memory the scan and the memory check read.
+ */
+export function domainPid(domain: string, runDir = '/run/libvirt/qemu'): number {
+  const path = `${runDir}/${domain}.pid`;
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new LibvirtError(
+      `domain ${domain}: no pid file at ${path} (${(error as NodeJS.ErrnoException).code ?? 'unreadable'}); is it running on this host?`,
+    );
+  }
+  const pid = Number(text.trim());
+  if (!Number.isInteger(pid) || pid <= 0) throw new LibvirtError(`domain ${domain}: ${path} holds no pid`);
+  return pid;
+}
+
+/** Polls until the domain is in `state` (true) or `timeoutMs` passed (false). */
+export async function waitDomainState(
+  uri: string,
+  domain: string,
+  state: string,
+  timeoutMs: number,
+): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if ((await domainState(uri, domain).catch(() => '')) === state) return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
