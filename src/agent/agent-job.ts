@@ -284,6 +284,7 @@ export class AgentJob {
             uri,
             domain: message.domain,
             socket: message.socket,
+            ram: message.ram,
             signal: attaching.signal,
           });
           const held = this.heldPages();

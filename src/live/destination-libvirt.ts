@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { native } from '../native/native.js';
-import { pidListeningAt } from '../qemu/guest-ram.js';
-import { LibvirtMonitor } from '../libvirt/monitor.js';
+import { openProcessRam, pidListeningAt } from '../qemu/guest-ram.js';
+import type { MainRam } from '../qemu/memory-map.js';
 import { waitDomainState } from '../libvirt/domain.js';
 import { LiveTargetError, type Destination } from './target.js';
 
@@ -38,14 +38,16 @@ export async function attachLibvirtDestination(options: {
   readonly uri: string;
   readonly domain: string;
   readonly socket: string;
+  /** The source's main RAM layout (the destination's is the same). */
+  readonly ram: MainRam;
   readonly signal?: AbortSignal;
 }): Promise<{ readonly destination: Destination; readonly socket: net.Socket }> {
   const { uri, domain, signal } = options;
   if (!LIBVIRT_SOCKET_PATTERN.test(options.socket))
     throw new LiveTargetError(`domain ${domain}: '${options.socket}' is not a migration socket of ours`);
   const deadline = Date.now() + ATTACH_TIMEOUT_MS;
-  let pid: number | undefined;
-  while ((pid = pidListeningAt(options.socket)) === undefined) {
+  let found: number | undefined;
+  while ((found = pidListeningAt(options.socket)) === undefined) {
     signal?.throwIfAborted();
     if (Date.now() > deadline)
       throw new LiveTargetError(
@@ -53,17 +55,30 @@ export async function attachLibvirtDestination(options: {
       );
     await sleep(20);
   }
+  const pid = found;
   const socket = await new Promise<net.Socket>((resolve, reject) => {
     const s = net.connect({ path: options.socket });
     s.once('connect', () => resolve(s));
     s.once('error', reject);
   });
-  const monitor = new LibvirtMonitor(uri, domain);
+  let held = true;
+  socket.once('close', () => (held = false));
   const destination: Destination = {
-    monitor,
-    pid,
     holdsTail: true,
-    waitingStatus: 'inmigrate',
+    knownBlock: options.ram.block,
+    // libvirt refuses every monitor command while the incoming migration runs: the RAM is found in the
+    // process by pages the stream wrote, with the source's layout, and only once it is loaded.
+    openRam: ({ loading, known }) => {
+      if (loading) return Promise.reject(new LiveTargetError('found once loaded'));
+      const ram = openProcessRam(pid, options.ram, known);
+      return ram
+        ? Promise.resolve(ram)
+        : Promise.reject(
+            new LiveTargetError(`domain ${domain}: its RAM was not found in process ${pid}'s memory`),
+          );
+    },
+    waiting: () =>
+      Promise.resolve(held ? undefined : 'its stream closed: libvirt ended the incoming migration'),
     loaded: async (stream) => {
       const fd = (stream as unknown as { _handle?: { fd?: number } })._handle?.fd;
       const until = Date.now() + LOAD_TIMEOUT_MS;
@@ -77,8 +92,7 @@ export async function attachLibvirtDestination(options: {
         }
       }
       await sleep(native ? SETTLE_MS : 10 * SETTLE_MS);
-      const { status } = await monitor.execute<{ status?: string }>('query-status');
-      return status === 'inmigrate' ? undefined : `destination QEMU is '${status}' before its device state`;
+      return held ? undefined : 'the destination closed its stream before its device state';
     },
     resume: async () => {
       if (!(await waitDomainState(uri, domain, 'running', LOAD_TIMEOUT_MS)))

@@ -1,4 +1,5 @@
 import type { LiveRecord } from './records.js';
+import type { MainRam } from '../qemu/memory-map.js';
 
 /**
  * What the two ends of a live migration say to each other: the live part of the job protocol
@@ -14,7 +15,17 @@ export type LiveToAgent =
    * libvirt began, listening at `socket`; the agent connects there, writes the stream, and holds back
    * its tail (after the RAM's END section) until live-resume, so the domain cannot run before the check.
    */
-  | { readonly t: 'live-attach'; readonly vm: string; readonly domain: string; readonly socket: string }
+  | {
+      readonly t: 'live-attach';
+      readonly vm: string;
+      readonly domain: string;
+      readonly socket: string;
+      /**
+       * The source's main RAM layout: the destination's is the same, and its monitor cannot be asked
+       * while libvirt holds it for the incoming migration.
+       */
+      readonly ram: MainRam;
+    }
   /** The VM's migration stream, in order; pages the agent holds come as references. */
   | { readonly t: 'live-stream'; readonly vm: string; readonly records: readonly LiveRecord[] }
   /**

@@ -178,7 +178,7 @@ export async function migrateLiveVm(options: {
   // The target's agent gets ready to receive (starting the destination, or attaching to the one the
   // source's libvirt has started once the migration began).
   const destinationReady = async () => {
-    link.send(source.destination);
+    link.send(source.destinationFor(sourceRam?.map));
     const ready = await Promise.race([
       link.next(['live-ready', 'live-refused'], (m) => m.vm === vm, STEP_TIMEOUT_MS),
       gaveUp,

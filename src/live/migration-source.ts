@@ -1,5 +1,6 @@
 import type net from 'node:net';
 import type { GuestRam } from '../qemu/guest-ram.js';
+import type { MainRam } from '../qemu/memory-map.js';
 import type { QemuMonitor } from '../qemu/qmp.js';
 import type { LiveToAgent } from './messages.js';
 
@@ -13,8 +14,8 @@ export interface MigrationSource {
   readonly monitor: QemuMonitor;
   /** Where QEMU's stream comes in (this process listens there). */
   readonly streamPath: string;
-  /** What tells the target's agent to receive the stream. */
-  readonly destination: Extract<LiveToAgent, { t: 'live-incoming' | 'live-attach' }>;
+  /** What tells the target's agent to receive the stream, given the source's RAM as openRam found it. */
+  destinationFor(ram: MainRam | undefined): Extract<LiveToAgent, { t: 'live-incoming' | 'live-attach' }>;
   /**
    * The destination exists only once the migration started (libvirt starts it): the agent is told
    * after `start`, not before.

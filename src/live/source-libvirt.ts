@@ -5,7 +5,7 @@ import { domainPid, domainState } from '../libvirt/domain.js';
 import { spawnVirsh, virsh, type VirshRun } from '../libvirt/virsh.js';
 import { LIBVIRT_SOCKET_DIR } from './destination-libvirt.js';
 import type { MigrationSource } from './migration-source.js';
-import { waitMigrationSettled, watchMigration } from './source-qemu.js';
+import { completeSource, waitMigrationSettled, watchMigration } from './source-qemu.js';
 
 /**
  * A libvirt domain as a migration's source. libvirt stays the owner of the domain through the move:
@@ -14,10 +14,13 @@ import { waitMigrationSettled, watchMigration } from './source-qemu.js';
  * `--migrateuri unix://PATH`: the source QEMU sends its stream to PATH on this host, where this process
  * listens, and the target's QEMU listens at the same PATH on the target, where its agent connects.
  *
- * Without QEMU's return path (libvirt sets the capabilities), the source completes once its stream is
- * written, and stays stopped while libvirt waits for the destination, which waits for the stream's
- * tail that its agent holds back until the memory check passed (destination-libvirt.ts). So the
- * commit is the agent releasing the tail; a rollback is the stream cut, after which libvirt resumes the
+ * libvirt sets the migration's capabilities. With QEMU's return path on (libvirt 9 turns it on), the
+ * source stops the guest, sends its last pages and device state and waits for the return path's
+ * answer, as with a QEMU of its own: this process gives it once the memory check passed. Without it,
+ * the source completes once its stream is written and stays stopped while libvirt waits for the
+ * destination. Either way the destination waits too: its agent holds back the stream's tail until the
+ * check passed (destination-libvirt.ts), and releasing it lets libvirt run the domain at the target and
+ * undefine it at the source. A rollback cuts the stream: libvirt fails the migration and resumes the
  * domain at its source, still defined there.
  */
 export function libvirtMigrationSource(options: {
@@ -39,10 +42,15 @@ export function libvirtMigrationSource(options: {
   let giveUp: (why: string) => void = () => undefined;
   const gaveUp = new Promise<string>((resolve) => (giveUp = resolve));
   let downtimeMs: number | undefined;
+  /** Whether QEMU waits for the return path's answer (libvirt's choice, known once it set up). */
+  let answers = false;
   return {
     monitor,
     streamPath,
-    destination: { t: 'live-attach', vm, domain, socket: streamPath },
+    destinationFor: (ram) => {
+      if (!ram) throw new Error(`VM ${vm}: its RAM was not found before the migration`);
+      return { t: 'live-attach', vm, domain, socket: streamPath, ram };
+    },
     destinationAfterStart: true,
     gaveUp,
     prepare: async () => {
@@ -73,13 +81,26 @@ export function libvirtMigrationSource(options: {
     },
     watch: (observed) => watchMigration(monitor, observed),
     whole: async () => {
-      const status = await waitMigrationSettled(monitor, options.stepTimeoutMs, 5);
-      if (status !== 'completed')
+      const capabilities = await monitor.execute<{ capability: string; state: boolean }[]>(
+        'query-migrate-capabilities',
+      );
+      answers = capabilities.some((c) => c.capability === 'return-path' && c.state);
+      const status = answers
+        ? (await monitor.execute<{ status?: string }>('query-migrate')).status
+        : await waitMigrationSettled(monitor, options.stepTimeoutMs, 5);
+      if (answers ? status !== 'active' && status !== 'device' : status !== 'completed')
         throw new Error(`VM ${vm}: the source's migration is '${status}' with its stream whole`);
-      ({ downtime: downtimeMs } = await monitor.execute<{ downtime?: number }>('query-migrate'));
     },
-    // The source completed already and stays stopped: what commits is the tail the agent releases.
-    commit: () => Promise.resolve(performance.now()),
+    // Once answered the source completes and will not run the guest again by itself (unless libvirt
+    // fails the migration at the destination); then the agent's releasing the tail lets it run there.
+    commit: async (stream) => {
+      const completedAt = answers
+        ? await completeSource(stream, monitor, vm, options.stepTimeoutMs)
+        : performance.now();
+      // libvirt stops the source's QEMU once the destination runs: its figure is read now.
+      ({ downtime: downtimeMs } = await monitor.execute<{ downtime?: number }>('query-migrate'));
+      return completedAt;
+    },
     finish: async () => {
       const { code, error } = await run!.exited;
       if (code !== 0) throw new Error(`virsh migrate: ${error || `exit code ${code}`}`);

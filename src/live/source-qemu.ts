@@ -189,7 +189,7 @@ export function qemuMigrationSource(options: {
   return {
     monitor,
     streamPath,
-    destination: { t: 'live-incoming', vm, command: [...options.command] },
+    destinationFor: () => ({ t: 'live-incoming', vm, command: [...options.command] }),
     destinationAfterStart: false,
     gaveUp: new Promise<string>(() => undefined),
     prepare: () => prepareSource(monitor, vm, options),

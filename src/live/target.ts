@@ -5,8 +5,7 @@ import { startIncomingQemu, type IncomingQemu } from '../qemu/incoming.js';
 import { StreamWriter } from '../qemu/migration-stream.js';
 import { LiveStreamDecoder, type LiveDecoderOptions } from './decoder.js';
 import type { LiveRecord } from './records.js';
-import type { StreamRecord } from '../qemu/stream-records.js';
-import type { QemuMonitor } from '../qemu/qmp.js';
+import { STREAM_PAGE_SIZE, type StreamRecord } from '../qemu/stream-records.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import { openGuestRam, type GuestRam } from '../qemu/guest-ram.js';
 import {
@@ -31,6 +30,8 @@ export class LiveTargetError extends VmscatterError {
 }
 
 const LOAD_TIMEOUT_MS = 120_000;
+/** Pages of the main RAM kept as last written, where the destination's RAM is found by them. */
+const KNOWN_PAGES = 16;
 
 /** Where referenced pages are read (the decoder's `pageOf`, and `readMany` where the store has it). */
 export type HeldPages = Pick<LiveDecoderOptions, 'pageOf' | 'readMany'>;
@@ -41,16 +42,28 @@ export type HeldPages = Pick<LiveDecoderOptions, 'pageOf' | 'readMany'>;
  * the stream, and who lets it run.
  */
 export interface Destination {
-  readonly monitor: QemuMonitor;
-  /** Its process, whose memory the check reads (undefined: found some other way, or pmemsave). */
-  readonly pid: number | undefined;
   /**
    * The stream's tail (device state and EOF, after the RAM's END section) is held back until resume:
    * a libvirt destination that read its EOF would be run by libvirt before the memory check.
    */
   readonly holdsTail: boolean;
-  /** The status of a destination that loaded the stream and waits (a repair writes only then). */
-  readonly waitingStatus: string;
+  /**
+   * The main RAM block whose last-written pages the target keeps a few of (`known` below), where the
+   * destination's RAM is found by them rather than through its monitor.
+   */
+  readonly knownBlock?: string;
+  /**
+   * The guest's RAM, for the memory check: `loading` while the stream may still write it (an early
+   * search), and `known` a few pages of it as the stream wrote them last (offset -> bytes).
+   */
+  openRam(options: {
+    readonly scratchDir: string;
+    readonly name: string;
+    readonly loading: boolean;
+    readonly known: ReadonlyMap<number, Uint8Array>;
+  }): Promise<GuestRam>;
+  /** Why the destination is not waiting, loaded, with the guest stopped (a repair writes only then). */
+  waiting(): Promise<string | undefined>;
   /**
    * Resolves once the destination loaded every byte written to `socket` (the whole stream, or all but
    * the held tail), with why not when it cannot have.
@@ -65,10 +78,18 @@ export interface Destination {
 /** A destination this agent started from the VM's command line (`-S -incoming defer`). */
 export function qemuDestination(qemu: IncomingQemu): Destination {
   return {
-    monitor: qemu.qmp,
-    pid: qemu.process.pid,
     holdsTail: false,
-    waitingStatus: 'paused',
+    openRam: ({ scratchDir, name, loading }) =>
+      openGuestRam(qemu.qmp, {
+        ...(qemu.process.pid !== undefined ? { pid: qemu.process.pid } : {}),
+        scratchDir,
+        name,
+        running: loading,
+      }),
+    waiting: async () => {
+      const { status } = await qemu.qmp.execute<{ status?: string }>('query-status');
+      return status === 'paused' ? undefined : `the destination is '${status}'`;
+    },
     loaded: async (socket) => {
       await new Promise<void>((resolve) => socket.end(() => resolve()));
       const deadline = Date.now() + LOAD_TIMEOUT_MS;
@@ -100,6 +121,8 @@ export class LiveTarget {
   private readonly writer: StreamWriter;
   /** The stream's tail, held back until resume where the destination holds it (copies). */
   private readonly tail: StreamRecord[] = [];
+  /** A few pages of the main RAM as the stream wrote them last (Destination.knownBlock). */
+  private readonly known = new Map<number, Uint8Array>();
   private failure: Error | undefined;
   /** The destination's RAM digests once loaded: what a repair may write (whole chunks of it). */
   private memory: MemoryDigests | undefined;
@@ -133,6 +156,7 @@ export class LiveTarget {
         if (destination.holdsTail && record.kind === 'tail')
           this.tail.push({ kind: 'tail', bytes: record.bytes.slice() });
         else writer.write(record);
+        if (destination.knownBlock !== undefined) this.remember(destination.knownBlock, record);
       },
     });
   }
@@ -244,9 +268,8 @@ export class LiveTarget {
         throw new LiveTargetError(
           `VM ${this.vm}: a repair of ${bytes.length} bytes at ${offset} is not a chunk`,
         );
-    const status = (await this.destination.monitor.execute('query-status')) as { status?: string };
-    if (status.status !== this.destination.waitingStatus)
-      throw new LiveTargetError(`VM ${this.vm}: repair of a destination '${status.status}'`);
+    const notWaiting = await this.destination.waiting();
+    if (notWaiting) throw new LiveTargetError(`VM ${this.vm}: no repair: ${notWaiting}`);
     const ram = this.ram;
     if (!ram) throw new LiveTargetError(`VM ${this.vm}: a memory repair before the memory check`);
     if (!ram.write) throw new LiveTargetError(`VM ${this.vm}: its RAM cannot be written (${ram.method})`);
@@ -260,17 +283,32 @@ export class LiveTarget {
     return digests;
   }
 
+  /**
+   * Keeps the last bytes written at the first KNOWN_PAGES offsets of `block` the stream wrote (a
+   * zero record writes zeros): what finds the destination's RAM where its monitor cannot.
+   */
+  private remember(block: string, record: StreamRecord): void {
+    if ((record.kind !== 'page' && record.kind !== 'zero') || record.block !== block) return;
+    let page = this.known.get(record.offset);
+    if (page === undefined) {
+      if (this.known.size >= KNOWN_PAGES) return;
+      this.known.set(record.offset, (page = new Uint8Array(STREAM_PAGE_SIZE)));
+    }
+    if (record.kind === 'page') page.set(record.data);
+    else page.fill(record.fill);
+  }
+
   private streamFailure(): string | undefined {
     return this.failure && `destination stream: ${this.failure.message}`;
   }
 
   /** `loading`: the stream may still be writing pages, so samples may differ between two reads. */
   private openRam(loading: boolean): Promise<GuestRam> {
-    return openGuestRam(this.destination.monitor, {
-      ...(this.destination.pid !== undefined ? { pid: this.destination.pid } : {}),
+    return this.destination.openRam({
       scratchDir: this.scratchDir,
       name: this.vm,
-      running: loading,
+      loading,
+      known: this.known,
     });
   }
 

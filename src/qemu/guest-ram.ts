@@ -256,6 +256,53 @@ function pmemsaveReader(
   };
 }
 
+/**
+ * A loaded, paused destination's RAM where its monitor cannot be asked (libvirt holds a domain's
+ * monitor for the whole incoming migration, and refuses other commands meanwhile): the block and
+ * ranges are the source's (the same machine type), and the mapping is the anonymous one of the
+ * block's size whose pages at `known` offsets hold the bytes given there (pages the stream wrote last
+ * at those offsets). Undefined when not exactly one mapping fits.
+ */
+export function openProcessRam(
+  pid: number,
+  map: MainRam,
+  known: ReadonlyMap<number, Uint8Array>,
+): GuestRam | undefined {
+  let candidates;
+  let fd: number;
+  try {
+    candidates = ramCandidates(parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')), map.bytes);
+    fd = openSync(`/proc/${pid}/mem`, 'r');
+  } catch {
+    return undefined; // not ours to read
+  }
+  const seen = new Uint8Array(4096);
+  const fits = candidates.filter((candidate) =>
+    [...known].every(([offset, expected]) => {
+      try {
+        return (
+          readSync(fd, seen, 0, 4096, candidate.start + offset) === 4096 &&
+          Buffer.compare(seen, expected) === 0
+        );
+      } catch {
+        return false;
+      }
+    }),
+  );
+  closeSync(fd);
+  const nonZero = [...known.values()].some((page) => page.some((b) => b !== 0));
+  if (fits.length !== 1 || !(nonZero || candidates.length === 1)) return undefined;
+  const layout = { map };
+  return fileReader(
+    'process-memory',
+    `/proc/${pid}/mem`,
+    fits[0]!.start,
+    layout,
+    () => Promise.resolve(),
+    () => undefined,
+  );
+}
+
 const SAMPLES = 8;
 
 /**

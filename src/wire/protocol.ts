@@ -112,6 +112,22 @@ const isVerifiedList: Check = (v) =>
   v.length <= 65536 &&
   v.every((e) => typeof e === 'object' && e !== null && isString(e.vm) && isString(e.sha256));
 
+/** A guest's main RAM as the source's QEMU lays it out (qemu/memory-map.ts MainRam). */
+const isMainRam: Check = (v) => {
+  if (typeof v !== 'object' || v === null) return false;
+  const { block, bytes, ranges } = v as { block?: unknown; bytes?: unknown; ranges?: unknown };
+  return (
+    isString(block) &&
+    isUint(bytes) &&
+    Array.isArray(ranges) &&
+    ranges.length <= 64 &&
+    ranges.every(
+      (r: { offset?: unknown; gpa?: unknown; length?: unknown } | null) =>
+        typeof r === 'object' && r !== null && isUint(r.offset) && isUint(r.gpa) && isUint(r.length),
+    )
+  );
+};
+
 const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
   job: { version: isUint, job: isString, host: isString },
   seed: {
@@ -138,7 +154,7 @@ const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
     vm: isString,
     command: (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096 && v.every((a) => isString(a)),
   },
-  'live-attach': { vm: isString, domain: isString, socket: isString },
+  'live-attach': { vm: isString, domain: isString, socket: isString, ram: (v) => isMainRam(v) },
   'live-stream': {
     vm: isString,
     records: (v) => Array.isArray(v) && v.length <= 1 << 20 && v.every((r) => isLiveRecord(r)),

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { tempDir } from '../support/fixtures.js';
-import { createLab, type Lab } from '../../bench/harness/lab.js';
+import { repoRoot, tempDir } from '../support/fixtures.js';
+import { createLab, watchProcess, type Lab, type ProcessWatch } from '../../bench/harness/lab.js';
 import { createLibvirtLab, libvirtLabAvailable, type LibvirtLab } from '../../bench/harness/libvirt-lab.js';
 import {
   buildInitramfs,
@@ -52,7 +52,7 @@ async function until<T>(what: string, timeoutMs: number, check: () => T | undefi
  */
 async function labWithGuest(
   t: TestContext,
-): Promise<{ libvirt: LibvirtLab; defer: (cleanup: () => Promise<void>) => void }> {
+): Promise<{ libvirt: LibvirtLab; dir: string; defer: (cleanup: () => Promise<void>) => void }> {
   const available = libvirtLabAvailable();
   assert.ok(available.ok, available.ok ? '' : `the libvirt lab is needed: ${available.why}`);
   const { dir, cleanup } = tempDir('vms-libvirt-lab-');
@@ -87,7 +87,7 @@ async function labWithGuest(
     return lastTick(serial) >= 2 && lastMarked(serial, GUEST_SUM_MARKER) !== undefined ? true : undefined;
   });
   t.diagnostic(`guest ticking at h1 ${seconds(booting)} after define`);
-  return { libvirt, defer: (cleanup) => deferred.push(cleanup) };
+  return { libvirt, dir, defer: (cleanup) => deferred.push(cleanup) };
 }
 
 interface Proxy {
@@ -260,5 +260,120 @@ test(
       lastTick(libvirt.serial('h1', GUEST)) > tickBefore ? true : undefined,
     );
     assert.doesNotMatch(libvirt.serial('h1', GUEST), GUEST_KERNEL_FAULT);
+  },
+);
+
+const cli = join(repoRoot, 'dist/src/cli/main.js');
+
+/** h1 the source and h2 the target, each with its libvirt; the guest as a libvirt domain of h1. */
+function writeLibvirtTopology(dir: string, libvirt: LibvirtLab): string {
+  const path = join(dir, 'topology.yaml');
+  const host = (name: string, rest: string) =>
+    `  - { name: ${name}, address: ${libvirt.host(name).labHost.address}, port: 7581, ${rest}, link: 1Gbit, libvirt: "${libvirt.host(name).uri}" }`;
+  writeFileSync(
+    path,
+    [
+      'multicast: { base: 239.255.95.0, size: 4, port: 7590 }',
+      'hosts:',
+      host('h1', 'role: source'),
+      host('h2', 'role: target, memory: 1GiB'),
+      'vms:',
+      `  - { name: ${GUEST}, memory: ${MEMORY_MIB}MiB, source: { libvirt: { domain: ${GUEST} } } }`,
+    ].join('\n'),
+  );
+  writeFileSync(join(dir, 'secret'), 'the libvirt lab deployment secret, 32+ bytes', { mode: 0o600 });
+  return path;
+}
+
+/** vmscatter's agent at h2, in h2's mount namespace (it connects where h2's libvirt has QEMU listen). */
+async function startLibvirtAgent(libvirt: LibvirtLab, dir: string, topology: string): Promise<ProcessWatch> {
+  const agent = watchProcess(
+    libvirt.spawn(
+      'h2',
+      process.execPath,
+      [
+        cli,
+        'agent',
+        '--topology',
+        topology,
+        '--host',
+        'h2',
+        '--dir',
+        join(dir, 'agent'),
+        '--secret-file',
+        join(dir, 'secret'),
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    ),
+  );
+  await agent.waitFor(/listening/, 15_000);
+  return agent;
+}
+
+test(
+  "libvirt lab: vmscatter scatter moves a running libvirt domain h1 -> h2 by libvirt's migration, verified; it runs on at h2, defined there only",
+  { timeout: 300_000 },
+  async (t) => {
+    const { libvirt, dir, defer } = await labWithGuest(t);
+    const topology = writeLibvirtTopology(dir, libvirt);
+    const agent = await startLibvirtAgent(libvirt, dir, topology);
+    defer(async () => {
+      agent.child.kill('SIGTERM');
+      await agent.exit(10_000).catch(() => undefined);
+    });
+    const before = libvirt.serial('h1', GUEST);
+    const scatter = watchProcess(
+      libvirt.spawn(
+        'h1',
+        process.execPath,
+        [
+          cli,
+          'scatter',
+          '--topology',
+          topology,
+          '--work-dir',
+          join(dir, 'work'),
+          '--secret-file',
+          join(dir, 'secret'),
+          '--json',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      ),
+    );
+    const done = await scatter.exit(240_000);
+    assert.equal(done.code, 0, `scatter: ${done.stderr}\nagent: ${agent.stderr()}`);
+    const report = JSON.parse(done.stdout) as {
+      vms: { name: string; target: string; verified: boolean; live?: { memoryCheck?: { method: string } } }[];
+    };
+    const [vm] = report.vms;
+    assert.equal(vm?.target, 'h2');
+    assert.equal(vm?.verified, true);
+    assert.equal(
+      vm?.live?.memoryCheck?.method,
+      'process-memory',
+      'both ends read the memory the check compares',
+    );
+    t.diagnostic(`report: ${JSON.stringify(vm?.live)}`);
+
+    assert.equal((await libvirt.virsh('h2', ['domstate', GUEST])).trim(), 'running');
+    assert.match(await libvirt.virsh('h2', ['dominfo', GUEST]), /^Persistent:\s+yes$/m);
+    assert.ok(!(await defined(libvirt, 'h1')).includes(GUEST), 'the domain is gone from h1');
+    const tickBefore = lastTick(before);
+    const after = await until(
+      `the guest ticks at h2 past ${tickBefore} and prints its checksum`,
+      60_000,
+      () => {
+        const serial = libvirt.serial('h2', GUEST);
+        return lastTick(serial) > tickBefore && lastMarked(serial, GUEST_SUM_MARKER) !== undefined
+          ? serial
+          : undefined;
+      },
+    );
+    assert.equal(
+      lastMarked(after, GUEST_SUM_MARKER),
+      lastMarked(before, GUEST_SUM_MARKER),
+      "the guest's data is unchanged",
+    );
+    assert.doesNotMatch(after, GUEST_KERNEL_FAULT);
   },
 );
