@@ -2,6 +2,7 @@ import { createInterface } from 'node:readline/promises';
 import { InputError, VmscatterError } from '../errors.js';
 import { evacuationTopology, presentVms, type AbsentVm } from '../coordinator/evacuation.js';
 import { loadTopology } from '../topology/load.js';
+import { withLibvirtInventory } from '../coordinator/inventory.js';
 import { parseRate } from '../topology/units.js';
 import { runJobFromCli } from './scatter-command.js';
 import { renderTable } from './table.js';
@@ -56,7 +57,8 @@ async function evacuate(options: EvacuateCommandOptions): Promise<void> {
     bandwidthBitsPerSecond = rate;
   }
   const whole = evacuationTopology(loaded, options.host, options.excludeHost ?? [], bandwidthBitsPerSecond);
-  const { topology, absent } = await presentVms(whole);
+  // A host with a libvirt: what runs there is what moves, whether the topology lists it or not.
+  const { topology, absent } = await presentVms(await withLibvirtInventory(whole));
   if (topology.vms.length === 0) {
     report(options, { moved: [], stayed: [], absent, dryRun: options.dryRun ?? false, vms: [] });
     return;

@@ -3,6 +3,7 @@ import { randomDigestKey } from '../memory/page-digest.js';
 import { buildScatterPlan, type ScatterPlan } from '../plan/scatter-plan.js';
 import { scanForPlan, type LiveCopyPlan } from '../live/plan.js';
 import { loadTopology } from '../topology/load.js';
+import { requireVms, withLibvirtInventory } from '../coordinator/inventory.js';
 import { isRunning } from '../topology/model.js';
 import { formatBytes } from '../topology/units.js';
 import { Progress } from './progress.js';
@@ -17,7 +18,7 @@ export interface PlanCommandOptions {
 
 /** `vmscatter plan`: scan, place and schedule, print the plan; nothing moves. */
 export async function planCommand(options: PlanCommandOptions): Promise<void> {
-  const topology = loadTopology(options.topology);
+  const topology = requireVms(await withLibvirtInventory(loadTopology(options.topology)));
   const progress = new Progress(!options.json);
   progress.phase(`Scanning ${topology.vms.length} VMs`);
   const scanStarted = performance.now();

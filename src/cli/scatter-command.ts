@@ -16,6 +16,7 @@ import {
   resolveSecretFile,
 } from '../local/workspace.js';
 import { loadTopology } from '../topology/load.js';
+import { requireVms, withLibvirtInventory } from '../coordinator/inventory.js';
 import { formatBytes } from '../topology/units.js';
 import { Progress } from './progress.js';
 import { displayPath, percent, renderTable } from './table.js';
@@ -213,7 +214,7 @@ const PLAINTEXT_WARNING = 'guest memory crossed the network unencrypted (--insec
 /** `vmscatter scatter`: the whole job, from the source host. */
 export async function scatterCommand(options: ScatterCommandOptions): Promise<void> {
   const { report, topology, localAgents, interrupted } = await runJobFromCli(
-    loadTopology(options.topology),
+    requireVms(await withLibvirtInventory(loadTopology(options.topology))),
     options,
     {
       maxGroups: options.maxGroups,

@@ -73,6 +73,9 @@ export function parseTopology(text: string, file: string): Topology {
   const multicastField = optional(ctx, root, 'multicast');
   const multicast = multicastField === undefined ? DEFAULT_MULTICAST : readMulticast(ctx, multicastField);
   const hosts = readHosts(ctx, required(ctx, root, 'hosts', 'a list of hosts'));
-  const vms = readVms(ctx, required(ctx, root, 'vms', 'a list of VMs'), hosts, dirname(file));
+  // Hosts with a libvirt bring their running domains (libvirt/inventory.ts): the list may be left out.
+  const libvirtHosts = hosts.list.some((h) => h.libvirt !== undefined);
+  const vmsField = libvirtHosts ? optional(ctx, root, 'vms') : required(ctx, root, 'vms', 'a list of VMs');
+  const vms = vmsField === undefined ? [] : readVms(ctx, vmsField, hosts, dirname(file), libvirtHosts);
   return { file, hosts: hosts.list, multicast, vms };
 }

@@ -224,9 +224,9 @@ interface ReadVm {
   readonly count: number | undefined;
 }
 
-export function readVms(ctx: Ctx, at: Field, hosts: Hosts, baseDir: string): Vm[] {
+export function readVms(ctx: Ctx, at: Field, hosts: Hosts, baseDir: string, mayBeEmpty = false): Vm[] {
   const items = readList(ctx, at, 'a list of VMs');
-  if (items.length === 0) fail(ctx, at, 'no VMs; list at least one VM to migrate');
+  if (items.length === 0 && !mayBeEmpty) fail(ctx, at, 'no VMs; list at least one VM to migrate');
   // Counted before any entry is read, so a file over the limit costs no per-VM work.
   const total = items.reduce((sum, item) => sum + countOf(ctx, item), 0);
   if (total > MAX_VMS) {

@@ -46,12 +46,14 @@ async function until<T>(what: string, timeoutMs: number, check: () => T | undefi
 }
 
 /**
- * A lab of h1 and h2 with a daemon each and the guest running at h1, its console ticking. Everything
- * is removed in t.after, whatever the test does: first what the test handed to `defer` (last first),
- * then the daemons and their guests, then the lab.
+ * A lab of `hosts` with a daemon each and the `guests` running at h1, their consoles ticking (the first
+ * guest is GUEST). Everything is removed in t.after, whatever the test does: first what the test
+ * handed to `defer` (last first), then the daemons and their guests, then the lab.
  */
 async function labWithGuest(
   t: TestContext,
+  hosts: readonly string[] = ['h1', 'h2'],
+  guests: readonly string[] = [GUEST],
 ): Promise<{ libvirt: LibvirtLab; dir: string; defer: (cleanup: () => Promise<void>) => void }> {
   const available = libvirtLabAvailable();
   assert.ok(available.ok, available.ok ? '' : `the libvirt lab is needed: ${available.why}`);
@@ -76,17 +78,20 @@ async function labWithGuest(
   const kernel = await ensureGuestKernel();
   const initrd = join(dir, 'initrd.gz');
   buildInitramfs(initrd, { seed: 17, workloadMiB: WORKLOAD_MIB });
-  made.lab = await createLab({ hosts: ['h1', 'h2'] });
+  made.lab = await createLab({ hosts });
   const libvirt = (made.libvirt = await createLibvirtLab(made.lab));
   t.diagnostic(`daemons answering after ${seconds(started)}`);
   const booting = Date.now();
-  await libvirt.defineGuest('h1', { name: GUEST, memoryMiB: MEMORY_MIB, vcpus: 2, kernel, initrd });
-  await libvirt.virsh('h1', ['start', GUEST]);
-  await until('the guest ticks at h1 and prints its checksum', 120_000, () => {
-    const serial = libvirt.serial('h1', GUEST);
-    return lastTick(serial) >= 2 && lastMarked(serial, GUEST_SUM_MARKER) !== undefined ? true : undefined;
-  });
-  t.diagnostic(`guest ticking at h1 ${seconds(booting)} after define`);
+  for (const name of guests) {
+    await libvirt.defineGuest('h1', { name, memoryMiB: MEMORY_MIB, vcpus: 2, kernel, initrd });
+    await libvirt.virsh('h1', ['start', name]);
+  }
+  for (const name of guests)
+    await until(`${name} ticks at h1 and prints its checksum`, 120_000, () => {
+      const serial = libvirt.serial('h1', name);
+      return lastTick(serial) >= 2 && lastMarked(serial, GUEST_SUM_MARKER) !== undefined ? true : undefined;
+    });
+  t.diagnostic(`${guests.length} guest(s) ticking at h1 ${seconds(booting)} after define`);
   return { libvirt, dir, defer: (cleanup) => deferred.push(cleanup) };
 }
 
@@ -375,5 +380,154 @@ test(
       "the guest's data is unchanged",
     );
     assert.doesNotMatch(after, GUEST_KERNEL_FAULT);
+  },
+);
+
+test(
+  'libvirt lab: a failed memory check cuts the stream; libvirt keeps the domain running and defined at h1, nothing at h2',
+  { timeout: 300_000 },
+  async (t) => {
+    const { libvirt, dir, defer } = await labWithGuest(t);
+    const topology = writeLibvirtTopology(dir, libvirt);
+    const agent = await startLibvirtAgent(libvirt, dir, topology);
+    defer(async () => {
+      agent.child.kill('SIGTERM');
+      await agent.exit(10_000).catch(() => undefined);
+    });
+    const move = watchProcess(
+      libvirt.spawn(
+        'h1',
+        process.execPath,
+        [
+          join(repoRoot, 'dist/test/lab/libvirt-tampered-move.js'),
+          topology,
+          join(dir, 'secret'),
+          join(dir, 'run'),
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      ),
+    );
+    const done = await move.exit(240_000);
+    assert.equal(done.code, 0, `the move's helper: ${done.stderr}\nagent: ${agent.stderr()}`);
+    const result = JSON.parse(done.stdout) as { ok: boolean; memoryMismatch?: boolean; error?: string };
+    t.diagnostic(`result: ${result.error}`);
+    assert.equal(result.ok, false, 'a target whose memory differs never runs the domain');
+    assert.equal(result.memoryMismatch, true, result.error);
+    assert.match(result.error ?? '', /guest memory differs from the source's in 1 MiB chunk/);
+
+    assert.equal((await libvirt.virsh('h1', ['domstate', GUEST])).trim(), 'running');
+    assert.match(await libvirt.virsh('h1', ['dominfo', GUEST]), /^Persistent:\s+yes$/m);
+    assert.ok(!(await defined(libvirt, 'h2')).includes(GUEST), 'nothing of the domain is left at h2');
+    const tickBefore = lastTick(libvirt.serial('h1', GUEST));
+    await until(`the guest ticks on at h1 past ${tickBefore}`, 60_000, () =>
+      lastTick(libvirt.serial('h1', GUEST)) > tickBefore ? true : undefined,
+    );
+    assert.doesNotMatch(libvirt.serial('h1', GUEST), GUEST_KERNEL_FAULT);
+  },
+);
+
+test(
+  "libvirt lab: evacuate --host h1 with no VM list moves the three domains h1's libvirt runs, each verified and running at h2 or h3",
+  { timeout: 420_000 },
+  async (t) => {
+    const guests = ['g1', 'g2', 'g3'];
+    const { libvirt, dir, defer } = await labWithGuest(t, ['h1', 'h2', 'h3'], guests);
+    const topology = join(dir, 'topology.yaml');
+    const host = (name: string, role: string) =>
+      `  - { name: ${name}, address: ${libvirt.host(name).labHost.address}, port: 7581, ${role}, link: 1Gbit, libvirt: "${libvirt.host(name).uri}" }`;
+    // No vms: the evacuated host's libvirt says what runs there.
+    writeFileSync(
+      topology,
+      [
+        'multicast: { base: 239.255.96.0, size: 4, port: 7590 }',
+        'hosts:',
+        host('h1', 'role: source'),
+        host('h2', 'role: target, memory: 512MiB'),
+        host('h3', 'role: target, memory: 512MiB'),
+      ].join('\n'),
+    );
+    writeFileSync(join(dir, 'secret'), 'the libvirt lab deployment secret, 32+ bytes', { mode: 0o600 });
+    const agents: ProcessWatch[] = [];
+    defer(async () => {
+      for (const agent of agents) agent.child.kill('SIGTERM');
+      for (const agent of agents) await agent.exit(10_000).catch(() => undefined);
+    });
+    for (const name of ['h2', 'h3']) {
+      const agent = watchProcess(
+        libvirt.spawn(
+          name,
+          process.execPath,
+          [
+            cli,
+            'agent',
+            '--topology',
+            topology,
+            '--host',
+            name,
+            '--dir',
+            join(dir, `agent-${name}`),
+            '--secret-file',
+            join(dir, 'secret'),
+          ],
+          { stdio: ['ignore', 'pipe', 'pipe'] },
+        ),
+      );
+      agents.push(agent);
+      await agent.waitFor(/listening/, 15_000);
+    }
+    const before = new Map(guests.map((g) => [g, libvirt.serial('h1', g)]));
+    const evacuate = watchProcess(
+      libvirt.spawn(
+        'h1',
+        process.execPath,
+        [
+          cli,
+          'evacuate',
+          '--host',
+          'h1',
+          '--topology',
+          topology,
+          '--work-dir',
+          join(dir, 'work'),
+          '--secret-file',
+          join(dir, 'secret'),
+          '--yes',
+          '--json',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      ),
+    );
+    const done = await evacuate.exit(300_000);
+    assert.equal(done.code, 0, `evacuate: ${done.stderr}\n${agents.map((a) => a.stderr()).join('\n')}`);
+    const report = JSON.parse(done.stdout) as {
+      moved: { name: string; target: string }[];
+      stayed: unknown[];
+    };
+    t.diagnostic(`moved: ${JSON.stringify(report.moved)}`);
+    assert.deepEqual(report.moved.map((m) => m.name).sort(), guests);
+    assert.deepEqual(report.stayed, []);
+    assert.deepEqual(await defined(libvirt, 'h1'), [], 'nothing is left at h1');
+    for (const { name, target } of report.moved) {
+      assert.ok(['h2', 'h3'].includes(target), `${name} went to ${target}`);
+      assert.equal(
+        (await libvirt.virsh(target, ['domstate', name])).trim(),
+        'running',
+        `${name} at ${target}`,
+      );
+      assert.match(await libvirt.virsh(target, ['dominfo', name]), /^Persistent:\s+yes$/m);
+      const tickBefore = lastTick(before.get(name)!);
+      const after = await until(`${name} ticks at ${target} past ${tickBefore}`, 60_000, () => {
+        const serial = libvirt.serial(target, name);
+        return lastTick(serial) > tickBefore && lastMarked(serial, GUEST_SUM_MARKER) !== undefined
+          ? serial
+          : undefined;
+      });
+      assert.equal(
+        lastMarked(after, GUEST_SUM_MARKER),
+        lastMarked(before.get(name)!, GUEST_SUM_MARKER),
+        `${name}'s data`,
+      );
+      assert.doesNotMatch(after, GUEST_KERNEL_FAULT);
+    }
   },
 );

@@ -1,0 +1,60 @@
+import { InputError } from '../errors.js';
+import { freeMemoryBytes, runningDomains } from '../libvirt/inventory.js';
+import { sourceHostOf, type Host, type Topology, type Vm } from '../topology/model.js';
+
+/**
+ * Hosts with a libvirt speak for themselves (`scatter`, `evacuate` and `plan` alike):
+ * - the source's running domains that the topology does not list become VMs of the job, named after
+ *   their domain, with the memory libvirt gave them; they may go only to targets with a libvirt;
+ * - a target with a libvirt takes at most what its libvirt reports free, under its topology memory.
+ * A topology of libvirt hosts thus needs no VM list: what runs is what moves.
+ */
+export async function withLibvirtInventory(topology: Topology): Promise<Topology> {
+  const source = sourceHostOf(topology);
+  const hosts = await Promise.all(
+    topology.hosts.map(async (host): Promise<Host> => {
+      if (host.role !== 'target' || host.libvirt === undefined) return host;
+      const free = await freeMemoryBytes(host.libvirt);
+      return { ...host, memoryBytes: Math.min(host.memoryBytes, free) };
+    }),
+  );
+  const vms: Vm[] = [...topology.vms];
+  if (source.libvirt !== undefined) {
+    const listed = new Set(
+      topology.vms.flatMap((vm) => (vm.source.kind === 'libvirt' ? [vm.source.domain] : [])),
+    );
+    const withoutLibvirt = hosts
+      .filter((h) => h.role === 'target' && h.libvirt === undefined)
+      .map((h) => h.name);
+    for (const domain of await runningDomains(source.libvirt)) {
+      if (listed.has(domain.name)) continue;
+      if (!VM_NAME.test(domain.name))
+        throw new InputError(
+          `domain '${domain.name}' at ${source.libvirt} has a name vmscatter cannot use for a VM; list it in ${topology.file} under another name`,
+        );
+      if (vms.some((vm) => vm.name === domain.name))
+        throw new InputError(
+          `domain '${domain.name}' at ${source.libvirt} has the name of a VM of ${topology.file} that is not that domain; rename one`,
+        );
+      vms.push({
+        name: domain.name,
+        memoryBytes: domain.memoryBytes,
+        source: { kind: 'libvirt', domain: domain.name },
+        excludedTargets: withoutLibvirt,
+      });
+    }
+  }
+  return { ...topology, hosts, vms };
+}
+
+/** A job needs a VM: a topology that lists none and whose source's libvirt runs none is refused. */
+export function requireVms(topology: Topology): Topology {
+  if (topology.vms.length > 0) return topology;
+  const source = sourceHostOf(topology);
+  throw new InputError(
+    `${topology.file}: no VMs: it lists none${source.libvirt === undefined ? '' : `, and ${source.name}'s libvirt runs none`}`,
+  );
+}
+
+/** A VM name as agents take it (the job protocol's rule). */
+const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

@@ -1,0 +1,38 @@
+import { LibvirtError, virsh } from './virsh.js';
+
+/** A domain a libvirt runs, with the guest memory it was given. */
+export interface RunningDomain {
+  readonly name: string;
+  readonly memoryBytes: number;
+}
+
+/** The domains a libvirt runs (running or paused: `virsh list`), each with its maximum memory. */
+export async function runningDomains(uri: string): Promise<RunningDomain[]> {
+  const names = (await virsh(uri, ['list', '--name']))
+    .split('\n')
+    .map((name) => name.trim())
+    .filter((name) => name !== '');
+  const domains: RunningDomain[] = [];
+  for (const name of names) {
+    const memoryBytes = maxMemoryOf(await virsh(uri, ['dominfo', name]));
+    if (memoryBytes === undefined)
+      throw new LibvirtError(`virsh dominfo ${name} at ${uri}: no Max memory line`);
+    domains.push({ name, memoryBytes });
+  }
+  return domains;
+}
+
+/** `virsh dominfo`'s "Max memory: N KiB", in bytes. */
+export function maxMemoryOf(dominfo: string): number | undefined {
+  const kib = /^Max memory:\s+(\d+) KiB\s*$/m.exec(dominfo)?.[1];
+  return kib === undefined ? undefined : Number(kib) * 1024;
+}
+
+/** What a libvirt's host has free for more guests: `virsh freecell --all`'s total, in bytes. */
+export async function freeMemoryBytes(uri: string): Promise<number> {
+  const out = await virsh(uri, ['freecell', '--all']);
+  const kib = /^Total:\s+(\d+) KiB\s*$/m.exec(out)?.[1];
+  if (kib === undefined)
+    throw new LibvirtError(`virsh freecell --all at ${uri}: no Total line in '${out.trim()}'`);
+  return Number(kib) * 1024;
+}
