@@ -28,11 +28,22 @@ export function maxMemoryOf(dominfo: string): number | undefined {
   return kib === undefined ? undefined : Number(kib) * 1024;
 }
 
-/** What a libvirt's host has free for more guests: `virsh freecell --all`'s total, in bytes. */
+/** What a libvirt's host has free for more guests: `virsh freecell --all`, in bytes. */
 export async function freeMemoryBytes(uri: string): Promise<number> {
   const out = await virsh(uri, ['freecell', '--all']);
-  const kib = /^Total:\s+(\d+) KiB\s*$/m.exec(out)?.[1];
-  if (kib === undefined)
-    throw new LibvirtError(`virsh freecell --all at ${uri}: no Total line in '${out.trim()}'`);
-  return Number(kib) * 1024;
+  const bytes = freecellBytes(out);
+  if (bytes === undefined)
+    throw new LibvirtError(`virsh freecell --all at ${uri}: not understood: '${out.trim()}'`);
+  return bytes;
+}
+
+/**
+ * `virsh freecell --all` in bytes: its Total line, or (one NUMA cell, where quiet virsh prints no
+ * total) the sum of the cells' lines.
+ */
+export function freecellBytes(out: string): number | undefined {
+  const total = /^\s*Total:\s+(\d+) KiB\s*$/m.exec(out)?.[1];
+  if (total !== undefined) return Number(total) * 1024;
+  const cells = [...out.matchAll(/^\s*\d+:\s+(\d+) KiB\s*$/gm)].map((m) => Number(m[1]) * 1024);
+  return cells.length === 0 ? undefined : cells.reduce((a, b) => a + b, 0);
 }
