@@ -32,6 +32,12 @@ import type { TemplateStore } from '../store/template-store.js';
 export interface AgentHost {
   readonly store: TemplateStore;
   readonly log: (line: string) => void;
+  /** Guest memory the agent's other jobs reserved here (bytes). */
+  reservedByOthers(job: AgentJob): number;
+  /** Reserves `bytes` for `job` if they fit in `capacity` beside the others' reservations. */
+  reserve(job: AgentJob, bytes: number, capacity: number): boolean;
+  /** Whether other jobs run here (the store is compacted only when none does). */
+  othersRunning(job: AgentJob): boolean;
 }
 
 /**
@@ -83,6 +89,15 @@ export class AgentJob {
     readonly [K in ToAgent['t']]: (message: Extract<ToAgent, { t: K }>) => Promise<void> | void;
   } = {
     job: (m) => this.start(m.version, m.job),
+    reserve: (m) => {
+      const ok = this.agent.reserve(this, m.bytes, m.capacity);
+      const reserved = this.agent.reservedByOthers(this);
+      if (!ok)
+        this.agent.log(
+          `job ${this.id}: ${m.bytes} bytes of guest memory do not fit beside ${reserved} reserved by other jobs`,
+        );
+      this.reply({ t: 'reserved', ok, reserved });
+    },
     seed: (m) => this.seed(m),
     vm: (m) => this.receiveVm(m),
     pages: (m) => {
@@ -110,7 +125,8 @@ export class AgentJob {
   /** The job is over: the template store is compacted (only now: what was announced must stay). */
   private end(): void {
     this.finished = true;
-    const dropped = this.agent.store.compact();
+    // Another job under way may refer to what it was told is held here: only the last one compacts.
+    const dropped = this.agent.othersRunning(this) ? 0 : this.agent.store.compact();
     this.agent.store.flush();
     this.agent.log(
       `job ${this.id}: done; template store holds ${this.agent.store.size} pages` +
@@ -157,6 +173,7 @@ export class AgentJob {
       freeBytes: freeBytes(this.options.dir),
       qemuVersion: qemuVersion(),
       running: await runningDestinations(join(this.options.dir, 'run')),
+      reserved: this.agent.reservedByOthers(this),
     });
   }
 

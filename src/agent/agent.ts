@@ -13,11 +13,15 @@ import { TemplateStore } from '../store/template-store.js';
 
 export type { AgentOptions };
 
+/** Jobs an agent serves at once: more queue at their coordinators (busy, try again). */
+export const MAX_JOBS = 4;
+
 /** 2 GiB of pages by default. */
 export const DEFAULT_TEMPLATE_CAPACITY_PAGES = 2 ** 19;
 
 /**
- * `vmscatter agent`: one per target host. It answers one coordinator at a time on the control channel,
+ * `vmscatter agent`: one per target host. It serves up to MAX_JOBS coordinators at a time (two hosts
+ * drained onto shared targets), each job holding the guest memory it placed here until it ends,
  * joins the multicast rounds it is told (with the key the coordinator sends it there), checks each
  * arriving page against its digest and stores it, rebuilds each VM image it is given a manifest for and
  * verifies it against the source's SHA-256.
@@ -30,7 +34,9 @@ export const DEFAULT_TEMPLATE_CAPACITY_PAGES = 2 ** 19;
 export class Agent {
   /** Messages dropped because they were not well-formed protocol messages. */
   malformed = 0;
-  private job: AgentJob | undefined;
+  private readonly jobs = new Set<AgentJob>();
+  /** Guest memory each job under way placed here (bytes). */
+  private readonly reservations = new Map<AgentJob, number>();
 
   private constructor(
     private readonly options: AgentOptions,
@@ -69,14 +75,30 @@ export class Agent {
     return this.options.log ?? (() => undefined);
   }
 
+  reservedByOthers(job: AgentJob): number {
+    let bytes = 0;
+    for (const [other, reserved] of this.reservations) if (other !== job) bytes += reserved;
+    return bytes;
+  }
+
+  reserve(job: AgentJob, bytes: number, capacity: number): boolean {
+    if (!this.jobs.has(job) || this.reservedByOthers(job) + bytes > capacity) return false;
+    this.reservations.set(job, bytes);
+    return true;
+  }
+
+  othersRunning(job: AgentJob): boolean {
+    return [...this.jobs].some((other) => other !== job);
+  }
+
   async close(): Promise<void> {
-    this.job?.abandon('agent stopping');
+    for (const job of this.jobs) job.abandon('agent stopping');
     await this.server?.close();
     this.store.close();
   }
 
   /**
-   * A connection is a coordinator's job (first message 'job'; one job at a time) or a peer agent of
+   * A connection is a coordinator's job (first message 'job'; up to MAX_JOBS at once) or a peer agent of
    * the site fetching pages (first message 'fetch'; served whatever the job state).
    */
   private accept(channel: ControlChannel): void {
@@ -115,16 +137,18 @@ export class Agent {
   }
 
   private startJob(channel: ControlChannel): AgentJob | undefined {
-    if (this.job) {
-      channel.send({ t: 'error', message: `${this.options.name} is busy with job ${this.job.id}` });
+    if (this.jobs.size >= MAX_JOBS) {
+      const ids = [...this.jobs].map((job) => job.id).join(', ');
+      channel.send({ t: 'error', message: `${this.options.name} is busy with ${MAX_JOBS} jobs (${ids})` });
       channel.close();
       return undefined;
     }
     const job = new AgentJob(this, this.options, this.digester, channel);
-    this.job = job;
+    this.jobs.add(job);
     channel.onClose((error) => {
       if (error) job.abandon(`coordinator gone (${error.message})`);
-      if (this.job === job) this.job = undefined;
+      this.jobs.delete(job);
+      this.reservations.delete(job);
     });
     return job;
   }

@@ -6,7 +6,7 @@ import type { Host, Topology } from '../topology/model.js';
 import type { OpenDatagramSocket } from '../transport/datagram.js';
 import { AgentLink } from '../wire/agent-link.js';
 import type { FromAgent } from '../wire/protocol.js';
-import { connectAgents, fetchFromPeers, trustedAnnouncement } from './job-agents.js';
+import { connectAgents, fetchFromPeers, reserveMemory, trustedAnnouncement } from './job-agents.js';
 import { jobReport, plannedReport, type ScatterReport } from './job-report.js';
 import { scanJob } from './job-scan.js';
 import { planJobWork } from '../plan/job-work.js';
@@ -68,6 +68,8 @@ export interface ScatterOptions {
 export type { ScatterProgress };
 
 const DEFAULT_ROUND_PAGES = 16_384;
+/** Placements tried while other jobs reserve what this one placed. */
+const RESERVE_ATTEMPTS = 3;
 
 export async function runScatter(options: ScatterOptions): Promise<ScatterReport> {
   const { topology } = options;
@@ -113,15 +115,38 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
     const doneAt = options.resume
       ? targetsHoldingAlready(topology, readies, liveTargets, sha256, movedEarlier, runningAt)
       : topology.vms.map(() => undefined);
-    const jobTopology: Topology = {
-      ...topology,
-      hosts: topology.hosts.filter((h) => h.role === 'source' || connected.links.has(h.name)),
-      vms: topology.vms.map((vm, v) => (doneAt[v] ? { ...vm, fixedTarget: doneAt[v] } : vm)),
+    // Other jobs under way at a target (drains of other hosts) hold the guest memory they placed
+    // there: this placement leaves it, and reserves what it places. A reservation refused (another job
+    // reserved meanwhile) places again with what the agents hold now.
+    const reservedElsewhere = readies.map((r) => r.reserved);
+    const planFor = () => {
+      const jobTopology: Topology = {
+        ...topology,
+        hosts: topology.hosts.flatMap((h) => {
+          if (h.role === 'source') return [h];
+          const t = liveTargets.findIndex((target) => target.name === h.name);
+          if (t < 0) return [];
+          return [{ ...h, memoryBytes: Math.max(0, h.memoryBytes - reservedElsewhere[t]!) }];
+        }),
+        vms: topology.vms.map((vm, v) => (doneAt[v] ? { ...vm, fixedTarget: doneAt[v] } : vm)),
+      };
+      return buildScatterPlan(jobTopology, scan.vms, scan.table.size, {
+        maxGroups: Math.min(options.maxGroups, topology.multicast.size),
+        seed: options.seed,
+      });
     };
-    const plan = buildScatterPlan(jobTopology, scan.vms, scan.table.size, {
-      maxGroups: Math.min(options.maxGroups, topology.multicast.size),
-      seed: options.seed,
-    });
+    let plan = planFor();
+    for (let attempt = 1; ; attempt++) {
+      const refused = await reserveMemory(links, topology, plan.detail.assignment, doneAt);
+      if (refused.length === 0) break;
+      for (const { target, reserved } of refused) reservedElsewhere[target] = reserved;
+      if (attempt >= RESERVE_ATTEMPTS)
+        throw new VmscatterError(
+          'VMS_INFEASIBLE',
+          `other jobs kept reserving guest memory at ${refused.map((r) => liveTargets[r.target]!.name).join(', ')}: placed ${attempt} times, none fit; run again once they are done`,
+        );
+      plan = planFor();
+    }
     const { index, schedule, assignment } = plan.detail;
     const done = doneAt.map((target) => target !== undefined);
     const work = planJobWork({

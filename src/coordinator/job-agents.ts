@@ -1,6 +1,6 @@
 import { connectControl } from '../control/control-channel.js';
 import { DIGEST_BYTES } from '../memory/page.js';
-import type { Host } from '../topology/model.js';
+import type { Host, Topology } from '../topology/model.js';
 import { AgentLostError, type AgentLink } from '../wire/agent-link.js';
 import { decodeAnnouncement, type HeldDigests } from '../announce/digest-set.js';
 import type { PeerFetch } from '../plan/job-work.js';
@@ -39,6 +39,36 @@ export async function fetchFromPeers(
     }),
   );
   return stored;
+}
+
+/**
+ * Reserves at each target the guest memory of the VMs this job places there (those not there already),
+ * against the target's capacity in the topology. Resolves with the targets that refused (other jobs
+ * reserved meanwhile) and what those jobs hold there now; an agent lost meanwhile is left to the job.
+ */
+export async function reserveMemory(
+  links: readonly AgentLink[],
+  topology: Topology,
+  assignment: Int32Array,
+  doneAt: readonly (string | undefined)[],
+): Promise<{ target: number; reserved: number }[]> {
+  const bytes = links.map(() => 0);
+  topology.vms.forEach((vm, v) => {
+    if (doneAt[v] === undefined) bytes[assignment[v]!]! += vm.memoryBytes;
+  });
+  const refused: { target: number; reserved: number }[] = [];
+  await Promise.all(
+    links.map(async (link, t) => {
+      link.send({ t: 'reserve', bytes: bytes[t]!, capacity: link.host.memoryBytes });
+      try {
+        const reply = await link.next('reserved', () => true, 30_000);
+        if (!reply.ok) refused.push({ target: t, reserved: reply.reserved });
+      } catch (error) {
+        if (!(error instanceof AgentLostError)) throw error;
+      }
+    }),
+  );
+  return refused;
 }
 
 /**

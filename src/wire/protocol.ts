@@ -19,10 +19,16 @@
 import type { LiveFromAgent, LiveToAgent } from '../live/messages.js';
 import { isLiveRecord } from '../live/records.js';
 
-export const PROTOCOL_VERSION = 1;
+/** 2: several jobs per agent, with guest memory reserved per job ('reserve', 'ready'.reserved). */
+export const PROTOCOL_VERSION = 2;
 
 export type ToAgent =
   | { readonly t: 'job'; readonly version: number; readonly job: string; readonly host: string }
+  /**
+   * This job places `bytes` of guest memory here: the agent holds them for the job until it ends, if
+   * they fit in `capacity` (the coordinator's view of the target's) beside other jobs' reservations.
+   */
+  | { readonly t: 'reserve'; readonly bytes: number; readonly capacity: number }
   | {
       readonly t: 'seed';
       readonly session: number;
@@ -76,7 +82,11 @@ export type FromAgent =
       readonly qemuVersion: string;
       /** Running VMs whose destinations this agent started and which run here now. */
       readonly running: readonly string[];
+      /** Guest memory other jobs under way reserved here (bytes): this job's placement leaves it. */
+      readonly reserved: number;
     }
+  /** The reservation was taken (ok) or did not fit; `reserved` is what other jobs hold now. */
+  | { readonly t: 'reserved'; readonly ok: boolean; readonly reserved: number }
   | {
       readonly t: 'seeded';
       readonly session: number;
@@ -130,6 +140,7 @@ const isMainRam: Check = (v) => {
 
 const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
   job: { version: isUint, job: isString, host: isString },
+  reserve: { bytes: isUint, capacity: isUint },
   seed: {
     session: isUint,
     key: isBytes,
@@ -180,7 +191,9 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
     freeBytes: isUint,
     qemuVersion: isString,
     running: (v) => Array.isArray(v) && v.length <= 65_536 && v.every((name) => isString(name)),
+    reserved: isUint,
   },
+  reserved: { ok: isBool, reserved: isUint },
   seeded: {
     session: isUint,
     state: (v) => v === 'complete' || v === 'failed',

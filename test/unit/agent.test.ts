@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { connectControl, type ControlChannel } from '../../src/control/control-channel.js';
 import { encodeFrame } from '../../src/control/frame-decoder.js';
-import { Agent, type AgentOptions } from '../../src/agent/agent.js';
+import { Agent, MAX_JOBS, type AgentOptions } from '../../src/agent/agent.js';
 import { PROTOCOL_VERSION } from '../../src/wire/protocol.js';
 import { tempDir } from '../support/fixtures.js';
 
@@ -83,7 +83,7 @@ test(
 );
 
 test(
-  'agent: one job at a time; a coordinator that goes away frees it, and the agent says so',
+  "agent: several jobs at once, each reservation beside the others'; past MAX_JOBS busy; a coordinator that goes away frees its job and its reservation",
   { timeout: 30_000 },
   async (t) => {
     const { dir, cleanup } = tempDir();
@@ -91,24 +91,51 @@ test(
     const lines: string[] = [];
     const agent = await startAgent(dir, lines);
     t.after(() => agent.close());
-    const first = await connectControl('127.0.0.1', agent.port, { secret });
-    const ready = nextMessage(first);
-    first.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j3', host: 't1' });
-    await ready;
-    const second = await connectControl('127.0.0.1', agent.port, { secret });
-    const refused = nextMessage(second);
-    second.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j3b', host: 't1' });
+    const MiB = 2 ** 20;
+    const jobs: { channel: ControlChannel; ready: Record<string, unknown> }[] = [];
+    for (let k = 0; k < MAX_JOBS; k++) {
+      const channel = await connectControl('127.0.0.1', agent.port, { secret });
+      t.after(() => channel.close());
+      const ready = nextMessage(channel);
+      channel.send({ t: 'job', version: PROTOCOL_VERSION, job: `j${k}`, host: 't1' });
+      jobs.push({ channel, ready: await ready });
+    }
+    assert.deepEqual(
+      jobs.map((j) => j.ready.t),
+      Array.from({ length: MAX_JOBS }, () => 'ready'),
+    );
+    const reserve = async (channel: ControlChannel, bytes: number) => {
+      const reply = nextMessage(channel);
+      channel.send({ t: 'reserve', bytes, capacity: 512 * MiB });
+      return reply;
+    };
+    // 300 MiB of a 512 MiB target for the first job; the second's 300 MiB no longer fit, its 200 do.
+    assert.deepEqual(await reserve(jobs[0]!.channel, 300 * MiB), { t: 'reserved', ok: true, reserved: 0 });
+    assert.deepEqual(await reserve(jobs[1]!.channel, 300 * MiB), {
+      t: 'reserved',
+      ok: false,
+      reserved: 300 * MiB,
+    });
+    assert.deepEqual(await reserve(jobs[1]!.channel, 200 * MiB), {
+      t: 'reserved',
+      ok: true,
+      reserved: 300 * MiB,
+    });
+    const fifth = await connectControl('127.0.0.1', agent.port, { secret });
+    t.after(() => fifth.close());
+    const refused = nextMessage(fifth);
+    fifth.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j-extra', host: 't1' });
     const busy = await refused;
     assert.equal(busy.t, 'error');
-    assert.match(String(busy.message), /busy with job j3/);
-    // The coordinator dies: its connection drops without an 'end'.
-    (first as unknown as { socket: { destroy(): void } }).socket.destroy();
+    assert.match(String(busy.message), new RegExp(`busy with ${MAX_JOBS} jobs \\(j0, j1`));
+    // The first coordinator dies: its connection drops without an 'end'; its 300 MiB are free again.
+    (jobs[0]!.channel as unknown as { socket: { destroy(): void } }).socket.destroy();
     while (!lines.some((l) => /coordinator gone/.test(l))) await new Promise((r) => setTimeout(r, 10));
-    const third = await connectControl('127.0.0.1', agent.port, { secret });
-    t.after(() => third.close());
-    const again = nextMessage(third);
-    third.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j4', host: 't1' });
-    assert.equal((await again).t, 'ready');
+    const again = await connectControl('127.0.0.1', agent.port, { secret });
+    t.after(() => again.close());
+    const ready = nextMessage(again);
+    again.send({ t: 'job', version: PROTOCOL_VERSION, job: 'j-next', host: 't1' });
+    assert.deepEqual({ ...(await ready) }.reserved, 200 * MiB, "only the second job's reservation is left");
   },
 );
 
