@@ -53,7 +53,7 @@ async function until<T>(what: string, timeoutMs: number, check: () => T | undefi
 async function labWithGuest(
   t: TestContext,
   hosts: readonly string[] = ['h1', 'h2'],
-  guests: readonly string[] = [GUEST],
+  guests: readonly { readonly name: string; readonly host: string }[] = [{ name: GUEST, host: 'h1' }],
 ): Promise<{ libvirt: LibvirtLab; dir: string; defer: (cleanup: () => Promise<void>) => void }> {
   const available = libvirtLabAvailable();
   assert.ok(available.ok, available.ok ? '' : `the libvirt lab is needed: ${available.why}`);
@@ -82,16 +82,16 @@ async function labWithGuest(
   const libvirt = (made.libvirt = await createLibvirtLab(made.lab));
   t.diagnostic(`daemons answering after ${seconds(started)}`);
   const booting = Date.now();
-  for (const name of guests) {
-    await libvirt.defineGuest('h1', { name, memoryMiB: MEMORY_MIB, vcpus: 2, kernel, initrd });
-    await libvirt.virsh('h1', ['start', name]);
+  for (const { name, host } of guests) {
+    await libvirt.defineGuest(host, { name, memoryMiB: MEMORY_MIB, vcpus: 2, kernel, initrd });
+    await libvirt.virsh(host, ['start', name]);
   }
-  for (const name of guests)
-    await until(`${name} ticks at h1 and prints its checksum`, 120_000, () => {
-      const serial = libvirt.serial('h1', name);
+  for (const { name, host } of guests)
+    await until(`${name} ticks at ${host} and prints its checksum`, 120_000, () => {
+      const serial = libvirt.serial(host, name);
       return lastTick(serial) >= 2 && lastMarked(serial, GUEST_SUM_MARKER) !== undefined ? true : undefined;
     });
-  t.diagnostic(`${guests.length} guest(s) ticking at h1 ${seconds(booting)} after define`);
+  t.diagnostic(`${guests.length} guest(s) ticking ${seconds(booting)} after define`);
   return { libvirt, dir, defer: (cleanup) => deferred.push(cleanup) };
 }
 
@@ -290,29 +290,58 @@ function writeLibvirtTopology(dir: string, libvirt: LibvirtLab): string {
   return path;
 }
 
-/** vmscatter's agent at h2, in h2's mount namespace (it connects where h2's libvirt has QEMU listen). */
-async function startLibvirtAgent(libvirt: LibvirtLab, dir: string, topology: string): Promise<ProcessWatch> {
+/**
+ * vmscatter's agent at `host` (h2 unless told), in the host's mount namespace (it connects where the
+ * host's libvirt has QEMU listen).
+ */
+async function startLibvirtAgent(
+  libvirt: LibvirtLab,
+  dir: string,
+  topology: string,
+  host = 'h2',
+): Promise<ProcessWatch> {
+  const args = ['agent', '--topology', topology, '--host', host, '--dir', join(dir, `agent-${host}`)];
   const agent = watchProcess(
-    libvirt.spawn(
-      'h2',
-      process.execPath,
-      [
-        cli,
-        'agent',
-        '--topology',
-        topology,
-        '--host',
-        'h2',
-        '--dir',
-        join(dir, 'agent'),
-        '--secret-file',
-        join(dir, 'secret'),
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    ),
+    libvirt.spawn(host, process.execPath, [cli, ...args, '--secret-file', join(dir, 'secret')], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
   );
   await agent.waitFor(/listening/, 15_000);
   return agent;
+}
+
+/** Whether an agent's log shows a job started while another was under way (started, not yet done). */
+function overlappingJobs(log: string): boolean {
+  const open = new Set<string>();
+  for (const line of log.split('\n')) {
+    const started = /job (\S+): started/.exec(line)?.[1];
+    if (started !== undefined) {
+      if (open.size > 0) return true;
+      open.add(started);
+    }
+    const ended = /job (\S+): (done|ended)/.exec(line)?.[1];
+    if (ended !== undefined) open.delete(ended);
+  }
+  return false;
+}
+
+/** `vmscatter evacuate --host HOST --yes --json` started in HOST's namespaces, with `extra` arguments. */
+function startEvacuation(
+  libvirt: LibvirtLab,
+  dir: string,
+  topology: string,
+  host: string,
+  extra: readonly string[] = [],
+): ProcessWatch {
+  const args = ['evacuate', '--host', host, '--topology', topology, '--work-dir', join(dir, `work-${host}`)];
+  return watchProcess(
+    libvirt.spawn(
+      host,
+      process.execPath,
+      [cli, ...args, '--secret-file', join(dir, 'secret'), '--yes', '--json', ...extra],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    ),
+  );
 }
 
 test(
@@ -431,7 +460,11 @@ test(
   { timeout: 420_000 },
   async (t) => {
     const guests = ['g1', 'g2', 'g3'];
-    const { libvirt, dir, defer } = await labWithGuest(t, ['h1', 'h2', 'h3'], guests);
+    const { libvirt, dir, defer } = await labWithGuest(
+      t,
+      ['h1', 'h2', 'h3'],
+      guests.map((name) => ({ name, host: 'h1' })),
+    );
     const topology = join(dir, 'topology.yaml');
     const host = (name: string, role: string) =>
       `  - { name: ${name}, address: ${libvirt.host(name).labHost.address}, port: 7581, ${role}, link: 1Gbit, libvirt: "${libvirt.host(name).uri}" }`;
@@ -452,51 +485,9 @@ test(
       for (const agent of agents) agent.child.kill('SIGTERM');
       for (const agent of agents) await agent.exit(10_000).catch(() => undefined);
     });
-    for (const name of ['h2', 'h3']) {
-      const agent = watchProcess(
-        libvirt.spawn(
-          name,
-          process.execPath,
-          [
-            cli,
-            'agent',
-            '--topology',
-            topology,
-            '--host',
-            name,
-            '--dir',
-            join(dir, `agent-${name}`),
-            '--secret-file',
-            join(dir, 'secret'),
-          ],
-          { stdio: ['ignore', 'pipe', 'pipe'] },
-        ),
-      );
-      agents.push(agent);
-      await agent.waitFor(/listening/, 15_000);
-    }
+    for (const name of ['h2', 'h3']) agents.push(await startLibvirtAgent(libvirt, dir, topology, name));
     const before = new Map(guests.map((g) => [g, libvirt.serial('h1', g)]));
-    const evacuate = watchProcess(
-      libvirt.spawn(
-        'h1',
-        process.execPath,
-        [
-          cli,
-          'evacuate',
-          '--host',
-          'h1',
-          '--topology',
-          topology,
-          '--work-dir',
-          join(dir, 'work'),
-          '--secret-file',
-          join(dir, 'secret'),
-          '--yes',
-          '--json',
-        ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
-      ),
-    );
+    const evacuate = startEvacuation(libvirt, dir, topology, 'h1');
     const done = await evacuate.exit(300_000);
     assert.equal(done.code, 0, `evacuate: ${done.stderr}\n${agents.map((a) => a.stderr()).join('\n')}`);
     const report = JSON.parse(done.stdout) as {
@@ -529,5 +520,69 @@ test(
       );
       assert.doesNotMatch(after, GUEST_KERNEL_FAULT);
     }
+  },
+);
+
+test(
+  'libvirt lab: two evacuations at once (h1 and h2) onto shared targets: the agents serve both, each placement leaves what the other reserved',
+  { timeout: 420_000 },
+  async (t) => {
+    const { libvirt, dir, defer } = await labWithGuest(
+      t,
+      ['h1', 'h2', 'h3', 'h4'],
+      [
+        { name: 'g1', host: 'h1' },
+        { name: 'g2', host: 'h2' },
+      ],
+    );
+    const topology = join(dir, 'topology.yaml');
+    const host = (name: string, role: string) =>
+      `  - { name: ${name}, address: ${libvirt.host(name).labHost.address}, port: 7581, ${role}, link: 1Gbit, libvirt: "${libvirt.host(name).uri}" }`;
+    // h3 and h4 take one guest each (256 MiB for 192 MiB guests): placed without the other's
+    // reservation, both guests would fit either, and the two drains would pick the same.
+    writeFileSync(
+      topology,
+      [
+        'multicast: { base: 239.255.97.0, size: 4, port: 7590 }',
+        'hosts:',
+        host('h1', 'role: source'),
+        host('h2', 'role: target, memory: 256MiB'),
+        host('h3', 'role: target, memory: 256MiB'),
+        host('h4', 'role: target, memory: 256MiB'),
+      ].join('\n'),
+    );
+    writeFileSync(join(dir, 'secret'), 'the libvirt lab deployment secret, 32+ bytes', { mode: 0o600 });
+    const agents: ProcessWatch[] = [];
+    defer(async () => {
+      for (const agent of agents) agent.child.kill('SIGTERM');
+      for (const agent of agents) await agent.exit(10_000).catch(() => undefined);
+    });
+    for (const name of ['h3', 'h4']) agents.push(await startLibvirtAgent(libvirt, dir, topology, name));
+    const first = startEvacuation(libvirt, dir, topology, 'h1', ['--exclude-host', 'h2']);
+    const second = startEvacuation(libvirt, dir, topology, 'h2', ['--exclude-host', 'h1']);
+    const [one, two] = await Promise.all([first.exit(300_000), second.exit(300_000)]);
+    const logs = agents.map((a) => a.stderr()).join('\n');
+    assert.equal(one.code, 0, `evacuate h1: ${one.stderr}\n${logs}`);
+    assert.equal(two.code, 0, `evacuate h2: ${two.stderr}\n${logs}`);
+    const moved = [one, two].flatMap(
+      (r) => (JSON.parse(r.stdout) as { moved: { name: string; target: string }[] }).moved,
+    );
+    t.diagnostic(`moved: ${JSON.stringify(moved)}`);
+    assert.deepEqual(moved.map((m) => m.name).sort(), ['g1', 'g2']);
+    assert.notEqual(moved[0]!.target, moved[1]!.target, 'one guest per 256 MiB target');
+    assert.ok(
+      agents.some((agent) => overlappingJobs(agent.stderr())),
+      `an agent served the two jobs at once:\n${logs}`,
+    );
+    for (const { name, target } of moved) {
+      assert.equal(
+        (await libvirt.virsh(target, ['domstate', name])).trim(),
+        'running',
+        `${name} at ${target}`,
+      );
+      assert.match(await libvirt.virsh(target, ['dominfo', name]), /^Persistent:\s+yes$/m);
+    }
+    assert.deepEqual(await defined(libvirt, 'h1'), []);
+    assert.deepEqual(await defined(libvirt, 'h2'), []);
   },
 );
