@@ -51,7 +51,9 @@ export async function waitDomainState(
 ): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if ((await domainState(uri, domain).catch(() => '')) === state) return true;
+    // One call per poll: an absent domain fails it, which is not the state either.
+    const now = await virsh(uri, ['domstate', domain]).catch(() => '');
+    if (now.trim() === state) return true;
     if (Date.now() > deadline) return false;
     await new Promise((r) => setTimeout(r, 50));
   }
