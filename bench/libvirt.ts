@@ -237,6 +237,13 @@ async function main(): Promise<void> {
       );
     });
     await checkMoved(lv, placement, before);
+    // libvirt's own figure for each domain's downtime (stop at the source to run at the target).
+    const virshDowntimeMs: Record<string, number | undefined> = {};
+    for (const [guest, target] of placement) {
+      const info = await lv.virsh(target, ['domjobinfo', guest, '--completed']).catch(() => '');
+      const ms = /^Total downtime:\s+(\d+) ms/m.exec(info)?.[1];
+      virshDowntimeMs[guest] = ms === undefined ? undefined : Number(ms);
+    }
     log(`    ${virsh.seconds.toFixed(1)} s, ${(virsh.bytes / MiB).toFixed(1)} MiB on src's link`);
 
     const round = (x: number, digits = 3) => Number(x.toFixed(digits));
@@ -256,7 +263,7 @@ async function main(): Promise<void> {
           report?.vms.map((vm) => [vm.name, vm.live?.switchoverSteps]) ?? [],
         ),
       },
-      virshMigrate: { seconds: round(virsh.seconds, 2), bytes: virsh.bytes },
+      virshMigrate: { seconds: round(virsh.seconds, 2), bytes: virsh.bytes, downtimeMs: virshDowntimeMs },
       ratios: {
         seconds: round(scatter.seconds / virsh.seconds),
         bytes: round(scatter.bytes / virsh.bytes),
