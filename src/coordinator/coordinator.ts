@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
+import { resolve } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { buildScatterPlan } from '../plan/scatter-plan.js';
 import type { Host, Topology } from '../topology/model.js';
@@ -96,7 +96,8 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
 
     t = performance.now();
     progress({ phase: 'scan', done: 0, total: 1, unit: 'pages' });
-    const runDir = join(options.workDir ?? '.vmscatter', 'run');
+    // Absolute: QEMU is told paths in it (its stream socket, pmemsave files), from a directory of its own.
+    const runDir = resolve(options.workDir ?? '.vmscatter', 'run');
     ensurePrivateDir(runDir);
     const scan = await scanJob(topology, {
       secret: options.secret,

@@ -1,6 +1,6 @@
 import { chmodSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { readSync, rmSync, statSync, writeSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import { listeningSocketInode, mainRam, parseMaps, ramCandidates, type MainRam } from './memory-map.js';
 import type { QemuMonitor } from './qmp.js';
@@ -157,7 +157,8 @@ export async function openGuestRam(
   };
   mkdirSync(options.scratchDir, { recursive: true, mode: 0o700 });
   chmodSync(options.scratchDir, 0o700);
-  const scratch = join(options.scratchDir, `${options.name}.ram`);
+  // Absolute: QEMU opens it, from a working directory of its own.
+  const scratch = resolve(options.scratchDir, `${options.name}.ram`);
   const viaPmemsave = pmemsaveReader(qmp, layout, remap, scratch);
   if (options.only === undefined || options.only === 'memory-file') {
     const file = await sharedMemoryFile(qmp);
