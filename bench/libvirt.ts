@@ -24,11 +24,15 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createLab, watchProcess, type Lab, type ProcessWatch } from './harness/lab.js';
-import { createLibvirtLab, libvirtLabAvailable, type LibvirtLab } from './harness/libvirt-lab.js';
+import {
+  createLibvirtLab,
+  libvirtLabAvailable,
+  movedGuestProblem,
+  type LibvirtLab,
+} from './harness/libvirt-lab.js';
 import {
   buildInitramfs,
   ensureGuestKernel,
-  GUEST_KERNEL_FAULT,
   GUEST_SUM_MARKER,
   lastMarked,
   lastTick,
@@ -65,37 +69,15 @@ async function until<T>(what: string, timeoutMs: number, check: () => T | undefi
   }
 }
 
-async function domains(libvirt: LibvirtLab, host: string): Promise<string[]> {
-  return (await libvirt.virsh(host, ['list', '--all', '--name']))
-    .split('\n')
-    .map((n) => n.trim())
-    .filter((n) => n !== '');
-}
-
-/**
- * Every guest runs at its target, defined there and not at src, its console ticking past where it
- * was and its checksum unchanged. Throws naming the first that is not.
- */
+/** Every guest moved whole to its target (movedGuestProblem); throws naming the first that did not. */
 async function checkMoved(
   libvirt: LibvirtLab,
   placement: ReadonlyMap<string, string>,
   before: ReadonlyMap<string, string>,
 ): Promise<void> {
-  const left = await domains(libvirt, 'src');
-  if (left.length > 0) throw new Error(`still defined at src: ${left.join(', ')}`);
   for (const [guest, target] of placement) {
-    const state = (await libvirt.virsh(target, ['domstate', guest])).trim();
-    if (state !== 'running') throw new Error(`${guest} is '${state}' at ${target}`);
-    const was = before.get(guest)!;
-    const serial = await until(`${guest} ticks at ${target}`, 60_000, () => {
-      const text = libvirt.serial(target, guest);
-      return lastTick(text) > lastTick(was) && lastMarked(text, GUEST_SUM_MARKER) !== undefined
-        ? text
-        : undefined;
-    });
-    if (lastMarked(serial, GUEST_SUM_MARKER) !== lastMarked(was, GUEST_SUM_MARKER))
-      throw new Error(`${guest}: its data check changed at ${target}`);
-    if (GUEST_KERNEL_FAULT.test(serial)) throw new Error(`${guest}: a kernel fault at ${target}`);
+    const problem = await movedGuestProblem(libvirt, guest, 'src', target, before.get(guest)!);
+    if (problem) throw new Error(problem);
   }
 }
 

@@ -56,6 +56,7 @@ import {
   type ProcessWatch,
 } from './lab.js';
 import { CleanupRegistry, kill, pidAlive, sleepSync } from './cleanup-registry.js';
+import { GUEST_KERNEL_FAULT, GUEST_SUM_MARKER, lastMarked, lastTick } from './qemu-guest.js';
 
 /** Every lab directory this module creates is named `<prefix>-<pid base 36>-XXXXXX`. */
 export const LIBVIRT_LAB_PREFIX = 'vmslibvirt';
@@ -675,6 +676,42 @@ class LibvirtLabImpl implements LibvirtLab {
  * Removes the directories of libvirt labs whose creating process is dead, killing any daemon or QEMU
  * still using them first. Returns the directories removed.
  */
+/**
+ * What is wrong with a guest of qemu-guest.ts having moved from `from` to `to`, or undefined when
+ * nothing is: it runs at `to`, defined there (persistent) and gone from `from`, and its console at `to`
+ * ticks past `before` (what its console at `from` showed before the move) with the same data checksum
+ * and no kernel fault, within `timeoutMs`.
+ */
+export async function movedGuestProblem(
+  libvirt: LibvirtLab,
+  guest: string,
+  from: LibvirtHostRef,
+  to: LibvirtHostRef,
+  before: string,
+  timeoutMs = 60_000,
+): Promise<string | undefined> {
+  const at = libvirt.host(to).name;
+  const state = (await libvirt.virsh(to, ['domstate', guest]).catch(() => 'absent')).trim();
+  if (state !== 'running') return `${guest} is '${state}' at ${at}`;
+  if (!/^Persistent:\s+yes$/m.test(await libvirt.virsh(to, ['dominfo', guest])))
+    return `${guest} is not defined (persistent) at ${at}`;
+  const left = await libvirt.virsh(from, ['list', '--all', '--name']);
+  if (left.split('\n').some((name) => name.trim() === guest))
+    return `${guest} is still defined at ${libvirt.host(from).name}`;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const serial = libvirt.serial(to, guest);
+    if (lastTick(serial) > lastTick(before) && lastMarked(serial, GUEST_SUM_MARKER) !== undefined) {
+      if (lastMarked(serial, GUEST_SUM_MARKER) !== lastMarked(before, GUEST_SUM_MARKER))
+        return `${guest}: its data check changed at ${at}`;
+      return GUEST_KERNEL_FAULT.test(serial) ? `${guest}: a kernel fault at ${at}` : undefined;
+    }
+    if (Date.now() > deadline)
+      return `${guest} did not tick at ${at} past ${lastTick(before)} within ${timeoutMs / 1000} s`;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 export function sweepStaleLibvirtLabs(): string[] {
   const parent = tmpdir();
   const removed: string[] = [];

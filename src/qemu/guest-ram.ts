@@ -2,7 +2,14 @@ import { chmodSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, r
 import { readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { VmscatterError } from '../errors.js';
-import { listeningSocketInode, mainRam, parseMaps, ramCandidates, type MainRam } from './memory-map.js';
+import {
+  listeningSocketInode,
+  mainRam,
+  parseMaps,
+  ramCandidates,
+  type MainRam,
+  type Mapping,
+} from './memory-map.js';
 import type { QemuMonitor } from './qmp.js';
 import { readExactly } from '../read-exactly.js';
 
@@ -269,14 +276,9 @@ export function openProcessRam(
   map: MainRam,
   known: ReadonlyMap<number, Uint8Array>,
 ): GuestRam | undefined {
-  let candidates;
-  let fd: number;
-  try {
-    candidates = ramCandidates(parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')), map.bytes);
-    fd = openSync(`/proc/${pid}/mem`, 'r');
-  } catch {
-    return undefined; // not ours to read
-  }
+  const opened = openRamCandidates(pid, map);
+  if (!opened) return undefined;
+  const { candidates, fd } = opened;
   const seen = new Uint8Array(4096);
   const fits = candidates.filter((candidate) =>
     [...known].every(([offset, expected]) => {
@@ -304,6 +306,19 @@ export function openProcessRam(
   );
 }
 
+/**
+ * The process's anonymous mappings of the block's exact size, and its memory opened for reading;
+ * undefined when it is not ours to read.
+ */
+function openRamCandidates(pid: number, map: MainRam): { candidates: Mapping[]; fd: number } | undefined {
+  try {
+    const candidates = ramCandidates(parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')), map.bytes);
+    return { candidates, fd: openSync(`/proc/${pid}/mem`, 'r') };
+  } catch {
+    return undefined;
+  }
+}
+
 const SAMPLES = 8;
 
 /**
@@ -317,14 +332,9 @@ async function findRamMapping(
   viaPmemsave: GuestRam,
   running: boolean,
 ): Promise<number | undefined> {
-  let candidates;
-  let fd: number;
-  try {
-    candidates = ramCandidates(parseMaps(readFileSync(`/proc/${pid}/maps`, 'utf8')), map.bytes);
-    fd = openSync(`/proc/${pid}/mem`, 'r');
-  } catch {
-    return undefined; // not ours to read
-  }
+  const opened = openRamCandidates(pid, map);
+  if (!opened) return undefined;
+  const { candidates, fd } = opened;
   try {
     if (candidates.length === 0) return undefined;
     const offsets = sampleOffsets(map);

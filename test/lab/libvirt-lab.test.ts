@@ -5,7 +5,12 @@ import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { repoRoot, tempDir } from '../support/fixtures.js';
 import { createLab, watchProcess, type Lab, type ProcessWatch } from '../../bench/harness/lab.js';
-import { createLibvirtLab, libvirtLabAvailable, type LibvirtLab } from '../../bench/harness/libvirt-lab.js';
+import {
+  createLibvirtLab,
+  libvirtLabAvailable,
+  movedGuestProblem,
+  type LibvirtLab,
+} from '../../bench/harness/libvirt-lab.js';
 import {
   buildInitramfs,
   ensureGuestKernel,
@@ -204,29 +209,9 @@ test(
       `proxy: ${proxy.connections} connection(s), ${proxy.forward} B forward, ${proxy.backward} B back`,
     );
 
-    assert.equal((await libvirt.virsh('h2', ['domstate', GUEST])).trim(), 'running');
-    assert.match(await libvirt.virsh('h2', ['dominfo', GUEST]), /^Persistent:\s+yes$/m);
-    assert.ok(!(await defined(libvirt, 'h1')).includes(GUEST), 'the guest is gone from h1');
-
-    // Its console at h2 starts after the move: ticks past the last one h1 showed, the same checksum.
-    const before = libvirt.serial('h1', GUEST);
-    const tickBefore = lastTick(before);
-    const after = await until(
-      `the guest ticks at h2 past ${tickBefore} and prints its checksum`,
-      60_000,
-      () => {
-        const serial = libvirt.serial('h2', GUEST);
-        return lastTick(serial) > tickBefore && lastMarked(serial, GUEST_SUM_MARKER) !== undefined
-          ? serial
-          : undefined;
-      },
-    );
-    assert.equal(
-      lastMarked(after, GUEST_SUM_MARKER),
-      lastMarked(before, GUEST_SUM_MARKER),
-      "the guest's data is unchanged",
-    );
-    assert.doesNotMatch(after, GUEST_KERNEL_FAULT);
+    // Defined and running at h2 only; its console at h2 starts after the move: ticks past the last
+    // one h1 showed, the same checksum.
+    assert.equal(await movedGuestProblem(libvirt, GUEST, 'h1', 'h2', libvirt.serial('h1', GUEST)), undefined);
 
     // Every non-zero page went through the proxy, some more than once (dirtied while it moved); a zero
     // page goes as a flag, without its bytes.
@@ -257,14 +242,7 @@ test(
     assert.ok(proxy.cut, `the proxy cut the stream (it carried ${proxy.forward} B)`);
     assert.notEqual(migrated.code, 0, 'the migration failed');
 
-    assert.equal((await libvirt.virsh('h1', ['domstate', GUEST])).trim(), 'running');
-    assert.match(await libvirt.virsh('h1', ['dominfo', GUEST]), /^Persistent:\s+yes$/m);
-    assert.ok(!(await defined(libvirt, 'h2')).includes(GUEST), 'nothing of the guest is left at h2');
-    const tickBefore = lastTick(libvirt.serial('h1', GUEST));
-    await until(`the guest ticks on at h1 past ${tickBefore}`, 60_000, () =>
-      lastTick(libvirt.serial('h1', GUEST)) > tickBefore ? true : undefined,
-    );
-    assert.doesNotMatch(libvirt.serial('h1', GUEST), GUEST_KERNEL_FAULT);
+    await assertRunsOnAtSource(libvirt);
   },
 );
 
@@ -308,6 +286,18 @@ async function startLibvirtAgent(
   );
   await agent.waitFor(/listening/, 15_000);
   return agent;
+}
+
+/** The guest runs on at h1, defined there, its console ticking on, and nothing of it is at h2. */
+async function assertRunsOnAtSource(libvirt: LibvirtLab): Promise<void> {
+  assert.equal((await libvirt.virsh('h1', ['domstate', GUEST])).trim(), 'running');
+  assert.match(await libvirt.virsh('h1', ['dominfo', GUEST]), /^Persistent:\s+yes$/m);
+  assert.ok(!(await defined(libvirt, 'h2')).includes(GUEST), 'nothing of the guest is left at h2');
+  const tickBefore = lastTick(libvirt.serial('h1', GUEST));
+  await until(`the guest ticks on at h1 past ${tickBefore}`, 60_000, () =>
+    lastTick(libvirt.serial('h1', GUEST)) > tickBefore ? true : undefined,
+  );
+  assert.doesNotMatch(libvirt.serial('h1', GUEST), GUEST_KERNEL_FAULT);
 }
 
 /** The README's drain script for a libvirt host: the shell block of its "libvirt hosts" section. */
@@ -398,26 +388,7 @@ test(
     );
     t.diagnostic(`report: ${JSON.stringify(vm?.live)}`);
 
-    assert.equal((await libvirt.virsh('h2', ['domstate', GUEST])).trim(), 'running');
-    assert.match(await libvirt.virsh('h2', ['dominfo', GUEST]), /^Persistent:\s+yes$/m);
-    assert.ok(!(await defined(libvirt, 'h1')).includes(GUEST), 'the domain is gone from h1');
-    const tickBefore = lastTick(before);
-    const after = await until(
-      `the guest ticks at h2 past ${tickBefore} and prints its checksum`,
-      60_000,
-      () => {
-        const serial = libvirt.serial('h2', GUEST);
-        return lastTick(serial) > tickBefore && lastMarked(serial, GUEST_SUM_MARKER) !== undefined
-          ? serial
-          : undefined;
-      },
-    );
-    assert.equal(
-      lastMarked(after, GUEST_SUM_MARKER),
-      lastMarked(before, GUEST_SUM_MARKER),
-      "the guest's data is unchanged",
-    );
-    assert.doesNotMatch(after, GUEST_KERNEL_FAULT);
+    assert.equal(await movedGuestProblem(libvirt, GUEST, 'h1', 'h2', before), undefined);
   },
 );
 
@@ -453,14 +424,7 @@ test(
     assert.equal(result.memoryMismatch, true, result.error);
     assert.match(result.error ?? '', /guest memory differs from the source's in 1 MiB chunk/);
 
-    assert.equal((await libvirt.virsh('h1', ['domstate', GUEST])).trim(), 'running');
-    assert.match(await libvirt.virsh('h1', ['dominfo', GUEST]), /^Persistent:\s+yes$/m);
-    assert.ok(!(await defined(libvirt, 'h2')).includes(GUEST), 'nothing of the domain is left at h2');
-    const tickBefore = lastTick(libvirt.serial('h1', GUEST));
-    await until(`the guest ticks on at h1 past ${tickBefore}`, 60_000, () =>
-      lastTick(libvirt.serial('h1', GUEST)) > tickBefore ? true : undefined,
-    );
-    assert.doesNotMatch(libvirt.serial('h1', GUEST), GUEST_KERNEL_FAULT);
+    await assertRunsOnAtSource(libvirt);
   },
 );
 
@@ -531,25 +495,7 @@ test(
     assert.deepEqual(await defined(libvirt, 'h1'), [], 'nothing is left at h1');
     for (const { name, target } of report.moved) {
       assert.ok(['h2', 'h3'].includes(target), `${name} went to ${target}`);
-      assert.equal(
-        (await libvirt.virsh(target, ['domstate', name])).trim(),
-        'running',
-        `${name} at ${target}`,
-      );
-      assert.match(await libvirt.virsh(target, ['dominfo', name]), /^Persistent:\s+yes$/m);
-      const tickBefore = lastTick(before.get(name)!);
-      const after = await until(`${name} ticks at ${target} past ${tickBefore}`, 60_000, () => {
-        const serial = libvirt.serial(target, name);
-        return lastTick(serial) > tickBefore && lastMarked(serial, GUEST_SUM_MARKER) !== undefined
-          ? serial
-          : undefined;
-      });
-      assert.equal(
-        lastMarked(after, GUEST_SUM_MARKER),
-        lastMarked(before.get(name)!, GUEST_SUM_MARKER),
-        `${name}'s data`,
-      );
-      assert.doesNotMatch(after, GUEST_KERNEL_FAULT);
+      assert.equal(await movedGuestProblem(libvirt, name, 'h1', target, before.get(name)!), undefined);
     }
   },
 );
@@ -589,6 +535,8 @@ test(
       for (const agent of agents) await agent.exit(10_000).catch(() => undefined);
     });
     for (const name of ['h3', 'h4']) agents.push(await startLibvirtAgent(libvirt, dir, topology, name));
+    const from: Record<string, string> = { g1: 'h1', g2: 'h2' };
+    const before: Record<string, string> = { g1: libvirt.serial('h1', 'g1'), g2: libvirt.serial('h2', 'g2') };
     const first = startEvacuation(libvirt, dir, topology, 'h1', ['--exclude-host', 'h2']);
     const second = startEvacuation(libvirt, dir, topology, 'h2', ['--exclude-host', 'h1']);
     const [one, two] = await Promise.all([first.exit(300_000), second.exit(300_000)]);
@@ -605,15 +553,7 @@ test(
       agents.some((agent) => overlappingJobs(agent.stderr())),
       `an agent served the two jobs at once:\n${logs}`,
     );
-    for (const { name, target } of moved) {
-      assert.equal(
-        (await libvirt.virsh(target, ['domstate', name])).trim(),
-        'running',
-        `${name} at ${target}`,
-      );
-      assert.match(await libvirt.virsh(target, ['dominfo', name]), /^Persistent:\s+yes$/m);
-    }
-    assert.deepEqual(await defined(libvirt, 'h1'), []);
-    assert.deepEqual(await defined(libvirt, 'h2'), []);
+    for (const { name, target } of moved)
+      assert.equal(await movedGuestProblem(libvirt, name, from[name]!, target, before[name]!), undefined);
   },
 );
