@@ -248,24 +248,50 @@ test(
 
 const cli = join(repoRoot, 'dist/src/cli/main.js');
 
-/** h1 the source and h2 the target, each with its libvirt; the guest as a libvirt domain of h1. */
-function writeLibvirtTopology(dir: string, libvirt: LibvirtLab): string {
+/**
+ * The topology of lab hosts, each with its libvirt (`roles`: host -> "role: ...", memory included), and
+ * `vms` lines if any; with the deployment secret beside it. Default: h1 the source, h2 the target, the
+ * guest listed as a libvirt domain of h1.
+ */
+function writeLibvirtTopology(
+  dir: string,
+  libvirt: LibvirtLab,
+  roles: Readonly<Record<string, string>> = { h1: 'role: source', h2: 'role: target, memory: 1GiB' },
+  vms: readonly string[] = [
+    `  - { name: ${GUEST}, memory: ${MEMORY_MIB}MiB, source: { libvirt: { domain: ${GUEST} } } }`,
+  ],
+): string {
   const path = join(dir, 'topology.yaml');
-  const host = (name: string, rest: string) =>
-    `  - { name: ${name}, address: ${libvirt.host(name).labHost.address}, port: 7581, ${rest}, link: 1Gbit, libvirt: "${libvirt.host(name).uri}" }`;
+  const host = (name: string, role: string) =>
+    `  - { name: ${name}, address: ${libvirt.host(name).labHost.address}, port: 7581, ${role}, link: 1Gbit, libvirt: "${libvirt.host(name).uri}" }`;
   writeFileSync(
     path,
     [
       'multicast: { base: 239.255.95.0, size: 4, port: 7590 }',
       'hosts:',
-      host('h1', 'role: source'),
-      host('h2', 'role: target, memory: 1GiB'),
-      'vms:',
-      `  - { name: ${GUEST}, memory: ${MEMORY_MIB}MiB, source: { libvirt: { domain: ${GUEST} } } }`,
+      ...Object.entries(roles).map(([name, role]) => host(name, role)),
+      ...(vms.length > 0 ? ['vms:', ...vms] : []),
     ].join('\n'),
   );
   writeFileSync(join(dir, 'secret'), 'the libvirt lab deployment secret, 32+ bytes', { mode: 0o600 });
   return path;
+}
+
+/** vmscatter's agents at `hosts`, stopped when the test ends. */
+async function startLibvirtAgents(
+  libvirt: LibvirtLab,
+  dir: string,
+  topology: string,
+  hosts: readonly string[],
+  defer: (cleanup: () => Promise<void>) => void,
+): Promise<ProcessWatch[]> {
+  const agents: ProcessWatch[] = [];
+  defer(async () => {
+    for (const agent of agents) agent.child.kill('SIGTERM');
+    for (const agent of agents) await agent.exit(10_000).catch(() => undefined);
+  });
+  for (const host of hosts) agents.push(await startLibvirtAgent(libvirt, dir, topology, host));
+  return agents;
 }
 
 /**
@@ -349,11 +375,7 @@ test(
   async (t) => {
     const { libvirt, dir, defer } = await labWithGuest(t);
     const topology = writeLibvirtTopology(dir, libvirt);
-    const agent = await startLibvirtAgent(libvirt, dir, topology);
-    defer(async () => {
-      agent.child.kill('SIGTERM');
-      await agent.exit(10_000).catch(() => undefined);
-    });
+    const agent = (await startLibvirtAgents(libvirt, dir, topology, ['h2'], defer))[0]!;
     const before = libvirt.serial('h1', GUEST);
     const scatter = watchProcess(
       libvirt.spawn(
@@ -398,11 +420,7 @@ test(
   async (t) => {
     const { libvirt, dir, defer } = await labWithGuest(t);
     const topology = writeLibvirtTopology(dir, libvirt);
-    const agent = await startLibvirtAgent(libvirt, dir, topology);
-    defer(async () => {
-      agent.child.kill('SIGTERM');
-      await agent.exit(10_000).catch(() => undefined);
-    });
+    const agent = (await startLibvirtAgents(libvirt, dir, topology, ['h2'], defer))[0]!;
     const move = watchProcess(
       libvirt.spawn(
         'h1',
@@ -438,27 +456,14 @@ test(
       ['h1', 'h2', 'h3'],
       guests.map((name) => ({ name, host: 'h1' })),
     );
-    const topology = join(dir, 'topology.yaml');
-    const host = (name: string, role: string) =>
-      `  - { name: ${name}, address: ${libvirt.host(name).labHost.address}, port: 7581, ${role}, link: 1Gbit, libvirt: "${libvirt.host(name).uri}" }`;
     // No vms: the evacuated host's libvirt says what runs there.
-    writeFileSync(
-      topology,
-      [
-        'multicast: { base: 239.255.96.0, size: 4, port: 7590 }',
-        'hosts:',
-        host('h1', 'role: source'),
-        host('h2', 'role: target, memory: 512MiB'),
-        host('h3', 'role: target, memory: 512MiB'),
-      ].join('\n'),
-    );
-    writeFileSync(join(dir, 'secret'), 'the libvirt lab deployment secret, 32+ bytes', { mode: 0o600 });
-    const agents: ProcessWatch[] = [];
-    defer(async () => {
-      for (const agent of agents) agent.child.kill('SIGTERM');
-      for (const agent of agents) await agent.exit(10_000).catch(() => undefined);
-    });
-    for (const name of ['h2', 'h3']) agents.push(await startLibvirtAgent(libvirt, dir, topology, name));
+    const roles = {
+      h1: 'role: source',
+      h2: 'role: target, memory: 512MiB',
+      h3: 'role: target, memory: 512MiB',
+    };
+    const topology = writeLibvirtTopology(dir, libvirt, roles, []);
+    const agents = await startLibvirtAgents(libvirt, dir, topology, ['h2', 'h3'], defer);
     const before = new Map(guests.map((g) => [g, libvirt.serial('h1', g)]));
     // The README's drain script, as it stands there, with `vmscatter` on the PATH.
     const bin = join(dir, 'bin');
@@ -512,29 +517,16 @@ test(
         { name: 'g2', host: 'h2' },
       ],
     );
-    const topology = join(dir, 'topology.yaml');
-    const host = (name: string, role: string) =>
-      `  - { name: ${name}, address: ${libvirt.host(name).labHost.address}, port: 7581, ${role}, link: 1Gbit, libvirt: "${libvirt.host(name).uri}" }`;
     // h3 and h4 take one guest each (256 MiB for 192 MiB guests): placed without the other's
     // reservation, both guests would fit either, and the two drains would pick the same.
-    writeFileSync(
-      topology,
-      [
-        'multicast: { base: 239.255.97.0, size: 4, port: 7590 }',
-        'hosts:',
-        host('h1', 'role: source'),
-        host('h2', 'role: target, memory: 256MiB'),
-        host('h3', 'role: target, memory: 256MiB'),
-        host('h4', 'role: target, memory: 256MiB'),
-      ].join('\n'),
+    const target = 'role: target, memory: 256MiB';
+    const topology = writeLibvirtTopology(
+      dir,
+      libvirt,
+      { h1: 'role: source', h2: target, h3: target, h4: target },
+      [],
     );
-    writeFileSync(join(dir, 'secret'), 'the libvirt lab deployment secret, 32+ bytes', { mode: 0o600 });
-    const agents: ProcessWatch[] = [];
-    defer(async () => {
-      for (const agent of agents) agent.child.kill('SIGTERM');
-      for (const agent of agents) await agent.exit(10_000).catch(() => undefined);
-    });
-    for (const name of ['h3', 'h4']) agents.push(await startLibvirtAgent(libvirt, dir, topology, name));
+    const agents = await startLibvirtAgents(libvirt, dir, topology, ['h3', 'h4'], defer);
     const from: Record<string, string> = { g1: 'h1', g2: 'h2' };
     const before: Record<string, string> = { g1: libvirt.serial('h1', 'g1'), g2: libvirt.serial('h2', 'g2') };
     const first = startEvacuation(libvirt, dir, topology, 'h1', ['--exclude-host', 'h2']);
