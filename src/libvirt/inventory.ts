@@ -6,12 +6,17 @@ export interface RunningDomain {
   readonly memoryBytes: number;
 }
 
-/** The domains a libvirt runs (running or paused: `virsh list`), each with its maximum memory. */
-export async function runningDomains(uri: string): Promise<RunningDomain[]> {
-  const names = (await virsh(uri, ['list', '--name']))
+/** The names of the domains a libvirt runs (running or paused: `virsh list`). */
+export async function runningDomainNames(uri: string): Promise<string[]> {
+  return (await virsh(uri, ['list', '--name']))
     .split('\n')
     .map((name) => name.trim())
     .filter((name) => name !== '');
+}
+
+/** The domains a libvirt runs, each with its maximum memory. */
+export async function runningDomains(uri: string): Promise<RunningDomain[]> {
+  const names = await runningDomainNames(uri);
   const domains: RunningDomain[] = [];
   for (const name of names) {
     const memoryBytes = maxMemoryOf(await virsh(uri, ['dominfo', name]));
