@@ -1,4 +1,4 @@
-import { rmSync } from 'node:fs';
+import { chmodSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { openGuestRam } from '../qemu/guest-ram.js';
 import type { MigrationSource } from './migration-source.js';
@@ -127,7 +127,9 @@ export function streamListener(path: string): { accepted: Promise<net.Socket>; c
     server.once('connection', (socket) => resolve(socket));
     server.once('error', reject);
   });
-  server.listen(path);
+  // Only this user may connect (QEMU runs as root or as us), whatever the umask: a stream fed in by
+  // anyone else would be taken for the guest's memory.
+  server.listen(path, () => chmodSync(path, 0o600));
   return {
     accepted,
     close: () => {
