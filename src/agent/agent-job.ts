@@ -12,12 +12,16 @@ import { ReceiverSession } from '../transport/session.js';
 import type { AgentOptions } from './agent-options.js';
 import { chooseAnnouncement } from '../announce/digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
-import { LiveTarget, type HeldPages } from '../live/target.js';
-import { attachLibvirtDestination } from '../live/destination-libvirt.js';
-import { defaultEmulators, refuseCommand } from '../qemu/command-policy.js';
+import { JobLiveTargets } from './live-targets.js';
 import { decodeManifest } from '../wire/manifest.js';
 import { decodeBatch, sliceBatch } from '../memory/page-batches.js';
-import { PROTOCOL_VERSION, type FromAgent, type ToAgent, type VerifiedImage } from '../wire/protocol.js';
+import {
+  PROTOCOL_VERSION,
+  VM_NAME,
+  type FromAgent,
+  type ToAgent,
+  type VerifiedImage,
+} from '../wire/protocol.js';
 import { runningDestinations } from './destinations.js';
 import { fetchFromPeer } from './site-peers.js';
 import type { TemplateStore } from '../store/template-store.js';
@@ -45,9 +49,6 @@ export interface AgentHost {
  * control channel at rebuild time, so one in a million is plenty and keeps the announcement small.
  */
 const ANNOUNCEMENT_FALSE_POSITIVES = 1e-6;
-const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-/** A libvirt domain name as the topology allows it (topology/validate.ts). */
-const DOMAIN_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 const RECEIVER_GIVE_UP_MS = 30_000;
 /** Records stored between two turns of the event loop (about a millisecond of work). */
 const STORE_SLICE_RECORDS = 64;
@@ -65,11 +66,7 @@ export class AgentJob {
   id = '(not started)';
   private readonly sessions = new Map<number, AbortController>();
   private readonly pending = new Map<string, PendingVm>();
-  private readonly liveTargets = new Map<string, LiveTarget>();
-  /** libvirt domains whose destination is being waited for (live-attach), so a rollback stops the wait. */
-  private readonly liveAttaching = new Map<string, AbortController>();
-  /** Why a live VM's stream failed at this end, reported when the coordinator asks for the verdict. */
-  private readonly liveFailures = new Map<string, string>();
+  private readonly live: JobLiveTargets;
   private readonly check = new Uint8Array(DIGEST_BYTES);
   private finished = false;
 
@@ -78,7 +75,16 @@ export class AgentJob {
     private readonly options: AgentOptions,
     private readonly digester: PageDigester,
     private readonly channel: ControlChannel,
-  ) {}
+  ) {
+    this.live = new JobLiveTargets({
+      id: () => this.id,
+      options,
+      digester,
+      store: agent.store,
+      log: (line) => agent.log(line),
+      reply: (message) => this.reply(message),
+    });
+  }
 
   private reply(message: FromAgent): void {
     this.channel.send(message);
@@ -108,13 +114,13 @@ export class AgentJob {
     fetch: () => {
       throw new VmscatterError('VMS_PROTOCOL', "'fetch' is for peer connections, not a job's");
     },
-    'live-incoming': (m) => this.live(m),
-    'live-attach': (m) => this.live(m),
-    'live-stream': (m) => this.live(m),
-    'live-end': (m) => this.live(m),
-    'live-repair': (m) => this.live(m),
-    'live-resume': (m) => this.live(m),
-    'live-abort': (m) => this.live(m),
+    'live-incoming': (m) => this.live.handle(m),
+    'live-attach': (m) => this.live.handle(m),
+    'live-stream': (m) => this.live.handle(m),
+    'live-end': (m) => this.live.handle(m),
+    'live-repair': (m) => this.live.handle(m),
+    'live-resume': (m) => this.live.handle(m),
+    'live-abort': (m) => this.live.handle(m),
     end: () => this.end(),
   };
 
@@ -140,9 +146,7 @@ export class AgentJob {
     if (this.finished) return;
     this.finished = true;
     for (const controller of this.sessions.values()) controller.abort(new Error(why));
-    // A destination not yet resumed is killed: its VM runs on at the source.
-    for (const target of this.liveTargets.values()) void target.abort();
-    this.liveTargets.clear();
+    this.live.abandon();
     const dropped = [...this.pending.keys()];
     this.pending.clear();
     this.agent.store.flush();
@@ -256,139 +260,6 @@ export class AgentJob {
       );
     if (!this.finished)
       this.reply({ t: 'seeded', session: message.session, state, stored, rejected, dropped });
-  }
-
-  private async live(message: Extract<ToAgent, { t: `live-${string}` }>): Promise<void> {
-    const { vm } = message;
-    if (!VM_NAME.test(vm)) throw new VmscatterError('VMS_PROTOCOL', `bad VM name '${vm}'`);
-    const target = this.liveTargets.get(vm);
-    switch (message.t) {
-      case 'live-incoming': {
-        this.liveFailures.delete(vm);
-        const refused = refuseCommand(message.command, {
-          emulators: this.options.emulators ?? defaultEmulators(),
-          ownDir: join(this.options.dir, 'run'),
-        });
-        if (refused) {
-          this.agent.log(`job ${this.id}: ${vm}: refused to start its destination: ${refused}`);
-          return this.reply({ t: 'live-refused', vm, error: refused });
-        }
-        const started = await LiveTarget.start({
-          vm,
-          command: message.command,
-          dir: join(this.options.dir, 'run'),
-          held: this.heldPages(),
-          digester: this.digester,
-        });
-        this.liveTargets.set(vm, started);
-        this.agent.log(`job ${this.id}: ${vm}: destination QEMU waiting for the stream`);
-        return this.reply({ t: 'live-ready', vm });
-      }
-      case 'live-attach': {
-        this.liveFailures.delete(vm);
-        const refuse = (error: string) => {
-          this.agent.log(`job ${this.id}: ${vm}: not attached to domain ${message.domain}: ${error}`);
-          this.reply({ t: 'live-refused', vm, error });
-        };
-        // Only a host configured with a libvirt takes libvirt domains, and only through our sockets.
-        const uri = this.options.libvirt;
-        if (uri === undefined) return refuse('this host has no libvirt (no libvirt: in its topology entry)');
-        if (!DOMAIN_NAME.test(message.domain)) return refuse(`'${message.domain}' is not a domain name`);
-        const attaching = new AbortController();
-        this.liveAttaching.set(vm, attaching);
-        try {
-          const { destination, socket } = await attachLibvirtDestination({
-            uri,
-            domain: message.domain,
-            socket: message.socket,
-            ram: message.ram,
-            signal: attaching.signal,
-          });
-          const held = this.heldPages();
-          const scratch = join(this.options.dir, 'run', 'ram');
-          this.liveTargets.set(vm, new LiveTarget(vm, destination, socket, held, this.digester, scratch));
-        } catch (error) {
-          return refuse((error as Error).message);
-        } finally {
-          this.liveAttaching.delete(vm);
-        }
-        this.agent.log(`job ${this.id}: ${vm}: attached to libvirt's destination of ${message.domain}`);
-        return this.reply({ t: 'live-ready', vm });
-      }
-      case 'live-stream': {
-        // Acknowledged once the destination took the bytes (at once when it failed: the stream
-        // then runs to its end, where live-end reports the failure), so the coordinator reads QEMU's
-        // stream no faster than the destination loads it, and QEMU's own convergence logic sees the
-        // real rate: otherwise the destination would still be loading a backlog with the guest stopped.
-        const ack = () => this.reply({ t: 'live-ack', vm });
-        if (!target || this.liveFailures.has(vm)) return ack();
-        try {
-          target.write(message.records);
-          void target.taken().then(ack);
-        } catch (error) {
-          this.liveFailures.set(vm, (error as Error).message);
-          ack();
-          await target.abort();
-        }
-        return;
-      }
-      case 'live-end': {
-        // A destination that went away while loading (killed by a rollback, or crashed) fails this VM
-        // only: the error is its verdict, not the job's.
-        const failed = this.liveFailures.get(vm);
-        const outcome =
-          failed !== undefined
-            ? { why: failed }
-            : target
-              ? await target
-                  .finish(message.sha256, message.memorySeed)
-                  .catch((error: unknown) => ({ why: `destination QEMU: ${(error as Error).message}` }))
-              : { why: 'no destination was started' };
-        const why = 'why' in outcome ? outcome.why : undefined;
-        if (why && target) await target.abort();
-        if (why) this.liveTargets.delete(vm);
-        this.agent.log(
-          `job ${this.id}: ${vm}: ${why ? `not verified: ${why}` : 'stream verified, memory read'}`,
-        );
-        const memory = 'memory' in outcome ? outcome.memory : new Uint8Array(0);
-        return this.reply({ t: 'live-verified', vm, ok: !why, error: why ?? '', memory });
-      }
-      case 'live-repair': {
-        if (!target) throw new VmscatterError('VMS_PROTOCOL', `repair of ${vm}, which is not waiting here`);
-        const repaired = await target
-          .repair(message.chunks)
-          .then((digests) => ({ ok: true, error: '', digests }))
-          .catch((error: unknown) => ({
-            ok: false,
-            error: (error as Error).message,
-            digests: new Uint8Array(0),
-          }));
-        this.agent.log(
-          `job ${this.id}: ${vm}: ${repaired.ok ? `repaired ${repaired.digests.length / 32} MiB of memory` : `not repaired: ${repaired.error}`}`,
-        );
-        return this.reply({ t: 'live-repaired', vm, ...repaired });
-      }
-      case 'live-resume':
-        if (!target) throw new VmscatterError('VMS_PROTOCOL', `resume of ${vm}, which is not waiting here`);
-        await target.resume();
-        this.liveTargets.delete(vm);
-        this.agent.log(`job ${this.id}: ${vm}: running here`);
-        return this.reply({ t: 'live-resumed', vm });
-      case 'live-abort':
-        this.liveAttaching.get(vm)?.abort();
-        this.liveTargets.delete(vm);
-        if (target) await target.abort();
-        this.agent.log(`job ${this.id}: ${vm}: rolled back (it runs on at the source)`);
-        return;
-    }
-  }
-
-  /** Where a live stream's referenced pages are read: the agent's store. */
-  private heldPages(): HeldPages {
-    return {
-      pageOf: (digest, into) => this.agent.store.get(digest, into),
-      readMany: (digests, count, into, found) => this.agent.store.readMany(digests, count, into, found),
-    };
   }
 
   private async fetchFrom(message: Extract<ToAgent, { t: 'fetch-from' }>): Promise<void> {

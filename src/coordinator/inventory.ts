@@ -6,6 +6,7 @@ import {
   type RunningDomain,
 } from '../libvirt/inventory.js';
 import { sourceHostOf, type Host, type Topology, type Vm } from '../topology/model.js';
+import { VM_NAME } from '../wire/protocol.js';
 
 /**
  * Hosts with a libvirt speak for themselves (`scatter`, `evacuate` and `plan` alike):
@@ -78,6 +79,3 @@ export interface LibvirtInventory {
 }
 
 const VIRSH_INVENTORY: LibvirtInventory = { freeMemoryBytes, runningDomainNames, runningDomains };
-
-/** A VM name as agents take it (the job protocol's rule). */
-const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

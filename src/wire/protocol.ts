@@ -22,6 +22,9 @@ import { isLiveRecord } from '../live/records.js';
 /** 2: several jobs per agent, with guest memory reserved per job ('reserve', 'ready'.reserved). */
 export const PROTOCOL_VERSION = 2;
 
+/** A VM's name as the job protocol carries it (agents name files and sockets after it). */
+export const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
 export type ToAgent =
   | { readonly t: 'job'; readonly version: number; readonly job: string; readonly host: string }
   /**
