@@ -223,7 +223,7 @@ async function main(): Promise<void> {
     const virshDowntimeMs: Record<string, number | undefined> = {};
     for (const [guest, target] of placement) {
       const info = await lv.virsh(target, ['domjobinfo', guest, '--completed']).catch(() => '');
-      const ms = /^Total downtime:\s+(\d+) ms/m.exec(info)?.[1];
+      const ms = /^Total downtime:\s+(\d+)\s+ms/m.exec(info)?.[1];
       virshDowntimeMs[guest] = ms === undefined ? undefined : Number(ms);
     }
     log(`    ${virsh.seconds.toFixed(1)} s, ${(virsh.bytes / MiB).toFixed(1)} MiB on src's link`);
