@@ -8,6 +8,7 @@ import { defaultEmulators, refuseCommand } from '../qemu/command-policy.js';
 import type { TemplateStore } from '../store/template-store.js';
 import { VM_NAME, type FromAgent } from '../wire/protocol.js';
 import type { AgentOptions } from './agent-options.js';
+import { DOMAIN_NAME } from '../topology/validate.js';
 
 /**
  * The target side of a job's live migrations, one VM each: its destination (one this agent starts from
@@ -23,9 +24,6 @@ export interface LiveJob {
   log(line: string): void;
   reply(message: FromAgent): void;
 }
-
-/** A libvirt domain name as the topology allows it (topology/validate.ts). */
-const DOMAIN_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 
 export class JobLiveTargets {
   private readonly targets = new Map<string, LiveTarget>();

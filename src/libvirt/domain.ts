@@ -3,24 +3,20 @@ import { LibvirtError, virsh } from './virsh.js';
 
 /** A domain's state as `virsh domstate` names it ('running', 'paused', 'shut off', …), or 'absent'. */
 export async function domainState(uri: string, domain: string): Promise<string> {
-  const names = await definedDomains(uri);
-  const active = (await virsh(uri, ['list', '--name'])).split('\n').map((n) => n.trim());
-  if (!names.includes(domain) && !active.includes(domain)) return 'absent';
+  if (!(await domainNames(uri, 'all')).includes(domain)) return 'absent';
   return (await virsh(uri, ['domstate', domain])).trim();
 }
 
-/** Names of the domains a libvirt knows, running or not. */
-export async function definedDomains(uri: string): Promise<string[]> {
-  const listed = await virsh(uri, ['list', '--all', '--name']);
+/**
+ * Names of the domains a libvirt knows: 'all' of them (active ones, transient or not, and defined
+ * ones), or the 'running' ones (running or paused).
+ */
+export async function domainNames(uri: string, which: 'all' | 'running'): Promise<string[]> {
+  const listed = await virsh(uri, ['list', ...(which === 'all' ? ['--all'] : []), '--name']);
   return listed
     .split('\n')
     .map((name) => name.trim())
     .filter((name) => name !== '');
-}
-
-/** Whether libvirt keeps the domain's definition (it survives a stop). */
-export async function isPersistent(uri: string, domain: string): Promise<boolean> {
-  return /^Persistent:\s+yes$/m.test(await virsh(uri, ['dominfo', domain]));
 }
 
 /**

@@ -1,3 +1,4 @@
+import { domainNames } from './domain.js';
 import { LibvirtError, virsh } from './virsh.js';
 
 /** A domain a libvirt runs, with the guest memory it was given. */
@@ -7,11 +8,8 @@ export interface RunningDomain {
 }
 
 /** The names of the domains a libvirt runs (running or paused: `virsh list`). */
-export async function runningDomainNames(uri: string): Promise<string[]> {
-  return (await virsh(uri, ['list', '--name']))
-    .split('\n')
-    .map((name) => name.trim())
-    .filter((name) => name !== '');
+export function runningDomainNames(uri: string): Promise<string[]> {
+  return domainNames(uri, 'running');
 }
 
 /** The domains a libvirt runs, each with its maximum memory. */

@@ -3,7 +3,7 @@ import { native } from '../native/native.js';
 import { openProcessRam, pidListeningAt } from '../qemu/guest-ram.js';
 import type { MainRam } from '../qemu/memory-map.js';
 import { waitDomainState } from '../libvirt/domain.js';
-import { LiveTargetError, type Destination } from './target.js';
+import { LiveTargetError, LOAD_TIMEOUT_MS, type Destination } from './target.js';
 
 /**
  * The target side of a libvirt domain's move: the target's libvirt starts the destination QEMU itself
@@ -22,7 +22,6 @@ export const LIBVIRT_SOCKET_PATTERN = /^\/run\/libvirt\/vmscatter-[0-9a-f]{16}\.
 
 /** How long libvirt may take to start the destination once the agent is told to attach. */
 const ATTACH_TIMEOUT_MS = 60_000;
-const LOAD_TIMEOUT_MS = 120_000;
 const POLL_MS = 5;
 /**
  * After QEMU read every byte written: the last buffer it read is parsed in the same turn of its loop,

@@ -29,7 +29,8 @@ export class LiveTargetError extends VmscatterError {
   }
 }
 
-const LOAD_TIMEOUT_MS = 120_000;
+/** The most a destination may take to load what was written to it. */
+export const LOAD_TIMEOUT_MS = 120_000;
 /** Pages of the main RAM kept as last written, where the destination's RAM is found by them. */
 const KNOWN_PAGES = 16;
 
@@ -118,6 +119,7 @@ export class LiveTarget {
   private readonly decoder: LiveStreamDecoder;
   /** A message's stream bytes, written to the destination in one go. */
   private readonly output = new OutputBuffer();
+  private readonly writes: CountedWrites;
   private readonly writer: StreamWriter;
   /** The stream's tail, held back until resume where the destination holds it (copies). */
   private readonly tail: StreamRecord[] = [];
@@ -160,8 +162,6 @@ export class LiveTarget {
       },
     });
   }
-
-  private readonly writes: CountedWrites;
 
   static async start(options: {
     readonly vm: string;

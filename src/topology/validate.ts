@@ -413,14 +413,15 @@ function readQemu(ctx: Ctx, at: Field, baseDir: string): { qmp: string; command:
   return { qmp, command };
 }
 
+/** A libvirt domain name vmscatter takes (agents check it again before they attach to one). */
+export const DOMAIN_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 const DOMAIN_EXPECTED = "the domain's name at the source's libvirt (letters, digits, '.', '_', '-')";
 
 function readLibvirtDomain(ctx: Ctx, at: Field): string {
   const entries = readMap(ctx, at, 'a libvirt source', ['domain']);
   const field = required(ctx, entries, 'domain', DOMAIN_EXPECTED);
   const domain = readString(ctx, field, DOMAIN_EXPECTED);
-  if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/.test(domain))
-    fail(ctx, field, `expected ${DOMAIN_EXPECTED}, got '${domain}'`);
+  if (!DOMAIN_NAME.test(domain)) fail(ctx, field, `expected ${DOMAIN_EXPECTED}, got '${domain}'`);
   return domain;
 }
 
