@@ -196,6 +196,24 @@ static napi_value force_socket_buffer(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * onlyJoinedGroups(fd): the socket receives multicast only for groups it joined itself
+ * (IP_MULTICAST_ALL off). Linux otherwise hands a socket bound to the wildcard address the datagrams
+ * of every group any socket of the host joined on its port. 0, or the errno.
+ */
+static napi_value only_joined_groups(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int64_t fd;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || !int_of(env, argv[0], &fd) || fd < 0) return fail(env, "onlyJoinedGroups(fd)");
+  int off = 0;
+  int rc = setsockopt((int)fd, IPPROTO_IP, IP_MULTICAST_ALL, &off, sizeof(off));
+  napi_value result;
+  napi_create_int32(env, rc == 0 ? 0 : errno, &result);
+  return result;
+}
+
+/*
  * socketUnread(fd): bytes written to a connected stream socket that its peer has not read yet
  * (SIOCOUTQ; on a unix socket they leave the count once the peer's read consumed them), or -errno.
  */
@@ -581,6 +599,7 @@ napi_value transport_exports(napi_env env, napi_value exports) {
       {"aeadOpen", NULL, aead_open, NULL, NULL, NULL, napi_default, NULL},
       {"forceSocketBuffer", NULL, force_socket_buffer, NULL, NULL, NULL, napi_default, NULL},
       {"socketUnread", NULL, socket_unread, NULL, NULL, NULL, napi_default, NULL},
+      {"onlyJoinedGroups", NULL, only_joined_groups, NULL, NULL, NULL, napi_default, NULL},
       {"udpReceiveStart", NULL, udp_receive_start, NULL, NULL, NULL, napi_default, NULL},
       {"udpReceiveStop", NULL, udp_receive_stop, NULL, NULL, NULL, napi_default, NULL},
       {"populate", NULL, populate, NULL, NULL, NULL, napi_default, NULL},

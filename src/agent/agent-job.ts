@@ -65,6 +65,11 @@ interface PendingVm {
 export class AgentJob {
   id = '(not started)';
   private readonly sessions = new Map<number, AbortController>();
+  /**
+   * Every multicast session this job was told of: one round's session is announced while the one
+   * before it ends, on the same group and port, so each receives the other's datagrams for a moment.
+   */
+  private readonly knownSessions = new Set<number>();
   private readonly pending = new Map<string, PendingVm>();
   private readonly live: JobLiveTargets;
   private readonly check = new Uint8Array(DIGEST_BYTES);
@@ -199,6 +204,7 @@ export class AgentJob {
     });
     const controller = new AbortController();
     this.sessions.set(message.session, controller);
+    this.knownSessions.add(message.session);
     let stored = 0;
     let rejected = 0;
     let failure: unknown;
@@ -235,6 +241,8 @@ export class AgentJob {
           }
         });
       },
+      Math.random,
+      this.knownSessions,
     );
     let state: 'complete' | 'failed' = 'failed';
     try {

@@ -94,6 +94,12 @@ program
     parseWholeNumber(64, 2 ** 24),
     16384,
   )
+  .option(
+    '--unicast-below-ms <ms>',
+    'a round that unicast sends to its targets in less link time than this goes by unicast, not by a multicast session of its own (0: every round by multicast)',
+    parseWholeNumber(0, 60_000),
+    50,
+  )
   .addOption(
     new Option(
       '--compression <mode>',

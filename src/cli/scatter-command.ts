@@ -27,6 +27,7 @@ export interface ScatterCommandOptions {
   readonly seed: number;
   readonly mtu?: number;
   readonly roundPages?: number;
+  readonly unicastBelowMs?: number;
   readonly compression?: CompressionMode;
   readonly resume?: boolean;
   readonly secretFile?: string;
@@ -221,6 +222,7 @@ export async function scatterCommand(options: ScatterCommandOptions): Promise<vo
       seed: options.seed,
       resume: options.resume ?? false,
       ...(options.roundPages === undefined ? {} : { roundPages: options.roundPages }),
+      ...(options.unicastBelowMs === undefined ? {} : { unicastBelowMs: options.unicastBelowMs }),
       insecurePlaintext: options.insecurePlaintext ?? false,
       compression: options.compression ?? 'adaptive',
       dryRun: options.dryRun ?? false,
@@ -303,7 +305,10 @@ function renderReport(report: ScatterReport, file: string): string {
     ...(unreached.length > 0 ? ['', ...unreached] : []),
     '',
     `guest memory ${formatBytes(memory)}; on the source's link ${formatBytes(report.source.multicastWireBytes + report.source.unicastBytes)} ` +
-      `(${percent(report.source.multicastWireBytes + report.source.unicastBytes, memory)}) in ${report.source.rounds} multicast round(s)`,
+      `(${percent(report.source.multicastWireBytes + report.source.unicastBytes, memory)}) in ${report.source.rounds - report.source.unicastRounds} multicast round(s)` +
+      (report.source.unicastRounds > 0
+        ? ` (${report.source.unicastRounds} too small for one went by unicast)`
+        : ''),
     `time ${s.total.toFixed(1)} s: connect ${s.connect.toFixed(1)}, scan ${s.scan.toFixed(1)}, plan ${s.plan.toFixed(1)}, ` +
       `multicast ${s.seed.toFixed(1)}, rebuild ${s.rebuild.toFixed(1)}, live migration ${s.migrate.toFixed(1)}`,
   ].join('\n');

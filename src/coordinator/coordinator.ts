@@ -48,6 +48,11 @@ export interface ScatterOptions {
   readonly openSocket?: OpenDatagramSocket;
   /** Pages in one multicast round (bounds the source's memory and what a lost agent loses). */
   readonly roundPages?: number;
+  /**
+   * A round unicast would send to its receivers in less link time than this (ms) goes by unicast,
+   * not by a multicast session of its own (seeding.ts, worthASession); 0 multicasts every round.
+   */
+  readonly unicastBelowMs?: number;
   readonly onProgress?: (event: ScatterProgress) => void;
   readonly onWarning?: (line: string) => void;
   /** Scan, plan and run the pre-flight checks, then stop: nothing moves. */
@@ -214,6 +219,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         mtu: options.mtu,
         compression: options.compression ?? 'adaptive',
         insecurePlaintext: options.insecurePlaintext,
+        ...(options.unicastBelowMs === undefined ? {} : { unicastBelowMs: options.unicastBelowMs }),
         onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),
         ...(options.openSocket ? { openSocket: options.openSocket } : {}),
         ...(options.signal === undefined ? {} : { signal: options.signal }),

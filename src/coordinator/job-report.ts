@@ -67,6 +67,8 @@ export interface ScatterReport {
     readonly multicastWireBytes: number;
     readonly unicastBytes: number;
     readonly rounds: number;
+    /** Rounds too small to pay for a multicast session, whose pages went by unicast. */
+    readonly unicastRounds: number;
     readonly uniquePagesSent: number;
     readonly packets: { readonly data: number; readonly parity: number; readonly repair: number };
   };
@@ -197,6 +199,7 @@ export function plannedReport(
       multicastWireBytes: 0,
       unicastBytes: 0,
       rounds: 0,
+      unicastRounds: 0,
       uniquePagesSent: 0,
       packets: { data: 0, parity: 0, repair: 0 },
     },
@@ -304,6 +307,7 @@ export function jobReport(o: JobOutcome): ScatterReport {
       multicastWireBytes: seeded.multicastWireBytes,
       unicastBytes: rebuilt.unicastBytes,
       rounds: seeded.rounds,
+      unicastRounds: seeded.unicastRounds,
       uniquePagesSent: seeded.uniquePagesSent,
       packets: seeded.packets,
     },

@@ -86,6 +86,8 @@ export interface NativeAddon {
   forceSocketBuffer(fd: number, which: 0 | 1, bytes: number): number;
   /** Bytes written to a connected stream socket that its peer has not read yet (SIOCOUTQ), or -errno. */
   socketUnread(fd: number): number;
+  /** IP_MULTICAST_ALL off: the socket gets only the groups it joined itself. 0, or the errno. */
+  onlyJoinedGroups(fd: number): number;
   /**
    * Reads datagrams from a duplicate of `fd` on libuv's loop, up to one per slot of `buffer`
    * (`slotBytes` each) per recvmmsg call, and calls `callback(count)` per batch; meta holds [length (0:

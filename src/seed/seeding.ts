@@ -2,7 +2,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
 import type { Host } from '../topology/model.js';
-import { realScheduler, type DatagramSocket, type OpenDatagramSocket } from '../transport/datagram.js';
+import { realScheduler, type OpenDatagramSocket } from '../transport/datagram.js';
 import { DgramSocket } from '../transport/dgram-socket.js';
 import { BlockCodec } from '../transport/fec-codec.js';
 import type { SessionResult } from '../transport/multicast-sender.js';
@@ -17,6 +17,7 @@ import {
 import { AgentLostError, type AgentLink } from '../wire/agent-link.js';
 import type { JobWork, SendRound } from '../plan/job-work.js';
 import type { BatchCounts } from '../memory/page-batches.js';
+import { PAGE_SIZE } from '../memory/page.js';
 import { measureCodec, shouldCompress, type CodecRates, type CompressionMode } from '../memory/page-codec.js';
 import { RoundEncoder, type EncodedRound } from './round-encoder.js';
 import { probeGroups, type Unheard } from './reach-check.js';
@@ -26,8 +27,11 @@ import type { SourcePages } from '../store/source-pages.js';
  * Phase 5, seeding: every round of the job's work multicast once to the targets that lack its pages,
  * each round a transport session of its own with a fresh key that travels to the receivers over their
  * control channels. Rounds are encoded (pages read, compressed when it pays) on a worker one round
- * ahead of the wire, and a round goes out as soon as the last one's transport session ended: the
- * receivers' confirmations that they stored it (their 'seeded') are awaited once all rounds are out.
+ * ahead of the wire. A round's session is announced while the one before it still sends its last
+ * data, so its receivers have joined when that one settles, and its data follows at once (each
+ * session on a socket of its own, ending its Done repeats in the background). The receivers'
+ * confirmations that they stored a round (their 'seeded') are awaited once all rounds are out.
+ * Rounds too small to pay for a session (worthASession) are not multicast: their pages go by unicast.
  * Before the first round, each group is probed (reach-check.ts): a target it does not reach is left
  * out of the group's rounds instead of timing each of them out.
  */
@@ -36,6 +40,8 @@ export interface SeedOptions {
   readonly mtu: number;
   readonly compression: CompressionMode;
   readonly insecurePlaintext: boolean;
+  /** Rounds unicast sends in less link time than this (ms) go by unicast (default SESSION_SET_UP_MS). */
+  readonly unicastBelowMs?: number;
   readonly onProgress: (sentPages: number, totalPages: number) => void;
   /** The network the rounds go out on (default: the host's, DgramSocket). */
   readonly openSocket?: OpenDatagramSocket;
@@ -65,6 +71,8 @@ export interface SeedResult {
   readonly multicastPayloadBytes: number;
   readonly multicastWireBytes: number;
   readonly rounds: number;
+  /** Rounds too small for a session of their own (worthASession), left to unicast. */
+  readonly unicastRounds: number;
   readonly uniquePagesSent: number;
   readonly encodings: BatchCounts;
   readonly compression: CompressionDecision;
@@ -86,7 +94,22 @@ export interface SeedResult {
 const BATCH_PAGES = 1024;
 /** Pages sampled to measure the codec on this job's data. */
 const SAMPLE_PAGES = 256;
+/**
+ * Time spent measuring the codec on them: it runs before the first round is encoded, so every
+ * millisecond of it is one of the phase; 256 pages take 1-2 ms a pass, so this is still 20 passes.
+ */
+const CODEC_BUDGET_MS = 40;
 const SEEDED_TIMEOUT_MS = 60_000;
+/**
+ * What a round's session costs besides its data, whatever its size (measured here: 50-70 ms for a
+ * round of a few pages, announce and joins to the last confirmation): below it, unicast is cheaper.
+ */
+const SESSION_SET_UP_MS = 50;
+/**
+ * The next round is announced when the one on the wire has this long left of its first pass: its
+ * receivers' joins (10-35 ms measured here) happen meanwhile instead of on an idle wire.
+ */
+const ANNOUNCE_AHEAD_MS = 40;
 /** IP and UDP headers, our header, a symbol's fixed fields and the AEAD tag: per datagram on the wire. */
 const DATAGRAM_OVERHEAD_BYTES = IPV4_HEADER_BYTES + 8 + HEADER_BYTES + SYMBOL_FIXED_BYTES + TAG_BYTES;
 
@@ -113,34 +136,83 @@ export async function seedRounds(
           Math.min(linkBitsPerSecond, ...compression.roundBitsPerSecond.slice(-1)),
           compression.measured,
         );
+  const multicast = work.rounds.map((round) =>
+    worthASession(round, linkBitsPerSecond, options.unicastBelowMs ?? SESSION_SET_UP_MS),
+  );
   const encodings: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
   let sentPages = 0;
   let interrupted = false;
   let payloadBytes = 0;
   let wireBytes = 0;
   const packets = { data: 0, parity: 0, repair: 0 };
-  const roundWireBytes: number[] = [];
-  const roundCompleted: number[][] = [];
+  const roundWireBytes: number[] = work.rounds.map(() => 0);
+  const roundCompleted: number[][] = work.rounds.map(() => []);
   const droppedByTarget = links.map(() => 0);
-  const socket = await (options.openSocket ?? DgramSocket.open)({
+  const openSocket = options.openSocket ?? DgramSocket.open;
+  const socketOptions = {
     bindAddress: source.address,
     ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
-  });
+  };
   const encoder = new RoundEncoder(pages, BATCH_PAGES);
+  // The sessions stop on the caller's signal, or when seeding fails.
+  const stop = new AbortController();
+  const stopWithCaller = () => stop.abort(options.signal?.reason);
+  if (options.signal?.aborted) stopWithCaller();
+  options.signal?.addEventListener('abort', stopWithCaller, { once: true });
+  let failed = true;
   // Receivers confirm a round once they stored it; the next round goes out meanwhile.
   const confirmations: Promise<void>[] = [];
-  const send = {
+  // Each round's session ends (its last Done repeats, its socket closed) while the next one sends.
+  const endings: Promise<unknown>[] = [];
+  const send: SendSettings = {
     symbolSize: maxSymbolSize(options.mtu),
     rateBytesPerSecond: linkBitsPerSecond / 8,
-    /** Each round starts at the rate the last one arrived at, not from scratch. */
-    initialRateBytesPerSecond: undefined as number | undefined,
+    // The first round starts at the declared link rate (congestion control cuts it where the path
+    // is narrower); each later one where the last arrived.
+    initialRateBytesPerSecond: linkBitsPerSecond / 8,
   };
   let unheard: Unheard[] = [];
+  /** The round whose data has the wire, if any. */
+  let onWire: (OpenRound & { releaseData(): void }) | undefined;
+  /** Records a round on the wire once its receivers all completed or were dropped. */
+  const settle = async (open: OpenRound): Promise<void> => {
+    const result = await settledRound(open, links);
+    const r = open.index;
+    if (result.aborted) interrupted = true;
+    else sent(r);
+    payloadBytes += result.payloadBytes;
+    wireBytes += result.wireBytes;
+    roundWireBytes[r] = result.wireBytes;
+    confirmations.push(
+      result.confirmed.then(({ completed, dropped }) => {
+        roundCompleted[r] = completed;
+        for (const [t, n] of dropped) droppedByTarget[t]! += n;
+      }),
+    );
+    send.initialRateBytesPerSecond = result.finalRateBytesPerSecond;
+    compression.roundBitsPerSecond.push(Math.round((8 * result.wireBytes) / result.seconds));
+    packets.data += result.stats.dataPackets;
+    packets.parity += result.stats.parityPackets;
+    packets.repair += result.stats.repairPackets;
+  };
+  let progressPages = 0;
+  /** Round r is done with, by multicast (`multicasted`) or left to unicast. */
+  const sent = (r: number, multicasted = true) => {
+    if (multicasted) sentPages += work.rounds[r]!.ids.length;
+    progressPages += work.rounds[r]!.ids.length;
+    options.onProgress(progressPages, totalPages);
+  };
+  const nextMulticast = (after: number): number => {
+    let r = after + 1;
+    while (r < work.rounds.length && !multicast[r]) r++;
+    return r;
+  };
   try {
+    let r = nextMulticast(-1);
     let next: Promise<EncodedRound> | undefined =
-      work.rounds[0] && encoder.encode(work.rounds[0].ids, compression.on);
+      r < work.rounds.length ? encoder.encode(work.rounds[r]!.ids, compression.on) : undefined;
     // While the first round is encoded: who hears which group.
-    if (work.rounds.length > 0 && !options.signal?.aborted)
+    if (next && !options.signal?.aborted)
       unheard = await probeGroups({
         rounds: work.rounds,
         plan,
@@ -152,57 +224,66 @@ export async function seedRounds(
         ...(options.openSocket ? { openSocket: options.openSocket } : {}),
       });
     const deaf = new Set(unheard.map((u) => `${u.group}:${u.target}`));
-    for (const [r, round] of work.rounds.entries()) {
+    // Rounds too small for a session of their own go by unicast (see worthASession).
+    for (let u = 0; u < work.rounds.length; u++) if (!multicast[u]) sent(u, false);
+    for (; r < work.rounds.length; r = nextMulticast(r)) {
       if (options.signal?.aborted) {
         interrupted = true;
         break;
       }
+      const round = work.rounds[r]!;
       const encoded = await next!;
       if (encoded.counts.compressed > 0) compression.roundsCompressed++;
-      const following = work.rounds[r + 1];
-      next = following && encoder.encode(following.ids, compressNext());
+      const following = nextMulticast(r);
+      next =
+        following < work.rounds.length
+          ? encoder.encode(work.rounds[following]!.ids, compressNext())
+          : undefined;
       next?.catch(() => undefined); // awaited on the next turn; a failure then is thrown there
       encodings.raw += encoded.counts.raw;
       encodings.uniform += encoded.counts.uniform;
       encodings.compressed += encoded.counts.compressed;
       const receivers = round.receivers.filter((t) => !links[t]!.lost && !deaf.has(`${round.group}:${t}`));
-      roundWireBytes.push(0);
-      roundCompleted.push([]);
-      if (receivers.length > 0) {
-        const result = await seedRound(round, encoded.batches, receivers, plan, links, socket, options, send);
-        payloadBytes += result.payloadBytes;
-        wireBytes += result.wireBytes;
-        roundWireBytes[r] = result.wireBytes;
-        confirmations.push(
-          result.confirmed.then(({ completed, dropped }) => {
-            roundCompleted[r] = completed;
-            for (const [t, n] of dropped) droppedByTarget[t]! += n;
-          }),
-        );
-        send.initialRateBytesPerSecond = result.finalRateBytesPerSecond;
-        compression.roundBitsPerSecond.push(Math.round((8 * result.wireBytes) / result.seconds));
-        packets.data += result.stats.dataPackets;
-        packets.parity += result.stats.parityPackets;
-        packets.repair += result.stats.repairPackets;
-        if (result.aborted) {
-          interrupted = true;
-          break;
-        }
+      if (receivers.length === 0) {
+        sent(r);
+        continue;
       }
-      sentPages += round.ids.length;
-      options.onProgress(sentPages, totalPages);
+      // Announced while the round before still has the wire, so its receivers join meanwhile: its
+      // data starts the moment the wire is free.
+      if (onWire) await onWire.sender.whenFirstPassWithin(ANNOUNCE_AHEAD_MS);
+      const open = await openRound(r, round, encoded.batches, receivers, {
+        plan,
+        links,
+        openSocket,
+        socketOptions,
+        insecurePlaintext: options.insecurePlaintext,
+        signal: stop.signal,
+        send,
+        held: onWire !== undefined,
+      });
+      endings.push(open.ended);
+      if (onWire) await settle(onWire);
+      onWire = open;
+      if (interrupted) break;
+      open.releaseData();
     }
+    if (onWire) await settle(onWire);
     await Promise.all(confirmations);
+    failed = false;
   } finally {
-    // Settled either way before the socket goes (a failure above leaves none to throw unseen).
+    // A failure leaves no session announcing itself forever: those not over yet stop.
+    if (failed) stop.abort(new Error('seeding failed'));
+    // Settled either way before the sockets go (a failure above leaves none to throw unseen).
     await Promise.allSettled(confirmations);
+    await Promise.allSettled(endings);
+    options.signal?.removeEventListener('abort', stopWithCaller);
     await encoder.close();
-    await socket.close();
   }
   return {
     multicastPayloadBytes: payloadBytes,
     multicastWireBytes: wireBytes,
-    rounds: roundWireBytes.length,
+    rounds: work.rounds.length,
+    unicastRounds: multicast.filter((m) => !m).length,
     uniquePagesSent: sentPages,
     encodings,
     compression,
@@ -213,6 +294,18 @@ export async function seedRounds(
     interrupted,
     unheard,
   };
+}
+
+/**
+ * Whether a round is worth a multicast session of its own. A session costs its set-up besides its
+ * data (announce and joins, the last receivers' confirmations: about 50 ms here, whatever its size);
+ * a round whose pages, sent once to each receiver, would take the link less time than that goes by
+ * unicast instead: images' at rebuild, running VMs' in their stream, as for a target multicast does
+ * not reach.
+ */
+export function worthASession(round: SendRound, linkBitsPerSecond: number, setUpMs: number): boolean {
+  const unicastBytes = round.ids.length * PAGE_SIZE * round.receivers.length;
+  return unicastBytes >= (linkBitsPerSecond / 8) * (setUpMs / 1000);
 }
 
 /** Measures the codec on pages spread over what is to be sent, and applies the mode's rule. */
@@ -236,41 +329,61 @@ function decideCompression(
     skip = (skip - round.ids.length) % step;
     if (skip < 0) skip += step;
   }
-  const measured = measureCodec(sample);
+  const measured = measureCodec(sample, CODEC_BUDGET_MS);
   return { ...base, on: shouldCompress(mode, linkBitsPerSecond, measured), measured };
 }
 
-async function seedRound(
+interface SendSettings {
+  readonly symbolSize: number;
+  readonly rateBytesPerSecond: number;
+  initialRateBytesPerSecond: number;
+}
+
+/** A round's session, announced to its receivers; its data goes once released. */
+interface OpenRound {
+  readonly index: number;
+  readonly sender: SenderSession;
+  readonly session: number;
+  readonly receivers: readonly number[];
+  readonly payloadBytes: number;
+  readonly signal: AbortSignal;
+  /** When its data was let go (performance.now()). */
+  startedAt: number;
+  /** Settles once the session is over and its socket closed. */
+  readonly ended: Promise<unknown>;
+}
+
+/**
+ * Opens a round's session on a socket of its own and tells its receivers (key, group, their ids).
+ * Held, it announces itself and gathers joins, and sends data only once released.
+ */
+async function openRound(
+  index: number,
   round: SendRound,
   batches: readonly Uint8Array[],
   receivers: readonly number[],
-  plan: ScatterPlan,
-  links: readonly AgentLink[],
-  socket: DatagramSocket,
-  options: SeedOptions,
-  send: { symbolSize: number; rateBytesPerSecond: number; initialRateBytesPerSecond: number | undefined },
-): Promise<{
-  payloadBytes: number;
-  wireBytes: number;
-  stats: SessionResult['stats'];
-  finalRateBytesPerSecond: number;
-  seconds: number;
-  /**
-   * Once every receiver answered: those that stored the whole round, and the datagrams each (by
-   * target) dropped as forged, replayed, stale or malformed.
-   */
-  confirmed: Promise<{ completed: number[]; dropped: Map<number, number> }>;
-  /** Stopped by the signal: the figures are what went out before it. */
-  aborted: boolean;
-}> {
+  how: {
+    readonly plan: ScatterPlan;
+    readonly links: readonly AgentLink[];
+    readonly openSocket: OpenDatagramSocket;
+    readonly socketOptions: Parameters<OpenDatagramSocket>[0];
+    readonly insecurePlaintext: boolean;
+    readonly signal: AbortSignal;
+    readonly send: SendSettings;
+    /** Announced while another round has the wire: no data until released. */
+    readonly held: boolean;
+  },
+): Promise<OpenRound & { releaseData(): void }> {
+  const { plan, links, send, signal } = how;
   const group = plan.groups[round.group]!;
   const session = randomInt(1, 2 ** 32 - 1);
-  const key = options.insecurePlaintext ? new Uint8Array(0) : new Uint8Array(randomBytes(32));
+  const key = how.insecurePlaintext ? new Uint8Array(0) : new Uint8Array(randomBytes(32));
   const identity = {
     session,
-    key: options.insecurePlaintext ? ('insecure-plaintext' as const) : key,
+    key: how.insecurePlaintext ? ('insecure-plaintext' as const) : key,
     group: `${group.address}:${group.port}`,
   };
+  const socket = await how.openSocket(how.socketOptions);
   const maxObjectBytes = batches.reduce((n, b) => Math.max(n, b.length), 0);
   receivers.forEach((t, i) =>
     links[t]!.send({
@@ -294,31 +407,87 @@ async function seedRound(
       blockSymbols: 64,
       parity: new BlockCodec(),
       rateCapBytesPerSecond: send.rateBytesPerSecond,
-      ...(send.initialRateBytesPerSecond === undefined
-        ? {}
-        : { initialRateBytesPerSecond: send.initialRateBytesPerSecond }),
+      initialRateBytesPerSecond: send.initialRateBytesPerSecond,
       joinTimeoutMs: 10_000,
+      startHeld: how.held,
     },
   );
   // An agent lost mid-round (its control connection closed) is dropped at once, not timed out.
   const unwatch = receivers.map((t, i) => links[t]!.onLost(() => sender.dropReceiver(i + 1)));
-  const started = performance.now();
-  const signal = options.signal;
-  const result = await sender
+  const ended = sender
     .run(signal)
-    .catch((error: unknown) => {
-      if (!signal?.aborted) throw error;
-      return undefined;
-    })
-    .finally(() => unwatch.forEach((stop) => stop()));
-  const seconds = Math.max(1e-3, (performance.now() - started) / 1000);
-  if (!result) return abortedRound(batches, sender.result().stats, sender.rateBytesPerSecond, seconds);
+    .catch(() => undefined) // its outcome is read through whenSettled()
+    .finally(() => {
+      unwatch.forEach((stop) => stop());
+      return socket.close();
+    });
+  const open = {
+    index,
+    sender,
+    session,
+    receivers,
+    payloadBytes: batches.reduce((n, b) => n + b.length, 0),
+    signal,
+    startedAt: performance.now(),
+    ended,
+    releaseData() {
+      open.startedAt = performance.now();
+      sender.releaseData();
+    },
+  };
+  return open;
+}
+
+/**
+ * A round's figures once every receiver completed or was dropped, and a promise of their
+ * confirmations that they stored it.
+ */
+async function settledRound(
+  open: OpenRound,
+  links: readonly AgentLink[],
+): Promise<{
+  payloadBytes: number;
+  wireBytes: number;
+  stats: SessionResult['stats'];
+  finalRateBytesPerSecond: number;
+  seconds: number;
+  /**
+   * Once every receiver answered: those that stored the whole round, and the datagrams each (by
+   * target) dropped as forged, replayed, stale or malformed.
+   */
+  confirmed: Promise<{ completed: number[]; dropped: Map<number, number> }>;
+  /** Stopped by the signal: the figures are what went out before it. */
+  aborted: boolean;
+}> {
+  const { sender, signal } = open;
+  const result = await sender.whenSettled().catch((error: unknown) => {
+    if (!signal?.aborted) throw error;
+    return undefined;
+  });
+  const seconds = Math.max(1e-3, (performance.now() - open.startedAt) / 1000);
+  const stats = result?.stats ?? sender.result().stats;
+  const packets = stats.dataPackets + stats.parityPackets + stats.repairPackets;
+  const figures = {
+    payloadBytes: Math.min(stats.payloadBytes, open.payloadBytes),
+    wireBytes: stats.payloadBytes + packets * DATAGRAM_OVERHEAD_BYTES,
+    stats,
+    finalRateBytesPerSecond: sender.rateBytesPerSecond,
+    seconds,
+  };
+  // Stopped by the signal: no receiver complete, and their 'seeded' replies are not waited for (none
+  // may come for a session the sender left; the job's end releases them).
+  if (!result)
+    return {
+      ...figures,
+      confirmed: Promise.resolve({ completed: [], dropped: new Map<number, number>() }),
+      aborted: true,
+    };
   // An agent the session dropped gets what it lacks over the control channel at rebuild time.
   const completed: number[] = [];
   const dropped = new Map<number, number>();
   const confirmed = Promise.all(
-    receivers.map((t) =>
-      links[t]!.next('seeded', (m) => m.session === session, SEEDED_TIMEOUT_MS).then(
+    open.receivers.map((t) =>
+      links[t]!.next('seeded', (m) => m.session === open.session, SEEDED_TIMEOUT_MS).then(
         (reply) => {
           if (reply.state === 'complete') completed.push(t);
           dropped.set(t, reply.dropped);
@@ -330,40 +499,5 @@ async function seedRound(
     ),
   ).then(() => ({ completed, dropped }));
   confirmed.catch(() => undefined); // awaited by the caller, after later rounds went out
-  const packets = result.stats.dataPackets + result.stats.parityPackets + result.stats.repairPackets;
-  return {
-    payloadBytes: batches.reduce((n, b) => n + b.length, 0),
-    wireBytes: result.stats.payloadBytes + packets * DATAGRAM_OVERHEAD_BYTES,
-    stats: result.stats,
-    finalRateBytesPerSecond: sender.rateBytesPerSecond,
-    seconds,
-    confirmed,
-    aborted: false,
-  };
-}
-
-/**
- * A round stopped by the signal: what crossed the link so far, and no receiver complete. The
- * coordinator does not wait for the receivers' 'seeded' replies: none may come for a session the
- * sender left, and its end of the job releases them.
- */
-function abortedRound(
-  batches: readonly Uint8Array[],
-  stats: SessionResult['stats'],
-  finalRateBytesPerSecond: number,
-  seconds: number,
-) {
-  const packets = stats.dataPackets + stats.parityPackets + stats.repairPackets;
-  return {
-    payloadBytes: Math.min(
-      stats.payloadBytes,
-      batches.reduce((n, b) => n + b.length, 0),
-    ),
-    wireBytes: stats.payloadBytes + packets * DATAGRAM_OVERHEAD_BYTES,
-    stats,
-    finalRateBytesPerSecond,
-    seconds,
-    confirmed: Promise.resolve({ completed: [], dropped: new Map<number, number>() }),
-    aborted: true,
-  };
+  return { ...figures, payloadBytes: open.payloadBytes, confirmed, aborted: false };
 }

@@ -264,6 +264,14 @@ export class DgramSocket implements DatagramSocket {
   joinGroup(group: string): void {
     const { host } = splitAddress(group);
     if (this.joined.has(host)) return;
+    // Only the groups this socket joined: Linux otherwise also hands it every other group joined on
+    // this port by any socket of the host (another round's, another job's, another agent's on the
+    // same machine), each datagram then read and dropped here for nothing. Where the addon is
+    // missing, those still arrive and are dropped as another session's.
+    if (this.joined.size === 0) {
+      const fd = socketFd(this.socket);
+      if (fd !== undefined && typeof native?.onlyJoinedGroups === 'function') native.onlyJoinedGroups(fd);
+    }
     this.socket.addMembership(host, this.multicastInterface);
     this.joined.add(host);
   }

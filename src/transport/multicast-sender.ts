@@ -48,6 +48,11 @@ export interface SenderOptions {
    * those present (the rest catch up by repair, or time out). Announces go out meanwhile.
    */
   readonly joinTimeoutMs?: number;
+  /**
+   * No data until releaseData(): the session announces itself and gathers its receivers' joins while
+   * another session still has the wire (the join timeout counts from the release).
+   */
+  readonly startHeld?: boolean;
 }
 
 /** An object to deliver; its id on the wire is its index in the list given to the sender. */
@@ -96,15 +101,18 @@ export class MulticastSender {
   private readonly receivers = new Map<number, ReceiverState>();
   private readonly repairs = new RepairQueue();
   private readonly rate: RateController;
-  private readonly options: Required<Omit<SenderOptions, 'initialRateBytesPerSecond'>>;
+  private readonly options: Required<Omit<SenderOptions, 'initialRateBytesPerSecond' | 'startHeld'>>;
   private cursor = { object: 0, block: 0, index: 0 };
   private tokens = 0;
   private lastRefillMs: number;
   private lastHeartbeatMs = -Infinity;
   private lastAnnounceMs = -Infinity;
   private doneSent = 0;
-  private readonly startedMs: number;
+  private startedMs: number;
   private dataStarted = false;
+  private held: boolean;
+  /** Source bytes sent on the first pass so far. */
+  private firstPassBytes = 0;
   readonly stats: SenderStats = {
     dataPackets: 0,
     parityPackets: 0,
@@ -145,6 +153,7 @@ export class MulticastSender {
     for (const id of receivers)
       this.receivers.set(id, { joined: false, lastHeardMs: now, objectsComplete: 0, complete: false });
     this.startedMs = now;
+    this.held = options.startHeld === true;
     this.rate = new RateController({
       capBytesPerSecond: options.rateCapBytesPerSecond,
       ...(options.initialRateBytesPerSecond === undefined
@@ -165,6 +174,27 @@ export class MulticastSender {
 
   get done(): boolean {
     return this.doneSent >= DONE_REPEATS;
+  }
+
+  /**
+   * Every receiver has completed or was dropped: the result is final. The session goes on for a few
+   * heartbeats only to repeat its Done to receivers that may have missed it.
+   */
+  get settled(): boolean {
+    return this.doneSent > 0;
+  }
+
+  /** Milliseconds the first pass still needs at the current rate (0 once every object went out once). */
+  get firstPassMsLeft(): number {
+    const total = this.objects.length > 0 ? this.objects[this.objects.length - 1]!.endOffset : 0;
+    return (Math.max(0, total - this.firstPassBytes) / this.rate.rate) * 1000;
+  }
+
+  /** Lets a session created with startHeld send its data (its join wait starts now). */
+  releaseData(): void {
+    if (!this.held) return;
+    this.held = false;
+    this.startedMs = this.io.now();
   }
 
   result(): SessionResult {
@@ -292,7 +322,7 @@ export class MulticastSender {
 
   private sendFirstPass(now: number): boolean {
     const c = this.cursor;
-    if (c.object >= this.objects.length) return false;
+    if (c.object >= this.objects.length || this.held) return false;
     if (!this.dataStarted) {
       const everyone = [...this.receivers.values()].every((r) => r.joined || r.dropped);
       if (!everyone && now - this.startedMs < this.options.joinTimeoutMs) return false;
@@ -301,9 +331,11 @@ export class MulticastSender {
     if (!this.windowOpen(now)) return false;
     const { info, layout } = this.objects[c.object]!;
     const k = symbolsInBlock(layout, c.block);
-    this.sendSymbol(c.object, info, layout, c.block, c.index, k);
-    if (c.index < k) this.stats.dataPackets++;
-    else this.stats.parityPackets++;
+    const bytes = this.sendSymbol(c.object, info, layout, c.block, c.index, k);
+    if (c.index < k) {
+      this.stats.dataPackets++;
+      this.firstPassBytes += bytes;
+    } else this.stats.parityPackets++;
     c.index++;
     if (c.index >= k + this.options.proactiveParity) {
       c.index = 0;
@@ -323,7 +355,7 @@ export class MulticastSender {
     block: number,
     index: number,
     k: number,
-  ): void {
+  ): number {
     const payload =
       index < k
         ? sourceSymbol(info.bytes, layout, block, index)
@@ -344,6 +376,7 @@ export class MulticastSender {
       'group',
     );
     this.stats.payloadBytes += payload.length;
+    return payload.length;
   }
 
   /** Flow control: the first pass may run at most windowBytes ahead of the slowest active receiver. */

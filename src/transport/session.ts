@@ -17,6 +17,7 @@ import {
 } from './packet-crypto.js';
 import {
   HEADER_BYTES,
+  HEADER_SESSION_OFFSET,
   SYMBOL_FIXED_BYTES,
   TAG_BYTES,
   decodeMessage,
@@ -161,6 +162,9 @@ export class SenderSession {
   private cancelTimer: (() => void) | undefined;
   /** Runs the machine now (while running): what changed may end the session or free the wire. */
   private wake: (() => void) | undefined;
+  private readonly settledResult: Promise<SessionResult>;
+  private firstPassWatch: { ms: number; resolve: () => void } | undefined;
+  private settle!: { resolve: (result: SessionResult) => void; reject: (reason: unknown) => void };
 
   constructor(
     private readonly socket: DatagramSocket,
@@ -172,6 +176,8 @@ export class SenderSession {
   ) {
     this.sealer = sealerFor(identity, 0);
     this.opener = openerFor(identity, this.drops);
+    this.settledResult = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    this.settledResult.catch(() => undefined); // run() rejects the same way; this one may go unwatched
     const buffers = new SendBuffers(socket);
     this.machine = new MulticastSender(objects, receivers, options, {
       now: () => scheduler.now(),
@@ -207,6 +213,33 @@ export class SenderSession {
     return this.machine.result();
   }
 
+  /**
+   * The session's outcome, as soon as every receiver completed or was dropped: before run() settles,
+   * which waits for the last repeats of the session's Done (the wire is free from here).
+   */
+  whenSettled(): Promise<SessionResult> {
+    return this.settledResult;
+  }
+
+  /**
+   * Resolves once the first pass needs at most `ms` more at the current rate (or is over): the
+   * moment to announce the session that follows, so its receivers have joined when the wire is free.
+   * One watcher at a time.
+   */
+  whenFirstPassWithin(ms: number): Promise<void> {
+    if (this.machine.done || this.machine.firstPassMsLeft <= ms) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.firstPassWatch = { ms, resolve };
+      this.wake?.();
+    });
+  }
+
+  /** A session made with startHeld starts its data now. */
+  releaseData(): void {
+    this.machine.releaseData();
+    this.wake?.();
+  }
+
   /** Receiver `id` is gone (its agent was lost): the session stops waiting for it. */
   dropReceiver(id: number): void {
     this.machine.dropReceiver(id);
@@ -218,11 +251,16 @@ export class SenderSession {
       const finish = () => {
         this.cancelTimer?.();
         signal?.removeEventListener('abort', abort);
+        this.settle.resolve(this.machine.result());
         resolve(this.machine.result());
       };
       const abort = () => {
         this.cancelTimer?.();
-        reject(signal?.reason ?? new Error('aborted'));
+        const reason = signal?.reason ?? new Error('aborted');
+        this.settle.reject(reason);
+        this.firstPassWatch?.resolve();
+        this.firstPassWatch = undefined;
+        reject(reason);
       };
       if (signal?.aborted) return abort();
       signal?.addEventListener('abort', abort, { once: true });
@@ -232,6 +270,12 @@ export class SenderSession {
       });
       const tick = () => {
         const wait = this.machine.poll();
+        if (this.machine.settled) this.settle.resolve(this.machine.result());
+        const watch = this.firstPassWatch;
+        if (watch && (wait < 0 || this.machine.firstPassMsLeft <= watch.ms)) {
+          this.firstPassWatch = undefined;
+          watch.resolve();
+        }
         if (wait < 0) {
           this.wake = undefined;
           return finish();
@@ -268,6 +312,8 @@ export class ReceiverSession {
     options: ReceiverOptions,
     onObject: (objectId: number, bytes: Uint8Array) => void,
     random: () => number = Math.random,
+    /** Sessions whose datagrams may reach this socket and are not to be counted as drops. */
+    private readonly siblingSessions?: ReadonlySet<number>,
   ) {
     this.senderAddress = senderAddress;
     this.sealer = sealerFor(identity, id);
@@ -286,6 +332,20 @@ export class ReceiverSession {
 
   get stats() {
     return this.machine.stats;
+  }
+
+  /**
+   * A datagram naming another session its owner was told of (a neighbouring round of the same job on
+   * the same port): that session's, not ours and not suspect, so skipped without a drop counted. Its
+   * own session's opener judges it there.
+   */
+  private fromSibling(bytes: Uint8Array): boolean {
+    const siblings = this.siblingSessions;
+    if (siblings === undefined || siblings.size === 0 || bytes.length < HEADER_BYTES) return false;
+    const at = HEADER_SESSION_OFFSET;
+    const session =
+      ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
+    return session !== this.identity.session && siblings.has(session);
   }
 
   /** Which AES-GCM engine seals and opens ('native' or 'node'); undefined in plaintext mode. */
@@ -318,6 +378,7 @@ export class ReceiverSession {
         this.cancelTimer = this.scheduler.schedule(wait, tick);
       };
       this.socket.onDatagram((bytes) => {
+        if (this.fromSibling(bytes)) return;
         const got = openMessage(this.opener, bytes, this.scratch);
         if (!got || got.opened.header.sender !== 0) return;
         this.machine.handle(got.message, Number(got.opened.header.sequence));

@@ -33,6 +33,7 @@ export const MAGIC_PLAINTEXT = 0x5650;
 /** magic u16, version u8, type u8, session u32, sender u32, sequence u64. */
 export const HEADER_BYTES = 20;
 export const HEADER_TYPE_OFFSET = 3;
+export const HEADER_SESSION_OFFSET = 4;
 /** sender u32 || sequence u64: the last 12 header bytes, which are also the AES-GCM nonce. */
 export const HEADER_NONCE_OFFSET = 8;
 export const HEADER_SEQUENCE_OFFSET = 12;

@@ -114,8 +114,9 @@ test('scatter on loopback: 6 VMs to 3 agents byte-identical; a second job sends 
   assert.equal(second.code, 0, second.stderr);
   assert.equal(second.report.pages.multicast, 0, 'every page is held from the first job');
   assert.equal(second.report.source.multicastWireBytes, 0);
+  // By multicast, or by unicast for rounds too small to pay for a session.
   const delivered = first.report.targets.reduce(
-    (n: number, x: { multicastPages: number }) => n + x.multicastPages,
+    (n: number, x: { multicastPages: number; unicastPages: number }) => n + x.multicastPages + x.unicastPages,
     0,
   );
   assert.equal(second.report.pages.held, delivered, 'each target holds every page it was sent');
@@ -159,7 +160,19 @@ test('an agent killed mid-multicast fails only its VMs (exit 6); --resume re-sen
 
   const job = spawn(
     process.execPath,
-    [cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json', '--round-pages', '512'],
+    [
+      cli,
+      'scatter',
+      '--topology',
+      topology,
+      '--work-dir',
+      dir,
+      '--json',
+      '--round-pages',
+      '512',
+      '--unicast-below-ms',
+      '0',
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let stdout = '';
@@ -289,7 +302,19 @@ test('a disk that fills up during the job fails the VMs of that target clearly; 
   for (const host of ['t1', 't2', 't3']) agents.push(await startAgent(dir, topology, host));
   const job = spawn(
     process.execPath,
-    [cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json', '--round-pages', '512'],
+    [
+      cli,
+      'scatter',
+      '--topology',
+      topology,
+      '--work-dir',
+      dir,
+      '--json',
+      '--round-pages',
+      '512',
+      '--unicast-below-ms',
+      '0',
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let stdout = '';

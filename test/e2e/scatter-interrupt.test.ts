@@ -68,7 +68,20 @@ interface Job {
 function startScatter(t: TestContext, dir: string, topology: string, ...args: string[]): Job {
   const child = spawn(
     process.execPath,
-    [cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json', '--round-pages', '512', ...args],
+    [
+      cli,
+      'scatter',
+      '--topology',
+      topology,
+      '--work-dir',
+      dir,
+      '--json',
+      '--round-pages',
+      '512',
+      '--unicast-below-ms',
+      '0',
+      ...args,
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'], detached: true },
   );
   const output = { stdout: '', stderr: '' };
@@ -167,7 +180,20 @@ test('Ctrl-C mid-multicast: report, exit 130 within seconds, no agent or partial
   // The same command with --resume finishes the job, without what the agents stored before Ctrl-C.
   const resumed = spawnSync(
     process.execPath,
-    [cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json', '--round-pages', '512', '--resume'],
+    [
+      cli,
+      'scatter',
+      '--topology',
+      topology,
+      '--work-dir',
+      dir,
+      '--json',
+      '--round-pages',
+      '512',
+      '--unicast-below-ms',
+      '0',
+      '--resume',
+    ],
     { encoding: 'utf8', timeout: 45_000 },
   );
   assert.equal(resumed.status, 0, resumed.stderr);

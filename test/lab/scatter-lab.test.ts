@@ -96,7 +96,14 @@ test('lab scatter: 8 VMs -> 4 targets, 1% loss, an agent killed mid-run and resu
   for (const host of targets) agents.set(host, await startAgent(lab, dir, topology, host));
 
   const scatterArgs = [cli, 'scatter', '--topology', topology, '--work-dir', dir, '--json'];
-  const secretArgs = ['--secret-file', join(dir, 'secret'), '--round-pages', '1024'];
+  const secretArgs = [
+    '--secret-file',
+    join(dir, 'secret'),
+    '--round-pages',
+    '1024',
+    '--unicast-below-ms',
+    '0',
+  ];
   const first = watchProcess(
     lab.spawn('src', process.execPath, [...scatterArgs, ...secretArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],

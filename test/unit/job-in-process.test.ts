@@ -79,7 +79,7 @@ function scatter(
   topology: ScatterOptions['topology'],
   dir: string,
   network: MemoryNetwork,
-  extra: Pick<ScatterOptions, 'onProgress'> & { readonly resume?: boolean } = {},
+  extra: Pick<ScatterOptions, 'onProgress' | 'unicastBelowMs'> & { readonly resume?: boolean } = {},
 ): Promise<ScatterReport> {
   return runScatter({
     ...defaultPlanOptions,
@@ -90,6 +90,8 @@ function scatter(
     resume: false,
     insecurePlaintext: false,
     roundPages: 256,
+    // These jobs are about multicast rounds: every round gets a session, however small.
+    unicastBelowMs: 0,
     openSocket: network.opener('src'),
     ...extra,
   });
@@ -177,6 +179,23 @@ test('in-process job: a target multicast does not reach gets its pages by unicas
   for (const other of report.targets.filter((x) => x.name !== 't3')) {
     assert.equal(other.multicastUnreached, undefined, other.name);
     assert.ok(other.multicastPages > 0, `${other.name} still received by multicast`);
+  }
+  assertImagesAtTargets(topology, dir, report);
+});
+
+test('in-process job: rounds too small to pay for a session go by unicast, and every VM still verifies', async (t) => {
+  const network = new MemoryNetwork(realScheduler, Math.random, {});
+  const { dir, topology } = await jobWithAgents(t, network);
+  // Every round of this small job is under a minute of unicast at 1 Gbit/s: none gets a session.
+  const report = await scatter(topology, dir, network, { unicastBelowMs: 60_000 });
+  t.diagnostic(`job: ${JSON.stringify(report.seconds)}`);
+  assert.equal(report.ok, true, JSON.stringify(report.vms.filter((vm) => !vm.verified)));
+  assert.ok(report.source.rounds > 0);
+  assert.equal(report.source.unicastRounds, report.source.rounds);
+  assert.equal(report.source.multicastPayloadBytes, 0);
+  for (const target of report.targets.filter((x) => x.vms.length > 0)) {
+    assert.equal(target.multicastPages, 0, target.name);
+    assert.ok(target.unicastPages > 0, `${target.name} got its pages over the control channel`);
   }
   assertImagesAtTargets(topology, dir, report);
 });

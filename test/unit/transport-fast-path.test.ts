@@ -286,6 +286,34 @@ test('dgram socket: reads in batches through the addon, a 65507-byte datagram an
   }
 });
 
+test("dgram socket: a receiver gets the groups it joined, not another socket's on the same port", async () => {
+  // Two receivers on one port, as two rounds' (or two agents' on one machine) are: each joined its
+  // own group. Without IP_MULTICAST_ALL off, Linux hands both of them both groups' datagrams.
+  const port = 41_000 + (process.pid % 1000);
+  const open = () => DgramSocket.open({ port, multicastInterface: '127.0.0.1' });
+  const [a, b] = [await open(), await open()];
+  const sender = await DgramSocket.open({ bindAddress: '127.0.0.1', multicastInterface: '127.0.0.1' });
+  try {
+    a.joinGroup(`239.255.77.1:${port}`);
+    b.joinGroup(`239.255.77.2:${port}`);
+    const toA: number[] = [];
+    const toB: number[] = [];
+    a.onDatagram((bytes) => toA.push(bytes[0]!));
+    b.onDatagram((bytes) => toB.push(bytes[0]!));
+    for (let i = 0; i < 20; i++) {
+      sender.send(Uint8Array.of(1), `239.255.77.1:${port}`);
+      sender.send(Uint8Array.of(2), `239.255.77.2:${port}`);
+    }
+    const deadline = Date.now() + 5000;
+    while ((toA.length < 20 || toB.length < 20) && Date.now() < deadline) await realSleep(10);
+    await realSleep(50); // anything crossing over would have come by now
+    assert.deepEqual(toA, new Array<number>(20).fill(1), 'the first receiver: its group only');
+    assert.deepEqual(toB, new Array<number>(20).fill(2), 'the second receiver: its group only');
+  } finally {
+    await Promise.all([a.close(), b.close(), sender.close()]);
+  }
+});
+
 function realSleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
