@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "vmscatter_native",
-      "sources": ["native/page-digest.c", "native/chunk-digest.c", "native/transport.c"],
+      "sources": ["native/page-digest.c", "native/chunk-digest.c", "native/transport.c", "native/page-records.c"],
       "cflags": ["-O3", "-Wall", "-Wextra"]
     }
   ]

@@ -184,6 +184,8 @@ static napi_value scan_pages(napi_env env, napi_callback_info info) {
 napi_value chunk_digest_exports(napi_env env, napi_value exports);
 /* transport.c: the transport's packet AEAD and socket buffers. */
 napi_value transport_exports(napi_env env, napi_value exports);
+/* page-records.c: a batch of page records (uniform, LZ4 or raw) in one call. */
+napi_value page_records_exports(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
@@ -192,7 +194,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"scanPages", NULL, scan_pages, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
-  return transport_exports(env, chunk_digest_exports(env, exports));
+  return page_records_exports(env, transport_exports(env, chunk_digest_exports(env, exports)));
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

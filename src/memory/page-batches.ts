@@ -1,5 +1,6 @@
 import { DIGEST_BYTES, PAGE_SIZE, ZERO_PAGE_ID, type VmPages } from './page.js';
 import { decodePage, encodePage, PageEncoding } from './page-codec.js';
+import { native } from '../native/native.js';
 
 /**
  * Unique pages travel in batches: transport objects of records [digest | encoded page], so a target
@@ -57,6 +58,31 @@ export interface BatchCounts {
  * `digests` holds 16 bytes per page and `pages` 4096 bytes per page, in the same order.
  */
 export function encodeRecords(
+  digests: Uint8Array,
+  pages: Uint8Array,
+  compress: boolean,
+  counts?: BatchCounts,
+): Uint8Array {
+  const n = digests.length / DIGEST_BYTES;
+  const addon = native;
+  // The addon writes every record in one call (native/page-records.c): the binding's LZ4 costs a call
+  // and a fresh buffer per page. Its blocks decode with the same decoder as the binding's.
+  if (typeof addon?.encodePageRecords === 'function' && pages.length === n * PAGE_SIZE) {
+    const out = new Uint8Array(n * (RECORD_HEADER_BYTES + PAGE_SIZE));
+    const tally = new Int32Array(3);
+    const length = addon.encodePageRecords(digests, pages, compress, out, tally);
+    if (counts) {
+      counts.raw += tally[0]!;
+      counts.uniform += tally[1]!;
+      counts.compressed += tally[2]!;
+    }
+    return out.slice(0, length);
+  }
+  return encodeRecordsOneByOne(digests, pages, compress, counts);
+}
+
+/** encodeRecords a page at a time through page-codec.ts: where the addon is not built. */
+export function encodeRecordsOneByOne(
   digests: Uint8Array,
   pages: Uint8Array,
   compress: boolean,

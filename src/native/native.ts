@@ -86,6 +86,17 @@ export interface NativeAddon {
   forceSocketBuffer(fd: number, which: 0 | 1, bytes: number): number;
   /** Bytes written to a connected stream socket that its peer has not read yet (SIOCOUTQ), or -errno. */
   socketUnread(fd: number): number;
+  /**
+   * A batch's page records (page-batches.ts encodeRecords) written into `out` (4115 bytes per page);
+   * their length. `counts` [raw, uniform, compressed] gets the batch's pages added.
+   */
+  encodePageRecords(
+    digests: Uint8Array,
+    pages: Uint8Array,
+    compress: boolean,
+    out: Uint8Array,
+    counts: Int32Array,
+  ): number;
   /** IP_MULTICAST_ALL off: the socket gets only the groups it joined itself. 0, or the errno. */
   onlyJoinedGroups(fd: number): number;
   /**

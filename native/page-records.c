@@ -1,0 +1,200 @@
+/*
+ * A batch of page records in one call: per page [digest (16) | encoding (1) | length (u16 LE) |
+ * payload], the page uniform (one 8-byte word repeated: the word), LZ4-compressed (a block with its
+ * decoded size, u32 LE, in front) when that saves at least 1/8 of it, or raw. The same records as
+ * encodeRecords in src/memory/page-batches.ts, which calls this where the addon is built.
+ *
+ * Why here: through the npm LZ4 binding a page costs a call into the addon and a fresh output
+ * buffer (the kernel faults it in), about 14 us per compressible page on these machines, where the
+ * compression itself is a few. This writes every record of the batch into one buffer.
+ *
+ * The LZ4 block compressor is a plain greedy one (a 4096-entry hash of 4-byte sequences, LZ4's
+ * skipping over incompressible stretches, the format's end rules: the last 5 bytes are literals, no match starts within 12 bytes of the end). Its blocks
+ * are standard LZ4 blocks: the targets decode them with the same decoder as always, which checks
+ * every length against the page (decoding stays in the binding, where a forged block is refused).
+ */
+#include <node_api.h>
+#include "napi-args.h"
+#include <stdint.h>
+#include <string.h>
+
+#define PAGE_BYTES 4096
+#define DIGEST_LEN 16
+#define RECORD_HEAD 19
+#define UNIFORM_WORD 8
+/* A compressed page must save 1/8 of the page, prefix included (page-codec.ts MAX_COMPRESSED_BYTES). */
+#define MAX_COMPRESSED (PAGE_BYTES - PAGE_BYTES / 8)
+#define SIZE_PREFIX 4
+#define HASH_LOG 12
+#define MIN_MATCH 4
+#define LAST_LITERALS 5
+#define MF_LIMIT 12
+#define SKIP_STRENGTH 6
+
+enum { ENCODING_RAW = 0, ENCODING_UNIFORM = 1, ENCODING_LZ4 = 2 };
+
+static inline uint32_t read32(const uint8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+static inline uint32_t hash4(uint32_t sequence) { return (sequence * 2654435761u) >> (32 - HASH_LOG); }
+
+/* Writes a length's continuation bytes (after the 15 in its token nibble); NULL past `end`. */
+static inline uint8_t *put_length(uint8_t *op, const uint8_t *end, size_t rest) {
+  while (rest >= 255) {
+    if (op >= end) return NULL;
+    *op++ = 255;
+    rest -= 255;
+  }
+  if (op >= end) return NULL;
+  *op++ = (uint8_t)rest;
+  return op;
+}
+
+/* Literals [from, from + count) with the token's high nibble; NULL when they do not fit before `end`. */
+static inline uint8_t *put_literals(uint8_t *op, const uint8_t *end, uint8_t **token, const uint8_t *from,
+                                    size_t count) {
+  if (op >= end) return NULL;
+  *token = op++;
+  if (count >= 15) {
+    **token = 15 << 4;
+    op = put_length(op, end, count - 15);
+    if (op == NULL) return NULL;
+  } else {
+    **token = (uint8_t)(count << 4);
+  }
+  if ((size_t)(end - op) < count) return NULL;
+  memcpy(op, from, count);
+  return op + count;
+}
+
+/* An LZ4 block of src[0..n) into dst (at most cap bytes); its length, or 0 when it does not fit. */
+static size_t lz4_block(const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {
+  uint16_t table[1 << HASH_LOG];
+  const uint8_t *end = dst + cap;
+  uint8_t *op = dst;
+  uint8_t *token;
+  size_t anchor = 0;
+  if (n >= MF_LIMIT + 1) {
+    memset(table, 0, sizeof(table));
+    const size_t match_start_limit = n - MF_LIMIT; /* a match starts before this */
+    const size_t match_end_limit = n - LAST_LITERALS; /* and ends at most here */
+    size_t ip = 1;
+    /* As LZ4 does: after every 64 misses in a row the search steps one byte further, so an
+     * incompressible page is given up on quickly. */
+    size_t misses = 1 << SKIP_STRENGTH;
+    while (ip < match_start_limit) {
+      const uint32_t sequence = read32(src + ip);
+      const uint32_t h = hash4(sequence);
+      size_t ref = table[h];
+      table[h] = (uint16_t)ip;
+      if (read32(src + ref) != sequence) {
+        ip += misses++ >> SKIP_STRENGTH;
+        continue;
+      }
+      misses = 1 << SKIP_STRENGTH;
+      while (ip > anchor && ref > 0 && src[ip - 1] == src[ref - 1]) {
+        ip--;
+        ref--;
+      }
+      size_t length = MIN_MATCH;
+      while (ip + length < match_end_limit && src[ip + length] == src[ref + length]) length++;
+      op = put_literals(op, end, &token, src + anchor, ip - anchor);
+      if (op == NULL || end - op < 2) return 0;
+      const size_t offset = ip - ref;
+      *op++ = (uint8_t)(offset & 0xff);
+      *op++ = (uint8_t)(offset >> 8);
+      const size_t extra = length - MIN_MATCH;
+      if (extra >= 15) {
+        *token |= 15;
+        op = put_length(op, end, extra - 15);
+        if (op == NULL) return 0;
+      } else {
+        *token |= (uint8_t)extra;
+      }
+      ip += length;
+      anchor = ip;
+      if (ip < match_start_limit) table[hash4(read32(src + ip - 2))] = (uint16_t)(ip - 2);
+    }
+  }
+  op = put_literals(op, end, &token, src + anchor, n - anchor);
+  return op == NULL ? 0 : (size_t)(op - dst);
+}
+
+/*
+ * encodePageRecords(digests, pages, compress, out, counts): the batch's records written into `out`
+ * (room for at least 4115 bytes per page); its length. counts (Int32Array of 3) gets the pages sent
+ * raw, uniform and compressed added to it.
+ */
+static napi_value encode_page_records(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  uint8_t *digests, *pages, *out;
+  size_t digests_length, pages_length, out_length;
+  bool compress = false;
+  napi_typedarray_type counts_type;
+  size_t counts_length;
+  void *counts_raw;
+  napi_value counts_buffer;
+  size_t counts_offset;
+  if (argc < 5 || !bytes_of(env, argv[0], &digests, &digests_length) ||
+      !bytes_of(env, argv[1], &pages, &pages_length) || napi_get_value_bool(env, argv[2], &compress) != napi_ok ||
+      !bytes_of(env, argv[3], &out, &out_length) ||
+      napi_get_typedarray_info(env, argv[4], &counts_type, &counts_length, &counts_raw, &counts_buffer,
+                               &counts_offset) != napi_ok ||
+      counts_type != napi_int32_array || counts_length < 3)
+    return fail(env, "encodePageRecords(digests, pages, compress, out, counts: Int32Array(3))");
+  const size_t count = pages_length / PAGE_BYTES;
+  if (pages_length % PAGE_BYTES != 0 || digests_length != count * DIGEST_LEN ||
+      out_length < count * (RECORD_HEAD + PAGE_BYTES))
+    return fail(env, "encodePageRecords: 16 digest bytes and 4096 page bytes per page, out 4115 per page");
+  int32_t *counts = counts_raw;
+  uint8_t *op = out;
+  for (size_t i = 0; i < count; i++) {
+    const uint8_t *page = pages + i * PAGE_BYTES;
+    memcpy(op, digests + i * DIGEST_LEN, DIGEST_LEN);
+    uint8_t *payload = op + RECORD_HEAD;
+    size_t length;
+    uint8_t encoding;
+    if (memcmp(page, page + UNIFORM_WORD, PAGE_BYTES - UNIFORM_WORD) == 0) {
+      encoding = ENCODING_UNIFORM;
+      length = UNIFORM_WORD;
+      memcpy(payload, page, UNIFORM_WORD);
+      counts[1]++;
+    } else {
+      size_t block = compress ? lz4_block(page, PAGE_BYTES, payload + SIZE_PREFIX, MAX_COMPRESSED - SIZE_PREFIX) : 0;
+      if (block > 0) {
+        encoding = ENCODING_LZ4;
+        payload[0] = PAGE_BYTES & 0xff;
+        payload[1] = (PAGE_BYTES >> 8) & 0xff;
+        payload[2] = 0;
+        payload[3] = 0;
+        length = SIZE_PREFIX + block;
+        counts[2]++;
+      } else {
+        encoding = ENCODING_RAW;
+        length = PAGE_BYTES;
+        memcpy(payload, page, PAGE_BYTES);
+        counts[0]++;
+      }
+    }
+    op[DIGEST_LEN] = encoding;
+    op[DIGEST_LEN + 1] = (uint8_t)(length & 0xff);
+    op[DIGEST_LEN + 2] = (uint8_t)(length >> 8);
+    op = payload + length;
+  }
+  napi_value result;
+  napi_create_int64(env, (int64_t)(op - out), &result);
+  return result;
+}
+
+napi_value page_records_exports(napi_env env, napi_value exports) {
+  napi_property_descriptor properties[] = {
+      {"encodePageRecords", NULL, encode_page_records, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
+  return exports;
+}
