@@ -191,9 +191,125 @@ static napi_value encode_page_records(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * One page from an LZ4 block (no size prefix) into dst: 1 when the block decodes to exactly a page,
+ * 0 for anything else. The block comes off the network: every length is checked against what is
+ * left of the input and of the page, and a match may only reach back into what was written.
+ */
+static int lz4_page(const uint8_t *ip, const uint8_t *iend, uint8_t *dst) {
+  uint8_t *op = dst;
+  uint8_t *const oend = dst + PAGE_BYTES;
+  for (;;) {
+    if (ip >= iend) return 0;
+    const unsigned token = *ip++;
+    size_t literals = token >> 4;
+    if (literals == 15) {
+      unsigned more;
+      do {
+        if (ip >= iend) return 0;
+        more = *ip++;
+        literals += more;
+      } while (more == 255);
+    }
+    if ((size_t)(iend - ip) < literals || (size_t)(oend - op) < literals) return 0;
+    memcpy(op, ip, literals);
+    op += literals;
+    ip += literals;
+    if (ip == iend) return op == oend; /* the last sequence has literals only */
+    if (iend - ip < 2) return 0;
+    const size_t offset = (size_t)ip[0] | ((size_t)ip[1] << 8);
+    ip += 2;
+    if (offset == 0 || offset > (size_t)(op - dst)) return 0;
+    size_t length = token & 15;
+    if (length == 15) {
+      unsigned more;
+      do {
+        if (ip >= iend) return 0;
+        more = *ip++;
+        length += more;
+      } while (more == 255);
+    }
+    length += MIN_MATCH;
+    if ((size_t)(oend - op) < length) return 0;
+    const uint8_t *match = op - offset;
+    if (offset >= length) {
+      memcpy(op, match, length);
+    } else {
+      for (size_t i = 0; i < length; i++) op[i] = match[i]; /* overlapping: a repeat of the last bytes */
+    }
+    op += length;
+  }
+}
+
+/*
+ * decodePageRecords(batch, digests, pages, tally): the batch's records decoded, in order, into
+ * `digests` (16 bytes each) and `pages` (4096 each), as many as they have room for; a truncated
+ * record ends the batch. A record whose payload is not a page (unknown encoding, wrong length, an
+ * LZ4 block that does not decode to exactly a page) is skipped. tally (Int32Array of 2) gets
+ * [records decoded, records skipped]. Never throws on the batch's content: it comes off the network.
+ */
+static napi_value decode_page_records(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  uint8_t *batch, *digests, *pages;
+  size_t batch_length, digests_length, pages_length;
+  napi_typedarray_type tally_type;
+  size_t tally_length;
+  void *tally_raw;
+  napi_value tally_buffer;
+  size_t tally_offset;
+  if (argc < 4 || !bytes_of(env, argv[0], &batch, &batch_length) ||
+      !bytes_of(env, argv[1], &digests, &digests_length) || !bytes_of(env, argv[2], &pages, &pages_length) ||
+      napi_get_typedarray_info(env, argv[3], &tally_type, &tally_length, &tally_raw, &tally_buffer,
+                               &tally_offset) != napi_ok ||
+      tally_type != napi_int32_array || tally_length < 2)
+    return fail(env, "decodePageRecords(batch, digests, pages, tally: Int32Array(2))");
+  const size_t room = pages_length / PAGE_BYTES < digests_length / DIGEST_LEN ? pages_length / PAGE_BYTES
+                                                                                : digests_length / DIGEST_LEN;
+  int32_t *tally = tally_raw;
+  size_t decoded = 0, skipped = 0, offset = 0;
+  while (decoded < room && batch_length - offset >= RECORD_HEAD) {
+    const uint8_t *record = batch + offset;
+    const size_t length = (size_t)record[DIGEST_LEN + 1] | ((size_t)record[DIGEST_LEN + 2] << 8);
+    if (batch_length - offset - RECORD_HEAD < length) break;
+    const uint8_t *payload = record + RECORD_HEAD;
+    uint8_t *page = pages + decoded * PAGE_BYTES;
+    int ok = 0;
+    switch (record[DIGEST_LEN]) {
+      case ENCODING_RAW:
+        ok = length == PAGE_BYTES;
+        if (ok) memcpy(page, payload, PAGE_BYTES);
+        break;
+      case ENCODING_UNIFORM:
+        ok = length == UNIFORM_WORD;
+        if (ok)
+          for (size_t i = 0; i < PAGE_BYTES; i += UNIFORM_WORD) memcpy(page + i, payload, UNIFORM_WORD);
+        break;
+      case ENCODING_LZ4:
+        ok = length >= SIZE_PREFIX && payload[0] == (PAGE_BYTES & 0xff) && payload[1] == (PAGE_BYTES >> 8) &&
+             payload[2] == 0 && payload[3] == 0 && lz4_page(payload + SIZE_PREFIX, payload + length, page);
+        break;
+      default:
+        ok = 0;
+    }
+    if (ok) {
+      memcpy(digests + decoded * DIGEST_LEN, record, DIGEST_LEN);
+      decoded++;
+    } else {
+      skipped++;
+    }
+    offset += RECORD_HEAD + length;
+  }
+  tally[0] += (int32_t)decoded;
+  tally[1] += (int32_t)skipped;
+  return NULL;
+}
+
 napi_value page_records_exports(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"encodePageRecords", NULL, encode_page_records, NULL, NULL, NULL, napi_default, NULL},
+      {"decodePageRecords", NULL, decode_page_records, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return exports;

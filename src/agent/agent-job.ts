@@ -14,7 +14,7 @@ import { chooseAnnouncement } from '../announce/digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
 import { JobLiveTargets } from './live-targets.js';
 import { decodeManifest } from '../wire/manifest.js';
-import { decodeBatch, sliceBatch } from '../memory/page-batches.js';
+import { decodeRecords, sliceBatch } from '../memory/page-batches.js';
 import {
   PROTOCOL_VERSION,
   VM_NAME,
@@ -72,7 +72,6 @@ export class AgentJob {
   private readonly knownSessions = new Set<number>();
   private readonly pending = new Map<string, PendingVm>();
   private readonly live: JobLiveTargets;
-  private readonly check = new Uint8Array(DIGEST_BYTES);
   private finished = false;
 
   constructor(
@@ -304,26 +303,26 @@ export class AgentJob {
 
   /** Stores a batch's pages that match their digests; a page that does not is dropped and counted. */
   private storeRecords(bytes: Uint8Array): { stored: number; rejected: number } {
-    let rejected = 0;
-    const valid: { digest: Uint8Array; page: Uint8Array }[] = [];
-    for (const record of decodeBatch(bytes)) {
-      if (!record.page) {
-        rejected++;
-        continue;
+    const { digests, pages, count, rejected: undecodable } = decodeRecords(bytes);
+    const checks = new Uint8Array(count * DIGEST_BYTES);
+    this.digester.digestMany(pages, 0, count, checks, 0);
+    // The pages whose digest matches move up over those that do not, in place.
+    let valid = 0;
+    for (let i = 0; i < count; i++) {
+      if (!sameDigest(checks, digests, i * DIGEST_BYTES)) continue;
+      if (valid !== i) {
+        digests.copyWithin(valid * DIGEST_BYTES, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES);
+        pages.copyWithin(valid * PAGE_SIZE, i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
       }
-      this.digester.digestInto(record.page, 0, this.check, 0);
-      if (Buffer.compare(this.check, record.digest) !== 0) rejected++;
-      else valid.push({ digest: record.digest, page: record.page });
+      valid++;
     }
-    const digests = new Uint8Array(valid.length * DIGEST_BYTES);
-    const pages = new Uint8Array(valid.length * PAGE_SIZE);
-    valid.forEach((v, i) => {
-      digests.set(v.digest, i * DIGEST_BYTES);
-      pages.set(v.page, i * PAGE_SIZE);
-    });
     // Weight 1 until the VM's manifest tells how widely each page is held.
-    const stored = this.agent.store.offerMany(digests, pages, 1);
-    return { stored, rejected };
+    const stored = this.agent.store.offerMany(
+      digests.subarray(0, valid * DIGEST_BYTES),
+      pages.subarray(0, valid * PAGE_SIZE),
+      1,
+    );
+    return { stored, rejected: undecodable + count - valid };
   }
 
   private async receiveVm(message: Extract<ToAgent, { t: 'vm' }>): Promise<void> {
@@ -413,4 +412,10 @@ function verifiedImages(dir: string): VerifiedImage[] {
     out.push({ vm: name.slice(0, -'.raw.sha256'.length), sha256 });
   }
   return out;
+}
+
+/** Whether the 16-byte digests at `offset` of `a` and `b` are equal. */
+function sameDigest(a: Uint8Array, b: Uint8Array, offset: number): boolean {
+  for (let i = offset; i < offset + DIGEST_BYTES; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

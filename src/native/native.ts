@@ -97,6 +97,11 @@ export interface NativeAddon {
     out: Uint8Array,
     counts: Int32Array,
   ): number;
+  /**
+   * A batch's records decoded into `digests` and `pages` (as many as they hold); a record that is not
+   * a page is skipped. `tally` [decoded, skipped] gets them added.
+   */
+  decodePageRecords(batch: Uint8Array, digests: Uint8Array, pages: Uint8Array, tally: Int32Array): void;
   /** IP_MULTICAST_ALL off: the socket gets only the groups it joined itself. 0, or the errno. */
   onlyJoinedGroups(fd: number): number;
   /**

@@ -3,7 +3,13 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { native } from '../../src/native/native.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../../src/memory/page.js';
-import { decodeBatch, encodeRecords, encodeRecordsOneByOne } from '../../src/memory/page-batches.js';
+import {
+  decodeBatch,
+  decodeRecords,
+  decodeRecordsOneByOne,
+  encodeRecords,
+  encodeRecordsOneByOne,
+} from '../../src/memory/page-batches.js';
 import { MAX_COMPRESSED_BYTES, PageEncoding } from '../../src/memory/page-codec.js';
 
 /**
@@ -86,4 +92,48 @@ test('native page records: pages that compress well are compressed, as the page 
   const batch = encodeRecords(new Uint8Array(2 * DIGEST_BYTES), pages, true, counts);
   assert.deepEqual(counts, { raw: 0, uniform: 0, compressed: 2 });
   assert.ok(batch.length < PAGE_SIZE, `${batch.length} bytes for two pages`);
+});
+
+test('native page records: decoded as decodeBatch decodes them, forged and truncated batches too', () => {
+  assert.equal(typeof native?.decodePageRecords, 'function', 'npm ci builds native/page-records.c');
+  const same = (bytes: Uint8Array) => {
+    const fast = decodeRecords(bytes);
+    const slow = decodeRecordsOneByOne(bytes);
+    assert.equal(fast.count, slow.count);
+    assert.equal(fast.rejected, slow.rejected);
+    assert.deepEqual(
+      Buffer.from(fast.digests.subarray(0, fast.count * DIGEST_BYTES)),
+      Buffer.from(slow.digests.subarray(0, slow.count * DIGEST_BYTES)),
+    );
+    assert.deepEqual(
+      Buffer.from(fast.pages.subarray(0, fast.count * PAGE_SIZE)),
+      Buffer.from(slow.pages.subarray(0, slow.count * PAGE_SIZE)),
+    );
+    return fast;
+  };
+  fc.assert(
+    fc.property(
+      fc.array(page, { minLength: 1, maxLength: 8 }),
+      fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 6 }),
+      fc.nat(),
+      (pages, flips, cut) => {
+        const bytes = new Uint8Array(pages.length * PAGE_SIZE);
+        pages.forEach((p, i) => bytes.set(p, i * PAGE_SIZE));
+        const digests = Uint8Array.from({ length: pages.length * DIGEST_BYTES }, (_, i) => i & 0xff);
+        const batch = encodeRecords(digests, bytes, true);
+        // Intact: every page back, in order.
+        const whole = same(batch);
+        assert.equal(whole.count, pages.length);
+        assert.deepEqual(Buffer.from(whole.pages), Buffer.from(bytes));
+        // Bytes changed anywhere (headers, lengths, LZ4 tokens, offsets) and the batch cut short:
+        // both decoders keep and refuse the same records, and neither throws.
+        const forged = batch.slice(0, batch.length - (cut % Math.max(1, batch.length)));
+        for (const [at, value] of flips) if (forged.length > 0) forged[at % forged.length] = value;
+        same(forged);
+      },
+    ),
+    { numRuns: 500 },
+  );
+  same(new Uint8Array(0));
+  same(Uint8Array.from({ length: 5000 }, (_, i) => (i * 31) & 0xff));
 });
