@@ -270,11 +270,15 @@ function readStat(path: string): { name: string; ticks: number } | undefined {
 /**
  * CPU of QEMU processes outside their vCPU threads (named `CPU n/TCG` with `-name ...,debug-threads=on`):
  * the process's total (which keeps the time of exited threads, such as the migration thread) minus
- * its vCPU threads'. Sampled every 200 ms, so a process that exits keeps its last sample.
+ * its vCPU threads'. Sampled every 200 ms, so a process that exits keeps its last sample. A vCPU
+ * thread that exits before its process (a source QEMU stopping after its guest moved) keeps its last
+ * sample too: the process's total still holds its time, which is the guest's, not the migration's.
  */
 class QemuCpu {
   private readonly first = new Map<number, number>();
   private readonly last = new Map<number, number>();
+  /** Per process, the last ticks seen of each vCPU thread (by thread id), exited ones included. */
+  private readonly vcpus = new Map<number, Map<string, number>>();
   private readonly timer: NodeJS.Timeout;
 
   constructor(private readonly pids: readonly number[]) {
@@ -287,17 +291,20 @@ class QemuCpu {
     for (const pid of this.pids) {
       const total = readStat(`/proc/${pid}/stat`);
       if (!total) continue;
-      let vcpu = 0;
       let tasks: string[] = [];
       try {
         tasks = readdirSync(`/proc/${pid}/task`);
       } catch {
         continue;
       }
+      let threads = this.vcpus.get(pid);
+      if (!threads) this.vcpus.set(pid, (threads = new Map()));
       for (const task of tasks) {
         const thread = readStat(`/proc/${pid}/task/${task}/stat`);
-        if (thread && /^CPU \d+\//.test(thread.name)) vcpu += thread.ticks;
+        if (thread && /^CPU \d+\//.test(thread.name)) threads.set(task, thread.ticks);
       }
+      let vcpu = 0;
+      for (const ticks of threads.values()) vcpu += ticks;
       this.last.set(pid, total.ticks - vcpu);
     }
   }
