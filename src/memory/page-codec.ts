@@ -247,13 +247,29 @@ function batchRates(
   const tally = new Int32Array(3);
   let length = 0;
   const compress =
-    n * sustainedRate(1, seconds, () => (length = addon.encodePageRecords(digests, input, true, out, tally)));
+    n * fastestPass(seconds, () => (length = addon.encodePageRecords(digests, input, true, out, tally)));
   const records = out.subarray(0, length);
   const decoded = new Uint8Array(n * PAGE_SIZE);
   const counts = new Int32Array(2);
   const decompress =
-    n * sustainedRate(1, seconds, () => addon.decodePageRecords(records, digests, decoded, counts));
+    n * fastestPass(seconds, () => addon.decodePageRecords(records, digests, decoded, counts));
   return { compress, decompress };
+}
+
+/**
+ * Passes per second of `pass` at its fastest within `seconds`: a pass over the whole sample is well
+ * under a millisecond, so the fastest of dozens is what this CPU does, where an average over a few
+ * milliseconds measured the scheduler on a busy host (106 against 728 MB/s seen on the same pages).
+ */
+function fastestPass(seconds: number, pass: () => void): number {
+  const deadline = now() + seconds;
+  let best = Infinity;
+  do {
+    const start = now();
+    pass();
+    best = Math.min(best, now() - start);
+  } while (now() < deadline);
+  return 1 / Math.max(best, 1e-9);
 }
 
 /** Whether pages are compressed: always, never, or when the measured rates say it pays. */

@@ -38,9 +38,20 @@ function encodeRound(request: EncodeRequest): Extract<EncodeReply, { type: 'done
   for (let first = 0; first < n; first += request.batchPages) {
     const count = Math.min(request.batchPages, n - first);
     const pages = new Uint8Array(count * PAGE_SIZE);
-    for (let i = 0; i < count; i++) {
-      const path = request.paths[request.vm[first + i]!]!;
-      readPage(path, request.page[first + i]!, pages, i * PAGE_SIZE);
+    // Pages that lie next to each other in the same file (a round's pages mostly do: ids follow the
+    // scan's order) are read in one call.
+    for (let i = 0; i < count;) {
+      const vm = request.vm[first + i]!;
+      const page = request.page[first + i]!;
+      let run = 1;
+      while (
+        i + run < count &&
+        request.vm[first + i + run] === vm &&
+        request.page[first + i + run] === page + run
+      )
+        run++;
+      readPages(request.paths[vm]!, page, run, pages, i * PAGE_SIZE);
+      i += run;
     }
     const digests = request.digests.subarray(first * DIGEST_BYTES, (first + count) * DIGEST_BYTES);
     batches.push(encodeRecords(digests, pages, request.compress, counts));
@@ -48,12 +59,12 @@ function encodeRound(request: EncodeRequest): Extract<EncodeReply, { type: 'done
   return { type: 'done', id: request.id, batches, counts };
 }
 
-function readPage(path: string, page: number, into: Uint8Array, offset: number): void {
+function readPages(path: string, page: number, count: number, into: Uint8Array, offset: number): void {
   let fd = fds.get(path);
   if (fd === undefined) {
     fd = openSync(path, 'r');
     fds.set(path, fd);
   }
-  if (readExactly(fd, into, offset, PAGE_SIZE, page * PAGE_SIZE) !== undefined)
+  if (readExactly(fd, into, offset, count * PAGE_SIZE, page * PAGE_SIZE) !== undefined)
     throw new Error(`${path}: image shrank during the job`);
 }
