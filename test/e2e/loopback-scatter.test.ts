@@ -12,6 +12,26 @@ import { repoRoot, storePagesFile, tempDir } from '../support/fixtures.js';
  */
 const cli = join(repoRoot, 'dist/src/cli/main.js');
 
+/**
+ * `scatter` of the test's job, in many small multicast rounds: every round gets a session of its own
+ * however small (these tests are about rounds).
+ */
+function scatterArgs(topology: string, dir: string): string[] {
+  return [
+    cli,
+    'scatter',
+    '--topology',
+    topology,
+    '--work-dir',
+    dir,
+    '--json',
+    '--round-pages',
+    '512',
+    '--unicast-below-ms',
+    '0',
+  ];
+}
+
 /** Three targets of two VMs each, so every agent gets work; ports apart from other tests'. */
 function writeTopology(dir: string, basePort: number, vmMiB = 16): string {
   const families = ['debian', 'debian', 'debian', 'alpine', 'alpine', 'debian'];
@@ -158,23 +178,7 @@ test('an agent killed mid-multicast fails only its VMs (exit 6); --resume re-sen
   writeFileSync(join(dir, 'secret'), 'a deployment secret of the test, 32+ bytes long', { mode: 0o600 });
   for (const host of ['t1', 't2', 't3']) agents.set(host, await startAgent(dir, topology, host));
 
-  const job = spawn(
-    process.execPath,
-    [
-      cli,
-      'scatter',
-      '--topology',
-      topology,
-      '--work-dir',
-      dir,
-      '--json',
-      '--round-pages',
-      '512',
-      '--unicast-below-ms',
-      '0',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const job = spawn(process.execPath, scatterArgs(topology, dir), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   job.stdout!.on('data', (chunk) => (stdout += chunk));
   // Kill t2's agent once it holds some pages, so it dies in the middle of the multicast phase.
@@ -300,23 +304,7 @@ test('a disk that fills up during the job fails the VMs of that target clearly; 
   const topology = writeTopology(dir, basePort + 7500);
   writeFileSync(join(dir, 'secret'), 'a deployment secret of the test, 32+ bytes long', { mode: 0o600 });
   for (const host of ['t1', 't2', 't3']) agents.push(await startAgent(dir, topology, host));
-  const job = spawn(
-    process.execPath,
-    [
-      cli,
-      'scatter',
-      '--topology',
-      topology,
-      '--work-dir',
-      dir,
-      '--json',
-      '--round-pages',
-      '512',
-      '--unicast-below-ms',
-      '0',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const job = spawn(process.execPath, scatterArgs(topology, dir), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   job.stdout!.on('data', (chunk) => (stdout += chunk));

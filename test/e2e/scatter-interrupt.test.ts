@@ -12,6 +12,26 @@ import { repoRoot, storePagesFile, tempDir } from '../support/fixtures.js';
  * and `--resume` finishes it. And a coordinator killed outright leaves no agent behind.
  */
 const cli = join(repoRoot, 'dist/src/cli/main.js');
+
+/**
+ * `scatter` of the test's job, in many small multicast rounds: every round gets a session of its own
+ * however small (these tests are about rounds).
+ */
+function scatterArgs(topology: string, dir: string): string[] {
+  return [
+    cli,
+    'scatter',
+    '--topology',
+    topology,
+    '--work-dir',
+    dir,
+    '--json',
+    '--round-pages',
+    '512',
+    '--unicast-below-ms',
+    '0',
+  ];
+}
 /** Below the ephemeral range and apart from the other end-to-end tests' ports. */
 const basePort = 20_000 + (process.pid % 900) * 10;
 const VMS = ['vm1', 'vm2', 'vm3', 'vm4'];
@@ -66,24 +86,10 @@ interface Job {
 
 /** The coordinator in a process group of its own, as a shell runs a foreground command. */
 function startScatter(t: TestContext, dir: string, topology: string, ...args: string[]): Job {
-  const child = spawn(
-    process.execPath,
-    [
-      cli,
-      'scatter',
-      '--topology',
-      topology,
-      '--work-dir',
-      dir,
-      '--json',
-      '--round-pages',
-      '512',
-      '--unicast-below-ms',
-      '0',
-      ...args,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'], detached: true },
-  );
+  const child = spawn(process.execPath, [...scatterArgs(topology, dir), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
   const output = { stdout: '', stderr: '' };
   child.stdout!.on('data', (chunk: Buffer) => (output.stdout += chunk.toString()));
   child.stderr!.on('data', (chunk: Buffer) => (output.stderr += chunk.toString()));
@@ -178,24 +184,10 @@ test('Ctrl-C mid-multicast: report, exit 130 within seconds, no agent or partial
   }
 
   // The same command with --resume finishes the job, without what the agents stored before Ctrl-C.
-  const resumed = spawnSync(
-    process.execPath,
-    [
-      cli,
-      'scatter',
-      '--topology',
-      topology,
-      '--work-dir',
-      dir,
-      '--json',
-      '--round-pages',
-      '512',
-      '--unicast-below-ms',
-      '0',
-      '--resume',
-    ],
-    { encoding: 'utf8', timeout: 45_000 },
-  );
+  const resumed = spawnSync(process.execPath, [...scatterArgs(topology, dir), '--resume'], {
+    encoding: 'utf8',
+    timeout: 45_000,
+  });
   assert.equal(resumed.status, 0, resumed.stderr);
   const finished = JSON.parse(resumed.stdout);
   assert.equal(finished.ok, true);
