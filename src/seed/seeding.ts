@@ -84,7 +84,7 @@ export interface SeedResult {
   readonly roundCompleted: number[][];
   /** Per target: datagrams its receivers dropped (forged, replayed, stale, malformed), all rounds. */
   readonly droppedByTarget: number[];
-  /** Stopped by the signal before every round was sent (the arrays cover the rounds begun). */
+  /** Stopped by the signal before every round was sent (rounds not sent: 0 bytes, no receiver). */
   readonly interrupted: boolean;
   /** Targets a group's probe did not reach, left out of its rounds (reach-check.ts). */
   readonly unheard: readonly Unheard[];
@@ -251,6 +251,11 @@ export async function seedRounds(
       // Announced while the round before still has the wire, so its receivers join meanwhile: its
       // data starts the moment the wire is free.
       if (onWire) await onWire.sender.whenFirstPassWithin(ANNOUNCE_AHEAD_MS);
+      // Stopped meanwhile: no receiver is told of a round that will not be sent.
+      if (stop.signal.aborted) {
+        interrupted = true;
+        break;
+      }
       const open = await openRound(r, round, encoded.batches, receivers, {
         plan,
         links,
