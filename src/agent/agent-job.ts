@@ -70,6 +70,8 @@ export class AgentJob {
    * before it ends, on the same group and port, so each receives the other's datagrams for a moment.
    */
   private readonly knownSessions = new Set<number>();
+  /** Aborted when the job ends: a rebuild still under way (they overlap seeding) stops. */
+  private readonly ended = new AbortController();
   private readonly pending = new Map<string, PendingVm>();
   private readonly live: JobLiveTargets;
   private finished = false;
@@ -135,6 +137,7 @@ export class AgentJob {
   /** The job is over: the template store is compacted (only now: what was announced must stay). */
   private end(): void {
     this.finished = true;
+    this.ended.abort();
     // Another job under way may refer to what it was told is held here: only the last one compacts.
     const dropped = this.agent.othersRunning(this) ? 0 : this.agent.store.compact();
     this.agent.store.flush();
@@ -149,6 +152,7 @@ export class AgentJob {
   abandon(why: string): void {
     if (this.finished) return;
     this.finished = true;
+    this.ended.abort();
     for (const controller of this.sessions.values()) controller.abort(new Error(why));
     this.live.abandon();
     const dropped = [...this.pending.keys()];
@@ -372,6 +376,7 @@ export class AgentJob {
           this.agent.store.readMany(digests, count, into, found);
         },
         expectedSha256: pending.sha256,
+        signal: this.ended.signal,
       });
       writeFileSync(`${path}.sha256`, `${result.sha256}\n`);
       this.agent.log(`job ${this.id}: ${vm} rebuilt and verified (${path})`);

@@ -32,6 +32,8 @@ export interface RebuildRequest {
   readonly expectedSha256: string;
   /** How bytes reach the file: writeFully, unless a test makes the disk fill up. */
   readonly write?: (fd: number, bytes: Uint8Array, position: number) => void;
+  /** The job ended: the rebuild stops and leaves nothing (a job's end may come mid-rebuild). */
+  readonly signal?: AbortSignal;
 }
 
 export interface RebuildResult {
@@ -110,7 +112,10 @@ export async function rebuildImage(request: RebuildRequest): Promise<RebuildResu
     };
     const ahead = request.readMany ? new ReadAhead(request.readMany) : undefined;
     for (let page = 0; page < request.entries.length; page++) {
-      if (page % YIELD_PAGES === YIELD_PAGES - 1) await yieldToEventLoop();
+      if (page % YIELD_PAGES === YIELD_PAGES - 1) {
+        await yieldToEventLoop();
+        if (request.signal?.aborted) throw new RebuildError(`${request.path}: stopped, the job ended`);
+      }
       if (ahead && page % READ_AHEAD_PAGES === 0)
         ahead.read(request.entries.subarray(page, page + READ_AHEAD_PAGES));
       const entry = request.entries[page]!;
@@ -137,6 +142,7 @@ export async function rebuildImage(request: RebuildRequest): Promise<RebuildResu
         `${request.path}: rebuilt image digest ${sha256} differs from the source's ${request.expectedSha256}`,
       );
     }
+    if (request.signal?.aborted) throw new RebuildError(`${request.path}: stopped, the job ended`);
     closeSync(fd);
     finished = true;
     // In the thread pool too: renaming over the image an earlier job left can take seconds on a busy

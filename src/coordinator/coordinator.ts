@@ -215,30 +215,52 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       // Site peers serve over their own links while the source multicasts over its own.
       const fetching = fetchFromPeers(work.peerFetches, links, pages);
       fetching.catch(() => undefined); // awaited below; a seeding failure must not leave it unhandled
+      // A target's images are built as soon as it holds what the rounds and its site peers send it,
+      // while the rounds for other targets go on. Once interrupted, no rebuild starts.
+      const seededAt = links.map(() => deferred<boolean>());
+      const interrupted = new Promise<void>((resolve) =>
+        options.signal?.addEventListener('abort', () => resolve(), { once: true }),
+      );
+      const ready = async (target: number): Promise<boolean> => {
+        if (!(await seededAt[target]!.promise) || options.signal?.aborted) return false;
+        await Promise.race([fetching.catch(() => undefined), interrupted]);
+        return !options.signal?.aborted;
+      };
+      const imageWork = { ...work, pendingVms: work.pendingVms.filter((v) => !scan.qmp.has(v)) };
+      const rebuilding = rebuildAll(
+        imageWork,
+        plan,
+        links,
+        pages,
+        scan.vms,
+        sha256,
+        (done, total) => progress({ phase: 'rebuild', done, total, unit: 'vms' }),
+        ready,
+      );
+      rebuilding.catch(() => undefined); // awaited below; a seeding failure must not leave it unhandled
       const seeded = await seedRounds(work, plan, links, pages, source, {
         mtu: options.mtu,
         compression: options.compression ?? 'adaptive',
         insecurePlaintext: options.insecurePlaintext,
         ...(options.unicastBelowMs === undefined ? {} : { unicastBelowMs: options.unicastBelowMs }),
         onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),
+        onTargetDone: (target, ok) => seededAt[target]!.resolve(ok),
         ...(options.openSocket ? { openSocket: options.openSocket } : {}),
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       });
-      // Interrupted: fetches from peers are not waited for. The job's end makes each agent close its
-      // channel, which fails what is still waited for on it.
-      if (options.signal?.aborted) await endJob();
+      // Interrupted: rebuilds already under way finish (their images verified, or not), none starts,
+      // and fetches from peers are not waited for: the job's end makes each agent close its channel,
+      // which fails what is still waited for on it.
+      if (options.signal?.aborted) {
+        await rebuilding;
+        await endJob();
+      }
       const fetched = await fetching;
       seconds.seed = (performance.now() - t) / 1000;
 
+      // The rebuild phase: what is left of it once seeding is over.
       t = performance.now();
-      // Interrupted before the rebuild: no VM starts moving.
-      const imageWork = {
-        ...work,
-        pendingVms: options.signal?.aborted ? [] : work.pendingVms.filter((v) => !scan.qmp.has(v)),
-      };
-      const outcome = await rebuildAll(imageWork, plan, links, pages, scan.vms, sha256, (done, total) =>
-        progress({ phase: 'rebuild', done, total, unit: 'vms' }),
-      );
+      const outcome = await rebuilding;
       seconds.rebuild = (performance.now() - t) / 1000;
 
       t = performance.now();
@@ -361,4 +383,11 @@ export function targetsHoldingAlready(
         ? runningAt.get(vm.name)
         : undefined,
   );
+}
+
+/** A promise with its resolve at hand. */
+function deferred<T>(): { readonly promise: Promise<T>; resolve(value: T): void } {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
 }

@@ -39,6 +39,11 @@ export async function rebuildAll(
   vms: readonly { name: string; pages: Uint32Array }[],
   sha256: readonly string[],
   onVerdict: (done: number, total: number) => void,
+  /**
+   * When a target's VMs may be built: once it holds what seeding sends it (false: not at all). Each
+   * target starts on its own, so rebuilds overlap the rounds that go to other targets.
+   */
+  ready: (target: number) => Promise<boolean> = () => Promise.resolve(true),
 ): Promise<RebuildOutcome> {
   const { assignment, index } = plan.detail;
   const names = vms.map((vm) => vm.name);
@@ -51,7 +56,9 @@ export async function rebuildAll(
   let finished = 0;
   await Promise.all(
     links.map(async (link) => {
-      for (const v of work.pendingVms.filter((v) => assignment[v] === link.target)) {
+      const mine = work.pendingVms.filter((v) => assignment[v] === link.target);
+      if (mine.length === 0 || !(await ready(link.target))) return;
+      for (const v of mine) {
         const vm = names[v]!;
         try {
           const { digests, ids, entries } = vmDictionary(vms[v]!.pages, pages);

@@ -43,6 +43,12 @@ export interface SeedOptions {
   /** Rounds unicast sends in less link time than this (ms) go by unicast (default SESSION_SET_UP_MS). */
   readonly unicastBelowMs?: number;
   readonly onProgress: (sentPages: number, totalPages: number) => void;
+  /**
+   * Target t will get no more multicast from this job: every round it was to receive it reported
+   * stored (or failed, or it was left out). `seeded` false: seeding stopped on a failure or the
+   * signal, and what t holds is not to be built on. Called once per target, by the end at the latest.
+   */
+  readonly onTargetDone?: (target: number, seeded: boolean) => void;
   /** The network the rounds go out on (default: the host's, DgramSocket). */
   readonly openSocket?: OpenDatagramSocket;
   /**
@@ -139,6 +145,20 @@ export async function seedRounds(
   const multicast = work.rounds.map((round) =>
     worthASession(round, linkBitsPerSecond, options.unicastBelowMs ?? SESSION_SET_UP_MS),
   );
+  // Per target, the multicast rounds it has yet to be done with: at 0 it may start building.
+  const roundsLeft = links.map(() => 0);
+  work.rounds.forEach((round, r) => {
+    if (multicast[r]) for (const t of round.receivers) roundsLeft[t]!++;
+  });
+  const told = links.map(() => false);
+  const targetDone = (t: number, seeded: boolean) => {
+    if (told[t]) return;
+    told[t] = true;
+    options.onTargetDone?.(t, seeded);
+  };
+  const roundDoneFor = (t: number) => {
+    if (--roundsLeft[t]! === 0) targetDone(t, true);
+  };
   const encodings: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
   let sentPages = 0;
   let interrupted = false;
@@ -176,7 +196,7 @@ export async function seedRounds(
   let onWire: (OpenRound & { releaseData(): void }) | undefined;
   /** Records a round on the wire once its receivers all completed or were dropped. */
   const settle = async (open: OpenRound): Promise<void> => {
-    const result = await settledRound(open, links);
+    const result = await settledRound(open, links, roundDoneFor);
     const r = open.index;
     if (result.aborted) interrupted = true;
     else sent(r);
@@ -208,6 +228,7 @@ export async function seedRounds(
     return r;
   };
   try {
+    roundsLeft.forEach((left, t) => left === 0 && targetDone(t, true));
     let r = nextMulticast(-1);
     let next: Promise<EncodedRound> | undefined =
       r < work.rounds.length ? encoder.encode(work.rounds[r]!.ids, compression.on) : undefined;
@@ -244,6 +265,7 @@ export async function seedRounds(
       encodings.uniform += encoded.counts.uniform;
       encodings.compressed += encoded.counts.compressed;
       const receivers = round.receivers.filter((t) => !links[t]!.lost && !deaf.has(`${round.group}:${t}`));
+      for (const t of round.receivers) if (!receivers.includes(t)) roundDoneFor(t);
       if (receivers.length === 0) {
         sent(r);
         continue;
@@ -278,6 +300,8 @@ export async function seedRounds(
   } finally {
     // A failure leaves no session announcing itself forever: those not over yet stop.
     if (failed) stop.abort(new Error('seeding failed'));
+    // Targets still waiting: not seeded when seeding failed or was stopped (then nothing is built).
+    links.forEach((_, t) => targetDone(t, !failed && !interrupted));
     // Settled either way before the sockets go (a failure above leaves none to throw unseen).
     await Promise.allSettled(confirmations);
     await Promise.allSettled(endings);
@@ -450,6 +474,8 @@ async function openRound(
 async function settledRound(
   open: OpenRound,
   links: readonly AgentLink[],
+  /** Receiver t answered (stored it, failed, or its agent was lost). */
+  answered: (target: number) => void,
 ): Promise<{
   payloadBytes: number;
   wireBytes: number;
@@ -496,9 +522,11 @@ async function settledRound(
         (reply) => {
           if (reply.state === 'complete') completed.push(t);
           dropped.set(t, reply.dropped);
+          answered(t);
         },
         (error: unknown) => {
           if (!(error instanceof AgentLostError)) throw error;
+          answered(t);
         },
       ),
     ),

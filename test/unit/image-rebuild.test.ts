@@ -151,3 +151,29 @@ test('a rebuild lets the event loop run between runs of pages: an agent stays he
   // 4096 pages: the loop ran at least once per 1024, not only after the whole image.
   assert.ok(ranDuring >= 3, `the event loop ran ${ranDuring} times during the rebuild`);
 });
+
+test("a job's end stops a rebuild under way and leaves no image, partial or whole", async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const source = sourceImage(dir, 8 * 1024);
+  const out = join(dir, 'rebuilt.raw');
+  const ended = new AbortController();
+  let served = 0;
+  await assert.rejects(
+    () =>
+      rebuildImage({
+        path: out,
+        entries: source.entries,
+        // The job ends while the rebuild is a quarter through (rebuilds overlap seeding).
+        pageFor: (i) => {
+          if (++served === 400) ended.abort();
+          return source.unique[i];
+        },
+        expectedSha256: source.sha256,
+        signal: ended.signal,
+      }),
+    (e) => e instanceof RebuildError && /the job ended/.test(e.message),
+  );
+  assert.equal(existsSync(out), false);
+  assert.equal(existsSync(`${out}.partial`), false);
+});

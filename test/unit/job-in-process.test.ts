@@ -199,3 +199,21 @@ test('in-process job: rounds too small to pay for a session go by unicast, and e
   }
   assertImagesAtTargets(topology, dir, report);
 });
+
+test('in-process job: a target whose rounds are all stored starts rebuilding while rounds for others go on', async (t) => {
+  const network = new MemoryNetwork(realScheduler, Math.random, {});
+  const { dir, topology } = await jobWithAgents(t, network);
+  const phases: string[] = [];
+  const report = await scatter(topology, dir, network, {
+    onProgress: (event) => phases.push(event.phase),
+  });
+  assert.equal(report.ok, true, JSON.stringify(report.vms.filter((vm) => !vm.verified)));
+  assertImagesAtTargets(topology, dir, report);
+  const firstVerdict = phases.indexOf('rebuild');
+  const lastSeed = phases.lastIndexOf('seed');
+  assert.ok(firstVerdict >= 0 && lastSeed >= 0);
+  assert.ok(
+    firstVerdict < lastSeed,
+    `a rebuild's verdict (event ${firstVerdict}) before seeding's last progress (${lastSeed})`,
+  );
+});
