@@ -1,26 +1,17 @@
-import { randomBytes, randomInt } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
 import type { Host } from '../topology/model.js';
-import { realScheduler, type OpenDatagramSocket } from '../transport/datagram.js';
+import type { OpenDatagramSocket } from '../transport/datagram.js';
 import { DgramSocket } from '../transport/dgram-socket.js';
-import { BlockCodec } from '../transport/fec-codec.js';
-import type { SessionResult } from '../transport/multicast-sender.js';
-import { SenderSession } from '../transport/session.js';
-import {
-  HEADER_BYTES,
-  IPV4_HEADER_BYTES,
-  maxSymbolSize,
-  SYMBOL_FIXED_BYTES,
-  TAG_BYTES,
-} from '../transport/wire-codec.js';
-import { AgentLostError, type AgentLink } from '../wire/agent-link.js';
+import { maxSymbolSize } from '../transport/wire-codec.js';
+import type { AgentLink } from '../wire/agent-link.js';
 import type { JobWork, SendRound } from '../plan/job-work.js';
 import type { BatchCounts } from '../memory/page-batches.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { measureCodec, shouldCompress, type CodecRates, type CompressionMode } from '../memory/page-codec.js';
 import { RoundEncoder, type EncodedRound } from './round-encoder.js';
 import { probeGroups, type Unheard } from './reach-check.js';
+import { openRound, settledRound, type OpenRound, type SendSettings } from './round-session.js';
 import type { SourcePages } from '../store/source-pages.js';
 
 /**
@@ -105,7 +96,6 @@ const SAMPLE_PAGES = 256;
  * millisecond of it is one of the phase; 256 pages take 1-2 ms a pass, so this is still 20 passes.
  */
 const CODEC_BUDGET_MS = 40;
-const SEEDED_TIMEOUT_MS = 60_000;
 /**
  * What a round's session costs besides its data, whatever its size (measured here: 50-70 ms for a
  * round of a few pages, announce and joins to the last confirmation): below it, unicast is cheaper.
@@ -116,8 +106,6 @@ const SESSION_SET_UP_MS = 50;
  * receivers' joins (10-35 ms measured here) happen meanwhile instead of on an idle wire.
  */
 const ANNOUNCE_AHEAD_MS = 40;
-/** IP and UDP headers, our header, a symbol's fixed fields and the AEAD tag: per datagram on the wire. */
-const DATAGRAM_OVERHEAD_BYTES = IPV4_HEADER_BYTES + 8 + HEADER_BYTES + SYMBOL_FIXED_BYTES + TAG_BYTES;
 
 export async function seedRounds(
   work: JobWork,
@@ -360,177 +348,4 @@ function decideCompression(
   }
   const measured = measureCodec(sample, CODEC_BUDGET_MS);
   return { ...base, on: shouldCompress(mode, linkBitsPerSecond, measured), measured };
-}
-
-interface SendSettings {
-  readonly symbolSize: number;
-  readonly rateBytesPerSecond: number;
-  initialRateBytesPerSecond: number;
-}
-
-/** A round's session, announced to its receivers; its data goes once released. */
-interface OpenRound {
-  readonly index: number;
-  readonly sender: SenderSession;
-  readonly session: number;
-  readonly receivers: readonly number[];
-  readonly payloadBytes: number;
-  readonly signal: AbortSignal;
-  /** When its data was let go (performance.now()). */
-  startedAt: number;
-  /** Settles once the session is over and its socket closed. */
-  readonly ended: Promise<unknown>;
-}
-
-/**
- * Opens a round's session on a socket of its own and tells its receivers (key, group, their ids).
- * Held, it announces itself and gathers joins, and sends data only once released.
- */
-async function openRound(
-  index: number,
-  round: SendRound,
-  batches: readonly Uint8Array[],
-  receivers: readonly number[],
-  how: {
-    readonly plan: ScatterPlan;
-    readonly links: readonly AgentLink[];
-    readonly openSocket: OpenDatagramSocket;
-    readonly socketOptions: Parameters<OpenDatagramSocket>[0];
-    readonly insecurePlaintext: boolean;
-    readonly signal: AbortSignal;
-    readonly send: SendSettings;
-    /** Announced while another round has the wire: no data until released. */
-    readonly held: boolean;
-  },
-): Promise<OpenRound & { releaseData(): void }> {
-  const { plan, links, send, signal } = how;
-  const group = plan.groups[round.group]!;
-  const session = randomInt(1, 2 ** 32 - 1);
-  const key = how.insecurePlaintext ? new Uint8Array(0) : new Uint8Array(randomBytes(32));
-  const identity = {
-    session,
-    key: how.insecurePlaintext ? ('insecure-plaintext' as const) : key,
-    group: `${group.address}:${group.port}`,
-  };
-  const socket = await how.openSocket(how.socketOptions);
-  const maxObjectBytes = batches.reduce((n, b) => Math.max(n, b.length), 0);
-  receivers.forEach((t, i) =>
-    links[t]!.send({
-      t: 'seed',
-      session,
-      key,
-      group: identity.group,
-      sender: socket.address,
-      receiver: i + 1,
-      maxObjectBytes,
-    }),
-  );
-  const sender = new SenderSession(
-    socket,
-    realScheduler,
-    identity,
-    batches.map((bytes) => ({ bytes })),
-    receivers.map((_, i) => i + 1),
-    {
-      symbolSize: send.symbolSize,
-      blockSymbols: 64,
-      parity: new BlockCodec(),
-      rateCapBytesPerSecond: send.rateBytesPerSecond,
-      initialRateBytesPerSecond: send.initialRateBytesPerSecond,
-      joinTimeoutMs: 10_000,
-      startHeld: how.held,
-    },
-  );
-  // An agent lost mid-round (its control connection closed) is dropped at once, not timed out.
-  const unwatch = receivers.map((t, i) => links[t]!.onLost(() => sender.dropReceiver(i + 1)));
-  const ended = sender
-    .run(signal)
-    .catch(() => undefined) // its outcome is read through whenSettled()
-    .finally(() => {
-      unwatch.forEach((stop) => stop());
-      return socket.close();
-    });
-  const open = {
-    index,
-    sender,
-    session,
-    receivers,
-    payloadBytes: batches.reduce((n, b) => n + b.length, 0),
-    signal,
-    startedAt: performance.now(),
-    ended,
-    releaseData() {
-      open.startedAt = performance.now();
-      sender.releaseData();
-    },
-  };
-  return open;
-}
-
-/**
- * A round's figures once every receiver completed or was dropped, and a promise of their
- * confirmations that they stored it.
- */
-async function settledRound(
-  open: OpenRound,
-  links: readonly AgentLink[],
-  /** Receiver t answered (stored it, failed, or its agent was lost). */
-  answered: (target: number) => void,
-): Promise<{
-  payloadBytes: number;
-  wireBytes: number;
-  stats: SessionResult['stats'];
-  finalRateBytesPerSecond: number;
-  seconds: number;
-  /**
-   * Once every receiver answered: those that stored the whole round, and the datagrams each (by
-   * target) dropped as forged, replayed, stale or malformed.
-   */
-  confirmed: Promise<{ completed: number[]; dropped: Map<number, number> }>;
-  /** Stopped by the signal: the figures are what went out before it. */
-  aborted: boolean;
-}> {
-  const { sender, signal } = open;
-  const result = await sender.whenSettled().catch((error: unknown) => {
-    if (!signal?.aborted) throw error;
-    return undefined;
-  });
-  const seconds = Math.max(1e-3, (performance.now() - open.startedAt) / 1000);
-  const stats = result?.stats ?? sender.result().stats;
-  const packets = stats.dataPackets + stats.parityPackets + stats.repairPackets;
-  const figures = {
-    payloadBytes: Math.min(stats.payloadBytes, open.payloadBytes),
-    wireBytes: stats.payloadBytes + packets * DATAGRAM_OVERHEAD_BYTES,
-    stats,
-    finalRateBytesPerSecond: sender.rateBytesPerSecond,
-    seconds,
-  };
-  // Stopped by the signal: no receiver complete, and their 'seeded' replies are not waited for (none
-  // may come for a session the sender left; the job's end releases them).
-  if (!result)
-    return {
-      ...figures,
-      confirmed: Promise.resolve({ completed: [], dropped: new Map<number, number>() }),
-      aborted: true,
-    };
-  // An agent the session dropped gets what it lacks over the control channel at rebuild time.
-  const completed: number[] = [];
-  const dropped = new Map<number, number>();
-  const confirmed = Promise.all(
-    open.receivers.map((t) =>
-      links[t]!.next('seeded', (m) => m.session === open.session, SEEDED_TIMEOUT_MS).then(
-        (reply) => {
-          if (reply.state === 'complete') completed.push(t);
-          dropped.set(t, reply.dropped);
-          answered(t);
-        },
-        (error: unknown) => {
-          if (!(error instanceof AgentLostError)) throw error;
-          answered(t);
-        },
-      ),
-    ),
-  ).then(() => ({ completed, dropped }));
-  confirmed.catch(() => undefined); // awaited by the caller, after later rounds went out
-  return { ...figures, payloadBytes: open.payloadBytes, confirmed, aborted: false };
 }

@@ -3,7 +3,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_pr
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { repoRoot, storePagesFile, tempDir } from '../support/fixtures.js';
+import { repoRoot, roundsScatterArgs, storePagesFile, tempDir } from '../support/fixtures.js';
 
 /**
  * The scatter job as an operator runs it, on loopback (no root): the CLI coordinator, agents as real
@@ -11,26 +11,6 @@ import { repoRoot, storePagesFile, tempDir } from '../support/fixtures.js';
  * compared byte for byte with the source's.
  */
 const cli = join(repoRoot, 'dist/src/cli/main.js');
-
-/**
- * `scatter` of the test's job, in many small multicast rounds: every round gets a session of its own
- * however small (these tests are about rounds).
- */
-function scatterArgs(topology: string, dir: string): string[] {
-  return [
-    cli,
-    'scatter',
-    '--topology',
-    topology,
-    '--work-dir',
-    dir,
-    '--json',
-    '--round-pages',
-    '512',
-    '--unicast-below-ms',
-    '0',
-  ];
-}
 
 /** Three targets of two VMs each, so every agent gets work; ports apart from other tests'. */
 function writeTopology(dir: string, basePort: number, vmMiB = 16): string {
@@ -178,7 +158,9 @@ test('an agent killed mid-multicast fails only its VMs (exit 6); --resume re-sen
   writeFileSync(join(dir, 'secret'), 'a deployment secret of the test, 32+ bytes long', { mode: 0o600 });
   for (const host of ['t1', 't2', 't3']) agents.set(host, await startAgent(dir, topology, host));
 
-  const job = spawn(process.execPath, scatterArgs(topology, dir), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const job = spawn(process.execPath, roundsScatterArgs(topology, dir), {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   job.stdout!.on('data', (chunk) => (stdout += chunk));
   // Kill t2's agent once it holds some pages, so it dies in the middle of the multicast phase.
@@ -304,7 +286,9 @@ test('a disk that fills up during the job fails the VMs of that target clearly; 
   const topology = writeTopology(dir, basePort + 7500);
   writeFileSync(join(dir, 'secret'), 'a deployment secret of the test, 32+ bytes long', { mode: 0o600 });
   for (const host of ['t1', 't2', 't3']) agents.push(await startAgent(dir, topology, host));
-  const job = spawn(process.execPath, scatterArgs(topology, dir), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const job = spawn(process.execPath, roundsScatterArgs(topology, dir), {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   job.stdout!.on('data', (chunk) => (stdout += chunk));

@@ -3,7 +3,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { repoRoot, storePagesFile, tempDir } from '../support/fixtures.js';
+import { roundsScatterArgs, storePagesFile, tempDir } from '../support/fixtures.js';
 
 /**
  * Ctrl-C in `vmscatter scatter` as a terminal delivers it (SIGINT to the whole foreground process
@@ -11,27 +11,7 @@ import { repoRoot, storePagesFile, tempDir } from '../support/fixtures.js';
  * targets: the job ends within moments with a report, exit 130, no agent left, nothing half-written,
  * and `--resume` finishes it. And a coordinator killed outright leaves no agent behind.
  */
-const cli = join(repoRoot, 'dist/src/cli/main.js');
 
-/**
- * `scatter` of the test's job, in many small multicast rounds: every round gets a session of its own
- * however small (these tests are about rounds).
- */
-function scatterArgs(topology: string, dir: string): string[] {
-  return [
-    cli,
-    'scatter',
-    '--topology',
-    topology,
-    '--work-dir',
-    dir,
-    '--json',
-    '--round-pages',
-    '512',
-    '--unicast-below-ms',
-    '0',
-  ];
-}
 /** Below the ephemeral range and apart from the other end-to-end tests' ports. */
 const basePort = 20_000 + (process.pid % 900) * 10;
 const VMS = ['vm1', 'vm2', 'vm3', 'vm4'];
@@ -86,7 +66,7 @@ interface Job {
 
 /** The coordinator in a process group of its own, as a shell runs a foreground command. */
 function startScatter(t: TestContext, dir: string, topology: string, ...args: string[]): Job {
-  const child = spawn(process.execPath, [...scatterArgs(topology, dir), ...args], {
+  const child = spawn(process.execPath, [...roundsScatterArgs(topology, dir), ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
   });
@@ -184,7 +164,7 @@ test('Ctrl-C mid-multicast: report, exit 130 within seconds, no agent or partial
   }
 
   // The same command with --resume finishes the job, without what the agents stored before Ctrl-C.
-  const resumed = spawnSync(process.execPath, [...scatterArgs(topology, dir), '--resume'], {
+  const resumed = spawnSync(process.execPath, [...roundsScatterArgs(topology, dir), '--resume'], {
     encoding: 'utf8',
     timeout: 45_000,
   });

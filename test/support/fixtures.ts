@@ -8,6 +8,18 @@ import type { SyntheticModelSpec } from '../../src/topology/model.js';
 /** Repository root, from the compiled test file's place in dist/test/<dir>/. */
 export const repoRoot = fileURLToPath(new URL('../../../', import.meta.url));
 
+/**
+ * The CLI's arguments for `scatter` of a test job in many small multicast rounds: every round gets a
+ * session of its own however small (the tests that use it are about rounds).
+ */
+export function roundsScatterArgs(topology: string, dir: string): string[] {
+  return [
+    join(repoRoot, 'dist/src/cli/main.js'),
+    ...['scatter', '--topology', topology, '--work-dir', dir, '--json'],
+    ...['--round-pages', '512', '--unicast-below-ms', '0'],
+  ];
+}
+
 export function spec(
   seed: number,
   family: string,
