@@ -218,12 +218,19 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       // A target's images are built as soon as it holds what the rounds and its site peers send it,
       // while the rounds for other targets go on. Once interrupted, no rebuild starts.
       const seededAt = links.map(() => deferred<boolean>());
-      const interrupted = new Promise<void>((resolve) =>
-        options.signal?.addEventListener('abort', () => resolve(), { once: true }),
-      );
+      // Site peers' pages are waited for, unless the job is interrupted meanwhile (the listener goes
+      // with the fetches: one signal may serve many jobs).
+      const fetchedOrInterrupted = new Promise<void>((resolve) => {
+        const done = () => {
+          options.signal?.removeEventListener('abort', done);
+          resolve();
+        };
+        options.signal?.addEventListener('abort', done, { once: true });
+        fetching.then(done, done);
+      });
       const ready = async (target: number): Promise<boolean> => {
         if (!(await seededAt[target]!.promise) || options.signal?.aborted) return false;
-        await Promise.race([fetching.catch(() => undefined), interrupted]);
+        await fetchedOrInterrupted;
         return !options.signal?.aborted;
       };
       const imageWork = { ...work, pendingVms: work.pendingVms.filter((v) => !scan.qmp.has(v)) };
