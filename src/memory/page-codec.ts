@@ -279,7 +279,6 @@ function fastestPass(seconds: number, pass: () => void): number {
   return 1 / Math.max(best, 1e-9);
 }
 
-
 /** Whether pages are compressed: always, never, or when the measured rates say it pays. */
 export type CompressionMode = 'on' | 'off' | 'adaptive';
 
