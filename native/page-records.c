@@ -192,6 +192,21 @@ static napi_value encode_page_records(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * A token nibble's length with its continuation bytes (read only when the nibble is 15), as
+ * put_length writes them: where the input goes on, or NULL when it ends within them.
+ */
+static inline const uint8_t *get_length(const uint8_t *ip, const uint8_t *iend, size_t *length) {
+  if (*length != 15) return ip;
+  unsigned more;
+  do {
+    if (ip >= iend) return NULL;
+    more = *ip++;
+    *length += more;
+  } while (more == 255);
+  return ip;
+}
+
+/*
  * One page from an LZ4 block (no size prefix) into dst: 1 when the block decodes to exactly a page,
  * 0 for anything else. The block comes off the network: every length is checked against what is
  * left of the input and of the page, and a match may only reach back into what was written.
@@ -203,14 +218,7 @@ static int lz4_page(const uint8_t *ip, const uint8_t *iend, uint8_t *dst) {
     if (ip >= iend) return 0;
     const unsigned token = *ip++;
     size_t literals = token >> 4;
-    if (literals == 15) {
-      unsigned more;
-      do {
-        if (ip >= iend) return 0;
-        more = *ip++;
-        literals += more;
-      } while (more == 255);
-    }
+    if ((ip = get_length(ip, iend, &literals)) == NULL) return 0;
     if ((size_t)(iend - ip) < literals || (size_t)(oend - op) < literals) return 0;
     memcpy(op, ip, literals);
     op += literals;
@@ -221,14 +229,7 @@ static int lz4_page(const uint8_t *ip, const uint8_t *iend, uint8_t *dst) {
     ip += 2;
     if (offset == 0 || offset > (size_t)(op - dst)) return 0;
     size_t length = token & 15;
-    if (length == 15) {
-      unsigned more;
-      do {
-        if (ip >= iend) return 0;
-        more = *ip++;
-        length += more;
-      } while (more == 255);
-    }
+    if ((ip = get_length(ip, iend, &length)) == NULL) return 0;
     length += MIN_MATCH;
     if ((size_t)(oend - op) < length) return 0;
     const uint8_t *match = op - offset;
