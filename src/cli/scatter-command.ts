@@ -308,6 +308,9 @@ function renderReport(report: ScatterReport, file: string): string {
       `(${percent(report.source.multicastWireBytes + report.source.unicastBytes, memory)}) in ${report.source.rounds - report.source.unicastRounds} multicast round(s)` +
       (report.source.unicastRounds > 0
         ? ` (${report.source.unicastRounds} too small for one went by unicast)`
+        : '') +
+      (report.source.changedPages > 0
+        ? `; ${report.source.changedPages} page(s) their guests rewrote since the scan went in their live stream instead`
         : ''),
     `time ${s.total.toFixed(1)} s: connect ${s.connect.toFixed(1)}, scan ${s.scan.toFixed(1)}, plan ${s.plan.toFixed(1)}, ` +
       `multicast ${s.seed.toFixed(1)}, rebuild ${s.rebuild.toFixed(1)}, live migration ${s.migrate.toFixed(1)}`,

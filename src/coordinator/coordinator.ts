@@ -280,7 +280,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         links,
         runDir,
         secret: options.secret,
-        holds: heldForLive(work.rounds, seeded.roundCompleted, held, scan.table, liveTargets.length),
+        holds: heldForLive(work.rounds, seeded, held, scan.table, liveTargets.length),
         bandwidthBytesPerSecond: source.linkBitsPerSecond / 8,
         compress: (options.compression ?? 'adaptive') !== 'off',
         onVerdict: (done, total) => progress({ phase: 'migrate', done, total, unit: 'vms' }),

@@ -70,6 +70,8 @@ export interface ScatterReport {
     /** Rounds too small to pay for a multicast session, whose pages went by unicast. */
     readonly unicastRounds: number;
     readonly uniquePagesSent: number;
+    /** Pages of running guests left out of their rounds: changed since the scan (sent in their stream). */
+    readonly changedPages: number;
     readonly packets: { readonly data: number; readonly parity: number; readonly repair: number };
   };
   readonly compression: CompressionDecision;
@@ -201,6 +203,7 @@ export function plannedReport(
       rounds: 0,
       unicastRounds: 0,
       uniquePagesSent: 0,
+      changedPages: 0,
       packets: { data: 0, parity: 0, repair: 0 },
     },
     compression: {
@@ -309,6 +312,7 @@ export function jobReport(o: JobOutcome): ScatterReport {
       rounds: seeded.rounds,
       unicastRounds: seeded.unicastRounds,
       uniquePagesSent: seeded.uniquePagesSent,
+      changedPages: seeded.changedPages,
       packets: seeded.packets,
     },
     compression: seeded.compression,

@@ -12,7 +12,7 @@ import { ContentStore } from '../store/content-store.js';
 import { imageSha256 } from '../memory/image-hash.js';
 import { scanRunningVm } from '../live/scan.js';
 import { reachRunningVm, type ScannedLiveVm } from '../live/source.js';
-import { SourcePages } from '../store/source-pages.js';
+import { SourcePages, type PageFile } from '../store/source-pages.js';
 
 /**
  * Phase 3 for a whole job: image VMs fingerprinted from their files (and their SHA-256 taken, which
@@ -32,6 +32,9 @@ export interface JobScan {
   readonly pages: SourcePages;
   close(): Promise<void>;
 }
+
+/** Running VMs scanned at once (see scanJob). */
+const SCANS_AT_ONCE = 2;
 
 export async function scanJob(
   topology: Topology,
@@ -81,18 +84,24 @@ export async function scanJob(
   });
   const qmp = new Map<number, QemuMonitor>();
   const liveScans = new Map<number, ScannedLiveVm['method']>();
+  const memoryFiles = new Map<number, PageFile>();
   // The running VMs' pages of this job only: what an earlier job kept is of no use now.
   const storeDir = join(options.runDir, 'source-pages');
   if (live.length > 0) rmSync(storeDir, { recursive: true, force: true });
   const store = live.length > 0 ? ContentStore.open(storeDir) : undefined;
+  // One scan's failure stops the others (their QMP clients are closed below).
+  const failed = new AbortController();
+  const stopOnCaller = () => failed.abort(options.signal?.reason);
+  if (options.signal?.aborted) stopOnCaller();
+  options.signal?.addEventListener('abort', stopOnCaller, { once: true });
   try {
     const digester = new PageDigester(key);
-    for (const v of live) {
+    const scanOne = async (v: number) => {
       const vm = topology.vms[v]!;
-      if (!isRunning(vm.source)) continue;
+      if (!isRunning(vm.source)) return;
       if (options.moved?.has(v)) {
         vms[v] = { name: vm.name, pages: new Uint32Array(Math.ceil(vm.memoryBytes / PAGE_SIZE)) };
-        continue;
+        return;
       }
       const reached = await reachRunningVm(vm.name, vm.source, sourceHostOf(topology));
       qmp.set(v, reached.monitor);
@@ -113,11 +122,23 @@ export async function scanJob(
         table,
         digester,
         store: store!,
-        ...(options.signal ? { signal: options.signal } : {}),
+        signal: failed.signal,
       });
       vms[v] = scanned.pages;
       liveScans.set(v, scanned.method);
-    }
+      if (scanned.memory) memoryFiles.set(v, { ...scanned.memory, changing: true });
+    };
+    // Two at a time: each keeps a thread of the pool reading and digesting its memory while the
+    // event loop files what the other found, so both cores work (one VM at a time used one).
+    let next = 0;
+    const scanning = Array.from({ length: Math.min(SCANS_AT_ONCE, live.length) }, async () => {
+      while (next < live.length && !failed.signal.aborted) await scanOne(live[next++]!);
+    });
+    const outcomes = await Promise.allSettled(
+      scanning.map((p) => p.catch((error: unknown) => (failed.abort(error), Promise.reject(error)))),
+    );
+    const rejected = outcomes.find((o) => o.status === 'rejected');
+    if (rejected) throw failed.signal.reason ?? rejected.reason;
   } catch (error) {
     for (const client of qmp.values()) await client.close().catch(() => undefined);
     store?.close();
@@ -128,11 +149,16 @@ export async function scanJob(
         130,
       );
     throw error;
+  } finally {
+    options.signal?.removeEventListener('abort', stopOnCaller);
   }
   const pages = new SourcePages(
     vms,
     table,
-    topology.vms.map((vm) => (vm.source.kind === 'image' ? vm.source.path : undefined)),
+    topology.vms.map((vm, v) =>
+      vm.source.kind === 'image' ? { path: vm.source.path, base: 0, changing: false } : memoryFiles.get(v),
+    ),
+    key,
     store,
   );
   return {

@@ -252,21 +252,26 @@ const notMigrated: LiveMigrationResult = {
 
 /**
  * What a target holds, as far as a running VM's stream may refer to it: what it announced before the
- * job, and what rounds it completed delivered. A reference to a page the agent turns out to lack makes
+ * job, and what rounds it completed delivered (not the pages a round left out). A reference to a page the agent turns out to lack makes
  * it refuse the stream, and the VM stays at its source: so the announcement's false-positive rate is
  * what bounds how often that happens, never whether a VM is lost.
  */
 export function heldForLive(
   rounds: readonly SendRound[],
-  completed: readonly (readonly number[])[],
+  seeded: {
+    readonly roundCompleted: readonly (readonly number[])[];
+    readonly roundChanged: readonly Uint32Array[];
+  },
   announced: readonly (HeldDigests | undefined)[],
   table: DigestTable,
   targetCount: number,
 ): (target: number, digest: Uint8Array) => boolean {
   const delivered = Array.from({ length: targetCount }, () => new DigestTable(1024));
   rounds.forEach((round, r) => {
-    for (const t of completed[r] ?? [])
-      for (const id of round.ids) delivered[t]!.intern(table.digestOf(id), 0);
+    // Pages a round left out (changed since the scan) reached no one.
+    const changed = new Set(seeded.roundChanged[r] ?? []);
+    for (const t of seeded.roundCompleted[r] ?? [])
+      for (const id of round.ids) if (!changed.has(id)) delivered[t]!.intern(table.digestOf(id), 0);
   });
   return (target, digest) =>
     delivered[target]!.lookup(digest) > 0 || announced[target]?.mayHold(digest) === true;

@@ -8,8 +8,10 @@ import { LivePageCollector, type LiveScanOptions, type ScannedLiveVm } from './s
  * used: one that completes before it is cancelled leaves QEMU's dirty tracking in a state that the
  * real migration after it has been seen to lose pages from.
  *
- * A page may change while it is read; what was read is what is fingerprinted and stored, so digest and
- * bytes always agree, and a later change is sent by the live migration as any dirtied page is. Pages of
+ * A page may change while it is read; what was read is what is fingerprinted (and, read by pmemsave,
+ * stored), so digest and bytes always agree, and a later change is sent by the live migration as any
+ * dirtied page is. Memory this process can read as a file is not copied: seeding reads a page there
+ * again and sends it only if it still has the scanned digest (round-encoder-worker.ts). Pages of
  * the RAM block the guest does not see (under the legacy ROM window) count as zero pages here.
  */
 export async function scanRunningVm(options: LiveScanOptions): Promise<ScannedLiveVm> {
@@ -35,7 +37,9 @@ const CHUNK_BYTES = 4 << 20;
  */
 async function scanGuestRam(ram: GuestRam, options: LiveScanOptions): Promise<ScannedLiveVm> {
   const { digester } = options;
-  const collector = new LivePageCollector(options.table, digester, options.store);
+  // Memory this process can read again needs no copy: seeding reads it there (and checks it).
+  const memory = ram.file && { path: ram.file.path, base: ram.file.position };
+  const collector = new LivePageCollector(options.table, digester, memory ? undefined : options.store);
   collector.reset(Math.ceil(ram.map.bytes / PAGE_SIZE));
   // Whole pages: the ranges the guest sees are page-aligned.
   const chunks = ram.map.ranges.flatMap((range) =>
@@ -80,5 +84,9 @@ async function scanGuestRam(ram: GuestRam, options: LiveScanOptions): Promise<Sc
   }
   await next;
   collector.flush();
-  return { pages: collector.pages(options.vm), method: ram.method };
+  return {
+    pages: collector.pages(options.vm),
+    method: ram.method,
+    ...(memory ? { memory } : {}),
+  };
 }

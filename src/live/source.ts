@@ -24,6 +24,18 @@ export interface ScannedLiveVm {
   readonly pages: VmPages;
   /** How the memory was read (qemu/guest-ram.ts). */
   readonly method: GuestRamMethod;
+  /**
+   * Where page i of `pages` can be read again while the VM runs (at `base + i * PAGE_SIZE` of
+   * `path`: its memory file or its QEMU's process memory); undefined when it was read by pmemsave,
+   * whose pages were kept in the store instead. What is read there later may have changed since.
+   */
+  readonly memory?: GuestMemoryFile;
+}
+
+/** A running guest's RAM block as a file: page i at byte `base + i * PAGE_SIZE` of `path`. */
+export interface GuestMemoryFile {
+  readonly path: string;
+  readonly base: number;
 }
 
 export async function connectSourceQmp(path: string, vm: string): Promise<QmpClient> {
@@ -133,7 +145,10 @@ export interface LiveScanOptions {
   readonly runDir: string;
   readonly table: DigestTable;
   readonly digester: PageDigester;
-  /** Keeps the bytes of every distinct page (a job's scan; a plan keeps none). */
+  /**
+   * Keeps the bytes of every distinct page that cannot be read again later (a job's scan by pmemsave;
+   * a plan keeps none, and a VM whose memory is a file to this process is read again at seeding).
+   */
   readonly store?: ContentStore;
   /** Ctrl-C: the scan stops (the guest never noticed it). */
   readonly signal?: AbortSignal;

@@ -15,17 +15,21 @@ export interface PageLocations {
   readonly page: Uint32Array;
 }
 
-export function firstLocations(vms: readonly VmPages[], digestCount: number): PageLocations {
+/** The first VM (taken in `order`, by default as listed) and page holding each unique page. */
+export function firstLocations(
+  vms: readonly VmPages[],
+  digestCount: number,
+  order: readonly number[] = vms.map((_, v) => v),
+): PageLocations {
   const vm = new Int32Array(digestCount + 1).fill(-1);
   const page = new Uint32Array(digestCount + 1);
-  vms.forEach((v, index) =>
-    v.pages.forEach((id, p) => {
+  for (const index of order)
+    vms[index]!.pages.forEach((id, p) => {
       if (id !== ZERO_PAGE_ID && vm[id] === -1) {
         vm[id] = index;
         page[id] = p;
       }
-    }),
-  );
+    });
   return { vm, page };
 }
 

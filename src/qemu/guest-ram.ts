@@ -49,9 +49,10 @@ export interface GuestRam {
   read(into: Uint8Array, offset: number, length: number): Promise<void>;
   /**
    * Where the method reads a file (a memory file, process memory): the block's bytes at offset `o` are
-   * at `position + o` of `fd`, so a reader in another thread can pread them itself.
+   * at `position + o` of `fd` (opened from `path`), so a reader in another thread can pread them
+   * itself, or open the file again later.
    */
-  readonly file?: { readonly fd: number; readonly position: number };
+  readonly file?: { readonly fd: number; readonly position: number; readonly path: string };
   /**
    * Writes `bytes` at block offset `offset`, where the method allows it (a memory file, process memory);
    * undefined for pmemsave. Only for a guest that is not running (a paused destination).
@@ -200,7 +201,7 @@ function fileReader(
       return layout.map;
     },
     remap,
-    file: { fd, position: base },
+    file: { fd, position: base, path },
     read: (into, offset, length) => {
       const ended = readExactly(fd, into, 0, length, base + offset);
       if (ended !== undefined) throw new GuestRamError(`${path} ended at ${ended}`);

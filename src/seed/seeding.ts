@@ -79,6 +79,13 @@ export interface SeedResult {
   readonly roundWireBytes: number[];
   /** Per round: the receivers that reported every object of it stored. */
   readonly roundCompleted: number[][];
+  /**
+   * Per round: digest ids it did not carry, read from a running guest that had changed them since the
+   * scan (their new content goes in the guest's live stream; no target holds them from this round).
+   */
+  readonly roundChanged: Uint32Array[];
+  /** Pages left out of their rounds for that reason, all rounds. */
+  readonly changedPages: number;
   /** Per target: datagrams its receivers dropped (forged, replayed, stale, malformed), all rounds. */
   readonly droppedByTarget: number[];
   /** Stopped by the signal before every round was sent (rounds not sent: 0 bytes, no receiver). */
@@ -155,6 +162,7 @@ export async function seedRounds(
   const packets = { data: 0, parity: 0, repair: 0 };
   const roundWireBytes: number[] = work.rounds.map(() => 0);
   const roundCompleted: number[][] = work.rounds.map(() => []);
+  const roundChanged: Uint32Array[] = work.rounds.map(() => new Uint32Array(0));
   const droppedByTarget = links.map(() => 0);
   const openSocket = options.openSocket ?? DgramSocket.open;
   const socketOptions = {
@@ -206,7 +214,7 @@ export async function seedRounds(
   let progressPages = 0;
   /** Round r is done with, by multicast (`multicasted`) or left to unicast. */
   const sent = (r: number, multicasted = true) => {
-    if (multicasted) sentPages += work.rounds[r]!.ids.length;
+    if (multicasted) sentPages += work.rounds[r]!.ids.length - roundChanged[r]!.length;
     progressPages += work.rounds[r]!.ids.length;
     options.onProgress(progressPages, totalPages);
   };
@@ -252,9 +260,11 @@ export async function seedRounds(
       encodings.raw += encoded.counts.raw;
       encodings.uniform += encoded.counts.uniform;
       encodings.compressed += encoded.counts.compressed;
+      roundChanged[r] = encoded.changed;
       const receivers = round.receivers.filter((t) => !links[t]!.lost && !deaf.has(`${round.group}:${t}`));
-      for (const t of round.receivers) if (!receivers.includes(t)) roundDoneFor(t);
-      if (receivers.length === 0) {
+      for (const t of round.receivers)
+        if (!receivers.includes(t) || encoded.batches.length === 0) roundDoneFor(t);
+      if (receivers.length === 0 || encoded.batches.length === 0) {
         sent(r);
         continue;
       }
@@ -307,6 +317,8 @@ export async function seedRounds(
     packets,
     roundWireBytes,
     roundCompleted,
+    roundChanged,
+    changedPages: roundChanged.reduce((n, ids) => n + ids.length, 0),
     droppedByTarget,
     interrupted,
     unheard,

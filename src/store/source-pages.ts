@@ -6,38 +6,64 @@ import { firstLocations, type PageLocations } from '../memory/page-batches.js';
 import { readExactly } from '../read-exactly.js';
 
 /**
- * The source's unique pages, read on demand from the first image that holds each: nothing of the
- * images is kept in memory beyond the round being sent.
+ * Where a VM's pages can be read: page i at byte `base + i * PAGE_SIZE` of `path`. An image never
+ * changes during a job; a running guest's memory (`changing`) does, so a page read there is sent only
+ * if it still has the digest the scan gave it.
+ */
+export interface PageFile {
+  readonly path: string;
+  readonly base: number;
+  readonly changing: boolean;
+}
+
+/**
+ * The source's unique pages, read on demand where a VM holds each: nothing of the VMs is kept in
+ * memory beyond the round being sent. A page is read from an image when one holds it, else from the
+ * scan's content store (running VMs read by pmemsave), else from a running guest's memory.
  */
 export class SourcePages {
   private readonly locations: PageLocations;
   private readonly fds: number[];
 
-  readonly paths: readonly string[];
+  /** Per VM (then the content store, when there is one): where its pages are read. */
+  readonly files: readonly PageFile[];
 
   /**
-   * `paths[v]` is VM v's image. A running VM has no image: its pages were kept at the scan in a
-   * content store (`live`), and are read from there.
+   * `files[v]` is where VM v's pages are; undefined for a running VM whose pages the scan kept in a
+   * content store (`kept`). `digestKey` is the job's page-digest key: pages read from a running
+   * guest are digested again with it (round-encoder-worker.ts).
    */
   constructor(
     vms: readonly VmPages[],
     private readonly table: DigestTable,
-    paths: readonly (string | undefined)[],
-    live?: { readonly pagesPath: string; indexOf(digest: Uint8Array): number },
+    files: readonly (PageFile | undefined)[],
+    readonly digestKey: Uint8Array,
+    kept?: { readonly pagesPath: string; indexOf(digest: Uint8Array): number },
   ) {
-    const locations = firstLocations(vms, table.size);
-    const storeIndex = paths.length;
-    if (live) {
+    const steady = (v: number) => files[v] !== undefined && !files[v].changing;
+    const indices = vms.map((_, v) => v);
+    const order = [
+      ...indices.filter(steady),
+      ...indices.filter((v) => files[v] === undefined),
+      ...indices.filter((v) => files[v]?.changing === true),
+    ];
+    const locations = firstLocations(vms, table.size, order);
+    const storeIndex = files.length;
+    if (kept) {
       for (let id = 1; id < locations.vm.length; id++) {
         const v = locations.vm[id]!;
-        if (v < 0 || paths[v] !== undefined) continue;
+        if (v < 0 || files[v] !== undefined) continue;
         locations.vm[id] = storeIndex;
-        locations.page[id] = live.indexOf(table.digestOf(id));
+        locations.page[id] = kept.indexOf(table.digestOf(id));
       }
     }
     this.locations = locations;
-    this.paths = [...paths.map((path) => path ?? '/dev/null'), ...(live ? [live.pagesPath] : [])];
-    this.fds = this.paths.map((path) => openSync(path, 'r'));
+    const none: PageFile = { path: '/dev/null', base: 0, changing: false };
+    this.files = [
+      ...files.map((file) => file ?? none),
+      ...(kept ? [{ path: kept.pagesPath, base: 0, changing: false }] : []),
+    ];
+    this.fds = this.files.map((file) => openSync(file.path, 'r'));
   }
 
   /** The digest of unique page `id` (a copy). */
@@ -45,18 +71,22 @@ export class SourcePages {
     return this.table.digestOf(id).slice();
   }
 
-  /** Where unique page `id` is read from: an image (index into paths) and a page number. */
+  /** Where unique page `id` is read from: a file (index into `files`) and a page number. */
   locationOf(id: number): { vm: number; page: number } {
     return { vm: this.locations.vm[id]!, page: this.locations.page[id]! };
   }
 
-  /** The bytes of unique page `id`. */
+  /**
+   * The bytes of unique page `id`, as they are now: a page held only by running guests may have
+   * changed since the scan (a sample's worth, not a page to send).
+   */
   read(id: number): Uint8Array {
     const page = new Uint8Array(PAGE_SIZE);
+    const file = this.files[this.locations.vm[id]!]!;
     const fd = this.fds[this.locations.vm[id]!]!;
-    const position = this.locations.page[id]! * PAGE_SIZE;
+    const position = file.base + this.locations.page[id]! * PAGE_SIZE;
     if (readExactly(fd, page, 0, PAGE_SIZE, position) !== undefined)
-      throw new InputError(`${this.paths[this.locations.vm[id]!]}: image shrank during the job`);
+      throw new InputError(`${file.path}: shrank during the job`);
     return page;
   }
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { decodeBatch } from '../../src/memory/page-batches.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../../src/memory/page.js';
+import { PageDigester, randomDigestKey } from '../../src/memory/page-digest.js';
 import { RoundEncoder } from '../../src/seed/round-encoder.js';
 import type { SourcePages } from '../../src/store/source-pages.js';
 import { tempDir } from '../support/fixtures.js';
@@ -48,7 +49,8 @@ test('round encoder: every page read from its file and place, runs and scattered
   ];
   const ids = Uint32Array.from(where, (_, i) => i + 1);
   const pages = {
-    paths,
+    files: paths.map((path) => ({ path, base: 0, changing: false })),
+    digestKey: randomDigestKey(),
     locationOf: (id: number) => ({ vm: where[id - 1]![0], page: where[id - 1]![1] }),
     digestOf: (id: number) => new Uint8Array(DIGEST_BYTES).fill(id),
   } as unknown as SourcePages;
@@ -64,6 +66,71 @@ test('round encoder: every page read from its file and place, runs and scattered
         const expected = Uint8Array.from({ length: PAGE_SIZE }, (_, j) => (f * 64 + p + j * 7) & 0xff);
         assert.deepEqual(Buffer.from(record.page!), Buffer.from(expected), `file ${f} page ${p}`);
       });
+    }
+  } finally {
+    await encoder.close();
+  }
+});
+
+/**
+ * A running guest's memory is read again at seeding: a page it rewrote since the scan no longer has
+ * the scanned digest and is left out of the round (named in `changed`), the others are sent as read.
+ * Pages from an image are not digested again. Fails if the worker sends the rewritten page under its
+ * old digest (a target would then hold a page that is not what the digest says).
+ */
+test('round encoder: pages a running guest changed since the scan are left out, and named', async (t) => {
+  const { dir, cleanup } = tempDir('vms-encoder-');
+  t.after(cleanup);
+  const key = randomDigestKey();
+  const digester = new PageDigester(key);
+  const fill = (page: number) => Uint8Array.from({ length: PAGE_SIZE }, (_, j) => (page * 31 + j * 3) & 0xff);
+  // The "guest memory" file: 3 pages of something else, then the guest's 8 pages (base 3 pages in).
+  const base = 3 * PAGE_SIZE;
+  const memory = new Uint8Array(base + 8 * PAGE_SIZE);
+  for (let p = 0; p < 8; p++) memory.set(fill(p), base + p * PAGE_SIZE);
+  const image = new Uint8Array(2 * PAGE_SIZE);
+  image.set(fill(100), 0);
+  image.set(fill(101), PAGE_SIZE);
+  // Digests as the scan saw them.
+  const scanned = [...Array.from({ length: 8 }, (_, p) => fill(p)), fill(100), fill(101)].map((page) => {
+    const d = new Uint8Array(DIGEST_BYTES);
+    digester.digestInto(page, 0, d, 0);
+    return d;
+  });
+  // The guest rewrites pages 2 and 5 before seeding reads them; the image's second page is "changed"
+  // too, which must not matter: an image is not read as changing.
+  memory.fill(0xee, base + 2 * PAGE_SIZE, base + 3 * PAGE_SIZE);
+  memory[base + 5 * PAGE_SIZE + 17] = memory[base + 5 * PAGE_SIZE + 17]! ^ 1;
+  image.fill(0x55, PAGE_SIZE);
+  const memoryPath = join(dir, 'guest.mem');
+  const imagePath = join(dir, 'image.raw');
+  writeFileSync(memoryPath, memory);
+  writeFileSync(imagePath, image);
+  // ids 1..8: guest pages 0..7; ids 9, 10: image pages 0, 1.
+  const where = (id: number) => (id <= 8 ? { vm: 0, page: id - 1 } : { vm: 1, page: id - 9 });
+  const pages = {
+    files: [
+      { path: memoryPath, base, changing: true },
+      { path: imagePath, base: 0, changing: false },
+    ],
+    digestKey: key,
+    locationOf: where,
+    digestOf: (id: number) => scanned[id - 1]!,
+  } as unknown as SourcePages;
+  const encoder = new RoundEncoder(pages, 4); // a batch of guest pages with a change, one without
+  try {
+    const ids = Uint32Array.from({ length: 10 }, (_, i) => i + 1);
+    const { batches, changed } = await encoder.encode(ids, true);
+    assert.deepEqual([...changed], [3, 6]);
+    const records = batches.flatMap((batch) => [...decodeBatch(batch)]);
+    assert.deepEqual(
+      records.map((r) => scanned.findIndex((d) => Buffer.from(d).equals(Buffer.from(r.digest))) + 1),
+      [1, 2, 4, 5, 7, 8, 9, 10],
+    );
+    for (const record of records) {
+      const id = scanned.findIndex((d) => Buffer.from(d).equals(Buffer.from(record.digest))) + 1;
+      const expected = id <= 8 ? fill(id - 1) : id === 9 ? fill(100) : image.subarray(PAGE_SIZE);
+      assert.deepEqual(Buffer.from(record.page!), Buffer.from(expected), `page of id ${id}`);
     }
   } finally {
     await encoder.close();
