@@ -48,8 +48,8 @@
  * counter goes past the last value seen at the source, and the source QEMU is gone or 'postmigrate'.
  *
  * Targets (issue): vmscatter's bytes <= 30% of (a) and <= 0.7x (b)'s; its time <= 1.0x (a)'s (aim:
- * 0.5x); its median downtime <= (a)'s; its source CPU <= 5 core-seconds. Results go to --out DIR (default under the OS tmpdir): results.json and
- * chart.svg (bytes and time per method). Needs root, the lab tools (ip, tc, nft) and
+ * 0.5x); its median downtime <= (a)'s; its source CPU <= 5 core-seconds. Results go to --out DIR
+ * (default under the OS tmpdir): results.json and chart.svg (bytes and time per method). Needs root, the lab tools (ip, tc, nft) and
  * qemu-system-x86_64. Every QEMU and the lab are removed after each method, on errors and on Ctrl-C.
  */
 import { spawnSync } from 'node:child_process';
