@@ -172,6 +172,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       },
       done,
       roundPages: options.roundPages ?? DEFAULT_ROUND_PAGES,
+      streamed: (v) => scan.qmp.has(v),
     });
     seconds.plan = (performance.now() - t) / 1000;
 

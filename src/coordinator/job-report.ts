@@ -75,7 +75,10 @@ export interface ScatterReport {
     readonly packets: { readonly data: number; readonly parity: number; readonly repair: number };
   };
   readonly compression: CompressionDecision;
-  /** Pages by how they travelled: zero (never), held already, multicast (raw, uniform, compressed), unicast. */
+  /**
+   * Pages by how they travelled: zero (never), held already, multicast (raw, uniform, compressed),
+   * unicast, from site peers, and left to the live stream of the one running VM holding them.
+   */
   readonly pages: {
     readonly total: number;
     readonly zero: number;
@@ -83,6 +86,7 @@ export interface ScatterReport {
     readonly multicast: number;
     readonly unicast: number;
     readonly peer: number;
+    readonly streamed: number;
     readonly raw: number;
     readonly uniform: number;
     readonly compressed: number;
@@ -223,6 +227,7 @@ export function plannedReport(
       compressed: 0,
       unicast: 0,
       peer: 0,
+      streamed: 0,
     },
     seconds,
   };
@@ -242,6 +247,7 @@ export interface JobOutcome {
     readonly rounds: readonly SendRound[];
     readonly heldPages: ArrayLike<number>;
     readonly neededPages: ArrayLike<number>;
+    readonly streamedPages: ArrayLike<number>;
   };
   readonly seeded: SeedResult;
   readonly rebuilt: RebuildOutcome;
@@ -324,6 +330,7 @@ export function jobReport(o: JobOutcome): ScatterReport {
       ...seeded.encodings,
       unicast: rebuilt.unicastPages.reduce((a, b) => a + b, 0),
       peer: o.peerPages.reduce((a, b) => a + b, 0),
+      streamed: Array.from(o.work.streamedPages).reduce((a, b) => a + b, 0),
     },
     seconds: o.seconds,
   };

@@ -43,6 +43,8 @@ export interface JobWork {
   readonly neededPages: Int32Array;
   /** Per target: pages it will fetch from a peer of its site. */
   readonly peerPages: Int32Array;
+  /** Per target: pages only one of its running VMs holds, left to that VM's live stream. */
+  readonly streamedPages: Int32Array;
 }
 
 export interface JobWorkInput {
@@ -59,6 +61,13 @@ export interface JobWorkInput {
   readonly done: readonly boolean[];
   /** Most pages in one round. */
   readonly roundPages: number;
+  /**
+   * VMs that carry their own pages in a live stream (running VMs). A page only one pending VM holds,
+   * and that one is streamed, is not multicast: the stream sends it in full, compressed as a round
+   * would be, with the same bytes on the link, and without the round's cost at both ends (read,
+   * encode, send, receive, check, store, then read back for the stream).
+   */
+  readonly streamed?: (v: number) => boolean;
 }
 
 export function planJobWork(input: JobWorkInput): JobWork {
@@ -67,6 +76,7 @@ export function planJobWork(input: JobWorkInput): JobWork {
   const heldPages = new Int32Array(targetCount);
   const neededPages = new Int32Array(targetCount);
   const peerPages = new Int32Array(targetCount);
+  const streamedPages = new Int32Array(targetCount);
   const fetches = new Map<number, number[]>(); // key target * targetCount + peer
   const groupIds: number[][] = schedule.groups.map(() => []);
   const groupReceivers = schedule.groups.map(() => new Set<number>());
@@ -79,7 +89,16 @@ export function planJobWork(input: JobWorkInput): JobWork {
     if (id === ZERO_PAGE_ID || index.holderCount[id] === 0) continue;
     const group = schedule.groupOfDigest[id]!;
     needers.length = 0;
-    for (const v of holdersOf(index, id)) {
+    const holders = holdersOf(index, id);
+    let pendingHolders = 0;
+    let onlyHolder = -1;
+    for (const v of holders)
+      if (!done[v]) {
+        pendingHolders++;
+        onlyHolder = v;
+      }
+    const streamedAlone = pendingHolders === 1 && input.streamed?.(onlyHolder) === true;
+    for (const v of holders) {
       const t = assignment[v]!;
       if (done[v] || seen[t] === id) continue;
       seen[t] = id;
@@ -94,6 +113,10 @@ export function planJobWork(input: JobWorkInput): JobWork {
         let ids = fetches.get(key);
         if (!ids) fetches.set(key, (ids = []));
         ids.push(id);
+        continue;
+      }
+      if (streamedAlone) {
+        streamedPages[t]!++;
         continue;
       }
       neededPages[t]!++;
@@ -122,5 +145,5 @@ export function planJobWork(input: JobWorkInput): JobWork {
     peer: key % targetCount,
     ids: Uint32Array.from(ids),
   }));
-  return { rounds, peerFetches, pendingVms, heldPages, neededPages, peerPages };
+  return { rounds, peerFetches, pendingVms, heldPages, neededPages, peerPages, streamedPages };
 }

@@ -94,7 +94,7 @@ test(
       assert.ok(run.cpu.tool > 0, `${run.label}: vmscatter's CPU was measured`);
     }
     assert.ok(result.b && result.b.method.startsWith('b-'), 'a (b) was chosen');
-    assert.equal(result.checks.length, 8, 'four targets for each of (c) and (d)');
+    assert.equal(result.checks.length, 10, 'five targets for each of (c) and (d)');
     const svg = renderSvg(result);
     assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
     for (const method of METHODS) assert.ok(svg.includes(METHOD_LABELS[method]), `the chart shows ${method}`);

@@ -22,6 +22,8 @@ const job = fc
       j: fc.constant(j),
       assignment: fc.array(fc.nat(j.targets - 1), { minLength: j.vms.length, maxLength: j.vms.length }),
       done: fc.array(fc.boolean(), { minLength: j.vms.length, maxLength: j.vms.length }),
+      /** Whether VM v carries its own pages in a live stream. */
+      streamed: fc.array(fc.boolean(), { minLength: j.vms.length, maxLength: j.vms.length }),
       held: fc.array(fc.array(fc.boolean(), { minLength: 31, maxLength: 31 }), {
         minLength: j.targets,
         maxLength: j.targets,
@@ -36,7 +38,7 @@ const job = fc
 
 test('property: every page a pending VM lacks reaches its target exactly once; pages nobody lacks stay home', () => {
   fc.assert(
-    fc.property(job, ({ j, assignment, done, held, peered }) => {
+    fc.property(job, ({ j, assignment, done, streamed, held, peered }) => {
       const vms: VmPages[] = j.vms.map((pages, v) => ({
         name: `vm${v}`,
         pages: Uint32Array.from(pages, (p) => p % (j.digests + 1)),
@@ -64,7 +66,15 @@ test('property: every page a pending VM lacks reaches its target exactly once; p
         },
         done,
         roundPages: j.roundPages,
+        streamed: (v) => streamed[v]!,
       });
+      // A page whose one pending holder streams it is left to that stream.
+      const pendingHolders = (id: number) =>
+        vms.flatMap((vm, v) => (!done[v] && vm.pages.includes(id) ? [v] : []));
+      const streamedAlone = (id: number) => {
+        const holders = pendingHolders(id);
+        return holders.length === 1 && streamed[holders[0]!]!;
+      };
       const deliveries = new Map<string, number>();
       const fetched = new Map<string, number>();
       for (const f of work.peerFetches) {
@@ -89,22 +99,28 @@ test('property: every page a pending VM lacks reaches its target exactly once; p
         else if (fetched.has(key)) {
           assert.equal(fetched.get(key), 1, `${key} fetched from a peer once`);
           assert.ok((deliveries.get(key) ?? 0) <= 1, `${key} fetched, multicast to it at most in passing`);
-        } else assert.equal(deliveries.get(key), 1, `${key} arrives exactly once`);
+        } else if (streamedAlone(id))
+          assert.equal(deliveries.get(key), undefined, `${key} left to its stream`);
+        else assert.equal(deliveries.get(key), 1, `${key} arrives exactly once`);
       }
       // No page goes out that no pending VM's target lacks.
       const sent = new Set(work.rounds.flatMap((r) => [...r.ids]));
       const lacks = (k: string) =>
         !held[Number(k.split(':')[0])]![Number(k.split(':')[1])] && !fetched.has(k);
-      for (const id of sent) assert.ok([...needed].some((k) => k.endsWith(`:${id}`) && lacks(k)));
+      const lacksAndMulticast = (k: string) => lacks(k) && !streamedAlone(Number(k.split(':')[1]));
+      for (const id of sent) assert.ok([...needed].some((k) => k.endsWith(`:${id}`) && lacksAndMulticast(k)));
       assert.deepEqual(
         work.pendingVms,
         vms.map((_, v) => v).filter((v) => !done[v]),
       );
-      const lacking = Array.from(
-        { length: j.targets },
-        (_, t) => [...needed].filter((k) => k.startsWith(`${t}:`) && lacks(k)).length,
-      );
+      const count = (t: number, is: (k: string) => boolean) =>
+        [...needed].filter((k) => k.startsWith(`${t}:`) && is(k)).length;
+      const lacking = Array.from({ length: j.targets }, (_, t) => count(t, lacksAndMulticast));
       assert.deepEqual(Array.from(work.neededPages), lacking);
+      const leftToStreams = Array.from({ length: j.targets }, (_, t) =>
+        count(t, (k) => lacks(k) && !lacksAndMulticast(k)),
+      );
+      assert.deepEqual(Array.from(work.streamedPages), leftToStreams);
       // Per round, what each receiver needs of it: together, what it needs by multicast.
       const byRounds = new Array<number>(j.targets).fill(0);
       for (const round of work.rounds) {
