@@ -307,10 +307,69 @@ static napi_value decode_page_records(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * The LZ4 payload of one page (size prefix, then the block) written at out[at..]: compressPage(pages,
+ * offset, out, at) returns its length when it saves at least an eighth of the page, else 0 (what is
+ * at out[at..] is then undefined). out needs MAX_COMPRESSED bytes of room at `at`. The live stream's
+ * path: one page at a time, written straight into the message being built.
+ */
+static napi_value compress_page(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  uint8_t *pages, *out;
+  size_t pages_length, out_length;
+  int64_t offset, at;
+  if (argc < 4 || !bytes_of(env, argv[0], &pages, &pages_length) || !int_of(env, argv[1], &offset) ||
+      !bytes_of(env, argv[2], &out, &out_length) || !int_of(env, argv[3], &at))
+    return fail(env, "compressPage(pages, offset, out, at)");
+  if (offset < 0 || (uint64_t)offset + PAGE_BYTES > pages_length || at < 0 ||
+      (uint64_t)at + MAX_COMPRESSED > out_length)
+    return fail(env, "compressPage: a whole page at offset, and 3584 bytes of room at `at`");
+  uint8_t *payload = out + at;
+  const size_t block = lz4_block(pages + offset, PAGE_BYTES, payload + SIZE_PREFIX, MAX_COMPRESSED - SIZE_PREFIX);
+  size_t length = 0;
+  if (block > 0) {
+    payload[0] = PAGE_BYTES & 0xff;
+    payload[1] = (PAGE_BYTES >> 8) & 0xff;
+    payload[2] = 0;
+    payload[3] = 0;
+    length = SIZE_PREFIX + block;
+  }
+  napi_value result;
+  napi_create_int64(env, (int64_t)length, &result);
+  return result;
+}
+
+/*
+ * decompressPage(payload, out, at): true when `payload` (size prefix, then an LZ4 block) decodes to
+ * exactly one page, written at out[at..]. It comes off the network: checked as decodePageRecords does.
+ */
+static napi_value decompress_page(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  uint8_t *payload, *out;
+  size_t length, out_length;
+  int64_t at;
+  if (argc < 3 || !bytes_of(env, argv[0], &payload, &length) || !bytes_of(env, argv[1], &out, &out_length) ||
+      !int_of(env, argv[2], &at))
+    return fail(env, "decompressPage(payload, out, at)");
+  if (at < 0 || (uint64_t)at + PAGE_BYTES > out_length) return fail(env, "decompressPage: no room for a page at `at`");
+  const int ok = length > SIZE_PREFIX && length <= PAGE_BYTES && payload[0] == (PAGE_BYTES & 0xff) &&
+                 payload[1] == (PAGE_BYTES >> 8) && payload[2] == 0 && payload[3] == 0 &&
+                 lz4_page(payload + SIZE_PREFIX, payload + length, out + at);
+  napi_value result;
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
 napi_value page_records_exports(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"encodePageRecords", NULL, encode_page_records, NULL, NULL, NULL, napi_default, NULL},
       {"decodePageRecords", NULL, decode_page_records, NULL, NULL, NULL, napi_default, NULL},
+      {"compressPage", NULL, compress_page, NULL, NULL, NULL, napi_default, NULL},
+      {"decompressPage", NULL, decompress_page, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return exports;

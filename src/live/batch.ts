@@ -1,5 +1,12 @@
 import { VmscatterError } from '../errors.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
+import {
+  compressPageInto,
+  isUniformPage,
+  MAX_COMPRESSED_BYTES,
+  PageEncoding,
+  UNIFORM_WORD_BYTES,
+} from '../memory/page-codec.js';
 
 /**
  * The page records of a live stream as they cross the control channel: a run of entries of one RAM
@@ -64,6 +71,33 @@ export class EntryWriter {
     this.head(EntryType.Raw, page, PAGE_SIZE);
     this.buffer.set(data.subarray(0, PAGE_SIZE), this.at);
     this.at += PAGE_SIZE;
+  }
+
+  /**
+   * A page sent in full, encoded as page-codec.ts's encodePage would: its word when uniform, LZ4
+   * (with `compress`) when that saves an eighth, else raw; compressed straight into this buffer.
+   * Returns the encoding.
+   */
+  full(page: number, data: Uint8Array, compress: boolean): PageEncoding {
+    if (isUniformPage(data, 0)) {
+      this.packed(page, PageEncoding.Uniform, data.subarray(0, UNIFORM_WORD_BYTES));
+      return PageEncoding.Uniform;
+    }
+    if (compress) {
+      this.head(EntryType.Packed, page, 3 + MAX_COMPRESSED_BYTES);
+      const length = compressPageInto(data, 0, this.buffer, this.at + 3);
+      if (length > 0) {
+        this.buffer[this.at] = PageEncoding.Lz4;
+        this.view.setUint16(this.at + 1, length, true);
+        this.at += 3 + length;
+        return PageEncoding.Lz4;
+      }
+      // Not worth it: the entry's head is taken back, and the page goes raw.
+      this.at -= 5;
+      this.count--;
+    }
+    this.raw(page, data);
+    return PageEncoding.Raw;
   }
 
   packed(page: number, encoding: number, payload: Uint8Array): void {

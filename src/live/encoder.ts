@@ -3,7 +3,7 @@ import type { PageDigester } from '../memory/page-digest.js';
 import type { StreamRecord } from '../qemu/migration-stream.js';
 import { EntryWriter } from './batch.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './records.js';
-import { encodePage, PageEncoding } from '../memory/page-codec.js';
+import { PageEncoding } from '../memory/page-codec.js';
 
 /**
  * The coordinator's half of a live stream, without I/O: QEMU's records in, messages of LiveRecords
@@ -86,12 +86,8 @@ export class LiveStreamEncoder {
       this.counts.sentPages++;
       this.sentBefore.remember(hash.slice());
       this.options.onSentInFull?.(hash);
-      const { encoding, payload } = encodePage(data, this.options.compress);
-      if (encoding === PageEncoding.Raw) this.entries.raw(page, data);
-      else {
+      if (this.entries.full(page, data, this.options.compress) !== PageEncoding.Raw)
         this.counts.compressedPages++;
-        this.entries.packed(page, encoding, payload);
-      }
       return;
     }
     this.closeRun();

@@ -15,9 +15,11 @@ import { DIGEST_BYTES, isZeroPage, PAGE_SIZE } from './page.js';
  * below a 1 Gbit/s link on one core. `npm run bench:compression` prints the figures beside memcpy and
  * zlib. The codec allocates its output on every call, and the kernel time that follows (faulting in
  * fresh memory) is a large, variable part of its cost on a VM: one more reason to measure, not assume.
- * That is why a multicast round's batches are encoded and stored through the addon where it is built
- * (native/page-records.c: the same records, its own LZ4 compressor, bounds-checked decoding), and
- * measureCodec then times that.
+ * That is why, where the addon is built, pages are compressed and decoded through it
+ * (native/page-records.c: its own LZ4 block compressor, bounds-checked decoding): a multicast round's
+ * batches in one call each, and a live stream's pages one at a time, straight into the message it
+ * builds (on bench:qemu's job, lz4-napi per page took 1.8 s of the coordinator's event loop); and
+ * measureCodec then times that. lz4-napi remains the codec where the addon is not built.
  */
 
 /** What a page is, for choosing its encoding. */
@@ -72,8 +74,31 @@ function isUniform(page: Buffer): boolean {
 
 /** The LZ4 payload of the page when it saves at least 1/8, else undefined. */
 function compressIfWorthIt(page: Buffer): Uint8Array | undefined {
+  if (native) {
+    const out = new Uint8Array(MAX_COMPRESSED_BYTES);
+    const length = native.compressPage(page, 0, out, 0);
+    return length > 0 ? out.subarray(0, length) : undefined;
+  }
   const compressed = compressSync(page);
   return compressed.length <= MAX_COMPRESSED_BYTES ? compressed : undefined;
+}
+
+/**
+ * Writes the LZ4 payload of pages[offset..offset+PAGE_SIZE) at out[at..] when it saves at least 1/8:
+ * its length, else 0 (out[at..] is then undefined). `out` needs MAX_COMPRESSED_BYTES of room at `at`.
+ * Through the addon, nothing is allocated: a live stream writes its pages into the message it builds.
+ */
+export function compressPageInto(pages: Uint8Array, offset: number, out: Uint8Array, at: number): number {
+  if (native) return native.compressPage(pages, offset, out, at);
+  const compressed = compressIfWorthIt(asBuffer(pages.subarray(offset, offset + PAGE_SIZE)));
+  if (compressed === undefined) return 0;
+  out.set(compressed, at);
+  return compressed.length;
+}
+
+/** Whether the page at pages[offset..] is one 8-byte word repeated (sent as that word). */
+export function isUniformPage(pages: Uint8Array, offset: number): boolean {
+  return isUniform(asBuffer(pages.subarray(offset, offset + PAGE_SIZE)));
 }
 
 /**
@@ -139,6 +164,10 @@ export function decodePage(encoding: number, payload: Uint8Array): Uint8Array | 
       if (payload.length <= LZ4_SIZE_PREFIX || payload.length > PAGE_SIZE) return undefined;
       const declared = new DataView(payload.buffer, payload.byteOffset, LZ4_SIZE_PREFIX).getUint32(0, true);
       if (declared !== PAGE_SIZE) return undefined;
+      if (native) {
+        const page = new Uint8Array(PAGE_SIZE);
+        return native.decompressPage(payload, page, 0) ? page : undefined;
+      }
       let page: Uint8Array;
       try {
         page = uncompressSync(payload);

@@ -102,6 +102,13 @@ export interface NativeAddon {
    * a page is skipped. `tally` [decoded, skipped] gets them added.
    */
   decodePageRecords(batch: Uint8Array, digests: Uint8Array, pages: Uint8Array, tally: Int32Array): void;
+  /**
+   * The page at pages[offset..] as an LZ4 payload (size prefix, block) at out[at..] (3584 bytes of
+   * room): its length when it saves at least an eighth of the page, else 0.
+   */
+  compressPage(pages: Uint8Array, offset: number, out: Uint8Array, at: number): number;
+  /** Whether an LZ4 payload decodes to exactly one page, written at out[at..]. */
+  decompressPage(payload: Uint8Array, out: Uint8Array, at: number): boolean;
   /** IP_MULTICAST_ALL off: the socket gets only the groups it joined itself. 0, or the errno. */
   onlyJoinedGroups(fd: number): number;
   /**
