@@ -124,6 +124,20 @@ static size_t lz4_block(const uint8_t *src, size_t n, uint8_t *dst, size_t cap) 
 }
 
 /*
+ * A page's LZ4 payload (the 4-byte little-endian decoded size, then the block) written at `payload`
+ * (MAX_COMPRESSED bytes of room): its length when it saves at least an eighth of the page, else 0.
+ */
+static size_t lz4_payload(const uint8_t *page, uint8_t *payload) {
+  const size_t block = lz4_block(page, PAGE_BYTES, payload + SIZE_PREFIX, MAX_COMPRESSED - SIZE_PREFIX);
+  if (block == 0) return 0;
+  payload[0] = PAGE_BYTES & 0xff;
+  payload[1] = (PAGE_BYTES >> 8) & 0xff;
+  payload[2] = 0;
+  payload[3] = 0;
+  return SIZE_PREFIX + block;
+}
+
+/*
  * encodePageRecords(digests, pages, compress, out, counts): the batch's records written into `out`
  * (room for at least 4115 bytes per page); its length. counts (Int32Array of 3) gets the pages sent
  * raw, uniform and compressed added to it.
@@ -165,14 +179,9 @@ static napi_value encode_page_records(napi_env env, napi_callback_info info) {
       memcpy(payload, page, UNIFORM_WORD);
       counts[1]++;
     } else {
-      size_t block = compress ? lz4_block(page, PAGE_BYTES, payload + SIZE_PREFIX, MAX_COMPRESSED - SIZE_PREFIX) : 0;
-      if (block > 0) {
+      length = compress ? lz4_payload(page, payload) : 0;
+      if (length > 0) {
         encoding = ENCODING_LZ4;
-        payload[0] = PAGE_BYTES & 0xff;
-        payload[1] = (PAGE_BYTES >> 8) & 0xff;
-        payload[2] = 0;
-        payload[3] = 0;
-        length = SIZE_PREFIX + block;
         counts[2]++;
       } else {
         encoding = ENCODING_RAW;
@@ -243,6 +252,16 @@ static int lz4_page(const uint8_t *ip, const uint8_t *iend, uint8_t *dst) {
 }
 
 /*
+ * One page from an LZ4 payload (size prefix, then the block) into dst: 1 when the prefix says a page
+ * and the block decodes to exactly that, 0 otherwise.
+ */
+static int lz4_payload_page(const uint8_t *payload, size_t length, uint8_t *dst) {
+  return length > SIZE_PREFIX && length <= PAGE_BYTES && payload[0] == (PAGE_BYTES & 0xff) &&
+         payload[1] == (PAGE_BYTES >> 8) && payload[2] == 0 && payload[3] == 0 &&
+         lz4_page(payload + SIZE_PREFIX, payload + length, dst);
+}
+
+/*
  * decodePageRecords(batch, digests, pages, tally): the batch's records decoded, in order, into
  * `digests` (16 bytes each) and `pages` (4096 each), as many as they have room for; a truncated
  * record ends the batch. A record whose payload is not a page (unknown encoding, wrong length, an
@@ -288,8 +307,7 @@ static napi_value decode_page_records(napi_env env, napi_callback_info info) {
           for (size_t i = 0; i < PAGE_BYTES; i += UNIFORM_WORD) memcpy(page + i, payload, UNIFORM_WORD);
         break;
       case ENCODING_LZ4:
-        ok = length >= SIZE_PREFIX && payload[0] == (PAGE_BYTES & 0xff) && payload[1] == (PAGE_BYTES >> 8) &&
-             payload[2] == 0 && payload[3] == 0 && lz4_page(payload + SIZE_PREFIX, payload + length, page);
+        ok = lz4_payload_page(payload, length, page);
         break;
       default:
         ok = 0;
@@ -326,18 +344,8 @@ static napi_value compress_page(napi_env env, napi_callback_info info) {
   if (offset < 0 || (uint64_t)offset + PAGE_BYTES > pages_length || at < 0 ||
       (uint64_t)at + MAX_COMPRESSED > out_length)
     return fail(env, "compressPage: a whole page at offset, and 3584 bytes of room at `at`");
-  uint8_t *payload = out + at;
-  const size_t block = lz4_block(pages + offset, PAGE_BYTES, payload + SIZE_PREFIX, MAX_COMPRESSED - SIZE_PREFIX);
-  size_t length = 0;
-  if (block > 0) {
-    payload[0] = PAGE_BYTES & 0xff;
-    payload[1] = (PAGE_BYTES >> 8) & 0xff;
-    payload[2] = 0;
-    payload[3] = 0;
-    length = SIZE_PREFIX + block;
-  }
   napi_value result;
-  napi_create_int64(env, (int64_t)length, &result);
+  napi_create_int64(env, (int64_t)lz4_payload(pages + offset, out + at), &result);
   return result;
 }
 
@@ -356,11 +364,8 @@ static napi_value decompress_page(napi_env env, napi_callback_info info) {
       !int_of(env, argv[2], &at))
     return fail(env, "decompressPage(payload, out, at)");
   if (at < 0 || (uint64_t)at + PAGE_BYTES > out_length) return fail(env, "decompressPage: no room for a page at `at`");
-  const int ok = length > SIZE_PREFIX && length <= PAGE_BYTES && payload[0] == (PAGE_BYTES & 0xff) &&
-                 payload[1] == (PAGE_BYTES >> 8) && payload[2] == 0 && payload[3] == 0 &&
-                 lz4_page(payload + SIZE_PREFIX, payload + length, out + at);
   napi_value result;
-  napi_get_boolean(env, ok, &result);
+  napi_get_boolean(env, lz4_payload_page(payload, length, out + at), &result);
   return result;
 }
 

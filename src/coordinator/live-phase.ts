@@ -16,7 +16,7 @@ import { qemuMigrationSource } from '../live/source-qemu.js';
 import { libvirtMigrationSource } from '../live/source-libvirt.js';
 import type { CopyStrategy } from '../live/copy-strategy.js';
 import type { QemuMonitor } from '../qemu/qmp.js';
-import { WireBudget } from '../live/flow.js';
+import { SwitchoverGate, WireBudget } from '../live/flow.js';
 
 /**
  * Phase 6 for running VMs: all at once by default (`maxParallel` bounds it), sharing the source's link
@@ -65,6 +65,7 @@ export async function migrateLiveVms(options: {
   // Each VM's share of the link, for its copy strategy; the link itself is one budget for all.
   const bandwidth = options.bandwidthBytesPerSecond / parallel;
   const wire = new WireBudget(options.bandwidthBytesPerSecond);
+  const switchovers = new SwitchoverGate();
   const newContent = new NewContentTally(options.plan.targets.length);
   let next = 0;
   const worker = async () => {
@@ -112,6 +113,7 @@ export async function migrateLiveVms(options: {
                 holds: (digest) => options.holds(target, digest),
                 onSentInFull: (digest) => newContent.sent(v, target, digest),
                 wire,
+                switchovers,
                 compress: options.compress,
                 strategy: rollbacks.length >= MEMORY_CHECK_RETRIES ? 'stop-and-copy' : copy.strategy,
                 ...(options.timeoutPerGiB

@@ -94,3 +94,39 @@ export class AckWindow {
     }
   }
 }
+
+/**
+ * Switch-overs first: while a VM of the job is stopped at its source for its switch-over (stream's
+ * tail, memory check, resume), the job's other streams stop taking QEMU's stream, so the CPU, the
+ * agents and the link serve the guest that is down. Their guests run on meanwhile; their QEMUs just
+ * wait on a full socket. A stream in its own switch-over never waits (two at once must not wait for
+ * each other), and no stream waits longer than `maxPauseMs` per message, so a switch-over that hangs
+ * slows the others, never stops them.
+ */
+export class SwitchoverGate {
+  private readonly down = new Set<string>();
+  private waiters: (() => void)[] = [];
+
+  constructor(private readonly maxPauseMs = 1000) {}
+
+  /** VM `vm` is stopped at its source for its switch-over; call the returned function once it is over. */
+  enter(vm: string): () => void {
+    this.down.add(vm);
+    return () => {
+      this.down.delete(vm);
+      if (this.down.size > 0) return;
+      for (const wake of this.waiters.splice(0)) wake();
+    };
+  }
+
+  /** Resolves once no other VM is in its switch-over (at once for a VM in its own), or after maxPauseMs. */
+  async clear(vm: string): Promise<void> {
+    if (this.down.size === 0 || this.down.has(vm)) return;
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((resolve) => {
+      this.waiters.push(resolve);
+      timer = setTimeout(resolve, this.maxPauseMs);
+    });
+    clearTimeout(timer);
+  }
+}

@@ -5,7 +5,7 @@ import type { PageDigester } from '../memory/page-digest.js';
 import { StreamParser } from '../qemu/migration-stream.js';
 import type { GuestRam, GuestRamMethod } from '../qemu/guest-ram.js';
 import type { LiveLink } from './messages.js';
-import { AckWindow, type WireBudget } from './flow.js';
+import { AckWindow, type SwitchoverGate, type WireBudget } from './flow.js';
 import type { CopyStrategy } from './copy-strategy.js';
 import {
   CHECK_CHUNK_BYTES,
@@ -114,6 +114,8 @@ export async function migrateLiveVm(options: {
   readonly onSentInFull?: (digest: Uint8Array) => void;
   /** The source link, shared by the job's migrations: each message waits for room on it. */
   readonly wire?: WireBudget;
+  /** The job's switch-overs: this stream pauses during the others', and holds it during its own. */
+  readonly switchovers?: SwitchoverGate;
   /** The most of the destination's RAM a failed memory check may rewrite (MAX_REPAIR_BYTES; 0: none). */
   readonly maxRepairBytes?: number;
   /** Pages sent in full go LZ4-compressed when that shrinks them (uniform pages always as one word). */
@@ -135,6 +137,7 @@ export async function migrateLiveVm(options: {
   let sourceRam: GuestRam | undefined;
   const observed = { throttlePercent: 0, migrationDirtyBytesPerSecond: 0 };
   let watching = { stop: () => undefined as void };
+  let leaveSwitchover: (() => void) | undefined;
   // Whether the source ran when this migration began: only then does a rollback resume it (a source
   // left stopped by an earlier migration may have its VM running elsewhere).
   let sourceWasRunning = false;
@@ -229,6 +232,7 @@ export async function migrateLiveVm(options: {
       counts.sentBytes += message.wireBytes;
       await link.drain();
       await window.room();
+      await options.switchovers?.clear(vm);
     };
     const { lastFlush } = await pumpStream({
       socket,
@@ -245,6 +249,7 @@ export async function migrateLiveVm(options: {
     // is read for the memory check at once, while the stream's tail drains to the target, which then
     // loads it and reads its own; the two must agree chunk for chunk before the target may run.
     const streamEnded = performance.now();
+    leaveSwitchover = options.switchovers?.enter(vm);
     watching.stop();
     const memorySeed = newMemorySeed();
     const sourceDigests = ram.remap().then(() => digestGuestRam(ram, memorySeed, options.signal));
@@ -321,6 +326,7 @@ export async function migrateLiveVm(options: {
   } catch (error) {
     return fail(error);
   } finally {
+    leaveSwitchover?.();
     listener.close();
     sourceRam?.close();
   }

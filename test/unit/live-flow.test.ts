@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { PAGE_SIZE } from '../../src/memory/page.js';
 import { parseStream, StreamWriter, writeStream } from '../../src/qemu/migration-stream.js';
-import { AckWindow } from '../../src/live/flow.js';
+import { AckWindow, SwitchoverGate } from '../../src/live/flow.js';
 import type { LiveLink } from '../../src/live/messages.js';
 import { OutputBuffer } from '../../src/live/target.js';
 
@@ -137,4 +137,33 @@ test('output buffer: a taken buffer is not written to until it comes back', () =
     second.every((b) => b === 2),
     'the buffer still out is untouched',
   );
+});
+
+/**
+ * While a VM is in its switch-over, the job's other streams wait before their next message, and go on
+ * when it is over; the VM itself never waits (nor does a second VM in its switch-over at the same
+ * time, or the two would wait for each other); a switch-over that does not end holds the others no
+ * longer than the gate's bound.
+ */
+test('switch-over gate: others wait for a switch-over, its own VM never, and never past the bound', async () => {
+  const gate = new SwitchoverGate(60_000);
+  const settled = async (p: Promise<void>) =>
+    Promise.race([p.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 30))]);
+  assert.equal(await settled(gate.clear('a')), true, 'nobody down: no wait');
+  const leaveB = gate.enter('b');
+  const leaveC = gate.enter('c');
+  assert.equal(await settled(gate.clear('b')), true, 'b in its own switch-over goes on');
+  assert.equal(await settled(gate.clear('c')), true, 'c too, though b is down as well');
+  const a = gate.clear('a');
+  assert.equal(await settled(a), false, 'a waits while b and c are down');
+  leaveB();
+  assert.equal(await settled(a), false, 'still waiting: c is down');
+  leaveC();
+  assert.equal(await settled(a), true, 'a goes on once both are over');
+  // A switch-over that never ends: the others wait, and then go on (the test would time out else).
+  const bounded = new SwitchoverGate(100);
+  bounded.enter('d');
+  const waiting = bounded.clear('a');
+  assert.equal(await settled(waiting), false, 'a waits for the hung switch-over');
+  await waiting;
 });
