@@ -96,8 +96,9 @@ export class AckWindow {
 }
 
 /**
- * Switch-overs first: while a VM of the job is stopped at its source for its switch-over (stream's
- * tail, memory check, resume), the job's other streams stop taking QEMU's stream, so the CPU, the
+ * Switch-overs first: while a VM of the job is stopped at its source for its switch-over (from QEMU's
+ * STOP event where the source reports it, else from the stream's end: the last pass, the stream's
+ * tail, the memory check, the resume), the job's other streams stop taking QEMU's stream, so the CPU, the
  * agents and the link serve the guest that is down. Their guests run on meanwhile; their QEMUs just
  * wait on a full socket. A stream in its own switch-over never waits (two at once must not wait for
  * each other), and no stream waits longer than `maxPauseMs` per message, so a switch-over that hangs

@@ -138,6 +138,7 @@ export async function migrateLiveVm(options: {
   const observed = { throttlePercent: 0, migrationDirtyBytesPerSecond: 0 };
   let watching = { stop: () => undefined as void };
   let leaveSwitchover: (() => void) | undefined;
+  let stopListening: (() => void) | undefined;
   // Whether the source ran when this migration began: only then does a rollback resume it (a source
   // left stopped by an earlier migration may have its VM running elsewhere).
   let sourceWasRunning = false;
@@ -205,6 +206,8 @@ export async function migrateLiveVm(options: {
     // Kept open until the VM runs somewhere: a repair reads the differing chunks through it.
     const ram = await source.openRam(join(options.runDir, 'ram'), stoppedAt === undefined);
     sourceRam = ram;
+    // The guest is down from its stop at the source, before its stream's end says so.
+    stopListening = source.onStopped?.(() => (leaveSwitchover ??= options.switchovers?.enter(vm)));
     await source.start();
     if (source.destinationAfterStart) await destinationReady();
     const socket = await withTimeout(
@@ -249,7 +252,7 @@ export async function migrateLiveVm(options: {
     // is read for the memory check at once, while the stream's tail drains to the target, which then
     // loads it and reads its own; the two must agree chunk for chunk before the target may run.
     const streamEnded = performance.now();
-    leaveSwitchover = options.switchovers?.enter(vm);
+    leaveSwitchover ??= options.switchovers?.enter(vm);
     watching.stop();
     const memorySeed = newMemorySeed();
     const sourceDigests = ram.remap().then(() => digestGuestRam(ram, memorySeed, options.signal));
@@ -326,6 +329,7 @@ export async function migrateLiveVm(options: {
   } catch (error) {
     return fail(error);
   } finally {
+    stopListening?.();
     leaveSwitchover?.();
     listener.close();
     sourceRam?.close();

@@ -31,6 +31,12 @@ export interface MigrationSource {
   openRam(scratchDir: string, running: boolean): Promise<GuestRam>;
   /** Makes QEMU migrate into `streamPath`. */
   start(): Promise<void>;
+  /**
+   * Calls `listener` when the guest stops at its source (QEMU's STOP event: the migration's last pass
+   * begins, or a stop-and-copy); returns a function that stops listening. Undefined where the source
+   * does not tell (the stream's end says it then).
+   */
+  readonly onStopped?: (listener: () => void) => () => void;
   /** Polls what QEMU measures of the guest during the migration. */
   watch(observed: { throttlePercent: number; migrationDirtyBytesPerSecond: number }): { stop(): void };
   /** The stream is whole: throws unless the source is stopped and waits for the commit. */

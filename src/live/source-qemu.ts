@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { openGuestRam } from '../qemu/guest-ram.js';
 import type { MigrationSource } from './migration-source.js';
 import net from 'node:net';
-import type { QemuMonitor } from '../qemu/qmp.js';
+import { QmpClient, type QemuMonitor } from '../qemu/qmp.js';
 import type { CopyStrategy } from './copy-strategy.js';
 import { LiveSourceError } from './source.js';
 
@@ -208,6 +208,9 @@ export function qemuMigrationSource(options: {
     start: async () => {
       await monitor.execute('migrate', { uri: `unix:${streamPath}` });
     },
+    ...(monitor instanceof QmpClient
+      ? { onStopped: (listener: () => void) => monitor.onEvent('STOP', () => listener()) }
+      : {}),
     watch: (observed) => watchMigration(monitor, observed),
     whole: async () => {
       // QEMU waits in its completion for our answer: anything else means its migration failed.
