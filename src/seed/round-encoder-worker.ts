@@ -72,7 +72,10 @@ function encodeRound(request: EncodeRequest): Extract<EncodeReply, { type: 'done
   return { type: 'done', id: request.id, batches, counts, changed: Uint32Array.from(changed) };
 }
 
-/** Per page of a batch: 1 when its bytes still have the scanned digest (always, from a file that never changes). */
+/**
+ * Per page of a batch: 1 when its bytes still have the scanned digest. Only pages read from a file
+ * that changes (a running guest) are digested again; the others are kept as read.
+ */
 function unchangedPages(
   request: EncodeRequest,
   first: number,
@@ -81,19 +84,13 @@ function unchangedPages(
   digests: Uint8Array,
 ): Uint8Array {
   digester ??= new PageDigester(request.digestKey);
-  const now = new Uint8Array(count * DIGEST_BYTES);
-  digester.digestMany(pages, 0, count, now, 0);
-  const kept = new Uint8Array(count);
+  const now = new Uint8Array(DIGEST_BYTES);
+  const kept = new Uint8Array(count).fill(1);
   for (let i = 0; i < count; i++) {
-    if (!request.files[request.vm[first + i]!]!.changing) {
-      kept[i] = 1;
-      continue;
-    }
+    if (!request.files[request.vm[first + i]!]!.changing) continue;
+    digester.digestInto(pages, i * PAGE_SIZE, now, 0);
     const at = i * DIGEST_BYTES;
-    kept[i] =
-      Buffer.compare(now.subarray(at, at + DIGEST_BYTES), digests.subarray(at, at + DIGEST_BYTES)) === 0
-        ? 1
-        : 0;
+    if (Buffer.compare(now, digests.subarray(at, at + DIGEST_BYTES)) !== 0) kept[i] = 0;
   }
   return kept;
 }
