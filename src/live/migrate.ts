@@ -7,19 +7,8 @@ import type { GuestRam, GuestRamMethod } from '../qemu/guest-ram.js';
 import type { LiveLink } from './messages.js';
 import { AckWindow, type SwitchoverGate, type WireBudget } from './flow.js';
 import type { CopyStrategy } from './copy-strategy.js';
-import {
-  CHECK_CHUNK_BYTES,
-  chunkDigest,
-  chunkRange,
-  compareMemory,
-  decodeMemoryDigests,
-  differingChunks,
-  digestChunk,
-  digestGuestRam,
-  newMemorySeed,
-  encodeChunks,
-  type MemoryDigests,
-} from './memory-check.js';
+import { decodeMemoryDigests, digestGuestRam, newMemorySeed } from './memory-check.js';
+import { MAX_REPAIR_BYTES, MemoryMismatch, reconcileMemory } from './memory-repair.js';
 import { LiveStreamEncoder } from './encoder.js';
 import { streamListener, withTimeout } from './source-qemu.js';
 import type { MigrationSource } from './migration-source.js';
@@ -272,26 +261,18 @@ export async function migrateLiveVm(options: {
     memoryCheck = { method: ram.method, ms: Math.round(performance.now() - checkStarted), repairedMiB: 0 };
     const targetMemory = decodeMemoryDigests(verdict.memory);
     if (!targetMemory) throw new Error(`VM ${vm}: ${link.host.name} sent no readable memory digests`);
-    const differs = compareMemory(sourceMemory, targetMemory);
-    if (differs) {
-      // Pages QEMU never sent: the source is stopped with the true bytes, the destination paused, so
-      // the differing chunks are copied over and checked again; beyond a bound, or where the
-      // destination's RAM cannot be written, the VM rolls back instead.
-      const chunks = sameLayout(sourceMemory, targetMemory)
-        ? differingChunks(sourceMemory, targetMemory)
-        : [];
-      if (
-        chunks.length === 0 ||
-        chunks.length * CHECK_CHUNK_BYTES > (options.maxRepairBytes ?? MAX_REPAIR_BYTES)
-      )
-        throw new MemoryMismatch(`VM ${vm}: at ${link.host.name}, ${differs}`);
-      await repairMemory({ vm, link, ram, memory: sourceMemory, seed: memorySeed, chunks, why: differs });
-      memoryCheck = {
-        ...memoryCheck,
-        ms: Math.round(performance.now() - checkStarted),
-        repairedMiB: chunks.length,
-      };
-    }
+    const repairedMiB = await reconcileMemory({
+      vm,
+      link,
+      ram,
+      source: sourceMemory,
+      target: targetMemory,
+      seed: memorySeed,
+      maxRepairBytes: options.maxRepairBytes ?? MAX_REPAIR_BYTES,
+      stepTimeoutMs: STEP_TIMEOUT_MS,
+    });
+    if (repairedMiB > 0)
+      memoryCheck = { ...memoryCheck, ms: Math.round(performance.now() - checkStarted), repairedMiB };
     // Commit. The source first: once QEMU reads the answer its migration completes and it will not
     // restart the guest; only then may the target run it. Should this process die in between, the
     // guest stays stopped at its source, whole, until `scatter --resume` resumes it there. (A libvirt
@@ -416,57 +397,3 @@ function pumpStream(options: {
     socket.once('error', reject);
   });
 }
-
-/** The most of the destination's RAM a repair rewrites (it adds to the downtime); beyond, a rollback. */
-export const MAX_REPAIR_BYTES = 64 << 20;
-
-function sameLayout(a: MemoryDigests, b: MemoryDigests): boolean {
-  return a.digests.length === b.digests.length && JSON.stringify(a.ranges) === JSON.stringify(b.ranges);
-}
-
-/**
- * Copies the source's bytes of `chunks` into the paused destination and checks them read back there;
- * throws MemoryMismatch when the agent cannot or the bytes read back differ.
- */
-async function repairMemory(options: {
-  readonly vm: string;
-  readonly link: LiveLink;
-  /** The stopped source's RAM, as the check read it. */
-  readonly ram: GuestRam;
-  readonly memory: MemoryDigests;
-  /** The memory check's seed, under which `memory` was digested. */
-  readonly seed: Uint8Array;
-  readonly chunks: readonly number[];
-  readonly why: string;
-}): Promise<void> {
-  const { vm, link, ram, memory, chunks } = options;
-  const parts: { offset: number; bytes: Uint8Array }[] = [];
-  for (const k of chunks) {
-    const [offset, length] = chunkRange(memory, k);
-    const bytes = new Uint8Array(length);
-    await ram.read(bytes, offset, length);
-    // The source is stopped: what it holds now is what the check read.
-    if (Buffer.compare(digestChunk(bytes, options.seed), chunkDigest(memory, k)) !== 0)
-      throw new MemoryMismatch(`VM ${vm}: the source's memory changed while stopped`);
-    parts.push({ offset, bytes });
-  }
-  // In messages of at most REPAIR_MESSAGE_CHUNKS MiB: the control channel refuses frames over 16 MiB.
-  for (let first = 0; first < parts.length; first += REPAIR_MESSAGE_CHUNKS) {
-    const batch = parts.slice(first, first + REPAIR_MESSAGE_CHUNKS);
-    link.send({ t: 'live-repair', vm, chunks: encodeChunks(batch) });
-    const repaired = await link.next('live-repaired', (m) => m.vm === vm, STEP_TIMEOUT_MS);
-    const expected = Buffer.concat(
-      chunks.slice(first, first + batch.length).map((k) => chunkDigest(memory, k)),
-    );
-    if (!repaired.ok || Buffer.compare(Buffer.from(repaired.digests), expected) !== 0)
-      throw new MemoryMismatch(
-        `VM ${vm}: at ${link.host.name}, ${options.why}, and the repair failed: ${repaired.error || 'read back different'}`,
-      );
-  }
-}
-
-/** MiB chunks a repair message carries at most (well under the control channel's 16 MiB frames). */
-const REPAIR_MESSAGE_CHUNKS = 8;
-
-/** The target's memory differs from the source's: the one failure another attempt may cure. */
-class MemoryMismatch extends Error {}
