@@ -84,17 +84,16 @@ export class EntryWriter {
       return PageEncoding.Uniform;
     }
     if (compress) {
-      this.head(EntryType.Packed, page, 3 + MAX_COMPRESSED_BYTES);
-      const length = compressPageInto(data, 0, this.buffer, this.at + 3);
+      // Compressed where its entry's body will be; the head is written only once it paid.
+      this.room(5 + 3 + MAX_COMPRESSED_BYTES);
+      const length = compressPageInto(data, 0, this.buffer, this.at + 5 + 3);
       if (length > 0) {
+        this.head(EntryType.Packed, page, 3 + length);
         this.buffer[this.at] = PageEncoding.Lz4;
         this.view.setUint16(this.at + 1, length, true);
         this.at += 3 + length;
         return PageEncoding.Lz4;
       }
-      // Not worth it: the entry's head is taken back, and the page goes raw.
-      this.at -= 5;
-      this.count--;
     }
     this.raw(page, data);
     return PageEncoding.Raw;
@@ -117,17 +116,21 @@ export class EntryWriter {
   }
 
   private head(type: EntryType, page: number, bodyBytes: number): void {
-    const needed = this.at + 5 + bodyBytes;
-    if (needed > this.buffer.length) {
-      const grown = new Uint8Array(Math.max(needed, this.buffer.length * 2));
-      grown.set(this.buffer.subarray(0, this.at));
-      this.buffer = grown;
-      this.view = new DataView(grown.buffer);
-    }
+    this.room(5 + bodyBytes);
     this.buffer[this.at] = type;
     this.view.setUint32(this.at + 1, page, true);
     this.at += 5;
     this.count++;
+  }
+
+  /** Grows the buffer, keeping what is written, to hold `bytes` more. */
+  private room(bytes: number): void {
+    const needed = this.at + bytes;
+    if (needed <= this.buffer.length) return;
+    const grown = new Uint8Array(Math.max(needed, this.buffer.length * 2));
+    grown.set(this.buffer.subarray(0, this.at));
+    this.buffer = grown;
+    this.view = new DataView(grown.buffer);
   }
 }
 
