@@ -2,8 +2,9 @@
   "targets": [
     {
       "target_name": "vmscatter_native",
-      "sources": ["native/page-digest.c", "native/chunk-digest.c", "native/transport.c", "native/page-records.c"],
-      "cflags": ["-O3", "-Wall", "-Wextra"]
+      "sources": ["native/page-digest.c", "native/chunk-digest.c", "native/transport.c", "native/page-records.c", "native/zstd-batch.c"],
+      "cflags": ["-O3", "-Wall", "-Wextra"],
+      "libraries": ["-ldl"]
     }
   ]
 }

@@ -7,6 +7,13 @@
  *
  *   npm run bench:compression [-- --json] [--seconds 0.2] [--pages 4096]
  *
+ * Beside per-page LZ4, zstd level 1 over runs of 256 pages (1 MiB, as a live stream's message carries
+ * them: src/memory/batch-zstd.ts), on the same pages under the same 1/8 rule per run.
+ *
+ *   npm run bench:compression -- --image guest.raw [--image-pages 32768]
+ *
+ * adds a sample of the non-zero pages of a raw guest memory image (the first --image-pages of them).
+ *
  * Samples:
  *   synthetic   one VM of the seeded guest model (src/memory/synthetic.ts), shaped as the tests' spec()
  *   text        the repository's own sources and docs, cut into pages (page cache of text files)
@@ -19,7 +26,7 @@
  * codec (neither zero nor uniform). A page travels compressed only when that saves at least 1/8 of it,
  * for zlib as for LZ4, so both ratios are payload bytes sent over raw bytes under the same rule.
  */
-import { closeSync, openSync, readdirSync, readFileSync, readSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -40,6 +47,7 @@ import {
   type PageClass,
 } from '../src/memory/page-codec.js';
 import type { SyntheticModelSpec } from '../src/topology/model.js';
+import { ZstdRuns } from '../src/memory/batch-zstd.js';
 
 const MB = 1e6;
 const TRIALS = 5;
@@ -76,6 +84,8 @@ export interface SampleRow {
   readonly classes: Readonly<Record<PageClass, number>>;
   readonly lz4: CodecFigures;
   readonly zlib1: CodecFigures;
+  /** zstd over runs of RUN_PAGES pages; null where this machine has no libzstd. */
+  readonly zstdRuns: CodecFigures | null;
   readonly memcpy: number;
 }
 
@@ -249,6 +259,57 @@ function zlibEncode(page: Uint8Array): { compressed: boolean; payload: Uint8Arra
     : { compressed: false, payload: page };
 }
 
+/** Pages per zstd run: a live stream's message holds up to 1 MiB of entries (live/encoder.ts). */
+const RUN_PAGES = 256;
+
+function measureZstdRuns(pages: readonly Uint8Array[], seconds: number): CodecFigures | null {
+  const codec = ZstdRuns.open();
+  if (!codec || pages.length === 0) return null;
+  const runs: Uint8Array[] = [];
+  for (let i = 0; i < pages.length; i += RUN_PAGES) runs.push(Buffer.concat(pages.slice(i, i + RUN_PAGES)));
+  const frames = runs.map((run) => codec.compress(run));
+  frames.forEach((frame, i) => {
+    if (frame && Buffer.compare(codec.decompress(frame, runs[i]!.length)!, runs[i]!) !== 0)
+      throw new Error(`bench: zstd round trip failed on run ${i}`);
+  });
+  const raw = pages.length * PAGE_SIZE;
+  const mbps = (callsPerSecond: number) => (callsPerSecond * raw) / MB;
+  const compress = withKernelShare(() => rate(() => runs.forEach((run) => codec.compress(run)), seconds));
+  return {
+    ratio: frames.reduce((sum, frame, i) => sum + (frame ?? runs[i]!).length, 0) / raw,
+    compress: mbps(compress.value),
+    decompress: frames.some((f) => f)
+      ? mbps(
+          rate(
+            () => frames.forEach((frame, i) => frame && codec.decompress(frame, runs[i]!.length)),
+            seconds,
+          ),
+        )
+      : null,
+    compressKernelShare: compress.kernelShare,
+  };
+}
+
+/** The first `count` non-zero pages of a raw memory image. */
+function imagePages(path: string, count: number): Uint8Array[] {
+  const fd = openSync(path, 'r');
+  try {
+    const pages: Uint8Array[] = [];
+    const chunk = Buffer.alloc(256 * PAGE_SIZE);
+    for (let position = 0; pages.length < count; position += chunk.length) {
+      const read = readSync(fd, chunk, 0, chunk.length, position);
+      if (read < PAGE_SIZE) break;
+      for (let at = 0; at + PAGE_SIZE <= read && pages.length < count; at += PAGE_SIZE) {
+        const page = chunk.subarray(at, at + PAGE_SIZE);
+        if (page.some((byte) => byte !== 0)) pages.push(Uint8Array.from(page));
+      }
+    }
+    return pages;
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function measureSample(sample: string, pages: readonly Uint8Array[], seconds: number): SampleRow {
   const classes: Record<PageClass, number> = { zero: 0, uniform: 0, compressible: 0, incompressible: 0 };
   for (const page of pages) classes[classifyPage(page)]++;
@@ -294,6 +355,7 @@ function measureSample(sample: string, pages: readonly Uint8Array[], seconds: nu
       decompress: zlib.some((p) => p.compressed) ? mbps(rate(zlibDecompress, seconds)) : null,
       compressKernelShare: zlibCompress.kernelShare,
     },
+    zstdRuns: measureZstdRuns(codecPages, seconds),
     memcpy: mbps(rate(() => codecPages.forEach((page) => copy.set(page)), seconds)),
   };
 }
@@ -313,7 +375,11 @@ function decide(sample: string, pages: readonly Uint8Array[]): Decision {
   };
 }
 
-export function runCompressionBench(seconds = 0.2, syntheticCount = 4096): CompressionReport {
+export function runCompressionBench(
+  seconds = 0.2,
+  syntheticCount = 4096,
+  image?: { readonly path: string; readonly pages: number },
+): CompressionReport {
   const text = textPages(128);
   const code = codePages(128);
   const random = randomPages(64, 1);
@@ -334,6 +400,7 @@ export function runCompressionBench(seconds = 0.2, syntheticCount = 4096): Compr
     ['random', random],
     ['sparse', sparse],
     ['mixed', mixed],
+    ...(image ? [['image', imagePages(image.path, image.pages)] as [string, Uint8Array[]]] : []),
   ];
   return {
     unit: 'MB/s of raw page bytes',
@@ -361,14 +428,14 @@ function printReport(report: CompressionReport): void {
     `Page compression, codec ${report.codec}; ${report.unit} (1 MB = 10^6 bytes), best of ${TRIALS} trials,`,
     'over the pages that go through a codec (neither zero nor uniform); compressed only when it saves >= 1/8',
     '',
-    '                   classes (pages)               |          LZ4 (native)          |     zlib level 1 (baseline)     |  memcpy',
-    'sample      pages   zero uniform  compr incompr |  ratio compress (sys%)  decomp |  ratio compress (sys%)  decomp |',
+    '                   classes (pages)               |       LZ4 per page (native)    |     zlib level 1 (baseline)     |  zstd 1, runs of 256 pages     |  memcpy',
+    'sample      pages   zero uniform  compr incompr |  ratio compress (sys%)  decomp |  ratio compress (sys%)  decomp |  ratio compress (sys%)  decomp |',
   ];
   for (const row of report.rows) {
     const c = row.classes;
     lines.push(
       `${row.sample.padEnd(10)} ${n(row.pages, 6)} ${n(c.zero, 6)} ${n(c.uniform, 7)} ${n(c.compressible, 6)} ${n(c.incompressible, 7)} |` +
-        ` ${codec(row.lz4)} | ${codec(row.zlib1)} | ${n(row.memcpy)}`,
+        ` ${codec(row.lz4)} | ${codec(row.zlib1)} | ${row.zstdRuns ? codec(row.zstdRuns) : '   (no libzstd here)          '} | ${n(row.memcpy)}`,
     );
   }
   lines.push(
@@ -418,6 +485,8 @@ function main(argv: readonly string[]): void {
       json: { type: 'boolean' },
       seconds: { type: 'string', default: '0.2' },
       pages: { type: 'string', default: '4096' },
+      image: { type: 'string' },
+      'image-pages': { type: 'string', default: '32768' },
     },
   });
   const seconds = Number(values.seconds);
@@ -432,7 +501,22 @@ function main(argv: readonly string[]): void {
     );
     process.exit(2);
   }
-  const report = runCompressionBench(seconds, pages);
+  const imageCount = Number(values['image-pages']);
+  if (!Number.isInteger(imageCount) || imageCount < 1) {
+    process.stderr.write(
+      `--image-pages: expected a whole number of pages >= 1, got '${values['image-pages']}'\n`,
+    );
+    process.exit(2);
+  }
+  if (values.image !== undefined && !existsSync(values.image)) {
+    process.stderr.write(`--image: no file '${values.image}'\n`);
+    process.exit(2);
+  }
+  const report = runCompressionBench(
+    seconds,
+    pages,
+    values.image === undefined ? undefined : { path: values.image, pages: imageCount },
+  );
   if (values.json) console.log(JSON.stringify(report, null, 2));
   else printReport(report);
 }

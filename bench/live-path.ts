@@ -123,7 +123,7 @@ const frames: Uint8Array[] = [];
 const encoder = new LiveStreamEncoder({
   digester,
   holds: (d) => held.lookup(d) > 0,
-  compress: true,
+  codec: 'zstd',
 });
 const parser = new StreamParser();
 const send = () => {

@@ -186,6 +186,8 @@ napi_value chunk_digest_exports(napi_env env, napi_value exports);
 napi_value transport_exports(napi_env env, napi_value exports);
 /* page-records.c: a batch of page records (uniform, LZ4 or raw) in one call. */
 napi_value page_records_exports(napi_env env, napi_value exports);
+/* zstd-batch.c: zstd over a batch of pages, through the system's libzstd when it has one. */
+napi_value zstd_batch_exports(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
@@ -194,7 +196,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"scanPages", NULL, scan_pages, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
-  return page_records_exports(env, transport_exports(env, chunk_digest_exports(env, exports)));
+  return zstd_batch_exports(env, page_records_exports(env, transport_exports(env, chunk_digest_exports(env, exports))));
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -24,6 +24,7 @@ import {
 } from '../wire/protocol.js';
 import { runningDestinations } from './destinations.js';
 import { fetchFromPeer } from './site-peers.js';
+import { ZstdRuns } from '../memory/batch-zstd.js';
 import type { TemplateStore } from '../store/template-store.js';
 
 /**
@@ -186,6 +187,7 @@ export class AgentJob {
       qemuVersion: qemuVersion(),
       running: await runningDestinations(join(this.options.dir, 'run')),
       reserved: this.agent.reservedByOthers(this),
+      codecs: ZstdRuns.available() ? ['zstd'] : [],
     });
   }
 

@@ -12,7 +12,7 @@ import { scanJob } from './job-scan.js';
 import { planJobWork } from '../plan/job-work.js';
 import { startDirtyRates } from '../live/dirty-rate.js';
 import { ensurePrivateDir } from '../store/file-io.js';
-import { heldForLive, migrateLiveVms } from './live-phase.js';
+import { fullPageCodec, heldForLive, migrateLiveVms } from './live-phase.js';
 import type { CompressionMode } from '../memory/page-codec.js';
 import { preflightProblems, preflightTargets, PreflightError } from './preflight.js';
 import type { ScatterProgress } from './progress.js';
@@ -283,7 +283,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         secret: options.secret,
         holds: heldForLive(work.rounds, seeded, held, scan.table, liveTargets.length),
         bandwidthBytesPerSecond: source.linkBitsPerSecond / 8,
-        compress: (options.compression ?? 'adaptive') !== 'off',
+        codecOf: (target) => fullPageCodec(options.compression ?? 'adaptive', readies[target]!.codecs),
         onVerdict: (done, total) => progress({ phase: 'migrate', done, total, unit: 'vms' }),
         ...(options.downtimeLimitMs === undefined ? {} : { downtimeLimitMs: options.downtimeLimitMs }),
         dirtyRates,

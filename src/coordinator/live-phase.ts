@@ -17,6 +17,9 @@ import { libvirtMigrationSource } from '../live/source-libvirt.js';
 import type { CopyStrategy } from '../live/copy-strategy.js';
 import type { QemuMonitor } from '../qemu/qmp.js';
 import { SwitchoverGate, WireBudget } from '../live/flow.js';
+import type { FullPageCodec } from '../live/batch.js';
+import { ZstdRuns } from '../memory/batch-zstd.js';
+import type { CompressionMode } from '../memory/page-codec.js';
 
 /**
  * Phase 6 for running VMs: all at once by default (`maxParallel` bounds it), sharing the source's link
@@ -35,10 +38,11 @@ export async function migrateLiveVms(options: {
   readonly holds: (target: number, digest: Uint8Array) => boolean;
   readonly bandwidthBytesPerSecond: number;
   /**
-   * Pages sent in full are compressed (unless the job's compression is off): each stream is capped at
-   * its share of the link, below what LZ4 compresses on one core (70-320 MB/s, page-codec.ts).
+   * How each target's stream compresses pages sent in full (by target index; 'none' when the job's
+   * compression is off): each stream is capped at its share of the link, below what either codec
+   * compresses on one core (batch-zstd.ts, page-codec.ts).
    */
-  readonly compress: boolean;
+  readonly codecOf: (target: number) => FullPageCodec;
   readonly onVerdict: (done: number, total: number) => void;
   readonly downtimeLimitMs?: number;
   /** Migrations at once (default: all; they share the source's link). */
@@ -114,7 +118,7 @@ export async function migrateLiveVms(options: {
                 onSentInFull: (digest) => newContent.sent(v, target, digest),
                 wire,
                 switchovers,
-                compress: options.compress,
+                codec: options.codecOf(target),
                 strategy: rollbacks.length >= MEMORY_CHECK_RETRIES ? 'stop-and-copy' : copy.strategy,
                 ...(options.timeoutPerGiB
                   ? {
@@ -142,6 +146,7 @@ export async function migrateLiveVms(options: {
             : copy,
         dirtyBytesPerSecond: dirty[k]!,
         scan: options.scan.liveScans.get(v) ?? 'pmemsave',
+        codec: options.codecOf(target),
         ...newContent.of(v),
       });
       options.onVerdict(results.size, options.pending.length);
@@ -195,6 +200,22 @@ export interface LiveVmResult extends LiveMigrationResult, NewContentCounts {
   readonly copy: CopyDecision;
   readonly dirtyBytesPerSecond: number;
   readonly scan: ScannedLiveVm['method'];
+  /** How its stream compressed pages sent in full. */
+  readonly codec: FullPageCodec;
+}
+
+/**
+ * A target's stream codec: none when the job's compression is off; zstd runs where both ends have
+ * libzstd (the agent names it in 'ready'); else LZ4 per page. 'adaptive' compresses: each stream is
+ * capped at its share of the link, below what either codec compresses on one core.
+ */
+export function fullPageCodec(
+  mode: CompressionMode,
+  agentCodecs: readonly string[],
+  zstdHere = ZstdRuns.available(),
+): FullPageCodec {
+  if (mode === 'off') return 'none';
+  return zstdHere && agentCodecs.includes('zstd') ? 'zstd' : 'lz4';
 }
 
 /** Of a VM's pages sent as data: how many repeated content already sent as data during the job. */
@@ -296,6 +317,7 @@ export function liveSummary(result: LiveVmResult) {
     referencedPages: result.referencedPages,
     sentPages: result.sentPages,
     compressedPages: result.compressedPages,
+    codec: result.codec,
     repeatedPages: result.repeatedPages,
     multicastablePages: result.multicastablePages,
     zeroPages: result.zeroPages,

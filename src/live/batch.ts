@@ -21,6 +21,12 @@ import {
  *   Packed   encoding u8, length u16 LE,   a page sent in full, encoded smaller (page-codec.ts)
  *            payload
  */
+/**
+ * How a stream's pages sent in full travel: as they are, LZ4-compressed each (Packed entries), or raw
+ * within runs that zstd compresses whole (memory/batch-zstd.ts; the record says so, records.ts).
+ */
+export type FullPageCodec = 'none' | 'lz4' | 'zstd';
+
 export const enum EntryType {
   Zero = 0,
   ZeroData = 1,

@@ -5,6 +5,7 @@ import type { StreamRecord } from '../qemu/migration-stream.js';
 import { EntryType, readEntries } from './batch.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './records.js';
 import { decodePage } from '../memory/page-codec.js';
+import { ZstdRuns } from '../memory/batch-zstd.js';
 
 /**
  * The agent's half of a live stream, without I/O: LiveRecords in, QEMU's records out (to `sink`, which
@@ -49,6 +50,8 @@ export class LiveStreamDecoder {
   private refFound = new Uint8Array(0);
   /** The largest RAM block of the stream's block list: the guest's main RAM. */
   private mainBlock = '';
+  /** Opened at the first zstd run. */
+  private zstd: ZstdRuns | undefined;
 
   constructor(
     private readonly vm: string,
@@ -66,9 +69,11 @@ export class LiveStreamDecoder {
         continue;
       }
       const { block } = record;
-      const readAhead = this.readAhead(record.entries);
+      const entries =
+        record.zstd === undefined ? record.entries : this.unpack(record.entries, record.zstd, block);
+      const readAhead = this.readAhead(entries);
       let ref = 0;
-      for (const entry of readEntries(record.entries)) {
+      for (const entry of readEntries(entries)) {
         const offset = entry.page * PAGE_SIZE;
         switch (entry.type) {
           case EntryType.Zero:
@@ -109,6 +114,16 @@ export class LiveStreamDecoder {
         }
       }
     }
+  }
+
+  /** A zstd run's entries (valid until the next run: pages sent in full are copied out of it). */
+  private unpack(frame: Uint8Array, length: number, block: string): Uint8Array {
+    this.zstd ??= ZstdRuns.open();
+    if (!this.zstd)
+      throw new LiveDecodeError(`VM ${this.vm}: a zstd page run came, and this host has no libzstd`);
+    const entries = this.zstd.decompress(frame, length);
+    if (!entries) throw new LiveDecodeError(`VM ${this.vm}: a zstd page run of ${block} does not decompress`);
+    return entries;
   }
 
   /**

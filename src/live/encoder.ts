@@ -1,14 +1,16 @@
 import { DIGEST_BYTES, isZeroPage, PAGE_SIZE } from '../memory/page.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import type { StreamRecord } from '../qemu/migration-stream.js';
-import { EntryWriter } from './batch.js';
+import { EntryWriter, type FullPageCodec } from './batch.js';
+import { ZstdRuns } from '../memory/batch-zstd.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './records.js';
 import { PageEncoding } from '../memory/page-codec.js';
 
 /**
  * The coordinator's half of a live stream, without I/O: QEMU's records in, messages of LiveRecords
  * out. A page the target holds, or one this stream already carried in full (StreamPageMemory), goes as
- * its digest; any other page in full, LZ4-compressed where that shrinks it. One keyed digest per page,
+ * its digest; any other page in full, compressed as the target's codec allows (LZ4 per page, or zstd
+ * over the whole run: FullPageCodec) where that shrinks it. One keyed digest per page,
  * which serves the reference decision and the canonical stream digest alike.
  */
 export interface LiveEncoderCounts {
@@ -36,6 +38,9 @@ export class LiveStreamEncoder {
   private block = '';
   private wireBytes = 0;
   private streamBytes = 0;
+  /** Pages of the current run sent in full as they are (a zstd run compresses them). */
+  private rawInRun = 0;
+  private readonly zstd: ZstdRuns | undefined;
 
   constructor(
     private readonly options: {
@@ -44,10 +49,15 @@ export class LiveStreamEncoder {
       readonly holds: (digest: Uint8Array) => boolean;
       /** Told of every page sent as data (not held at the target), by its digest. */
       readonly onSentInFull?: (digest: Uint8Array) => void;
-      /** Pages sent in full go LZ4-compressed when that shrinks them (uniform pages always as one word). */
-      readonly compress: boolean;
+      /**
+       * How pages sent in full are compressed (uniform pages always go as one word); 'zstd' where this
+       * process has no libzstd is 'lz4'.
+       */
+      readonly codec: FullPageCodec;
     },
-  ) {}
+  ) {
+    this.zstd = options.codec === 'zstd' ? ZstdRuns.open() : undefined;
+  }
 
   /** Whether a message is due (take it). */
   get full(): boolean {
@@ -86,8 +96,9 @@ export class LiveStreamEncoder {
       this.counts.sentPages++;
       this.sentBefore.remember(hash.slice());
       this.options.onSentInFull?.(hash);
-      if (this.entries.full(page, data, this.options.compress) !== PageEncoding.Raw)
-        this.counts.compressedPages++;
+      const perPage = this.options.codec === 'lz4' || (this.options.codec === 'zstd' && !this.zstd);
+      if (this.entries.full(page, data, perPage) !== PageEncoding.Raw) this.counts.compressedPages++;
+      else this.rawInRun++;
       return;
     }
     this.closeRun();
@@ -112,8 +123,15 @@ export class LiveStreamEncoder {
   private closeRun(): void {
     if (this.entries.count === 0) return;
     const entries = this.entries.take();
-    this.records.push({ kind: 'pages', block: this.block, entries });
-    this.wireBytes += entries.length + 16 + this.block.length;
+    const packed = this.zstd && this.rawInRun > 0 ? this.zstd.compress(entries) : undefined;
+    if (packed) this.counts.compressedPages += this.rawInRun;
+    this.rawInRun = 0;
+    this.records.push(
+      packed
+        ? { kind: 'pages', block: this.block, entries: packed, zstd: entries.length }
+        : { kind: 'pages', block: this.block, entries },
+    );
+    this.wireBytes += (packed ?? entries).length + 16 + this.block.length;
   }
 }
 

@@ -10,13 +10,14 @@ import type { CopyStrategy } from './copy-strategy.js';
 import { decodeMemoryDigests, digestGuestRam, newMemorySeed } from './memory-check.js';
 import { MAX_REPAIR_BYTES, MemoryMismatch, reconcileMemory } from './memory-repair.js';
 import { LiveStreamEncoder } from './encoder.js';
+import type { FullPageCodec } from './batch.js';
 import { streamListener, withTimeout } from './source-qemu.js';
 import type { MigrationSource } from './migration-source.js';
 
 /**
  * Phase 5 for a running VM: QEMU migrates into the coordinator, which passes the stream on to the
  * target agent record by record, sending a page the target holds, or one this stream already carried
- * in full (StreamPageMemory), as its digest, and any other page compressed where LZ4 shrinks it. The
+ * in full (StreamPageMemory), as its digest, and any other page compressed (FullPageCodec). The
  * agent writes the stream, pages put back, into a destination QEMU started paused. Only when both ends
  * agree on the stream's digest and the destination has loaded it does the destination resume and the
  * source quit; on any failure before that the destination is killed and the source resumed: the VM
@@ -107,8 +108,8 @@ export async function migrateLiveVm(options: {
   readonly switchovers?: SwitchoverGate;
   /** The most of the destination's RAM a failed memory check may rewrite (MAX_REPAIR_BYTES; 0: none). */
   readonly maxRepairBytes?: number;
-  /** Pages sent in full go LZ4-compressed when that shrinks them (uniform pages always as one word). */
-  readonly compress: boolean;
+  /** How pages sent in full are compressed where that shrinks them (uniform pages always as one word). */
+  readonly codec: FullPageCodec;
   readonly strategy: CopyStrategy;
   /**
    * The migration must be done by then (ms from its start): on expiry, 'abort' rolls it back and
@@ -212,7 +213,7 @@ export async function migrateLiveVm(options: {
       digester: options.digester,
       holds: options.holds,
       ...(options.onSentInFull ? { onSentInFull: options.onSentInFull } : {}),
-      compress: options.compress,
+      codec: options.codec,
     });
     const window = new AckWindow(link, vm, STEP_TIMEOUT_MS);
     const flush = async () => {

@@ -16,7 +16,14 @@ import type { StreamRecord } from '../qemu/migration-stream.js';
  */
 export type LiveRecord =
   | Exclude<StreamRecord, { kind: 'page' } | { kind: 'zero' }>
-  | { readonly kind: 'pages'; readonly block: string; readonly entries: Uint8Array };
+  | {
+      readonly kind: 'pages';
+      readonly block: string;
+      /** The run's entries (batch.ts), or with `zstd` one zstd frame of them. */
+      readonly entries: Uint8Array;
+      /** Present when `entries` is a zstd frame: the entries' length once decompressed. */
+      readonly zstd?: number;
+    };
 
 const encoder = new TextEncoder();
 const FLUSH_BYTES = 64 << 10;
@@ -128,7 +135,12 @@ export function isLiveRecord(value: unknown): value is LiveRecord {
   const bytes = (v: unknown) => v instanceof Uint8Array;
   switch (r.kind) {
     case 'pages':
-      return str(r.block) && bytes(r.entries) && (r.entries as Uint8Array).length <= MAX_BATCH_BYTES;
+      return (
+        str(r.block) &&
+        bytes(r.entries) &&
+        (r.entries as Uint8Array).length <= MAX_BATCH_BYTES &&
+        (r.zstd === undefined || (uint(r.zstd) && (r.zstd as number) <= MAX_BATCH_BYTES))
+      );
     case 'config':
     case 'tail':
       return bytes(r.bytes);

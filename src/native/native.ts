@@ -109,6 +109,12 @@ export interface NativeAddon {
   compressPage(pages: Uint8Array, offset: number, out: Uint8Array, at: number): number;
   /** Whether an LZ4 payload decodes to exactly one page, written at out[at..]. */
   decompressPage(payload: Uint8Array, out: Uint8Array, at: number): boolean;
+  /** A zstd context at this level (native/zstd-batch.c), or undefined where there is no libzstd.so.1. */
+  zstdContext(level: number): object | undefined;
+  /** `src` as one zstd frame in `dst`: its length, or 0 when it does not fit there. */
+  zstdCompress(context: object, src: Uint8Array, dst: Uint8Array): number;
+  /** The content of zstd frames `src` decoded into `dst`: its length, or -1 (malformed, or too large). */
+  zstdDecompress(context: object, src: Uint8Array, dst: Uint8Array): number;
   /** IP_MULTICAST_ALL off: the socket gets only the groups it joined itself. 0, or the errno. */
   onlyJoinedGroups(fd: number): number;
   /**

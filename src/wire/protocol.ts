@@ -19,8 +19,11 @@
 import type { LiveFromAgent, LiveToAgent } from '../live/messages.js';
 import { isLiveRecord } from '../live/records.js';
 
-/** 2: several jobs per agent, with guest memory reserved per job ('reserve', 'ready'.reserved). */
-export const PROTOCOL_VERSION = 2;
+/**
+ * 2: several jobs per agent, with guest memory reserved per job ('reserve', 'ready'.reserved).
+ * 3: agents name the codecs they decode beyond LZ4 ('ready'.codecs: 'zstd' for live page runs).
+ */
+export const PROTOCOL_VERSION = 3;
 
 /** A VM's name as the job protocol carries it (agents name files and sockets after it). */
 export const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -87,6 +90,8 @@ export type FromAgent =
       readonly running: readonly string[];
       /** Guest memory other jobs under way reserved here (bytes): this job's placement leaves it. */
       readonly reserved: number;
+      /** Codecs this agent decodes beyond LZ4: 'zstd' where it has libzstd (memory/batch-zstd.ts). */
+      readonly codecs: readonly string[];
     }
   /** The reservation was taken (ok) or did not fit; `reserved` is what other jobs hold now. */
   | { readonly t: 'reserved'; readonly ok: boolean; readonly reserved: number }
@@ -195,6 +200,7 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
     qemuVersion: isString,
     running: (v) => Array.isArray(v) && v.length <= 65_536 && v.every((name) => isString(name)),
     reserved: isUint,
+    codecs: (v) => Array.isArray(v) && v.length <= 16 && v.every((name) => isString(name)),
   },
   reserved: { ok: isBool, reserved: isUint },
   seeded: {

@@ -69,7 +69,7 @@ async function main(): Promise<void> {
     runDir,
     digester: new PageDigester(deriveDigestKey(secret)),
     holds: () => false,
-    compress: true,
+    codec: 'zstd',
     strategy: 'precopy',
     maxRepairBytes: 0,
   });

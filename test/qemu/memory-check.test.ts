@@ -201,7 +201,7 @@ async function migrate(
     runDir: join(dir, 'run'),
     digester: new PageDigester(deriveDigestKey(secret)),
     holds: () => false,
-    compress: true,
+    codec: 'zstd',
     strategy: 'precopy',
   });
 }

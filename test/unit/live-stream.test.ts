@@ -10,7 +10,7 @@ import {
   writeStream,
   type StreamRecord,
 } from '../../src/qemu/migration-stream.js';
-import { EntryWriter, LiveBatchError, readEntries } from '../../src/live/batch.js';
+import { EntryWriter, LiveBatchError, readEntries, type FullPageCodec } from '../../src/live/batch.js';
 import { LiveDecodeError, LiveStreamDecoder } from '../../src/live/decoder.js';
 import { LiveStreamEncoder } from '../../src/live/encoder.js';
 import { isLiveRecord, type LiveRecord } from '../../src/live/records.js';
@@ -67,6 +67,7 @@ function carry(
   held: (i: number, block: string) => boolean,
   tamper?: (data: Uint8Array) => Uint8Array,
   readAhead = false,
+  codec: FullPageCodec = 'lz4',
 ) {
   const store = new Map<string, Uint8Array>();
   const records = parseStream(bytes).records;
@@ -80,7 +81,7 @@ function carry(
   const encoder = new LiveStreamEncoder({
     digester,
     holds: (d) => store.has(Buffer.from(d).toString('hex')),
-    compress: true,
+    codec,
   });
   const messages: LiveRecord[][] = [];
   for (const record of records) {
@@ -114,7 +115,7 @@ function carry(
     assert.ok(message && message.t === 'live-stream', 'a live-stream message passes the checks');
     decoder.write(message.records);
   }
-  return { encoder, decoder, written: Buffer.concat(out) };
+  return { encoder, decoder, written: Buffer.concat(out), messages };
 }
 
 const contents = (bytes: Uint8Array) =>
@@ -130,13 +131,15 @@ test('live stream: QEMU stream in, the same stream out; held pages go as referen
       fc.array(fc.integer({ min: 0, max: 4 }), { maxLength: 300 }),
       fc.boolean(),
       fc.boolean(),
-      (kinds, holdEven, readAhead) => {
+      fc.constantFrom<FullPageCodec>('none', 'lz4', 'zstd'),
+      (kinds, holdEven, readAhead, codec) => {
         const bytes = stream(kinds);
         const { encoder, decoder, written } = carry(
           bytes,
           (i) => holdEven && i % 2 === 0,
           undefined,
           readAhead,
+          codec,
         );
         assert.deepEqual(contents(written), contents(bytes));
         assert.equal(decoder.digest.hex(), encoder.digest.hex());
@@ -166,6 +169,42 @@ test('live stream: a held ROM page that differs from what QEMU sent makes the di
   const ram = carry(stream([2, 2, 2, 2]), (i, block) => block === 'pc.ram' && i === 1, bad);
   assert.equal(ram.decoder.digest.hex(), ram.encoder.digest.hex());
   assert.notDeepEqual(contents(ram.written), contents(stream([2, 2, 2, 2])));
+});
+
+test('live stream: with zstd, a run of pages sent in full crosses as one smaller frame, and a forged one is refused', () => {
+  const kinds = Array.from({ length: 200 }, (_, i) => (i % 5 === 0 ? 1 : 2));
+  const bytes = stream(kinds);
+  const zstd = carry(bytes, () => false, undefined, false, 'zstd');
+  const lz4 = carry(bytes, () => false, undefined, false, 'lz4');
+  assert.deepEqual(contents(zstd.written), contents(bytes));
+  assert.equal(zstd.decoder.digest.hex(), zstd.encoder.digest.hex());
+  const runs = zstd.messages.flat().filter((r) => r.kind === 'pages' && r.block === 'pc.ram');
+  assert.ok(runs.length > 0 && runs.every((r) => r.kind === 'pages' && r.zstd !== undefined));
+  const wire = (messages: LiveRecord[][]) =>
+    messages.flat().reduce((sum, r) => sum + (r.kind === 'pages' ? r.entries.length : 0), 0);
+  assert.ok(
+    wire(zstd.messages) < wire(lz4.messages),
+    `zstd ${wire(zstd.messages)} < LZ4 ${wire(lz4.messages)}`,
+  );
+  assert.equal(zstd.encoder.counts.compressedPages, lz4.encoder.counts.compressedPages);
+
+  const run = runs[0] as Extract<LiveRecord, { kind: 'pages' }>;
+  const decode = (record: LiveRecord) =>
+    new LiveStreamDecoder('g1', { digester, pageOf: () => undefined, sink: () => undefined }).write([record]);
+  const flipped = Uint8Array.from(run.entries);
+  flipped[flipped.length >> 1]! ^= 0x55;
+  for (const forged of [
+    { ...run, entries: flipped },
+    { ...run, entries: run.entries.subarray(0, run.entries.length - 9) },
+    { ...run, zstd: run.zstd! - 1 },
+    { ...run, zstd: run.zstd! + 4096 },
+  ])
+    assert.throws(
+      () => decode(forged),
+      (error: unknown) =>
+        error instanceof LiveDecodeError &&
+        /does not decompress|cut short|unknown entry|not held/.test(error.message),
+    );
 });
 
 test('live stream: a reference to a page nobody holds fails the VM, named', () => {
