@@ -3,7 +3,8 @@
  * migration and by vmscatter, in the network lab.
  *
  *   npm run bench:qemu [-- --count 8 --memory 256 --targets 4 --rate 1gbit --mtu 9000 --repeat 1
- *                          --methods a,b-zstd,b-xbzrle,c,d --out DIR --quick --memory-file --json]
+ *                          --methods a,b-zstd,b-xbzrle,c,d --out DIR --quick --memory-file --json
+ *                          --cpu-prof DIR (V8 CPU profiles of vmscatter's coordinator and agents)]
  *
  * Guests: N guests (default 8 x 256 MiB) under TCG with the same Debian kernel and a busybox initramfs
  * per guest (bench/harness/qemu-guest.ts, seed = guest number, workload memory/8 with the kernel's
@@ -63,7 +64,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connectQmp, QmpError, type QmpClient, type QmpEvent } from '../src/qemu/qmp.js';
@@ -111,6 +112,8 @@ export interface BenchOptions {
    * method), which vmscatter then scans directly instead of through a scan migration.
    */
   readonly memoryFile?: boolean;
+  /** Where vmscatter's processes (c, d) write V8 CPU profiles (node --cpu-prof), one per process. */
+  readonly cpuProfDir?: string;
   readonly log?: (line: string) => void;
 }
 
@@ -227,6 +230,10 @@ function buildGuestImages(dir: string, options: BenchOptions, modules: readonly 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** With --memory-file: the guest's RAM in a shared file at `path` (none otherwise). */
+function profileArgs(options: BenchOptions): string[] {
+  return options.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir] : [];
+}
+
 function memoryFileArgs(options: BenchOptions, path: string): string[] {
   if (!options.memoryFile) return [];
   return [
@@ -733,6 +740,7 @@ async function viaVmscatter(
     targets.map(async (target) => {
       const agent = watchProcess(
         lab.spawn(target, process.execPath, [
+          ...profileArgs(options),
           ...[cli, 'agent', '--topology', topology, '--host', target],
           ...['--dir', join(dir, 'agents', target), '--secret-file', secret],
         ]),
@@ -750,7 +758,7 @@ async function viaVmscatter(
     const job = watchProcess(
       lab.spawn('src', '/bin/sh', [
         ...['-c', '"$@"; rc=$?; times >&2; exit $rc', 'vmscatter'],
-        ...[process.execPath, cli, 'scatter', '--topology', topology, '--json'],
+        ...[process.execPath, ...profileArgs(options), cli, 'scatter', '--topology', topology, '--json'],
         ...['--mtu', String(options.mtu), '--work-dir', join(dir, 'vms'), '--secret-file', secret],
       ]),
     );
@@ -1183,6 +1191,7 @@ async function main(argv: readonly string[]): Promise<void> {
       out: { type: 'string', default: join(tmpdir(), 'vmscatter-bench-qemu-vs-scatter') },
       quick: { type: 'boolean', default: false },
       'memory-file': { type: 'boolean', default: false },
+      'cpu-prof': { type: 'string' },
       json: { type: 'boolean', default: false },
       summary: {
         type: 'string',
@@ -1207,6 +1216,7 @@ async function main(argv: readonly string[]): Promise<void> {
     repeat: positiveInteger('repeat', values.repeat),
     methods: methods as MethodId[],
     memoryFile: values['memory-file']!,
+    ...(values['cpu-prof'] ? { cpuProfDir: resolve(values['cpu-prof']) } : {}),
     log: (line) => process.stderr.write(`${line}\n`),
   };
   // Ctrl-C: exit through process.exit, so the harness's and the lab's exit hooks kill QEMU and remove the lab.

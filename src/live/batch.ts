@@ -73,26 +73,27 @@ export class EntryWriter {
     this.at += DIGEST_BYTES;
   }
 
-  raw(page: number, data: Uint8Array): void {
+  /** The page at data[from..] as it is. */
+  raw(page: number, data: Uint8Array, from = 0): void {
     this.head(EntryType.Raw, page, PAGE_SIZE);
-    this.buffer.set(data.subarray(0, PAGE_SIZE), this.at);
+    this.buffer.set(data.subarray(from, from + PAGE_SIZE), this.at);
     this.at += PAGE_SIZE;
   }
 
   /**
-   * A page sent in full, encoded as page-codec.ts's encodePage would: its word when uniform, LZ4
-   * (with `compress`) when that saves an eighth, else raw; compressed straight into this buffer.
-   * Returns the encoding.
+   * A page sent in full (the one at data[from..]), encoded as page-codec.ts's encodePage would: its
+   * word when uniform, LZ4 (with `compress`) when that saves an eighth, else raw; compressed straight
+   * into this buffer. Returns the encoding.
    */
-  full(page: number, data: Uint8Array, compress: boolean): PageEncoding {
-    if (isUniformPage(data, 0)) {
-      this.packed(page, PageEncoding.Uniform, data.subarray(0, UNIFORM_WORD_BYTES));
+  full(page: number, data: Uint8Array, compress: boolean, from = 0): PageEncoding {
+    if (isUniformPage(data, from)) {
+      this.packed(page, PageEncoding.Uniform, data.subarray(from, from + UNIFORM_WORD_BYTES));
       return PageEncoding.Uniform;
     }
     if (compress) {
       // Compressed where its entry's body will be; the head is written only once it paid.
       this.room(5 + 3 + MAX_COMPRESSED_BYTES);
-      const length = compressPageInto(data, 0, this.buffer, this.at + 5 + 3);
+      const length = compressPageInto(data, from, this.buffer, this.at + 5 + 3);
       if (length > 0) {
         this.head(EntryType.Packed, page, 3 + length);
         this.buffer[this.at] = PageEncoding.Lz4;
@@ -101,7 +102,7 @@ export class EntryWriter {
         return PageEncoding.Lz4;
       }
     }
-    this.raw(page, data);
+    this.raw(page, data, from);
     return PageEncoding.Raw;
   }
 

@@ -1,6 +1,6 @@
 import { DIGEST_BYTES, isZeroPage, PAGE_SIZE } from '../memory/page.js';
 import type { PageDigester } from '../memory/page-digest.js';
-import type { StreamRecord } from '../qemu/migration-stream.js';
+import type { PageSink, StreamRecord } from '../qemu/migration-stream.js';
 import { EntryWriter, type FullPageCodec } from './batch.js';
 import { ZstdRuns } from '../memory/batch-zstd.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './records.js';
@@ -28,7 +28,7 @@ export const MESSAGE_BYTES = 1 << 20;
  */
 export const MESSAGE_STREAM_BYTES = 4 << 20;
 
-export class LiveStreamEncoder {
+export class LiveStreamEncoder implements PageSink {
   readonly counts: LiveEncoderCounts = { referencedPages: 0, sentPages: 0, compressedPages: 0, zeroPages: 0 };
   readonly digest = new StreamDigest();
   private readonly sentBefore = new StreamPageMemory();
@@ -41,6 +41,8 @@ export class LiveStreamEncoder {
   /** Pages of the current run sent in full as they are (a zstd run compresses them). */
   private rawInRun = 0;
   private readonly zstd: ZstdRuns | undefined;
+  /** Pages sent in full are LZ4-compressed one by one (else raw, for a zstd run or for none). */
+  private readonly perPage: boolean;
 
   constructor(
     private readonly options: {
@@ -57,6 +59,7 @@ export class LiveStreamEncoder {
     },
   ) {
     this.zstd = options.codec === 'zstd' ? ZstdRuns.open() : undefined;
+    this.perPage = options.codec === 'lz4' || (options.codec === 'zstd' && !this.zstd);
   }
 
   /** Whether a message is due (take it). */
@@ -65,48 +68,56 @@ export class LiveStreamEncoder {
   }
 
   add(record: StreamRecord): void {
-    if (record.kind === 'page' || record.kind === 'zero') {
-      if (record.block !== this.block) {
-        this.closeRun();
-        this.block = record.block;
-      }
-      const page = record.offset / PAGE_SIZE;
-      this.streamBytes += PAGE_SIZE;
-      if (record.kind === 'zero') {
-        this.counts.zeroPages++;
-        this.entries.zero(page, record.fill);
-        this.digest.zero(record.block, record.offset, record.fill);
-        return;
-      }
-      const data = record.data;
-      if (isZeroPage(data, 0)) {
-        this.counts.zeroPages++;
-        this.entries.zeroData(page);
-        this.digest.page(record.block, record.offset, undefined);
-        return;
-      }
-      const { hash } = this;
-      this.options.digester.digestInto(data, 0, hash, 0);
-      this.digest.page(record.block, record.offset, hash);
-      if (this.options.holds(hash) || this.sentBefore.has(hash)) {
-        this.counts.referencedPages++;
-        this.entries.ref(page, hash);
-        return;
-      }
-      this.counts.sentPages++;
-      this.sentBefore.remember(hash.slice());
-      this.options.onSentInFull?.(hash);
-      const perPage = this.options.codec === 'lz4' || (this.options.codec === 'zstd' && !this.zstd);
-      if (this.entries.full(page, data, perPage) !== PageEncoding.Raw) this.counts.compressedPages++;
-      else this.rawInRun++;
-      return;
-    }
+    if (record.kind === 'page') return this.page(record.block, record.offset, record.data, 0);
+    if (record.kind === 'zero') return this.zero(record.block, record.offset, record.fill);
     this.closeRun();
     this.block = '';
     const copy = copyRecord(record);
     this.digest.add(copy);
     this.records.push(copy);
     this.wireBytes += 24 + ('bytes' in copy ? copy.bytes.length : 'data' in copy ? copy.data.length : 0);
+  }
+
+  /** A zero record (PageSink: the parser's fast path calls it directly). */
+  zero(block: string, offset: number, fill: number): void {
+    const page = this.startPage(block, offset);
+    this.counts.zeroPages++;
+    this.entries.zero(page, fill);
+    this.digest.zero(block, offset, fill);
+  }
+
+  /** A page record whose data is bytes[at..] (PageSink); nothing is kept of `bytes` after the call. */
+  page(block: string, offset: number, bytes: Uint8Array, at: number): void {
+    const page = this.startPage(block, offset);
+    if (isZeroPage(bytes, at)) {
+      this.counts.zeroPages++;
+      this.entries.zeroData(page);
+      this.digest.page(block, offset, undefined);
+      return;
+    }
+    const { hash } = this;
+    this.options.digester.digestInto(bytes, at, hash, 0);
+    this.digest.page(block, offset, hash);
+    if (this.options.holds(hash) || this.sentBefore.has(hash)) {
+      this.counts.referencedPages++;
+      this.entries.ref(page, hash);
+      return;
+    }
+    this.counts.sentPages++;
+    this.sentBefore.remember(hash.slice());
+    this.options.onSentInFull?.(hash);
+    if (this.entries.full(page, bytes, this.perPage, at) !== PageEncoding.Raw) this.counts.compressedPages++;
+    else this.rawInRun++;
+  }
+
+  /** The page number of a page record, in a run of its block. */
+  private startPage(block: string, offset: number): number {
+    if (block !== this.block) {
+      this.closeRun();
+      this.block = block;
+    }
+    this.streamBytes += PAGE_SIZE;
+    return offset / PAGE_SIZE;
   }
 
   /** The records gathered since the last take, with their size on the wire; undefined when none. */

@@ -208,12 +208,17 @@ export async function migrateLiveVm(options: {
     stream = socket;
     watching = source.watch(observed);
     // A complete stream ends with the VM description: one cut short inside device state is refused.
-    const parser = new StreamParser();
-    encoder = new LiveStreamEncoder({
+    const streamEncoder = new LiveStreamEncoder({
       digester: options.digester,
       holds: options.holds,
       ...(options.onSentInFull ? { onSentInFull: options.onSentInFull } : {}),
       codec: options.codec,
+    });
+    encoder = streamEncoder;
+    // Every record reaches the encoder as the parser reads it, most pages without a record object.
+    const parser = new StreamParser({
+      onRecord: (record) => streamEncoder.add(record),
+      pages: streamEncoder,
     });
     const window = new AckWindow(link, vm, STEP_TIMEOUT_MS);
     const flush = async () => {
@@ -360,14 +365,12 @@ function pumpStream(options: {
     socket.once('close', settle);
     socket.on('data', (chunk: Buffer) => {
       options.onBytes(chunk.length);
-      let records;
       try {
-        records = parser.push(chunk);
+        parser.push(chunk); // its records go to the encoder (the parser's sinks)
       } catch (error) {
         socket.destroy();
         return reject(error);
       }
-      for (const record of records) encoder.add(record);
       // Whole: QEMU stopped the guest, sent its last pages and device state, and now waits for the
       // return path's answer with the socket open.
       if (parser.complete) {

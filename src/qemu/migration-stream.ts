@@ -5,6 +5,6 @@
  */
 export * from './stream-records.js';
 export { parseConfigSection, parseStream, StreamParser } from './stream-parser.js';
-export type { StreamEnd, StreamParserOptions } from './stream-parser.js';
+export type { PageSink, StreamEnd, StreamParserOptions } from './stream-parser.js';
 export { latestPages, streamImage, StreamWriter, writeStream, writeStreamTo } from './stream-writer.js';
 export type { StreamImage } from './stream-writer.js';

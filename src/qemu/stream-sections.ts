@@ -23,6 +23,8 @@ import {
 export interface Need {
   readonly need: number;
   readonly what: string;
+  /** Asked for by the RAM payload's loop: the head of its next record (the parser's fast path). */
+  readonly ramRecord?: true;
 }
 export type Step = Need | StreamRecord;
 export type Parse<T = void> = Generator<Step, T, Uint8Array>;
