@@ -117,9 +117,19 @@ export class EntryWriter {
   /** A copy of the entries written (the buffer is reused), and a fresh start. */
   take(): Uint8Array {
     const bytes = this.buffer.slice(0, this.at);
+    this.clear();
+    return bytes;
+  }
+
+  /** The entries written, in place: valid until the next write or clear. */
+  written(): Uint8Array {
+    return this.buffer.subarray(0, this.at);
+  }
+
+  /** A fresh start, the buffer kept. */
+  clear(): void {
     this.at = 0;
     this.count = 0;
-    return bytes;
   }
 
   private head(type: EntryType, page: number, bodyBytes: number): void {

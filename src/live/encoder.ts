@@ -133,16 +133,19 @@ export class LiveStreamEncoder implements PageSink {
 
   private closeRun(): void {
     if (this.entries.count === 0) return;
-    const entries = this.entries.take();
-    const packed = this.zstd && this.rawInRun > 0 ? this.zstd.compress(entries) : undefined;
+    // A zstd run is compressed from the writer's own buffer: only the frame is a new array.
+    const written = this.entries.length;
+    const packed = this.zstd && this.rawInRun > 0 ? this.zstd.compress(this.entries.written()) : undefined;
     if (packed) this.counts.compressedPages += this.rawInRun;
     this.rawInRun = 0;
+    const entries = packed ?? this.entries.take();
+    if (packed) this.entries.clear();
     this.records.push(
       packed
-        ? { kind: 'pages', block: this.block, entries: packed, zstd: entries.length }
+        ? { kind: 'pages', block: this.block, entries, zstd: written }
         : { kind: 'pages', block: this.block, entries },
     );
-    this.wireBytes += (packed ?? entries).length + 16 + this.block.length;
+    this.wireBytes += entries.length + 16 + this.block.length;
   }
 }
 
