@@ -108,6 +108,11 @@ program
       .choices(['adaptive', 'on', 'off'])
       .default('adaptive'),
   )
+  .option(
+    '--downtime-limit <ms>',
+    'longest a running VM may be stopped for its switch-over (milliseconds; default 300; QEMU gets half for its final pass)',
+    parseWholeNumber(1, 600_000),
+  )
   .option('--dry-run', 'scan, plan and run the pre-flight checks; move nothing')
   .option('--resume', 'leave VMs already verified at their target alone; send only what agents lack')
   .addOption(secretFileOption())
@@ -133,7 +138,7 @@ program
   .option('--bandwidth <rate>', "cap on the evacuated host's link, with units (e.g. 800Mbit)")
   .option(
     '--downtime-limit <ms>',
-    'QEMU downtime limit per VM (milliseconds)',
+    'longest a running VM may be stopped for its switch-over (milliseconds; QEMU gets half for its final pass)',
     parseWholeNumber(1, 600_000),
     300,
   )

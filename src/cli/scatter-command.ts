@@ -29,6 +29,7 @@ export interface ScatterCommandOptions {
   readonly roundPages?: number;
   readonly unicastBelowMs?: number;
   readonly compression?: CompressionMode;
+  readonly downtimeLimit?: number;
   readonly resume?: boolean;
   readonly secretFile?: string;
   readonly workDir: string;
@@ -225,6 +226,7 @@ export async function scatterCommand(options: ScatterCommandOptions): Promise<vo
       ...(options.unicastBelowMs === undefined ? {} : { unicastBelowMs: options.unicastBelowMs }),
       insecurePlaintext: options.insecurePlaintext ?? false,
       compression: options.compression ?? 'adaptive',
+      ...(options.downtimeLimit === undefined ? {} : { downtimeLimitMs: options.downtimeLimit }),
       dryRun: options.dryRun ?? false,
     },
   );

@@ -8,7 +8,12 @@ import type { HeldDigests } from '../announce/digest-set.js';
 import type { JobScan } from './job-scan.js';
 import type { ScannedLiveVm } from '../live/source.js';
 import type { SendRound } from '../plan/job-work.js';
-import { chooseCopyStrategy, QEMU_DOWNTIME_LIMIT_MS, type CopyDecision } from '../live/copy-strategy.js';
+import {
+  chooseCopyStrategy,
+  finalPassLimitMs,
+  QEMU_DOWNTIME_LIMIT_MS,
+  type CopyDecision,
+} from '../live/copy-strategy.js';
 import { startDirtyRates, type DirtyRateProbe } from '../live/dirty-rate.js';
 import { migrateLiveVm, NOTHING_MOVED, STEP_TIMEOUT_MS, type LiveMigrationResult } from '../live/migrate.js';
 import type { MigrationSource } from '../live/migration-source.js';
@@ -44,6 +49,7 @@ export async function migrateLiveVms(options: {
    */
   readonly codecOf: (target: number) => FullPageCodec;
   readonly onVerdict: (done: number, total: number) => void;
+  /** How long a VM may be down for its switch-over (ms; default 300): QEMU gets finalPassLimitMs of it. */
   readonly downtimeLimitMs?: number;
   /** Migrations at once (default: all; they share the source's link). */
   readonly maxParallel?: number;
@@ -65,7 +71,8 @@ export async function migrateLiveVms(options: {
     1,
     Math.min(options.maxParallel ?? options.pending.length, options.pending.length),
   );
-  const downtimeLimitMs = options.downtimeLimitMs ?? QEMU_DOWNTIME_LIMIT_MS;
+  // The job's downtime target covers the whole switch-over; QEMU's limit is its final pass's share.
+  const downtimeLimitMs = finalPassLimitMs(options.downtimeLimitMs ?? QEMU_DOWNTIME_LIMIT_MS);
   // Each VM's share of the link, for its copy strategy; the link itself is one budget for all.
   const bandwidth = options.bandwidthBytesPerSecond / parallel;
   const wire = new WireBudget(options.bandwidthBytesPerSecond);

@@ -9,7 +9,12 @@ import { PageDigester } from '../memory/page-digest.js';
 import { scanTopology } from '../memory/scan.js';
 import type { QemuMonitor } from '../qemu/qmp.js';
 import { isRunning, sourceHostOf, type Topology } from '../topology/model.js';
-import { chooseCopyStrategy, QEMU_DOWNTIME_LIMIT_MS, type CopyDecision } from './copy-strategy.js';
+import {
+  chooseCopyStrategy,
+  finalPassLimitMs,
+  QEMU_DOWNTIME_LIMIT_MS,
+  type CopyDecision,
+} from './copy-strategy.js';
 import { scanRunningVm } from './scan.js';
 import { startDirtyRates } from './dirty-rate.js';
 import { reachRunningVm, type ScannedLiveVm } from './source.js';
@@ -81,7 +86,7 @@ export async function scanForPlan(
         memoryBytes: vms[v]!.pages.length * PAGE_SIZE,
         dirtyBytesPerSecond: dirty[i]!,
         bandwidthBytesPerSecond: bandwidth,
-        downtimeLimitMs: QEMU_DOWNTIME_LIMIT_MS,
+        downtimeLimitMs: finalPassLimitMs(QEMU_DOWNTIME_LIMIT_MS),
       }),
     }));
     const totalPages = vms.reduce((sum, vm) => sum + vm.pages.length, 0);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { chooseCopyStrategy, MAX_PLAIN_PASSES } from '../../src/live/copy-strategy.js';
+import { chooseCopyStrategy, finalPassLimitMs, MAX_PLAIN_PASSES } from '../../src/live/copy-strategy.js';
 
 const MiB = 2 ** 20;
 const base = { memoryBytes: 256 * MiB, bandwidthBytesPerSecond: 125e6, downtimeLimitMs: 300 };
@@ -32,4 +32,10 @@ test('copy strategy: a guest dirtying faster than the link, or a tiny one, is st
     chooseCopyStrategy({ ...base, bandwidthBytesPerSecond: 0, dirtyBytesPerSecond: 1 }).strategy,
     'stop-and-copy',
   );
+});
+
+test("QEMU's downtime limit is the final pass's share of the VM's downtime target, never 0", () => {
+  assert.equal(finalPassLimitMs(300), 150);
+  assert.equal(finalPassLimitMs(1), 1);
+  assert.ok(finalPassLimitMs(1000) < 1000);
 });
