@@ -212,6 +212,7 @@ export function plannedReport(
     },
     compression: {
       mode: 'off',
+      codec: 'lz4',
       on: false,
       linkBitsPerSecond: 0,
       roundsCompressed: 0,

@@ -1,6 +1,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
 import type { SendRound } from '../plan/job-work.js';
+import type { EncodedRound } from './round-encoder.js';
 import { realScheduler, type OpenDatagramSocket } from '../transport/datagram.js';
 import { BlockCodec } from '../transport/fec-codec.js';
 import type { SessionResult } from '../transport/multicast-sender.js';
@@ -46,7 +47,7 @@ export interface OpenRound {
 export async function openRound(
   index: number,
   round: SendRound,
-  batches: readonly Uint8Array[],
+  encoded: Pick<EncodedRound, 'batches' | 'zstd'>,
   receivers: readonly number[],
   how: {
     readonly plan: ScatterPlan;
@@ -70,6 +71,7 @@ export async function openRound(
     group: `${group.address}:${group.port}`,
   };
   const socket = await how.openSocket(how.socketOptions);
+  const { batches } = encoded;
   const maxObjectBytes = batches.reduce((n, b) => Math.max(n, b.length), 0);
   receivers.forEach((t, i) =>
     links[t]!.send({
@@ -80,6 +82,7 @@ export async function openRound(
       sender: socket.address,
       receiver: i + 1,
       maxObjectBytes,
+      zstd: encoded.zstd,
     }),
   );
   const sender = new SenderSession(

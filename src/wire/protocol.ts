@@ -21,7 +21,8 @@ import { isLiveRecord } from '../live/records.js';
 
 /**
  * 2: several jobs per agent, with guest memory reserved per job ('reserve', 'ready'.reserved).
- * 3: agents name the codecs they decode beyond LZ4 ('ready'.codecs: 'zstd' for live page runs).
+ * 3: agents name the codecs they decode beyond LZ4 ('ready'.codecs: 'zstd' for live page runs and
+ *    multicast rounds, 'seed'.zstd).
  */
 export const PROTOCOL_VERSION = 3;
 
@@ -47,6 +48,8 @@ export type ToAgent =
       /** This agent's receiver id in the session. */
       readonly receiver: number;
       readonly maxObjectBytes: number;
+      /** Each object is a zstd frame of a record batch (at most MAX_ROUND_BATCH_BYTES decoded). */
+      readonly zstd: boolean;
     }
   | {
       readonly t: 'vm';
@@ -156,6 +159,7 @@ const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
     sender: isString,
     receiver: isUint,
     maxObjectBytes: isUint,
+    zstd: isBool,
   },
   vm: {
     vm: isString,
