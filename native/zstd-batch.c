@@ -24,7 +24,6 @@ typedef struct zstd_api {
   size_t (*compress_cctx)(void *, void *, size_t, const void *, size_t, int);
   size_t (*decompress_dctx)(void *, void *, size_t, const void *, size_t);
   unsigned (*is_error)(size_t);
-  unsigned long long (*content_size)(const void *, size_t);
 } zstd_api;
 
 /* Filled once by the first zstdContext of the process; a library that is absent or incomplete leaves
@@ -48,10 +47,9 @@ static int load_api(void) {
       (size_t(*)(void *, void *, size_t, const void *, size_t, int))dlsym(library, "ZSTD_compressCCtx"),
       (size_t(*)(void *, void *, size_t, const void *, size_t))dlsym(library, "ZSTD_decompressDCtx"),
       (unsigned (*)(size_t))dlsym(library, "ZSTD_isError"),
-      (unsigned long long (*)(const void *, size_t))dlsym(library, "ZSTD_getFrameContentSize"),
   };
   if (!loaded.create_cctx || !loaded.free_cctx || !loaded.create_dctx || !loaded.free_dctx ||
-      !loaded.compress_cctx || !loaded.decompress_dctx || !loaded.is_error || !loaded.content_size) {
+      !loaded.compress_cctx || !loaded.decompress_dctx || !loaded.is_error) {
     __atomic_store_n(&api_state, -1, __ATOMIC_RELEASE);
     return 0;
   }
@@ -146,29 +144,11 @@ static napi_value zstd_decompress(napi_env env, napi_callback_info info) {
   return int_value(env, api.is_error(length) ? -1 : (int64_t)length);
 }
 
-/* zstdContentSize(context, src): the content size a frame's header declares, or -1 when it declares
- * none or is no frame (the caller bounds it before it allocates for it). */
-static napi_value zstd_content_size(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  void *external;
-  uint8_t *src;
-  size_t src_length;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2 || napi_get_value_external(env, argv[0], &external) != napi_ok ||
-      !bytes_of(env, argv[1], &src, &src_length))
-    return fail(env, "zstdContentSize(context, src: Uint8Array)");
-  unsigned long long size = api.content_size(src, src_length);
-  /* ZSTD_CONTENTSIZE_UNKNOWN and _ERROR are the two largest values; anything past 2^52 is refused. */
-  return int_value(env, size >= (1ULL << 52) ? -1 : (int64_t)size);
-}
-
 napi_value zstd_batch_exports(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"zstdContext", NULL, zstd_context_new, NULL, NULL, NULL, napi_default, NULL},
       {"zstdCompress", NULL, zstd_compress, NULL, NULL, NULL, napi_default, NULL},
       {"zstdDecompress", NULL, zstd_decompress, NULL, NULL, NULL, napi_default, NULL},
-      {"zstdContentSize", NULL, zstd_content_size, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return exports;

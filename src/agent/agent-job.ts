@@ -14,7 +14,7 @@ import { chooseAnnouncement } from '../announce/digest-set.js';
 import { rebuildImage } from './image-rebuild.js';
 import { JobLiveTargets } from './live-targets.js';
 import { decodeManifest } from '../wire/manifest.js';
-import { decodeRecords, MAX_ROUND_BATCH_BYTES, sliceBatch } from '../memory/page-batches.js';
+import { decodeRecords, sliceBatch } from '../memory/page-batches.js';
 import {
   PROTOCOL_VERSION,
   VM_NAME,
@@ -71,8 +71,6 @@ export class AgentJob {
    * before it ends, on the same group and port, so each receives the other's datagrams for a moment.
    */
   private readonly knownSessions = new Set<number>();
-  /** Opened at the first zstd round. */
-  private zstd: ZstdRuns | undefined;
   /** Aborted when the job ends: a rebuild still under way (they overlap seeding) stops. */
   private readonly ended = new AbortController();
   private readonly pending = new Map<string, PendingVm>();
@@ -238,12 +236,7 @@ export class AgentJob {
         storing = storing.then(async () => {
           if (failure) return;
           try {
-            const records = message.zstd ? this.unframe(bytes, message.session) : bytes;
-            if (!records) {
-              rejected++;
-              return;
-            }
-            const counts = await this.storeRecordsInSlices(records);
+            const counts = await this.storeRecordsInSlices(bytes);
             stored += counts.stored;
             rejected += counts.rejected;
           } catch (error) {
@@ -299,17 +292,6 @@ export class AgentJob {
     stored = asked - failed;
     this.agent.log(`job ${this.id}: fetched ${stored} of ${asked} pages from site peer ${message.peer}`);
     if (!this.finished) this.reply({ t: 'fetched', id: message.id, stored, failed });
-  }
-
-  /** A zstd round's object as its record batch; undefined (logged) when it is no such frame. */
-  private unframe(frame: Uint8Array, session: number): Uint8Array | undefined {
-    this.zstd ??= ZstdRuns.open();
-    const records = this.zstd?.unframe(frame, MAX_ROUND_BATCH_BYTES);
-    if (!records)
-      this.agent.log(
-        `job ${this.id}: round ${session}: an object that is no zstd frame of a batch (${this.zstd ? 'malformed' : 'no libzstd here'}): dropped`,
-      );
-    return records;
   }
 
   /** storeRecords, a slice of records at a time, yielding to the event loop between slices. */

@@ -13,7 +13,6 @@ import { planJobWork } from '../plan/job-work.js';
 import { startDirtyRates } from '../live/dirty-rate.js';
 import { ensurePrivateDir } from '../store/file-io.js';
 import { fullPageCodec, heldForLive, migrateLiveVms } from './live-phase.js';
-import { ZstdRuns } from '../memory/batch-zstd.js';
 import type { CompressionMode } from '../memory/page-codec.js';
 import { preflightProblems, preflightTargets, PreflightError } from './preflight.js';
 import type { ScatterProgress } from './progress.js';
@@ -250,8 +249,6 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       const seeded = await seedRounds(work, plan, links, pages, source, {
         mtu: options.mtu,
         compression: options.compression ?? 'adaptive',
-        // Whole batches in zstd only when every agent of the job decodes it.
-        zstd: ZstdRuns.available() && readies.every((r) => r.codecs.includes('zstd')),
         insecurePlaintext: options.insecurePlaintext,
         ...(options.unicastBelowMs === undefined ? {} : { unicastBelowMs: options.unicastBelowMs }),
         onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),

@@ -212,7 +212,6 @@ export function plannedReport(
     },
     compression: {
       mode: 'off',
-      codec: 'lz4',
       on: false,
       linkBitsPerSecond: 0,
       roundsCompressed: 0,

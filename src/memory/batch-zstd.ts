@@ -39,29 +39,6 @@ export class ZstdRuns {
     return length > 0 ? this.out.slice(0, length) : undefined;
   }
 
-  /** The run as one zstd frame, whether or not it shrinks (a multicast round's batches all are frames). */
-  frame(run: Uint8Array): Uint8Array {
-    // zstd's bound: the input, 1/256 of it, and a small fixed margin (raw blocks when nothing shrinks).
-    const bound = run.length + (run.length >> 7) + (64 << 10);
-    if (this.out.length < bound) this.out = new Uint8Array(bound);
-    const length = native!.zstdCompress(this.context, run, this.out);
-    if (length <= 0) throw new RangeError(`zstd: a run of ${run.length} bytes did not fit its bound`);
-    return this.out.slice(0, length);
-  }
-
-  /**
-   * What a frame holds, as a new array, when its header declares at most `maxLength` bytes and it
-   * decodes to exactly that; else undefined (input off the network: nothing is allocated beyond the
-   * bound).
-   */
-  unframe(frame: Uint8Array, maxLength: number): Uint8Array | undefined {
-    const length = native!.zstdContentSize(this.context, frame);
-    if (length < 0 || length > maxLength) return undefined;
-    const out = new Uint8Array(length + 1);
-    // One byte of room beyond the declared length, so a frame that holds more is seen to.
-    return native!.zstdDecompress(this.context, frame, out) === length ? out.subarray(0, length) : undefined;
-  }
-
   /**
    * The run a frame holds, which must be exactly `length` bytes: a view of a buffer reused by the next
    * call, or undefined when the frame is malformed or holds anything else (input off the network).

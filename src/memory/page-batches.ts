@@ -9,12 +9,6 @@ import { native } from '../native/native.js';
 /** Digest, encoding byte, payload length. */
 export const RECORD_HEADER_BYTES = DIGEST_BYTES + 3;
 
-/**
- * The most a multicast round's batch holds once decoded: a zstd frame whose header declares more is
- * refused before anything is allocated for it (a round's batches are 1024 pages, about 4 MiB).
- */
-export const MAX_ROUND_BATCH_BYTES = 16 << 20;
-
 /** Where each unique page can be read at the source: the first VM and page that hold it. */
 export interface PageLocations {
   readonly vm: Int32Array;

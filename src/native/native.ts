@@ -115,8 +115,6 @@ export interface NativeAddon {
   zstdCompress(context: object, src: Uint8Array, dst: Uint8Array): number;
   /** The content of zstd frames `src` decoded into `dst`: its length, or -1 (malformed, or too large). */
   zstdDecompress(context: object, src: Uint8Array, dst: Uint8Array): number;
-  /** The content size a zstd frame's header declares, or -1 when it declares none or is no frame. */
-  zstdContentSize(context: object, src: Uint8Array): number;
   /** IP_MULTICAST_ALL off: the socket gets only the groups it joined itself. 0, or the errno. */
   onlyJoinedGroups(fd: number): number;
   /**

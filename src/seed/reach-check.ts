@@ -83,7 +83,6 @@ async function probeGroup(
         sender: socket.address,
         receiver: i + 1,
         maxObjectBytes: PROBE_OBJECT.length,
-        zstd: false,
       });
       // Consumed when it comes, so it does not wait in the link's queue: one that heard nothing
       // answers only when its receiver gives up.

@@ -12,14 +12,12 @@ import { PageDigester } from '../memory/page-digest.js';
 import type { PageFile } from '../store/source-pages.js';
 import type { EncodeReply, EncodeRequest } from './round-encoder.js';
 import { readExactly } from '../read-exactly.js';
-import { ZstdRuns } from '../memory/batch-zstd.js';
 
 if (!parentPort) throw new Error('round-encoder-worker must run as a worker thread');
 const port = parentPort;
 const fds = new Map<string, number>();
 /** Digests pages read from running guests again (one job, one key, per worker). */
 let digester: PageDigester | undefined;
-let zstd: ZstdRuns | undefined;
 
 port.on('message', (message: EncodeRequest | { type: 'close' }) => {
   if (message.type === 'close') {
@@ -69,38 +67,9 @@ function encodeRound(request: EncodeRequest): Extract<EncodeReply, { type: 'done
       for (let i = 0; i < count; i++) if (kept[i] === 0) changed.push(first + i);
       ({ pages, digests } = compact(kept, pages, digests));
     }
-    if (digests.length === 0) continue;
-    batches.push(
-      request.zstd
-        ? zstdBatch(digests, pages, counts)
-        : encodeRecords(digests, pages, request.compress, counts),
-    );
+    if (digests.length > 0) batches.push(encodeRecords(digests, pages, request.compress, counts));
   }
-  return {
-    type: 'done',
-    id: request.id,
-    batches,
-    counts,
-    changed: Uint32Array.from(changed),
-    zstd: request.zstd,
-  };
-}
-
-/**
- * A batch as one zstd frame of its records, each page raw or its word: zstd finds what neighbouring
- * pages share, which LZ4 per page cannot. Its raw pages count as compressed when the frame saved an
- * eighth of the records, as a page does under LZ4.
- */
-function zstdBatch(digests: Uint8Array, pages: Uint8Array, counts: BatchCounts): Uint8Array {
-  zstd ??= ZstdRuns.open();
-  if (!zstd) throw new Error('zstd rounds asked for, and this process has no libzstd');
-  const own: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
-  const records = encodeRecords(digests, pages, false, own);
-  const frame = zstd.frame(records);
-  if (frame.length <= records.length * (7 / 8)) counts.compressed += own.raw;
-  else counts.raw += own.raw;
-  counts.uniform += own.uniform;
-  return frame;
+  return { type: 'done', id: request.id, batches, counts, changed: Uint32Array.from(changed) };
 }
 
 /**

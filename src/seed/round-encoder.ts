@@ -23,8 +23,6 @@ export interface EncodeRequest {
   readonly digests: Uint8Array;
   readonly batchPages: number;
   readonly compress: boolean;
-  /** With `compress`: each batch's records raw, the batch one zstd frame (batch-zstd.ts). */
-  readonly zstd: boolean;
 }
 
 export type EncodeReply =
@@ -35,15 +33,11 @@ export type EncodeReply =
       readonly counts: BatchCounts;
       /** Positions in the round of the pages left out: changed since the scan. */
       readonly changed: Uint32Array;
-      /** Every batch is a zstd frame of records. */
-      readonly zstd: boolean;
     }
   | { readonly type: 'error'; readonly id: number; readonly message: string };
 
 export interface EncodedRound {
-  /** Record batches (page-batches.ts), or with `zstd` each one zstd frame of a record batch. */
   readonly batches: Uint8Array[];
-  readonly zstd: boolean;
   readonly counts: BatchCounts;
   /** Digest ids of the round not in its batches: their page changed since the scan. */
   readonly changed: Uint32Array;
@@ -67,7 +61,6 @@ export class RoundEncoder {
       if (reply.type === 'done')
         waiter?.resolve({
           batches: reply.batches,
-          zstd: reply.zstd,
           counts: reply.counts,
           changed: Uint32Array.from(reply.changed, (i) => waiter.ids[i]!),
         });
@@ -79,11 +72,8 @@ export class RoundEncoder {
     });
   }
 
-  /**
-   * Starts encoding the pages `ids`, compressed or not, and when compressed by zstd over each batch
-   * (else LZ4 per page); resolves with the round's batches.
-   */
-  encode(ids: Uint32Array, compress: boolean, zstd = false): Promise<EncodedRound> {
+  /** Starts encoding the pages `ids`; resolves with the round's batches. */
+  encode(ids: Uint32Array, compress: boolean): Promise<EncodedRound> {
     const id = this.nextId++;
     const vm = new Int32Array(ids.length);
     const page = new Uint32Array(ids.length);
@@ -104,7 +94,6 @@ export class RoundEncoder {
       digests,
       batchPages: this.batchPages,
       compress,
-      zstd: compress && zstd,
     };
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { ids, resolve, reject });

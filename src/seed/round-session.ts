@@ -1,7 +1,6 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
 import type { SendRound } from '../plan/job-work.js';
-import type { EncodedRound } from './round-encoder.js';
 import { realScheduler, type OpenDatagramSocket } from '../transport/datagram.js';
 import { BlockCodec } from '../transport/fec-codec.js';
 import type { SessionResult } from '../transport/multicast-sender.js';
@@ -47,7 +46,7 @@ export interface OpenRound {
 export async function openRound(
   index: number,
   round: SendRound,
-  encoded: Pick<EncodedRound, 'batches' | 'zstd'>,
+  batches: readonly Uint8Array[],
   receivers: readonly number[],
   how: {
     readonly plan: ScatterPlan;
@@ -71,7 +70,6 @@ export async function openRound(
     group: `${group.address}:${group.port}`,
   };
   const socket = await how.openSocket(how.socketOptions);
-  const { batches } = encoded;
   const maxObjectBytes = batches.reduce((n, b) => Math.max(n, b.length), 0);
   receivers.forEach((t, i) =>
     links[t]!.send({
@@ -82,7 +80,6 @@ export async function openRound(
       sender: socket.address,
       receiver: i + 1,
       maxObjectBytes,
-      zstd: encoded.zstd,
     }),
   );
   const sender = new SenderSession(

@@ -6,7 +6,7 @@ import { DgramSocket } from '../transport/dgram-socket.js';
 import { maxSymbolSize } from '../transport/wire-codec.js';
 import type { AgentLink } from '../wire/agent-link.js';
 import type { JobWork, SendRound } from '../plan/job-work.js';
-import { MAX_ROUND_BATCH_BYTES, RECORD_HEADER_BYTES, type BatchCounts } from '../memory/page-batches.js';
+import type { BatchCounts } from '../memory/page-batches.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { measureCodec, shouldCompress, type CodecRates, type CompressionMode } from '../memory/page-codec.js';
 import { RoundEncoder, type EncodedRound } from './round-encoder.js';
@@ -30,8 +30,6 @@ export interface SeedOptions {
   /** Path MTU of the multicast network. */
   readonly mtu: number;
   readonly compression: CompressionMode;
-  /** Compressed rounds go as zstd frames of whole batches (every receiver has libzstd), else LZ4 per page. */
-  readonly zstd?: boolean;
   readonly insecurePlaintext: boolean;
   /** Rounds unicast sends in less link time than this (ms) go by unicast (default SESSION_SET_UP_MS). */
   readonly unicastBelowMs?: number;
@@ -53,8 +51,6 @@ export interface SeedOptions {
 
 export interface CompressionDecision {
   readonly mode: CompressionMode;
-  /** How a compressed round is compressed: zstd over each batch, or LZ4 per page. */
-  readonly codec: 'zstd' | 'lz4';
   /** Whether the first round was compressed. */
   readonly on: boolean;
   /** Rates measured on a sample of the job's own pages (absent when nothing is sent). */
@@ -100,9 +96,6 @@ export interface SeedResult {
 
 /** Pages per transport object: about 4 MiB raw, the object size the transport was tuned with. */
 const BATCH_PAGES = 1024;
-// A batch decoded must stay within what receivers accept of a zstd frame.
-if (BATCH_PAGES * (RECORD_HEADER_BYTES + PAGE_SIZE) > MAX_ROUND_BATCH_BYTES)
-  throw new RangeError('BATCH_PAGES: a batch would exceed MAX_ROUND_BATCH_BYTES');
 /** Pages sampled to measure the codec on this job's data. */
 const SAMPLE_PAGES = 256;
 /**
@@ -133,8 +126,7 @@ export async function seedRounds(
   const linkBitsPerSecond = Math.min(
     ...[source, ...links.map((l) => l.host)].map((h) => h.linkBitsPerSecond),
   );
-  const zstd = options.zstd ?? false;
-  const compression = decideCompression(work, pages, options.compression, linkBitsPerSecond, zstd);
+  const compression = decideCompression(work, pages, options.compression, linkBitsPerSecond);
   // After a round, the rate the transport actually reached is the link compression competes with:
   // when the hosts' CPUs, not the wire, limit the transport, fewer bytes per page is faster.
   const compressNext = (): boolean =>
@@ -235,7 +227,7 @@ export async function seedRounds(
     roundsLeft.forEach((left, t) => left === 0 && targetDone(t, true));
     let r = nextMulticast(-1);
     let next: Promise<EncodedRound> | undefined =
-      r < work.rounds.length ? encoder.encode(work.rounds[r]!.ids, compression.on, zstd) : undefined;
+      r < work.rounds.length ? encoder.encode(work.rounds[r]!.ids, compression.on) : undefined;
     // While the first round is encoded: who hears which group.
     if (next && !options.signal?.aborted)
       unheard = await probeGroups({
@@ -262,7 +254,7 @@ export async function seedRounds(
       const following = nextMulticast(r);
       next =
         following < work.rounds.length
-          ? encoder.encode(work.rounds[following]!.ids, compressNext(), zstd)
+          ? encoder.encode(work.rounds[following]!.ids, compressNext())
           : undefined;
       next?.catch(() => undefined); // awaited on the next turn; a failure then is thrown there
       encodings.raw += encoded.counts.raw;
@@ -284,7 +276,7 @@ export async function seedRounds(
         interrupted = true;
         break;
       }
-      const open = await openRound(r, round, encoded, receivers, {
+      const open = await openRound(r, round, encoded.batches, receivers, {
         plan,
         links,
         openSocket,
@@ -351,11 +343,9 @@ function decideCompression(
   pages: SourcePages,
   mode: CompressionMode,
   linkBitsPerSecond: number,
-  zstd: boolean,
 ): CompressionDecision {
   const total = work.rounds.reduce((n, r) => n + r.ids.length, 0);
-  const codec = zstd ? ('zstd' as const) : ('lz4' as const);
-  const base = { mode, codec, linkBitsPerSecond, roundsCompressed: 0, roundBitsPerSecond: [] };
+  const base = { mode, linkBitsPerSecond, roundsCompressed: 0, roundBitsPerSecond: [] };
   if (mode !== 'adaptive' || total === 0) return { ...base, on: mode === 'on' };
   // Every step-th page of the job, walking the rounds in order (the same pages as indexing their
   // concatenation, without building it).

@@ -21,8 +21,7 @@ import { isLiveRecord } from '../live/records.js';
 
 /**
  * 2: several jobs per agent, with guest memory reserved per job ('reserve', 'ready'.reserved).
- * 3: agents name the codecs they decode beyond LZ4 ('ready'.codecs: 'zstd' for live page runs and
- *    multicast rounds, 'seed'.zstd).
+ * 3: agents name the codecs they decode beyond LZ4 ('ready'.codecs: 'zstd' for live page runs).
  */
 export const PROTOCOL_VERSION = 3;
 
@@ -48,8 +47,6 @@ export type ToAgent =
       /** This agent's receiver id in the session. */
       readonly receiver: number;
       readonly maxObjectBytes: number;
-      /** Each object is a zstd frame of a record batch (at most MAX_ROUND_BATCH_BYTES decoded). */
-      readonly zstd: boolean;
     }
   | {
       readonly t: 'vm';
@@ -159,7 +156,6 @@ const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
     sender: isString,
     receiver: isUint,
     maxObjectBytes: isUint,
-    zstd: isBool,
   },
   vm: {
     vm: isString,

@@ -166,7 +166,6 @@ test(
       sender: '127.0.0.1:47001',
       receiver: 0,
       maxObjectBytes: 1 << 20,
-      zstd: false,
     });
     const reply = await refused;
     assert.match(String(reply.message), /refuses unencrypted multicast/);

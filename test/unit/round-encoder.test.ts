@@ -2,8 +2,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { decodeBatch, MAX_ROUND_BATCH_BYTES } from '../../src/memory/page-batches.js';
-import { ZstdRuns } from '../../src/memory/batch-zstd.js';
+import { decodeBatch } from '../../src/memory/page-batches.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../../src/memory/page.js';
 import { PageDigester, randomDigestKey } from '../../src/memory/page-digest.js';
 import { RoundEncoder } from '../../src/seed/round-encoder.js';
@@ -57,18 +56,8 @@ test('round encoder: every page read from its file and place, runs and scattered
   } as unknown as SourcePages;
   const encoder = new RoundEncoder(pages, 5); // batches of 5 pages: runs cut at batch ends too
   try {
-    for (const [compress, zstd] of [
-      [false, false],
-      [true, false],
-      [true, true],
-    ] as const) {
-      const encoded = await encoder.encode(ids, compress, zstd);
-      assert.equal(encoded.zstd, zstd);
-      // A zstd round's batches are frames, each of a record batch.
-      const codec = ZstdRuns.open()!;
-      const batches = zstd
-        ? encoded.batches.map((frame) => codec.unframe(frame, MAX_ROUND_BATCH_BYTES)!)
-        : encoded.batches;
+    for (const compress of [false, true]) {
+      const { batches } = await encoder.encode(ids, compress);
       const records = batches.flatMap((batch) => [...decodeBatch(batch)]);
       assert.equal(records.length, where.length);
       records.forEach((record, i) => {
