@@ -32,6 +32,9 @@ import {
   type Parse,
 } from './stream-sections.js';
 import { TailScanner } from './stream-tail.js';
+import { readPageRun, type PageSink } from './stream-page-run.js';
+
+export type { PageSink } from './stream-page-run.js';
 
 /**
  * An incremental parser of QEMU 7.2 precopy migration streams. Bytes go in by push() in any chunking;
@@ -48,17 +51,6 @@ import { TailScanner } from './stream-tail.js';
  * of the last page); parts that read the same wherever they occur are in stream-sections.ts (the
  * configuration section, commands, the block list) and the end check on the tail in stream-tail.ts.
  */
-
-/**
- * Where page records may go without becoming record objects: the parser's fast path hands over a page
- * as the chunk it lies in and its position there (valid only during the call), and allocates nothing
- * per page. Only records that continue the previous page's block and lie whole in one pushed chunk
- * take it; the others come as records, through onRecord, in stream order with these.
- */
-export interface PageSink {
-  page(block: string, offset: number, bytes: Uint8Array, at: number): void;
-  zero(block: string, offset: number, fill: number): void;
-}
 
 export interface StreamParserOptions {
   /** Called with each record as soon as it is complete (push() also returns them). */
@@ -82,10 +74,6 @@ export interface StreamEnd {
   /** The VM description's JSON text (the EOF byte is just before its 0x06 and be32 length). */
   readonly description?: { readonly offset: number; readonly length: number };
 }
-
-const PAGE_RECORD_BYTES = 8 + STREAM_PAGE_SIZE;
-const CONTINUED_PAGE = RamFlag.PAGE | RamFlag.CONTINUE;
-const CONTINUED_ZERO = RamFlag.ZERO | RamFlag.CONTINUE;
 
 /** What the RAM payload's loop asks for: one object per section kind, not one per record. */
 const RAM_RECORD: Record<'part' | 'end', Need> = {
@@ -140,7 +128,12 @@ export class StreamParser {
     try {
       let at = 0;
       while (true) {
-        if (this.request.ramRecord && this.options.pages && !this.partial) at = this.fastPages(chunk, at);
+        // The fast path (stream-page-run.ts): whole records continuing the last page's block.
+        if (this.request.ramRecord && this.options.pages && this.lastBlock && !this.partial) {
+          const from = at;
+          at = readPageRun(chunk, at, this.lastBlock, this.options.pages);
+          this.consumed += at - from;
+        }
         const { need: n } = this.request;
         if (n === REST) {
           if (at >= chunk.length) break;
@@ -207,36 +200,6 @@ export class StreamParser {
     const error = new StreamError(offset, reason, problem);
     this.failure = error;
     return error;
-  }
-
-  /**
-   * The fast path, while the generator waits for a RAM record's head: reads the records that continue
-   * the last page's block and lie whole in `chunk` from `at`, straight to the page sink, and returns
-   * where it stopped. Anything else (a block name, another flag, an offset beyond the block, a record
-   * cut by the chunk's end) is left to the generator, which reads it, or refuses it, as always.
-   */
-  private fastPages(chunk: Uint8Array, at: number): number {
-    const sink = this.options.pages!;
-    const block = this.lastBlock;
-    if (!block) return at;
-    const start = at;
-    while (chunk.length - at >= 9) {
-      const high = u32(chunk, at);
-      const low = u32(chunk, at + 4);
-      const flags = low & RAM_FLAG_MASK;
-      const offset = high * 2 ** 32 + (low - flags);
-      if (offset >= block.length) break;
-      if (flags === CONTINUED_PAGE) {
-        if (chunk.length - at < PAGE_RECORD_BYTES) break;
-        sink.page(block.name, offset, chunk, at + 8);
-        at += PAGE_RECORD_BYTES;
-      } else if (flags === CONTINUED_ZERO) {
-        sink.zero(block.name, offset, chunk[at + 8]!);
-        at += 9;
-      } else break;
-    }
-    this.consumed += at - start;
-    return at;
   }
 
   /** Hands the bytes asked for to the generator and collects records until it asks for more. */
