@@ -21,12 +21,6 @@ import {
  *   Packed   encoding u8, length u16 LE,   a page sent in full, encoded smaller (page-codec.ts)
  *            payload
  */
-/**
- * How a stream's pages sent in full travel: as they are, LZ4-compressed each (Packed entries), or raw
- * within runs that zstd compresses whole (memory/batch-zstd.ts; the record says so, records.ts).
- */
-export type FullPageCodec = 'none' | 'lz4' | 'zstd';
-
 export const enum EntryType {
   Zero = 0,
   ZeroData = 1,
@@ -34,6 +28,12 @@ export const enum EntryType {
   Raw = 3,
   Packed = 4,
 }
+
+/**
+ * How a stream's pages sent in full travel: as they are, LZ4-compressed each (Packed entries), or raw
+ * within runs that zstd compresses whole (memory/batch-zstd.ts; the record says so, records.ts).
+ */
+export type FullPageCodec = 'none' | 'lz4' | 'zstd';
 
 export class LiveBatchError extends VmscatterError {
   constructor(message: string) {

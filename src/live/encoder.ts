@@ -62,7 +62,7 @@ export class LiveStreamEncoder implements PageSink {
     this.perPage = options.codec === 'lz4' || (options.codec === 'zstd' && !this.zstd);
   }
 
-  /** Whether a message is due (take it). */
+  /** Whether a message is due (take it); a zstd run counts at its length before compression. */
   get full(): boolean {
     return this.wireBytes + this.entries.length >= MESSAGE_BYTES || this.streamBytes >= MESSAGE_STREAM_BYTES;
   }
@@ -134,18 +134,17 @@ export class LiveStreamEncoder implements PageSink {
   private closeRun(): void {
     if (this.entries.count === 0) return;
     // A zstd run is compressed from the writer's own buffer: only the frame is a new array.
-    const written = this.entries.length;
-    const packed = this.zstd && this.rawInRun > 0 ? this.zstd.compress(this.entries.written()) : undefined;
-    if (packed) this.counts.compressedPages += this.rawInRun;
+    const length = this.entries.length;
+    const frame = this.zstd && this.rawInRun > 0 ? this.zstd.compress(this.entries.written()) : undefined;
+    let record: LiveRecord;
+    if (frame) {
+      this.counts.compressedPages += this.rawInRun;
+      this.entries.clear();
+      record = { kind: 'pages', block: this.block, entries: frame, zstd: length };
+    } else record = { kind: 'pages', block: this.block, entries: this.entries.take() };
     this.rawInRun = 0;
-    const entries = packed ?? this.entries.take();
-    if (packed) this.entries.clear();
-    this.records.push(
-      packed
-        ? { kind: 'pages', block: this.block, entries, zstd: written }
-        : { kind: 'pages', block: this.block, entries },
-    );
-    this.wireBytes += entries.length + 16 + this.block.length;
+    this.records.push(record);
+    this.wireBytes += record.entries.length + 16 + this.block.length;
   }
 }
 
