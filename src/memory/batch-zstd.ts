@@ -14,6 +14,9 @@ export const ZSTD_LEVEL = 1;
 /** A run is sent compressed only when that saves at least this share of it (as for pages). */
 const MIN_SAVING = 1 / 8;
 
+/** Whether libzstd opened, once asked (ZstdRuns.available). */
+let availability: boolean | undefined;
+
 export class ZstdRuns {
   private out = new Uint8Array(0);
 
@@ -27,7 +30,7 @@ export class ZstdRuns {
 
   /** Whether this process can compress and decompress runs (what an agent tells its coordinator). */
   static available(): boolean {
-    return ZstdRuns.open() !== undefined;
+    return (availability ??= ZstdRuns.open() !== undefined);
   }
 
   /** The run as one zstd frame (a new array), or undefined when that saves less than an eighth. */

@@ -96,6 +96,8 @@ export function compressPageInto(pages: Uint8Array, offset: number, out: Uint8Ar
   return compressed.length;
 }
 
+const compareBytes = Buffer.prototype.compare;
+
 /** Whether the page at pages[offset..] is one 8-byte word repeated (sent as that word). */
 export function isUniformPage(pages: Uint8Array, offset: number): boolean {
   // The page against itself 8 bytes on, in place: no view of it made (a live stream asks per page).
@@ -110,8 +112,6 @@ export function isUniformPage(pages: Uint8Array, offset: number): boolean {
     ) === 0
   );
 }
-
-const compareBytes = Buffer.prototype.compare;
 
 /**
  * The class of a page. 'compressible' and 'incompressible' are decided by running the codec (a
