@@ -3,10 +3,11 @@ import { native } from '../native/native.js';
 /**
  * zstd over a whole run of pages (native/zstd-batch.c, through the system's libzstd). Per-page LZ4
  * (page-codec.ts) cannot use what neighbouring pages share; zstd over a live stream's run of a few
- * hundred pages can. Measured on the non-zero pages of a real 256 MiB guest (bench:compression's
- * "runs" lines): per-page LZ4 sends 0.53 of the bytes at 770 MB/s, zstd level 1 over 1 MiB runs 0.38
- * at 600 MB/s and decodes at 1.7 GB/s; level -1 0.41 at 700 MB/s, level 3 0.37 at 370 MB/s. Level 1:
- * a quarter fewer bytes for a quarter more compression time, which the bytes it saves pay back in
+ * hundred pages can. On the first 32,768 non-zero pages of a real 256 MiB guest
+ * (`npm run bench:compression -- --image FILE`): per-page LZ4 0.55 of the bytes at 485 MB/s, zstd
+ * level 1 over 256-page runs 0.40 at 549 MB/s, decoding at 1.5 GB/s. Over all 33,071 of them in 1 MiB
+ * runs, one level at a time: level -1 0.41 at 700 MB/s, level 1 0.38 at 600 MB/s, level 3 0.37 at
+ * 370 MB/s. Level 1: a quarter fewer bytes than LZ4 at about its speed; the bytes saved also save
  * encryption and socket writes at both ends.
  */
 export const ZSTD_LEVEL = 1;
