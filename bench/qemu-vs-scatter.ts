@@ -229,11 +229,12 @@ function buildGuestImages(dir: string, options: BenchOptions, modules: readonly 
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** With --memory-file: the guest's RAM in a shared file at `path` (none otherwise). */
+/** With --cpu-prof: node's own options for a V8 CPU profile of the process (none otherwise). */
 function profileArgs(options: BenchOptions): string[] {
   return options.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', options.cpuProfDir] : [];
 }
 
+/** With --memory-file: the guest's RAM in a shared file at `path` (none otherwise). */
 function memoryFileArgs(options: BenchOptions, path: string): string[] {
   if (!options.memoryFile) return [];
   return [
