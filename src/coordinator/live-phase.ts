@@ -89,6 +89,7 @@ export async function migrateLiveVms(options: {
       if (!isRunning(vm.source)) continue;
       const running = vm.source;
       const memoryBytes = options.scan.vms[v]!.pages.length * PAGE_SIZE;
+      const codec = options.codecOf(target);
       const copy = chooseCopyStrategy({
         memoryBytes,
         dirtyBytesPerSecond: dirty[k]!,
@@ -125,7 +126,7 @@ export async function migrateLiveVms(options: {
                 onSentInFull: (digest) => newContent.sent(v, target, digest),
                 wire,
                 switchovers,
-                codec: options.codecOf(target),
+                codec,
                 strategy: rollbacks.length >= MEMORY_CHECK_RETRIES ? 'stop-and-copy' : copy.strategy,
                 ...(options.timeoutPerGiB
                   ? {
@@ -153,7 +154,7 @@ export async function migrateLiveVms(options: {
             : copy,
         dirtyBytesPerSecond: dirty[k]!,
         scan: options.scan.liveScans.get(v) ?? 'pmemsave',
-        codec: options.codecOf(target),
+        codec,
         ...newContent.of(v),
       });
       options.onVerdict(results.size, options.pending.length);

@@ -64,14 +64,6 @@ function asBuffer(bytes: Uint8Array): Buffer {
   return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
 }
 
-/**
- * True when the page is one 8-byte word repeated: the page equals itself shifted by 8 bytes, which is
- * one memcmp of overlapping ranges rather than a JavaScript loop over 512 words.
- */
-function isUniform(page: Buffer): boolean {
-  return page.compare(page, UNIFORM_WORD_BYTES, PAGE_SIZE, 0, PAGE_SIZE - UNIFORM_WORD_BYTES) === 0;
-}
-
 /** The LZ4 payload of the page when it saves at least 1/8, else undefined. */
 function compressIfWorthIt(page: Buffer): Uint8Array | undefined {
   if (native) {
@@ -98,9 +90,12 @@ export function compressPageInto(pages: Uint8Array, offset: number, out: Uint8Ar
 
 const compareBytes = Buffer.prototype.compare;
 
-/** Whether the page at pages[offset..] is one 8-byte word repeated (sent as that word). */
+/**
+ * Whether the page at pages[offset..] is one 8-byte word repeated (sent as that word): the page
+ * equals itself shifted by 8 bytes, one memcmp of overlapping ranges in place (no view made: a live
+ * stream asks per page) rather than a JavaScript loop over 512 words.
+ */
 export function isUniformPage(pages: Uint8Array, offset: number): boolean {
-  // The page against itself 8 bytes on, in place: no view of it made (a live stream asks per page).
   return (
     compareBytes.call(
       pages,
@@ -122,7 +117,7 @@ export function classifyPage(page: Uint8Array): PageClass {
   assertPage(page);
   const bytes = asBuffer(page);
   if (isZeroPage(bytes, 0)) return 'zero';
-  if (isUniform(bytes)) return 'uniform';
+  if (isUniformPage(bytes, 0)) return 'uniform';
   return compressIfWorthIt(bytes) !== undefined ? 'compressible' : 'incompressible';
 }
 
@@ -138,7 +133,7 @@ export function encodePage(
 ): { encoding: PageEncoding; payload: Uint8Array } {
   assertPage(page);
   const bytes = asBuffer(page);
-  if (isUniform(bytes)) {
+  if (isUniformPage(bytes, 0)) {
     return { encoding: PageEncoding.Uniform, payload: page.slice(0, UNIFORM_WORD_BYTES) };
   }
   if (compress) {
@@ -244,7 +239,7 @@ export function measureCodec(samplePages: readonly Uint8Array[], budgetMs = 200)
   for (const page of samplePages) {
     assertPage(page);
     const bytes = asBuffer(page);
-    if (!isZeroPage(bytes, 0) && !isUniform(bytes)) pages.push(bytes);
+    if (!isZeroPage(bytes, 0) && !isUniformPage(bytes, 0)) pages.push(bytes);
   }
   if (pages.length === 0) return NOTHING_TO_COMPRESS;
   // This first pass is also the warm-up (code loaded, caches filled) for the timed ones.
