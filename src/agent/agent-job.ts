@@ -11,6 +11,7 @@ import { BlockCodec } from '../transport/fec-codec.js';
 import { ReceiverSession } from '../transport/session.js';
 import type { AgentOptions } from './agent-options.js';
 import { chooseAnnouncement } from '../announce/digest-set.js';
+import { heldBitmap } from '../announce/held-confirmation.js';
 import { rebuildImage } from './image-rebuild.js';
 import { JobLiveTargets } from './live-targets.js';
 import { decodeManifest } from '../wire/manifest.js';
@@ -111,6 +112,8 @@ export class AgentJob {
         );
       this.reply({ t: 'reserved', ok, reserved });
     },
+    'confirm-held': (m) =>
+      this.reply({ t: 'held-confirmed', held: heldBitmap(m.digests, (d) => this.agent.store.holds(d)) }),
     seed: (m) => this.seed(m),
     vm: (m) => this.receiveVm(m),
     pages: (m) => {

@@ -6,7 +6,14 @@ import type { Host, Topology } from '../topology/model.js';
 import type { OpenDatagramSocket } from '../transport/datagram.js';
 import { AgentLink } from '../wire/agent-link.js';
 import type { FromAgent } from '../wire/protocol.js';
-import { connectAgents, fetchFromPeers, reserveMemory, trustedAnnouncement } from './job-agents.js';
+import {
+  confirmHeld,
+  connectAgents,
+  fetchFromPeers,
+  liveReferenceCandidates,
+  reserveMemory,
+  trustedAnnouncement,
+} from './job-agents.js';
 import { jobReport, plannedReport, type ScatterReport } from './job-report.js';
 import { scanJob } from './job-scan.js';
 import { planJobWork } from '../plan/job-work.js';
@@ -212,6 +219,12 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       t = performance.now();
       // The running VMs' dirty rates are measured while seeding runs (the copy strategy needs them).
       const livePlanned = work.pendingVms.filter((v) => scan.qmp.has(v));
+      // Which announced pages the running VMs' streams may refer to, confirmed while seeding runs.
+      const confirming = confirmHeld(
+        links,
+        liveReferenceCandidates(scan.vms, livePlanned, assignment, held, scan.table),
+      );
+      confirming.catch(() => undefined); // awaited below; a seeding failure must not leave it unhandled
       const dirtyRates = startDirtyRates(livePlanned.map((v) => scan.qmp.get(v)!));
       // Site peers serve over their own links while the source multicasts over its own.
       const fetching = fetchFromPeers(work.peerFetches, links, pages);
@@ -281,7 +294,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         links,
         runDir,
         secret: options.secret,
-        holds: heldForLive(work.rounds, seeded, held, scan.table, liveTargets.length),
+        holds: heldForLive(work.rounds, seeded, await confirming, scan.table, liveTargets.length),
         bandwidthBytesPerSecond: source.linkBitsPerSecond / 8,
         codecOf: (target) => fullPageCodec(options.compression ?? 'adaptive', readies[target]!.codecs),
         onVerdict: (done, total) => progress({ phase: 'migrate', done, total, unit: 'vms' }),

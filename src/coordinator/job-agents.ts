@@ -1,5 +1,7 @@
 import { connectControl } from '../control/control-channel.js';
-import { DIGEST_BYTES } from '../memory/page.js';
+import { DIGEST_BYTES, ZERO_PAGE_ID, type VmPages } from '../memory/page.js';
+import { DigestTable } from '../memory/digest-table.js';
+import { confirmedDigests } from '../announce/held-confirmation.js';
 import type { Host, Topology } from '../topology/model.js';
 import { AgentLostError, type AgentLink } from '../wire/agent-link.js';
 import { decodeAnnouncement, type HeldDigests } from '../announce/digest-set.js';
@@ -10,12 +12,14 @@ import type { SourcePages } from '../store/source-pages.js';
 
 /**
  * The coordinator's dealings with its agents as a group: connecting to all of them (one that does not
- * answer is left out and reported, not fatal), believing what they announce only within reason, and
+ * answer is left out and reported, not fatal), believing what they announce only within reason (and
+ * confirming exactly the pages running VMs' streams will refer to), and
  * having targets fetch from their site peers.
  */
 const CONTROL_OPTIONS = { heartbeatMs: 2000, idleTimeoutMs: 30_000 };
 const MAX_ANNOUNCEMENT_FALSE_POSITIVES = 1e-3;
 const PEER_FETCH_TIMEOUT_MS = 10 * 60_000;
+const CONFIRM_TIMEOUT_MS = 60_000;
 
 /** Has each target fetch from its site peers what they announced; returns pages stored per target. */
 export async function fetchFromPeers(
@@ -69,6 +73,60 @@ export async function reserveMemory(
     }),
   );
   return refused;
+}
+
+/**
+ * Per target, the digests its running VMs' streams could refer to as held there: the distinct non-zero
+ * pages of the running VMs placed on it, as of the scan, that its announcement may hold (packed, 16
+ * bytes each). Empty where it announced nothing or runs none of them.
+ */
+export function liveReferenceCandidates(
+  vms: readonly VmPages[],
+  running: readonly number[],
+  assignment: Int32Array,
+  held: readonly (HeldDigests | undefined)[],
+  table: DigestTable,
+): Uint8Array[] {
+  return held.map((announced, t) => {
+    const ids: number[] = [];
+    if (!announced) return new Uint8Array(0);
+    const seen = new Uint8Array(table.size + 1);
+    for (const v of running) {
+      if (assignment[v] !== t) continue;
+      for (const id of vms[v]!.pages) {
+        if (id === ZERO_PAGE_ID || seen[id] === 1) continue;
+        seen[id] = 1;
+        if (announced.mayHold(table.digestOf(id))) ids.push(id);
+      }
+    }
+    const digests = new Uint8Array(ids.length * DIGEST_BYTES);
+    ids.forEach((id, i) => digests.set(table.digestOf(id), i * DIGEST_BYTES));
+    return digests;
+  });
+}
+
+/**
+ * Asks each target which of `candidates[t]` it holds (held-confirmation.ts): the exact set that running
+ * VMs' streams may refer to. A target lost meanwhile, or not asked, confirms nothing.
+ */
+export async function confirmHeld(
+  links: readonly AgentLink[],
+  candidates: readonly Uint8Array[],
+): Promise<DigestTable[]> {
+  return Promise.all(
+    links.map(async (link, t) => {
+      const digests = candidates[t]!;
+      if (digests.length === 0) return new DigestTable(16);
+      link.send({ t: 'confirm-held', digests });
+      try {
+        const reply = await link.next('held-confirmed', () => true, CONFIRM_TIMEOUT_MS);
+        return confirmedDigests(digests, reply.held);
+      } catch (error) {
+        if (!(error instanceof AgentLostError)) throw error;
+        return new DigestTable(16);
+      }
+    }),
+  );
 }
 
 /**

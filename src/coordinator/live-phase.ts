@@ -4,7 +4,6 @@ import { deriveDigestKey, PageDigester } from '../memory/page-digest.js';
 import type { ScatterPlan } from '../plan/scatter-plan.js';
 import { isRunning, type Host, type RunningVmSource, type Topology } from '../topology/model.js';
 import type { AgentLink } from '../wire/agent-link.js';
-import type { HeldDigests } from '../announce/digest-set.js';
 import type { JobScan } from './job-scan.js';
 import type { ScannedLiveVm } from '../live/source.js';
 import type { SendRound } from '../plan/job-work.js';
@@ -282,10 +281,10 @@ const notMigrated: LiveMigrationResult = {
 };
 
 /**
- * What a target holds, as far as a running VM's stream may refer to it: what it announced before the
- * job, and what rounds it completed delivered (not the pages a round left out). A reference to a page the agent turns out to lack makes
- * it refuse the stream, and the VM stays at its source: so the announcement's false-positive rate is
- * what bounds how often that happens, never whether a VM is lost.
+ * What a target holds, as far as a running VM's stream may refer to it: the announced pages it
+ * confirmed holding (held-confirmation.ts: never an announcement's "may hold" alone, whose false
+ * positives would make it refuse the stream), and what rounds it completed delivered (not the pages a
+ * round left out). Exact: a page outside both goes in full.
  */
 export function heldForLive(
   rounds: readonly SendRound[],
@@ -293,7 +292,7 @@ export function heldForLive(
     readonly roundCompleted: readonly (readonly number[])[];
     readonly roundChanged: readonly Uint32Array[];
   },
-  announced: readonly (HeldDigests | undefined)[],
+  confirmed: readonly (DigestTable | undefined)[],
   table: DigestTable,
   targetCount: number,
 ): (target: number, digest: Uint8Array) => boolean {
@@ -305,7 +304,7 @@ export function heldForLive(
       for (const id of round.ids) if (!changed.has(id)) delivered[t]!.intern(table.digestOf(id), 0);
   });
   return (target, digest) =>
-    delivered[target]!.lookup(digest) > 0 || announced[target]?.mayHold(digest) === true;
+    delivered[target]!.lookup(digest) > 0 || (confirmed[target]?.lookup(digest) ?? 0) > 0;
 }
 
 export function liveSummary(result: LiveVmResult) {

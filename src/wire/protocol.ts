@@ -4,6 +4,7 @@
  *
  * A job, as the agent sees it:
  *   job -> ready (what it holds: an announcement of digests, and images already verified)
+ *   confirm-held -> held-confirmed (which announced pages its running VMs' streams may refer to)
  *   seed* -> seeded* (one per multicast round it is a receiver of; the session key travels here)
  *   fetch-from* -> fetched* (pages a peer of its site holds; the agent fetches them there with 'fetch')
  *   vm -> missing? -> pages* -> rebuild -> rebuilt (one per VM image placed on it)
@@ -18,12 +19,14 @@
 
 import type { LiveFromAgent, LiveToAgent } from '../live/messages.js';
 import { isLiveRecord } from '../live/records.js';
+import { DIGEST_BYTES } from '../memory/page.js';
 
 /**
  * 2: several jobs per agent, with guest memory reserved per job ('reserve', 'ready'.reserved).
  * 3: agents name the codecs they decode beyond LZ4 ('ready'.codecs: 'zstd' for live page runs).
+ * 4: agents confirm exactly the announced pages a live stream will refer to ('confirm-held').
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 
 /** A VM's name as the job protocol carries it (agents name files and sockets after it). */
 export const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -35,6 +38,11 @@ export type ToAgent =
    * they fit in `capacity` (the coordinator's view of the target's) beside other jobs' reservations.
    */
   | { readonly t: 'reserve'; readonly bytes: number; readonly capacity: number }
+  /**
+   * Which of these digests (16 bytes each) the agent holds, exactly: an announcement may say a page is
+   * held that is not (a false positive), and a live stream must refer only to pages that are.
+   */
+  | { readonly t: 'confirm-held'; readonly digests: Uint8Array }
   | {
       readonly t: 'seed';
       readonly session: number;
@@ -95,6 +103,8 @@ export type FromAgent =
     }
   /** The reservation was taken (ok) or did not fit; `reserved` is what other jobs hold now. */
   | { readonly t: 'reserved'; readonly ok: boolean; readonly reserved: number }
+  /** The answer to 'confirm-held': bit i (bit i % 8 of byte i / 8) set when digest i is held. */
+  | { readonly t: 'held-confirmed'; readonly held: Uint8Array }
   | {
       readonly t: 'seeded';
       readonly session: number;
@@ -149,6 +159,7 @@ const isMainRam: Check = (v) => {
 const toAgentShapes: Record<ToAgent['t'], Record<string, Check>> = {
   job: { version: isUint, job: isString, host: isString },
   reserve: { bytes: isUint, capacity: isUint },
+  'confirm-held': { digests: (v) => isBytes(v) && (v as Uint8Array).length % DIGEST_BYTES === 0 },
   seed: {
     session: isUint,
     key: isBytes,
@@ -203,6 +214,7 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
     codecs: (v) => Array.isArray(v) && v.length <= 16 && v.every((name) => isString(name)),
   },
   reserved: { ok: isBool, reserved: isUint },
+  'held-confirmed': { held: isBytes },
   seeded: {
     session: isUint,
     state: (v) => v === 'complete' || v === 'failed',

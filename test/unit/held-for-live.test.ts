@@ -5,8 +5,8 @@ import { DigestTable } from '../../src/memory/digest-table.js';
 import { DIGEST_BYTES } from '../../src/memory/page.js';
 
 /**
- * A running VM's stream refers to a page only where its target holds it: from a round the target
- * completed, less the pages that round left out because their guest had rewritten them since the
+ * A running VM's stream refers to a page only where its target holds it: confirmed by the target
+ * (held-confirmation.test.ts), or from a round the target completed, less the pages that round left out because their guest had rewritten them since the
  * scan. Fails if a left-out page counts as held (the target would be sent a reference it cannot
  * resolve, and the VM would stay at its source for nothing).
  */
