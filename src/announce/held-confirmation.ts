@@ -21,12 +21,12 @@ export function heldBitmap(digests: Uint8Array, holds: (digest: Uint8Array) => b
 }
 
 /**
- * The digests an agent confirmed, as a table to look up. A bitmap of the wrong length is an answer to
- * another question: it confirms nothing.
+ * Adds the digests an agent confirmed to `into` (a new table when not given) and returns it. A bitmap
+ * of the wrong length is an answer to another question: it confirms nothing.
  */
-export function confirmedDigests(digests: Uint8Array, bitmap: Uint8Array): DigestTable {
+export function confirmedDigests(digests: Uint8Array, bitmap: Uint8Array, into?: DigestTable): DigestTable {
   const count = Math.floor(digests.length / DIGEST_BYTES);
-  const table = new DigestTable(Math.max(16, count));
+  const table = into ?? new DigestTable(Math.max(16, count));
   if (bitmap.length !== Math.ceil(count / 8)) return table;
   for (let i = 0; i < count; i++)
     if ((bitmap[i >> 3]! >> (i & 7)) & 1) table.intern(digests, i * DIGEST_BYTES);

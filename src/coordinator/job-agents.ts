@@ -20,6 +20,8 @@ const CONTROL_OPTIONS = { heartbeatMs: 2000, idleTimeoutMs: 30_000 };
 const MAX_ANNOUNCEMENT_FALSE_POSITIVES = 1e-3;
 const PEER_FETCH_TIMEOUT_MS = 10 * 60_000;
 const CONFIRM_TIMEOUT_MS = 60_000;
+/** Digests per 'confirm-held' (4 MiB of them; the control channel's frames stop at 16 MiB). */
+const CONFIRM_PART_DIGESTS = 1 << 18;
 
 /** Has each target fetch from its site peers what they announced; returns pages stored per target. */
 export async function fetchFromPeers(
@@ -88,8 +90,8 @@ export function liveReferenceCandidates(
   table: DigestTable,
 ): Uint8Array[] {
   return held.map((announced, t) => {
-    const ids: number[] = [];
     if (!announced) return new Uint8Array(0);
+    const ids: number[] = [];
     const seen = new Uint8Array(table.size + 1);
     for (const v of running) {
       if (assignment[v] !== t) continue;
@@ -107,7 +109,9 @@ export function liveReferenceCandidates(
 
 /**
  * Asks each target which of `candidates[t]` it holds (held-confirmation.ts): the exact set that running
- * VMs' streams may refer to. A target lost meanwhile, or not asked, confirms nothing.
+ * VMs' streams may refer to. Asked in parts of CONFIRM_PART_DIGESTS, one at a time, so no message
+ * nears the control channel's frame limit. A target that is lost meanwhile, or does not answer, has
+ * confirmed only what it answered before: its other pages go in full, which costs bytes, never a move.
  */
 export async function confirmHeld(
   links: readonly AgentLink[],
@@ -116,15 +120,19 @@ export async function confirmHeld(
   return Promise.all(
     links.map(async (link, t) => {
       const digests = candidates[t]!;
-      if (digests.length === 0) return new DigestTable(16);
-      link.send({ t: 'confirm-held', digests });
-      try {
-        const reply = await link.next('held-confirmed', () => true, CONFIRM_TIMEOUT_MS);
-        return confirmedDigests(digests, reply.held);
-      } catch (error) {
-        if (!(error instanceof AgentLostError)) throw error;
-        return new DigestTable(16);
+      const confirmed = new DigestTable(Math.max(16, digests.length / DIGEST_BYTES));
+      const partBytes = CONFIRM_PART_DIGESTS * DIGEST_BYTES;
+      for (let at = 0; at < digests.length; at += partBytes) {
+        const part = digests.subarray(at, at + partBytes);
+        link.send({ t: 'confirm-held', digests: part });
+        try {
+          const reply = await link.next('held-confirmed', () => true, CONFIRM_TIMEOUT_MS);
+          confirmedDigests(part, reply.held, confirmed);
+        } catch {
+          break;
+        }
       }
+      return confirmed;
     }),
   );
 }

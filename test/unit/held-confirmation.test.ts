@@ -117,3 +117,50 @@ test('live reference candidates: only the running VMs placed on the target, and 
   assert.deepEqual(ids(candidates[0]!).sort(), [1, 2, 5]);
   assert.deepEqual(ids(candidates[1]!), []);
 });
+
+test(
+  'held confirmation: more candidates than one message carries are asked in parts, and every part counts',
+  { timeout: 60_000 },
+  async (t) => {
+    const { dir, cleanup } = tempDir();
+    t.after(cleanup);
+    // 300,000 distinct pages: more than one part (2^18 digests), so the answer spans two messages.
+    const count = 300_000;
+    const table = new DigestTable(count);
+    const digests = randomBytes(count * DIGEST_BYTES);
+    for (let i = 0; i < count; i++) table.intern(digests, i * DIGEST_BYTES);
+    // Held: a few pages in the first part and a few in the second.
+    const heldIds = [1, 2, 100_000, 262_144, 262_145, 299_999, 300_000];
+    const store = TemplateStore.open(join(dir, 'agent', 'store'), { capacityPages: 1024 });
+    const packed = new Uint8Array(heldIds.length * DIGEST_BYTES);
+    heldIds.forEach((id, k) => packed.set(table.digestOf(id), k * DIGEST_BYTES));
+    store.offerMany(packed, randomBytes(heldIds.length * PAGE_SIZE), 1);
+    store.close();
+    const agent = await Agent.start({
+      name: 't1',
+      listenAddress: '127.0.0.1',
+      port: 0,
+      multicastInterface: '127.0.0.1',
+      dir: join(dir, 'agent'),
+      secret,
+      log: () => undefined,
+    });
+    t.after(() => agent.close());
+    const channel = await connectControl('127.0.0.1', agent.port, { secret });
+    t.after(() => channel.close());
+    const link = new AgentLink(0, { name: 't1' } as Host, channel);
+    channel.send({ t: 'job', version: PROTOCOL_VERSION, job: 'confirm-parts', host: 't1' });
+    await link.next('ready', () => true, 10_000);
+    const pages = Uint32Array.from({ length: count }, (_, i) => i + 1);
+    const candidates = liveReferenceCandidates(
+      [{ name: 'g1', pages }],
+      [0],
+      Int32Array.of(0),
+      [claimsEverything],
+      table,
+    );
+    const [confirmed] = await confirmHeld([link], candidates);
+    assert.equal(confirmed!.size, heldIds.length);
+    for (const id of heldIds) assert.ok(confirmed!.lookup(table.digestOf(id)) > 0, `page ${id} confirmed`);
+  },
+);
