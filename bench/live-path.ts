@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Packr } from 'msgpackr';
+import { FrameDecoder, frameHeader } from '../src/control/frame-decoder.js';
 import { FrameCipher } from '../src/control/secure-channel.js';
 import { DigestTable } from '../src/memory/digest-table.js';
 import { PAGE_SIZE } from '../src/memory/page.js';
@@ -21,9 +22,11 @@ import { parseToAgent } from '../src/wire/protocol.js';
  *
  *   coordinator  parse QEMU's stream (64 KiB reads, as its socket gives them), digest each page once,
  *                decide (held at the target, carried before, or sent in full), encode page runs (zstd
- *                over a run's pages sent in full), msgpack, AES-256-GCM
- *   agent        AES-256-GCM open, msgpack, the protocol's field checks, expand references from a
- *                store, digest each page once, write QEMU's stream (into a sink that keeps nothing)
+ *                over a run's pages sent in full), msgpack, AES-256-GCM (sealed as a frame's parts, as
+ *                the control channel writes them)
+ *   agent        frames reassembled from 64 KiB reads, AES-256-GCM open, msgpack, the protocol's
+ *                field checks, expand references from a store, digest each page once, write QEMU's
+ *                stream (into a sink that keeps nothing)
  *
  * The stream is a 256 MiB guest as the live lab sees one: 35% zero records, 55% pages the target holds,
  * 5% pages the guest wrote since the scan (half of them compressible), 5% repeats of those.
@@ -130,9 +133,15 @@ const encoder = new LiveStreamEncoder({
 });
 // As migrate.ts wires them: records to the encoder as the parser reads them, most pages by its sink.
 const parser = new StreamParser({ onRecord: (record) => encoder.add(record), pages: encoder });
+// As the control channel sends a message: its kind byte and msgpack body sealed as parts, behind a
+// length header (the socket writes the parts as one writev; joined below, untimed, as the wire joins them).
+const KIND_MESSAGE = Uint8Array.of(0);
 const send = () => {
   const message = encoder.take();
-  if (message) frames.push(sealer.seal(packr.pack({ t: 'live-stream', vm: 'g1', records: message.records })));
+  if (!message) return;
+  const body = packr.pack({ t: 'live-stream', vm: 'g1', records: message.records });
+  const sealed = sealer.sealParts([KIND_MESSAGE, body]);
+  frames.push(frameHeader(sealed.reduce((n, part) => n + part.length, 0)), ...sealed);
 };
 t = cpu();
 for (let at = 0; at < stream.length; at += SOCKET_READ) {
@@ -142,7 +151,8 @@ for (let at = 0; at < stream.length; at += SOCKET_READ) {
 parser.end();
 send();
 const coordinatorSeconds = cpu() - t;
-const wireBytes = frames.reduce((n, f) => n + f.length, 0);
+const wire = Buffer.concat(frames);
+const wireBytes = wire.length;
 
 // Agent.
 const opener = new FrameCipher(new Uint8Array(32).fill(1));
@@ -155,12 +165,18 @@ const decoder = new LiveStreamDecoder('g1', {
   pageOf: (d, into) => store.get(d, into),
   sink: (record) => writer.write(record),
 });
+// As the control channel receives: the socket's reads (64 KiB) into the frame decoder, each frame
+// opened, its body unpacked and checked, then expanded into the destination's stream.
+const frameDecoder = new FrameDecoder(16 * 2 ** 20);
 t = cpu();
-for (const frame of frames) {
-  const message = parseToAgent(packr.unpack(opener.open(frame)!));
-  if (!message || message.t !== 'live-stream') throw new Error('a frame did not decode');
-  decoder.write(message.records);
-  written += output.take().length;
+for (let at = 0; at < wire.length; at += SOCKET_READ) {
+  for (const frame of frameDecoder.push(wire.subarray(at, Math.min(wire.length, at + SOCKET_READ)))) {
+    const plain = opener.open(frame)!;
+    const message = parseToAgent(packr.unpack(plain.subarray(1)));
+    if (!message || message.t !== 'live-stream') throw new Error('a frame did not decode');
+    decoder.write(message.records);
+    written += output.take().length;
+  }
 }
 const agentSeconds = cpu() - t;
 if (decoder.digest.hex() !== encoder.digest.hex()) throw new Error('the two ends disagree on the stream');

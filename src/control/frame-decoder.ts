@@ -14,6 +14,13 @@ export class FrameTooLargeError extends Error {
   }
 }
 
+/** The header of a frame of `length` bytes (written before its parts; see encodeFrame). */
+export function frameHeader(length: number): Uint8Array {
+  const header = new Uint8Array(FRAME_HEADER_BYTES);
+  new DataView(header.buffer).setUint32(0, length);
+  return header;
+}
+
 export function encodeFrame(payload: Uint8Array): Uint8Array {
   const frame = new Uint8Array(FRAME_HEADER_BYTES + payload.length);
   new DataView(frame.buffer).setUint32(0, payload.length);
@@ -85,11 +92,15 @@ export class FrameDecoder {
     return joined;
   }
 
-  /** Removes and returns (a copy of) the next n bytes; the caller has checked they are buffered. */
+  /**
+   * Removes and returns the next n bytes (the caller has checked they are buffered): a view of the
+   * chunk that holds them all, or one fresh buffer joining those that do. The chunks are the socket's
+   * reads, which nothing writes to again, so a view stays as it was.
+   */
   private take(n: number): Uint8Array {
     if (n === 0) return new Uint8Array(0);
     const first = this.chunks[0]!.length >= n ? this.chunks[0]! : this.gather(n);
-    const out = first.slice(0, n);
+    const out = first.subarray(0, n);
     if (first.length === n) this.chunks.shift();
     else this.chunks[0] = first.subarray(n);
     this.buffered -= n;

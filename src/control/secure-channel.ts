@@ -135,11 +135,21 @@ export class FrameCipher {
 
   constructor(private readonly key: Uint8Array) {}
 
-  seal(plaintext: Uint8Array): Uint8Array {
+  /**
+   * Seals the concatenation of `parts` without joining them: the ciphertext of each part, then the
+   * tag, to be written in that order. A message of a MiB is not copied into one plaintext, nor its
+   * ciphertext and tag into one frame (control-channel.ts writes the parts as one writev).
+   */
+  sealParts(parts: readonly Uint8Array[]): Buffer[] {
     const cipher = createCipheriv('aes-256-gcm', this.key, this.nextNonce());
-    const body = cipher.update(plaintext);
+    const sealed = parts.map((part) => cipher.update(part));
     cipher.final();
-    return new Uint8Array(Buffer.concat([body, cipher.getAuthTag()]));
+    sealed.push(cipher.getAuthTag());
+    return sealed;
+  }
+
+  seal(plaintext: Uint8Array): Uint8Array {
+    return new Uint8Array(Buffer.concat(this.sealParts([plaintext])));
   }
 
   /** Opens the next frame; undefined when it fails authentication (the connection must then close). */
@@ -150,7 +160,8 @@ export class FrameCipher {
     try {
       const body = decipher.update(frame.subarray(0, frame.length - TAG_BYTES));
       decipher.final();
-      return new Uint8Array(body);
+      // A view, not a copy: the output has a memory of its own (Node allocates it for this call).
+      return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
     } catch {
       return undefined;
     }

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { connectControl, listenControl, type ControlChannel } from '../../src/control/control-channel.js';
 import { encodeFrame, FrameDecoder, FrameTooLargeError } from '../../src/control/frame-decoder.js';
+import { FrameCipher } from '../../src/control/secure-channel.js';
 
 const secret = 'test deployment secret';
 
@@ -38,6 +39,24 @@ test('property: frames split at any points decode to the same frames', () => {
         assert.equal(decoder.pendingBytes, 0);
       },
     ),
+  );
+});
+
+test('property: a frame sealed in parts opens to the parts joined; altered anywhere, it does not', () => {
+  const key = new Uint8Array(32).fill(9);
+  fc.assert(
+    fc.property(
+      fc.array(fc.uint8Array({ maxLength: 300 }), { minLength: 1, maxLength: 5 }),
+      fc.nat(),
+      (parts, flip) => {
+        const sealed = Buffer.concat(new FrameCipher(key).sealParts(parts));
+        assert.deepEqual(new FrameCipher(key).open(sealed), new Uint8Array(Buffer.concat(parts)));
+        const altered = Uint8Array.from(sealed);
+        altered[flip % altered.length]! ^= 1;
+        assert.equal(new FrameCipher(key).open(altered), undefined);
+      },
+    ),
+    { numRuns: 300 },
   );
 });
 
