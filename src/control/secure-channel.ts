@@ -148,10 +148,6 @@ export class FrameCipher {
     return sealed;
   }
 
-  seal(plaintext: Uint8Array): Uint8Array {
-    return new Uint8Array(Buffer.concat(this.sealParts([plaintext])));
-  }
-
   /** Opens the next frame; undefined when it fails authentication (the connection must then close). */
   open(frame: Uint8Array): Uint8Array | undefined {
     if (frame.length < TAG_BYTES) return undefined;

@@ -12,9 +12,9 @@ import type { SourcePages } from '../store/source-pages.js';
 
 /**
  * The coordinator's dealings with its agents as a group: connecting to all of them (one that does not
- * answer is left out and reported, not fatal), believing what they announce only within reason (and
- * confirming exactly the pages running VMs' streams will refer to), and
- * having targets fetch from their site peers.
+ * answer is left out and reported, not fatal), believing what they announce only within reason,
+ * confirming exactly the announced pages running VMs' streams will refer to, and having targets fetch
+ * from their site peers.
  */
 const CONTROL_OPTIONS = { heartbeatMs: 2000, idleTimeoutMs: 30_000 };
 const MAX_ANNOUNCEMENT_FALSE_POSITIVES = 1e-3;
