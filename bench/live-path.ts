@@ -4,7 +4,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Packr } from 'msgpackr';
-import { FrameDecoder, frameHeader } from '../src/control/frame-decoder.js';
+import { frameParts, KIND_MESSAGE } from '../src/control/control-channel.js';
+import { FrameDecoder } from '../src/control/frame-decoder.js';
 import { FrameCipher } from '../src/control/secure-channel.js';
 import { DigestTable } from '../src/memory/digest-table.js';
 import { PAGE_SIZE } from '../src/memory/page.js';
@@ -133,15 +134,13 @@ const encoder = new LiveStreamEncoder({
 });
 // As migrate.ts wires them: records to the encoder as the parser reads them, most pages by its sink.
 const parser = new StreamParser({ onRecord: (record) => encoder.add(record), pages: encoder });
-// As the control channel sends a message: its kind byte and msgpack body sealed as parts, behind a
-// length header (the socket writes the parts as one writev; joined below, untimed, as the wire joins them).
-const KIND_MESSAGE = Uint8Array.of(0);
+// As the control channel sends a message: sealed as a frame's parts (the socket writes them as one
+// writev; joined below, untimed, as the wire joins them).
 const send = () => {
   const message = encoder.take();
   if (!message) return;
   const body = packr.pack({ t: 'live-stream', vm: 'g1', records: message.records });
-  const sealed = sealer.sealParts([KIND_MESSAGE, body]);
-  frames.push(frameHeader(sealed.reduce((n, part) => n + part.length, 0)), ...sealed);
+  frames.push(...frameParts(sealer, KIND_MESSAGE, body));
 };
 t = cpu();
 for (let at = 0; at < stream.length; at += SOCKET_READ) {

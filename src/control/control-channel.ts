@@ -41,13 +41,25 @@ export class ControlError extends VmscatterError {
 }
 
 const HANDSHAKE_FRAME_LIMIT = 128;
-const KIND_MESSAGE = 0;
+export const KIND_MESSAGE = 0;
 /** Messages held for a channel whose handler is not set yet. */
 const MAX_UNHANDLED = 1024;
 const KIND_HEARTBEAT = 1;
 /** Each kind as the one-byte first part of a frame's plaintext. */
 const KIND_BYTES = [Uint8Array.of(KIND_MESSAGE), Uint8Array.of(KIND_HEARTBEAT)];
 const packr = new Packr({ useRecords: false });
+
+/**
+ * A sealed frame as the parts to write in order: its length header, then the ciphertext of its kind
+ * byte and of `body`, then the tag. Never joined: a live stream's message of a MiB was copied four
+ * times on its way out when it was. `kind` is KIND_MESSAGE or KIND_HEARTBEAT.
+ */
+export function frameParts(sealer: FrameCipher, kind: number, body: Uint8Array): Uint8Array[] {
+  const sealed = sealer.sealParts([KIND_BYTES[kind]!, body]);
+  let length = 0;
+  for (const part of sealed) length += part.length;
+  return [frameHeader(length), ...sealed];
+}
 
 type Role = 'client' | 'server';
 
@@ -133,14 +145,11 @@ export class ControlChannel {
 
   private sendFrame(kind: number, body: Uint8Array): boolean {
     if (this.closedWith) return false;
-    // The frame goes out as its parts in one writev (header, then the sealed kind byte, body and tag),
-    // never joined: a live stream's message of a MiB was copied four times on its way out.
-    const sealed = this.sealer.sealParts([KIND_BYTES[kind]!, body]);
-    let length = 0;
-    for (const part of sealed) length += part.length;
+    // The frame goes out as its parts in one writev, never joined (see frameParts).
     this.socket.cork();
-    let room = this.socket.write(frameHeader(length));
-    for (const part of sealed) if (part.length > 0) room = this.socket.write(part);
+    let room = true;
+    for (const part of frameParts(this.sealer, kind, body))
+      if (part.length > 0) room = this.socket.write(part);
     this.socket.uncork();
     return room;
   }
