@@ -230,6 +230,22 @@ static napi_value socket_unread(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * duplicateDescriptor(fd): a duplicate of fd (close-on-exec), or -errno: a socket accepted by node:net
+ * is read again through a net.Socket of its own, with a reused read buffer (src/live/stream-socket.ts).
+ */
+static napi_value duplicate_descriptor(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int64_t fd;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || !int_of(env, argv[0], &fd) || fd < 0) return fail(env, "duplicateDescriptor(fd)");
+  int copy = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
+  napi_value result;
+  napi_create_int32(env, copy >= 0 ? copy : -errno, &result);
+  return result;
+}
+
 #define MAX_SLOTS 256
 /* Batches read per readiness event before yielding to the loop (others' timers and I/O). */
 #define MAX_ROUNDS 8
@@ -599,6 +615,7 @@ napi_value transport_exports(napi_env env, napi_value exports) {
       {"aeadOpen", NULL, aead_open, NULL, NULL, NULL, napi_default, NULL},
       {"forceSocketBuffer", NULL, force_socket_buffer, NULL, NULL, NULL, napi_default, NULL},
       {"socketUnread", NULL, socket_unread, NULL, NULL, NULL, napi_default, NULL},
+      {"duplicateDescriptor", NULL, duplicate_descriptor, NULL, NULL, NULL, napi_default, NULL},
       {"onlyJoinedGroups", NULL, only_joined_groups, NULL, NULL, NULL, napi_default, NULL},
       {"udpReceiveStart", NULL, udp_receive_start, NULL, NULL, NULL, napi_default, NULL},
       {"udpReceiveStop", NULL, udp_receive_stop, NULL, NULL, NULL, napi_default, NULL},

@@ -6,6 +6,7 @@ import { EntryType, readEntries } from './batch.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './records.js';
 import { decodePage } from '../memory/page-codec.js';
 import { ZstdRuns } from '../memory/batch-zstd.js';
+import { copyBytes } from '../copy-bytes.js';
 
 /**
  * The agent's half of a live stream, without I/O: LiveRecords in, QEMU's records out (to `sink`, which
@@ -102,7 +103,7 @@ export class LiveStreamDecoder {
             continue;
           }
           case EntryType.Raw:
-            this.page(block, offset, entry.body.slice(), true);
+            this.page(block, offset, copyBytes(entry.body), true);
             continue;
           case EntryType.Packed: {
             const data = decodePage(entry.value, entry.body);

@@ -5,6 +5,7 @@ import { EntryWriter, type FullPageCodec } from './batch.js';
 import { ZstdRuns } from '../memory/batch-zstd.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './records.js';
 import { PageEncoding } from '../memory/page-codec.js';
+import { copyBytes } from '../copy-bytes.js';
 
 /**
  * The coordinator's half of a live stream, without I/O: QEMU's records in, messages of LiveRecords
@@ -150,7 +151,8 @@ export class LiveStreamEncoder implements PageSink {
 
 /** Records that may alias the parser's chunk are copied before they are queued. */
 function copyRecord(record: Exclude<StreamRecord, { kind: 'page' | 'zero' }>): LiveRecord {
-  if (record.kind === 'tail' || record.kind === 'config') return { ...record, bytes: record.bytes.slice() };
-  if (record.kind === 'command') return { ...record, data: record.data.slice() };
+  if (record.kind === 'tail' || record.kind === 'config')
+    return { ...record, bytes: copyBytes(record.bytes) };
+  if (record.kind === 'command') return { ...record, data: copyBytes(record.data) };
   return record;
 }

@@ -12,6 +12,7 @@ import { MAX_REPAIR_BYTES, MemoryMismatch, reconcileMemory } from './memory-repa
 import { LiveStreamEncoder } from './encoder.js';
 import type { FullPageCodec } from './batch.js';
 import { streamListener, withTimeout } from './source-qemu.js';
+import { adoptStream, type StreamSocket } from './stream-socket.js';
 import type { MigrationSource } from './migration-source.js';
 
 /**
@@ -200,10 +201,8 @@ export async function migrateLiveVm(options: {
     stopListening = source.onStopped?.(() => (leaveSwitchover ??= options.switchovers?.enter(vm)));
     await source.start();
     if (source.destinationAfterStart) await destinationReady();
-    const socket = await withTimeout(
-      Promise.race([listener.accepted, gaveUp]),
-      30_000,
-      `VM ${vm}: QEMU did not connect`,
+    const { socket, read } = adoptStream(
+      await withTimeout(Promise.race([listener.accepted, gaveUp]), 30_000, `VM ${vm}: QEMU did not connect`),
     );
     stream = socket;
     watching = source.watch(observed);
@@ -234,6 +233,7 @@ export async function migrateLiveVm(options: {
     };
     const { lastFlush } = await pumpStream({
       socket,
+      read,
       parser,
       encoder,
       flush,
@@ -331,6 +331,8 @@ export async function migrateLiveVm(options: {
  */
 function pumpStream(options: {
   readonly socket: net.Socket;
+  /** Starts reading the socket (stream-socket.ts: each chunk is valid only during the call). */
+  readonly read: StreamSocket['read'];
   readonly parser: StreamParser;
   readonly encoder: LiveStreamEncoder;
   readonly flush: () => Promise<void>;
@@ -341,7 +343,7 @@ function pumpStream(options: {
   readonly timeout?: { readonly ms: number; readonly action: 'abort' | 'stop-and-copy' };
   readonly signal?: AbortSignal;
 }): Promise<{ readonly lastFlush: Promise<void> }> {
-  const { socket, parser, encoder, signal, timeout } = options;
+  const { socket, read, parser, encoder, signal, timeout } = options;
   let lastFlush: Promise<void> = Promise.resolve();
   return new Promise((resolve, reject) => {
     const abort = () => {
@@ -363,7 +365,7 @@ function pumpStream(options: {
       signal?.removeEventListener('abort', abort);
     };
     socket.once('close', settle);
-    socket.on('data', (chunk: Buffer) => {
+    read((chunk) => {
       options.onBytes(chunk.length);
       try {
         parser.push(chunk); // its records go to the encoder (the parser's sinks)

@@ -122,7 +122,8 @@ export async function rollBackSource(source: QemuMonitor, wasRunning: boolean): 
 /** Opens a unix socket at `path` for QEMU's outgoing stream and resolves with the first connection. */
 export function streamListener(path: string): { accepted: Promise<net.Socket>; close: () => void } {
   rmSync(path, { force: true });
-  const server = net.createServer();
+  // Paused before its first read, so it can be read through a socket of its own (stream-socket.ts).
+  const server = net.createServer({ pauseOnConnect: true });
   const accepted = new Promise<net.Socket>((resolve, reject) => {
     server.once('connection', (socket) => resolve(socket));
     server.once('error', reject);

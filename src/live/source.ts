@@ -9,6 +9,7 @@ import { LibvirtMonitor } from '../libvirt/monitor.js';
 import { domainPid, domainState } from '../libvirt/domain.js';
 import type { Host, RunningVmSource } from '../topology/model.js';
 import type { ContentStore } from '../store/content-store.js';
+import { copyBytes } from '../copy-bytes.js';
 
 /**
  * The source side of live VMs: reaching a running QEMU, and collecting the fingerprints (and, for a
@@ -109,8 +110,8 @@ export class LivePageCollector {
     const known = table.lookup(digest);
     this.pageTable[index] = known > 0 ? known : table.intern(digest, 0);
     if (store !== undefined && !store.has(digest)) {
-      this.batchDigests.push(digest.slice());
-      this.batchPages.push(data.slice(offset, offset + PAGE_SIZE));
+      this.batchDigests.push(copyBytes(digest));
+      this.batchPages.push(copyBytes(data, offset, offset + PAGE_SIZE));
       if (this.batchDigests.length >= 1024) this.flush();
     }
   }

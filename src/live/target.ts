@@ -17,6 +17,7 @@ import {
   encodeMemoryDigests,
   type MemoryDigests,
 } from './memory-check.js';
+import { copyBytes } from '../copy-bytes.js';
 
 /**
  * The target side of one running VM's migration: a destination QEMU started paused, the stream from
@@ -156,7 +157,7 @@ export class LiveTarget {
       digester,
       sink: (record) => {
         if (destination.holdsTail && record.kind === 'tail')
-          this.tail.push({ kind: 'tail', bytes: record.bytes.slice() });
+          this.tail.push({ kind: 'tail', bytes: copyBytes(record.bytes) });
         else writer.write(record);
         if (destination.knownBlock !== undefined) this.remember(destination.knownBlock, record);
       },

@@ -84,6 +84,8 @@ export interface NativeAddon {
   ): void;
   /** SO_RCVBUFFORCE (which 0) or SO_SNDBUFFORCE (1) on a socket: 0, or the errno (EPERM unprivileged). */
   forceSocketBuffer(fd: number, which: 0 | 1, bytes: number): number;
+  /** A duplicate of a descriptor (close-on-exec), or -errno. */
+  duplicateDescriptor(fd: number): number;
   /** Bytes written to a connected stream socket that its peer has not read yet (SIOCOUTQ), or -errno. */
   socketUnread(fd: number): number;
   /**

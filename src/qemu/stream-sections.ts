@@ -10,6 +10,7 @@ import {
   type StreamLimits,
   type StreamRecord,
 } from './stream-records.js';
+import { copyBytes } from '../copy-bytes.js';
 
 /**
  * The parser's protocol (a generator that asks for exactly the bytes it needs and yields records) and
@@ -61,7 +62,7 @@ export function* readConfiguration(
   const start = position();
   const pieces: Uint8Array[] = [];
   const take = function* (n: number, what: string): Parse<Uint8Array> {
-    const bytes = (yield need(n, what)).slice();
+    const bytes = copyBytes(yield need(n, what));
     pieces.push(bytes);
     return bytes;
   };
@@ -183,7 +184,7 @@ export function* readCommand(at: number): Parse {
   }
   if (length !== accepted)
     throw new StreamError(at, 'invalid', `${name} command with ${length} bytes of data`);
-  const data = (yield need(length, `the data of ${name}`)).slice();
+  const data = copyBytes(yield need(length, `the data of ${name}`));
   yield { kind: 'command', command, data };
 }
 

@@ -1,4 +1,5 @@
 import type { DatagramSocket, OpenDatagramSocket, Scheduler } from './datagram.js';
+import { copyBytes } from '../copy-bytes.js';
 
 /**
  * An in-memory datagram network for tests: unicast and multicast between sockets, with per-datagram
@@ -75,7 +76,7 @@ export class MemoryNetwork {
     this.counters.sent++;
     this.counters.sentBytes += bytes.length;
     this.sentBytesBy.set(from.address, (this.sentBytesBy.get(from.address) ?? 0) + bytes.length);
-    const copy = bytes.slice(); // the sender may reuse its buffer
+    const copy = copyBytes(bytes); // the sender may reuse its buffer
     const group = this.groups.get(to);
     const receivers = group
       ? [...group].filter((s) => s !== from)

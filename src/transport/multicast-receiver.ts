@@ -1,5 +1,6 @@
 import { MessageType, type BlockGap, type Message, type SymbolMessage } from './messages.js';
 import { layoutObject, sourceSymbol, symbolsInBlock, type ObjectLayout } from './object-layout.js';
+import { copyBytes } from '../copy-bytes.js';
 
 /**
  * The receiving side of one multicast session, as a pure state machine (time and sending injected,
@@ -207,7 +208,7 @@ export class MulticastReceiver {
     block.count++;
     this.receivedBytes += m.payload.length;
     if (m.index < k) this.writeSource(object, m.block, m.index, m.payload);
-    else block.parity.set(m.index, m.payload.slice());
+    else block.parity.set(m.index, copyBytes(m.payload));
     if (block.count >= k) this.finishBlock(m.objectId, object, m.block, block, k);
   }
 
