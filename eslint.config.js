@@ -7,8 +7,8 @@ import tseslint from 'typescript-eslint';
  * and nothing in src/ reaches into test/ or bench/ (cli/, the top, may import any folder). Import
  * circles between files are test/unit/import-graph.test.ts's to find.
  */
-/** The modules at the top of src/ that every layer may use: the error catalogue, whole reads. */
-const everywhere = ['errors.js', 'read-exactly.js'];
+/** The modules at the top of src/ that every layer may use: the error catalogue, whole reads, copies. */
+const everywhere = ['errors.js', 'read-exactly.js', 'copy-bytes.js'];
 const layers = {
   native: [],
   qemu: [...everywhere],
