@@ -102,6 +102,7 @@ import {
   sourceRuleCounts,
   udpReceiveErrors,
 } from './fault-net.js';
+import { CLI_NODE_OPTIONS } from '../src/cli/node-options.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const cli = join(here, '../src/cli/main.js');
@@ -377,7 +378,7 @@ function dropReasons(logs: readonly string[]): Record<string, number> {
 async function startAgent(lab: Lab, dir: string, topology: string, host: string, secret: string) {
   const agent = watchProcess(
     lab.spawn(host, process.execPath, [
-      ...[cli, 'agent', '--topology', topology, '--host', host],
+      ...[...CLI_NODE_OPTIONS, cli, 'agent', '--topology', topology, '--host', host],
       ...['--dir', join(dir, 'agents', host), '--secret-file', secret],
     ]),
   );
@@ -647,7 +648,7 @@ async function runJob(
 ): Promise<JobRun> {
   const job = watchProcess(
     lab.spawn('src', process.execPath, [
-      ...[cli, 'scatter', '--topology', topology, '--work-dir', join(dir, 'vms')],
+      ...[...CLI_NODE_OPTIONS, cli, 'scatter', '--topology', topology, '--work-dir', join(dir, 'vms')],
       ...['--secret-file', secret, '--mtu', String(mtu), '--json'],
       ...(options.resume ? ['--resume'] : []),
     ]),

@@ -37,6 +37,7 @@ import {
   lastMarked,
   lastTick,
 } from './harness/qemu-guest.js';
+import { CLI_NODE_OPTIONS } from '../src/cli/node-options.js';
 
 const { values } = parseArgs({
   options: {
@@ -170,9 +171,14 @@ async function main(): Promise<void> {
     for (const t of TARGETS) {
       const args = ['agent', '--topology', topology, '--host', t, '--dir', join(dir, `agent-${t}`)];
       const agent = watchProcess(
-        lv.spawn(t, process.execPath, [cli, ...args, '--secret-file', join(dir, 'secret')], {
-          stdio: ['ignore', 'pipe', 'pipe'],
-        }),
+        lv.spawn(
+          t,
+          process.execPath,
+          [...CLI_NODE_OPTIONS, cli, ...args, '--secret-file', join(dir, 'secret')],
+          {
+            stdio: ['ignore', 'pipe', 'pipe'],
+          },
+        ),
       );
       agents.push(agent);
       await agent.waitFor(/listening/, 15_000);
@@ -185,9 +191,14 @@ async function main(): Promise<void> {
     const scatter = await measure(lab, async () => {
       const args = ['scatter', '--topology', topology, '--work-dir', join(dir, 'work')];
       const run = watchProcess(
-        lv.spawn('src', process.execPath, [cli, ...args, '--secret-file', join(dir, 'secret'), '--json'], {
-          stdio: ['ignore', 'pipe', 'pipe'],
-        }),
+        lv.spawn(
+          'src',
+          process.execPath,
+          [...CLI_NODE_OPTIONS, cli, ...args, '--secret-file', join(dir, 'secret'), '--json'],
+          {
+            stdio: ['ignore', 'pipe', 'pipe'],
+          },
+        ),
       );
       const done = await run.exit(600_000);
       if (done.code !== 0) throw new Error(`scatter exited ${done.code}: ${done.stderr}`);

@@ -77,6 +77,7 @@ import {
   guestModuleFiles,
   type Guest,
 } from './harness/qemu-guest.js';
+import { CLI_NODE_OPTIONS } from '../src/cli/node-options.js';
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const MiB = 2 ** 20;
@@ -742,7 +743,7 @@ async function viaVmscatter(
       const agent = watchProcess(
         lab.spawn(target, process.execPath, [
           ...profileArgs(options),
-          ...[cli, 'agent', '--topology', topology, '--host', target],
+          ...[...CLI_NODE_OPTIONS, cli, 'agent', '--topology', topology, '--host', target],
           ...['--dir', join(dir, 'agents', target), '--secret-file', secret],
         ]),
       );
@@ -759,7 +760,16 @@ async function viaVmscatter(
     const job = watchProcess(
       lab.spawn('src', '/bin/sh', [
         ...['-c', '"$@"; rc=$?; times >&2; exit $rc', 'vmscatter'],
-        ...[process.execPath, ...profileArgs(options), cli, 'scatter', '--topology', topology, '--json'],
+        ...[
+          process.execPath,
+          ...CLI_NODE_OPTIONS,
+          ...profileArgs(options),
+          cli,
+          'scatter',
+          '--topology',
+          topology,
+          '--json',
+        ],
         ...['--mtu', String(options.mtu), '--work-dir', join(dir, 'vms'), '--secret-file', secret],
       ]),
     );

@@ -49,6 +49,7 @@ import { materialiseSyntheticImages } from '../src/local/workspace.js';
 import type { Topology } from '../src/topology/model.js';
 import { createLab, labAvailable, watchProcess, type Lab } from './harness/lab.js';
 import { ensureGuestImages } from './guest-images.js';
+import { CLI_NODE_OPTIONS } from '../src/cli/node-options.js';
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const copier = fileURLToPath(new URL('./unicast-copy.js', import.meta.url));
@@ -184,6 +185,7 @@ async function runVmscatter(
     TARGETS.map(async (t) => {
       const agent = watchProcess(
         lab.spawn(t, process.execPath, [
+          ...CLI_NODE_OPTIONS,
           cli,
           'agent',
           '--topology',
@@ -205,6 +207,7 @@ async function runVmscatter(
     const started = performance.now();
     const job = watchProcess(
       lab.spawn('src', process.execPath, [
+        ...CLI_NODE_OPTIONS,
         cli,
         'scatter',
         '--topology',

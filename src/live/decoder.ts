@@ -6,7 +6,6 @@ import { EntryType, readEntries } from './batch.js';
 import { StreamDigest, StreamPageMemory, type LiveRecord } from './records.js';
 import { decodePage } from '../memory/page-codec.js';
 import { ZstdRuns } from '../memory/batch-zstd.js';
-import { copyBytes } from '../copy-bytes.js';
 
 /**
  * The agent's half of a live stream, without I/O: LiveRecords in, QEMU's records out (to `sink`, which
@@ -45,6 +44,8 @@ export class LiveStreamDecoder {
   private readonly hash = new Uint8Array(DIGEST_BYTES);
   /** Where the store reads a referenced page (the sink copies what it is given). */
   private readonly scratch = new Uint8Array(PAGE_SIZE);
+  /** Where a packed page decodes (the sink and the stream's memory copy it). */
+  private readonly decoded = new Uint8Array(PAGE_SIZE);
   /** A run's referenced pages, read ahead (readMany): digests, pages and whether each was held. */
   private refDigests = new Uint8Array(0);
   private refPages = new Uint8Array(0);
@@ -103,10 +104,10 @@ export class LiveStreamDecoder {
             continue;
           }
           case EntryType.Raw:
-            this.page(block, offset, copyBytes(entry.body), true);
+            this.page(block, offset, entry.body, true);
             continue;
           case EntryType.Packed: {
-            const data = decodePage(entry.value, entry.body);
+            const data = decodePage(entry.value, entry.body, this.decoded);
             if (!data)
               throw new LiveDecodeError(`VM ${this.vm}: a packed page at ${block}+${offset} does not decode`);
             this.page(block, offset, data, true);
@@ -160,7 +161,7 @@ export class LiveStreamDecoder {
     this.options.digester.digestInto(data, 0, hash, 0);
     this.digest.page(block, offset, hash);
     // Remembered as the coordinator does (StreamPageMemory): pages sent in full, not zero.
-    if (inFull && !isZeroPage(data, 0)) this.sentBefore.remember(hash.slice(), data);
+    if (inFull && !isZeroPage(data, 0)) this.sentBefore.remember(hash, data);
     this.options.sink({ kind: 'page', block, offset, data });
   }
 }

@@ -105,7 +105,7 @@ export class LiveStreamEncoder implements PageSink {
       return;
     }
     this.counts.sentPages++;
-    this.sentBefore.remember(hash.slice());
+    this.sentBefore.remember(hash);
     this.options.onSentInFull?.(hash);
     if (this.entries.full(page, bytes, this.perPage, at) !== PageEncoding.Raw) this.counts.compressedPages++;
     else this.rawInRun++;

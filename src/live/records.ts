@@ -1,5 +1,6 @@
 import { createHash, type Hash } from 'node:crypto';
 import { DigestTable } from '../memory/digest-table.js';
+import { PAGE_SIZE } from '../memory/page.js';
 import type { StreamRecord } from '../qemu/migration-stream.js';
 
 /**
@@ -178,7 +179,12 @@ export const STREAM_MEMORY_PAGES = 16_384;
  */
 export class StreamPageMemory {
   private readonly ids = new DigestTable(1024);
-  private readonly pages: Uint8Array[] = [];
+  /**
+   * The agent's copies, PAGES_PER_SLAB to an array: one allocation per 256 pages, not one per page
+   * (each would be memory outside V8's heap, and enough of those between two collections sets off a
+   * full one).
+   */
+  private readonly slabs: Uint8Array[] = [];
 
   constructor(private readonly capacity = STREAM_MEMORY_PAGES) {}
 
@@ -186,15 +192,25 @@ export class StreamPageMemory {
     return this.ids.lookup(digest) > 0;
   }
 
-  /** Remembers a page sent in full (its bytes only when given: the agent's side). */
+  /** Remembers a page sent in full, copying its bytes when given (the agent's side). */
   remember(digest: Uint8Array, page?: Uint8Array): void {
     if (this.ids.size >= this.capacity || this.has(digest)) return;
     const id = this.ids.intern(digest, 0);
-    if (page !== undefined) this.pages[id] = page;
+    if (page === undefined) return;
+    const slot = id - 1;
+    const slab = Math.floor(slot / PAGES_PER_SLAB);
+    this.slabs[slab] ??= new Uint8Array(PAGES_PER_SLAB * PAGE_SIZE);
+    this.slabs[slab].set(page.subarray(0, PAGE_SIZE), (slot % PAGES_PER_SLAB) * PAGE_SIZE);
   }
 
+  /** The page remembered with this digest (a view, valid while this memory lives). */
   get(digest: Uint8Array): Uint8Array | undefined {
     const id = this.ids.lookup(digest);
-    return id > 0 ? this.pages[id] : undefined;
+    if (id <= 0) return undefined;
+    const slot = id - 1;
+    const at = (slot % PAGES_PER_SLAB) * PAGE_SIZE;
+    return this.slabs[Math.floor(slot / PAGES_PER_SLAB)]?.subarray(at, at + PAGE_SIZE);
   }
 }
+
+const PAGES_PER_SLAB = 256;

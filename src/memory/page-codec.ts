@@ -147,20 +147,21 @@ export function encodePage(
  * The page a payload stands for: exactly PAGE_SIZE bytes, or undefined when the input is malformed
  * (unknown encoding, wrong length, a corrupt LZ4 block, a block that does not decode to exactly one
  * page). Payloads come from the network, so nothing here throws on their content. A raw payload is
- * returned as it is (no copy).
+ * returned as it is (no copy); any other page is decoded into `into` where given (4 KiB the caller
+ * reuses; the LZ4 fallback without the addon returns an array of its own).
  *
  * Decompression bombs: the LZ4 block's size prefix must say PAGE_SIZE before the codec is called, and
  * lz4_flex sizes its output from that prefix and fails rather than write past it, so a forged block can
  * never make the decoder allocate or produce more than one page. The payload itself is bounded by
  * PAGE_SIZE: the encoder never sends a compressed page larger than the raw one.
  */
-export function decodePage(encoding: number, payload: Uint8Array): Uint8Array | undefined {
+export function decodePage(encoding: number, payload: Uint8Array, into?: Uint8Array): Uint8Array | undefined {
   switch (encoding) {
     case PageEncoding.Raw:
       return payload.length === PAGE_SIZE ? payload : undefined;
     case PageEncoding.Uniform: {
       if (payload.length !== UNIFORM_WORD_BYTES) return undefined;
-      const page = new Uint8Array(PAGE_SIZE);
+      const page = into ?? new Uint8Array(PAGE_SIZE);
       page.set(payload);
       // Doubling copies: 9 memmoves instead of 512 word writes.
       for (let filled = UNIFORM_WORD_BYTES; filled < PAGE_SIZE; filled *= 2)
@@ -172,7 +173,7 @@ export function decodePage(encoding: number, payload: Uint8Array): Uint8Array | 
       const declared = new DataView(payload.buffer, payload.byteOffset, LZ4_SIZE_PREFIX).getUint32(0, true);
       if (declared !== PAGE_SIZE) return undefined;
       if (native) {
-        const page = new Uint8Array(PAGE_SIZE);
+        const page = into ?? new Uint8Array(PAGE_SIZE);
         return native.decompressPage(payload, page, 0) ? page : undefined;
       }
       let page: Uint8Array;

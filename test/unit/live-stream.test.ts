@@ -13,7 +13,7 @@ import {
 import { EntryWriter, LiveBatchError, readEntries, type FullPageCodec } from '../../src/live/batch.js';
 import { LiveDecodeError, LiveStreamDecoder } from '../../src/live/decoder.js';
 import { LiveStreamEncoder } from '../../src/live/encoder.js';
-import { isLiveRecord, type LiveRecord } from '../../src/live/records.js';
+import { isLiveRecord, StreamPageMemory, type LiveRecord } from '../../src/live/records.js';
 import { parseToAgent } from '../../src/wire/protocol.js';
 
 /**
@@ -241,4 +241,29 @@ test('live batch: every entry kind round-trips; cut or unknown entries are refus
   assert.throws(() => [...readEntries(Uint8Array.of(9, 0, 0, 0, 0))], LiveBatchError);
   assert.ok(!isLiveRecord({ kind: 'page', block: 'pc.ram', offset: 0, data: new Uint8Array(4096) }));
   assert.ok(!isLiveRecord({ kind: 'pages', block: 'pc.ram', entries: new Uint8Array((8 << 20) + 1) }));
+});
+
+test("a stream's memory keeps copies of the pages it remembers, up to its capacity, across slabs", () => {
+  const memory = new StreamPageMemory(600);
+  const digestOf = (n: number) => {
+    const digest = new Uint8Array(16);
+    new DataView(digest.buffer).setUint32(0, n + 1);
+    return digest;
+  };
+  const page = new Uint8Array(PAGE_SIZE);
+  for (let n = 0; n < 700; n++) {
+    page.fill(n & 0xff);
+    new DataView(page.buffer).setUint32(8, n);
+    memory.remember(digestOf(n), page);
+  }
+  page.fill(0xee); // the caller's bytes change after the call: what was remembered does not
+  for (let n = 0; n < 600; n++) {
+    const got = memory.get(digestOf(n));
+    assert.ok(got, `page ${n} is remembered`);
+    assert.equal(got.length, PAGE_SIZE);
+    assert.equal(new DataView(got.buffer, got.byteOffset).getUint32(8), n);
+    assert.equal(got[100], n & 0xff);
+  }
+  assert.equal(memory.get(digestOf(600)), undefined, 'beyond its capacity nothing more is remembered');
+  assert.equal(memory.has(digestOf(650)), false);
 });
