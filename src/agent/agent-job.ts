@@ -77,6 +77,13 @@ export class AgentJob {
   private readonly pending = new Map<string, PendingVm>();
   private readonly live: JobLiveTargets;
   private finished = false;
+  /**
+   * The pages rounds delivered, stored one batch after another (all sessions in one queue), and how
+   * many batches wait in it: a running VM's stream may refer to them as soon as every round is out,
+   * so it waits for this queue (storesSettled) before it is written into its destination.
+   */
+  private storing: Promise<void> = Promise.resolve();
+  private batchesToStore = 0;
 
   constructor(
     private readonly agent: AgentHost,
@@ -89,6 +96,7 @@ export class AgentJob {
       options,
       digester,
       store: agent.store,
+      storesSettled: () => (this.batchesToStore > 0 ? this.storing : undefined),
       log: (line) => agent.log(line),
       reply: (message) => this.reply(message),
     });
@@ -216,7 +224,6 @@ export class AgentJob {
     let stored = 0;
     let rejected = 0;
     let failure: unknown;
-    let storing = Promise.resolve();
     const session = new ReceiverSession(
       socket,
       realScheduler,
@@ -236,9 +243,10 @@ export class AgentJob {
         // Stored in slices between which the event loop drains the socket: done in one go, a batch's
         // decompression, hashing and writing would hold the loop for tens of milliseconds while the
         // kernel's receive buffer overflows and the sender has to repair what it dropped.
-        storing = storing.then(async () => {
-          if (failure) return;
+        this.batchesToStore++;
+        this.storing = this.storing.then(async () => {
           try {
+            if (failure) return;
             const counts = await this.storeRecordsInSlices(bytes);
             stored += counts.stored;
             rejected += counts.rejected;
@@ -246,6 +254,8 @@ export class AgentJob {
             // A full disk: stop receiving (the sender drops us) and fail the job with the reason.
             failure = error;
             controller.abort(error);
+          } finally {
+            this.batchesToStore--;
           }
         });
       },
@@ -261,7 +271,7 @@ export class AgentJob {
       this.sessions.delete(message.session);
       await socket.close();
     }
-    await storing;
+    await this.storing;
     if (failure) throw failure;
     if (rejected > 0) this.agent.log(`job ${this.id}: ${rejected} page(s) failed their digest check`);
     const drops = session.drops.snapshot();

@@ -21,6 +21,11 @@ export interface LiveJob {
   readonly options: AgentOptions;
   readonly digester: PageDigester;
   readonly store: TemplateStore;
+  /**
+   * Settles once the pages rounds delivered so far are stored; undefined when none wait. A stream may
+   * refer to them from the moment every round is out (the coordinator does not wait for 'seeded').
+   */
+  storesSettled(): Promise<void> | undefined;
   log(line: string): void;
   reply(message: FromAgent): void;
 }
@@ -31,12 +36,17 @@ export class JobLiveTargets {
   private readonly attaching = new Map<string, AbortController>();
   /** Why a live VM's stream failed at this end, reported when the coordinator asks for the verdict. */
   private readonly failures = new Map<string, string>();
+  /** A VM's stream messages held back until delivered pages are stored, in order. */
+  private readonly held = new Map<string, Promise<void>>();
 
   constructor(private readonly job: LiveJob) {}
 
   async handle(message: LiveToAgent): Promise<void> {
     const { vm } = message;
     if (!VM_NAME.test(vm)) throw new VmscatterError('VMS_PROTOCOL', `bad VM name '${vm}'`);
+    if (message.t === 'live-stream') return this.stream(vm, message.records);
+    // What follows a stream comes after it: its held-back messages are written first.
+    await this.held.get(vm);
     const target = this.targets.get(vm);
     switch (message.t) {
       case 'live-incoming': {
@@ -91,23 +101,6 @@ export class JobLiveTargets {
         this.job.log(`job ${this.job.id()}: ${vm}: attached to libvirt's destination of ${message.domain}`);
         return this.job.reply({ t: 'live-ready', vm });
       }
-      case 'live-stream': {
-        // Acknowledged once the destination took the bytes (at once when it failed: the stream
-        // then runs to its end, where live-end reports the failure), so the coordinator reads QEMU's
-        // stream no faster than the destination loads it, and QEMU's own convergence logic sees the
-        // real rate: otherwise the destination would still be loading a backlog with the guest stopped.
-        const ack = () => this.job.reply({ t: 'live-ack', vm });
-        if (!target || this.failures.has(vm)) return ack();
-        try {
-          target.write(message.records);
-          void target.taken().then(ack);
-        } catch (error) {
-          this.failures.set(vm, (error as Error).message);
-          ack();
-          await target.abort();
-        }
-        return;
-      }
       case 'live-end': {
         // A destination that went away while loading (killed by a rollback, or crashed) fails this VM
         // only: the error is its verdict, not the job's.
@@ -160,6 +153,39 @@ export class JobLiveTargets {
   }
 
   /** Where a live stream's referenced pages are read: the agent's store. */
+  /**
+   * A message of a VM's stream, written into its destination, or held back (with those after it)
+   * until the pages rounds delivered are stored, since it may refer to them.
+   */
+  private stream(vm: string, records: Extract<LiveToAgent, { t: 'live-stream' }>['records']): void {
+    const stored = this.job.storesSettled();
+    const before = this.held.get(vm);
+    if (!stored && !before) return this.write(vm, records);
+    const next = (before ?? Promise.resolve()).then(() => stored).then(() => this.write(vm, records));
+    this.held.set(vm, next);
+    void next.finally(() => {
+      if (this.held.get(vm) === next) this.held.delete(vm);
+    });
+  }
+
+  private write(vm: string, records: Extract<LiveToAgent, { t: 'live-stream' }>['records']): void {
+    // Acknowledged once the destination took the bytes (at once when it failed: the stream then runs
+    // to its end, where live-end reports the failure), so the coordinator reads QEMU's stream no
+    // faster than the destination loads it, and QEMU's own convergence logic sees the real rate:
+    // otherwise the destination would still be loading a backlog with the guest stopped.
+    const ack = () => this.job.reply({ t: 'live-ack', vm });
+    const target = this.targets.get(vm);
+    if (!target || this.failures.has(vm)) return ack();
+    try {
+      target.write(records);
+      void target.taken().then(ack);
+    } catch (error) {
+      this.failures.set(vm, (error as Error).message);
+      ack();
+      void target.abort().catch(() => undefined);
+    }
+  }
+
   private heldPages(): HeldPages {
     return {
       pageOf: (digest, into) => this.job.store.get(digest, into),

@@ -17,7 +17,7 @@ import {
 import { jobReport, plannedReport, type ScatterReport } from './job-report.js';
 import { scanJob } from './job-scan.js';
 import { planJobWork } from '../plan/job-work.js';
-import { startDirtyRates } from '../live/dirty-rate.js';
+import { startDirtyRate } from '../live/dirty-rate.js';
 import { ensurePrivateDir } from '../store/file-io.js';
 import { fullPageCodec, heldForLive, migrateLiveVms } from './live-phase.js';
 import type { CompressionMode } from '../memory/page-codec.js';
@@ -111,9 +111,13 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
     // Absolute: QEMU is told paths in it (its stream socket, pmemsave files), from a directory of its own.
     const runDir = resolve(options.workDir ?? '.vmscatter', 'run');
     ensurePrivateDir(runDir);
+    // Each running VM's dirty rate is measured from the moment the scan reaches it (a second of QEMU's
+    // own sampling, over by the time the migrations need it).
+    const dirtyRateOf = new Map<number, Promise<number>>();
     const scan = await scanJob(topology, {
       secret: options.secret,
       runDir,
+      onReached: (v, monitor) => dirtyRateOf.set(v, startDirtyRate(monitor)),
       onProgress: (done, total) => progress({ phase: 'scan', done, total, unit: 'pages' }),
       moved: movedEarlier,
       mayResumeStopped: (v) => everyTargetAnswered && !runningAt.has(topology.vms[v]!.name),
@@ -217,7 +221,6 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         return lostAtEnd;
       };
       t = performance.now();
-      // The running VMs' dirty rates are measured while seeding runs (the copy strategy needs them).
       const livePlanned = work.pendingVms.filter((v) => scan.qmp.has(v));
       // Which announced pages the running VMs' streams may refer to, confirmed while seeding runs.
       const confirming = confirmHeld(
@@ -225,7 +228,10 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         liveReferenceCandidates(scan.vms, livePlanned, assignment, held, scan.table),
       );
       confirming.catch(() => undefined); // awaited below; a seeding failure must not leave it unhandled
-      const dirtyRates = startDirtyRates(livePlanned.map((v) => scan.qmp.get(v)!));
+      const dirtyRates = {
+        rates: () =>
+          Promise.all(livePlanned.map((v) => dirtyRateOf.get(v) ?? startDirtyRate(scan.qmp.get(v)!))),
+      };
       // Site peers serve over their own links while the source multicasts over its own.
       const fetching = fetchFromPeers(work.peerFetches, links, pages);
       fetching.catch(() => undefined); // awaited below; a seeding failure must not leave it unhandled
@@ -259,21 +265,70 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         ready,
       );
       rebuilding.catch(() => undefined); // awaited below; a seeding failure must not leave it unhandled
-      const seeded = await seedRounds(work, plan, links, pages, source, {
-        mtu: options.mtu,
-        compression: options.compression ?? 'adaptive',
-        insecurePlaintext: options.insecurePlaintext,
-        ...(options.unicastBelowMs === undefined ? {} : { unicastBelowMs: options.unicastBelowMs }),
-        onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),
-        onTargetDone: (target, ok) => seededAt[target]!.resolve(ok),
-        ...(options.openSocket ? { openSocket: options.openSocket } : {}),
-        ...(options.signal === undefined ? {} : { signal: options.signal }),
+      // The running VMs migrate from the moment every round is out, while their targets still store
+      // what they received (an agent holds a stream back until it stored it): a stream refers only to
+      // pages confirmed held before seeding and to those rounds delivered whole to its target.
+      let migrateStarted = 0;
+      const delivered = deferred<
+        { roundCompleted: readonly (readonly number[])[]; roundChanged: readonly Uint32Array[] } | undefined
+      >();
+      const migrating = delivered.promise.then(async (rounds) => {
+        migrateStarted = performance.now();
+        const livePending = options.signal?.aborted || !rounds ? [] : livePlanned;
+        return migrateLiveVms({
+          pending: livePending,
+          topology,
+          scan,
+          plan,
+          links,
+          runDir,
+          secret: options.secret,
+          holds: heldForLive(
+            work.rounds,
+            rounds ?? { roundCompleted: [], roundChanged: [] },
+            await confirming,
+            scan.table,
+            liveTargets.length,
+          ),
+          bandwidthBytesPerSecond: source.linkBitsPerSecond / 8,
+          codecOf: (target) => fullPageCodec(options.compression ?? 'adaptive', readies[target]!.codecs),
+          onVerdict: (done, total) => progress({ phase: 'migrate', done, total, unit: 'vms' }),
+          ...(options.downtimeLimitMs === undefined ? {} : { downtimeLimitMs: options.downtimeLimitMs }),
+          dirtyRates,
+          // By default every running VM at once, sharing the source link.
+          ...(options.maxParallel === undefined ? {} : { maxParallel: options.maxParallel }),
+          ...(options.timeoutPerGiB === undefined ? {} : { timeoutPerGiB: options.timeoutPerGiB }),
+          ...(options.signal === undefined ? {} : { signal: options.signal }),
+        });
       });
+      let seeded: Awaited<ReturnType<typeof seedRounds>>;
+      try {
+        seeded = await seedRounds(work, plan, links, pages, source, {
+          mtu: options.mtu,
+          compression: options.compression ?? 'adaptive',
+          insecurePlaintext: options.insecurePlaintext,
+          ...(options.unicastBelowMs === undefined ? {} : { unicastBelowMs: options.unicastBelowMs }),
+          onProgress: (done, total) => progress({ phase: 'seed', done, total, unit: 'pages' }),
+          onTargetDone: (target, ok) => seededAt[target]!.resolve(ok),
+          onDelivered: (roundCompleted, roundChanged) => delivered.resolve({ roundCompleted, roundChanged }),
+          ...(options.openSocket ? { openSocket: options.openSocket } : {}),
+          ...(options.signal === undefined ? {} : { signal: options.signal }),
+        });
+      } catch (error) {
+        // Migrations under way end first (each verified at its target, or rolled back to its source).
+        delivered.resolve(undefined);
+        await migrating.catch(() => undefined);
+        throw error;
+      }
+      // Seeding without a delivery (nothing multicast, or stopped): the migrations start now, on what
+      // the rounds' confirmations say.
+      delivered.resolve(seeded);
       // Interrupted: rebuilds already under way finish (their images verified, or not), none starts,
       // and fetches from peers are not waited for: the job's end makes each agent close its channel,
       // which fails what is still waited for on it.
       if (options.signal?.aborted) {
         await rebuilding;
+        await migrating.catch(() => undefined);
         await endJob();
       }
       const fetched = await fetching;
@@ -284,28 +339,9 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
       const outcome = await rebuilding;
       seconds.rebuild = (performance.now() - t) / 1000;
 
-      t = performance.now();
-      const livePending = options.signal?.aborted ? [] : livePlanned;
-      const migrated = await migrateLiveVms({
-        pending: livePending,
-        topology,
-        scan,
-        plan,
-        links,
-        runDir,
-        secret: options.secret,
-        holds: heldForLive(work.rounds, seeded, await confirming, scan.table, liveTargets.length),
-        bandwidthBytesPerSecond: source.linkBitsPerSecond / 8,
-        codecOf: (target) => fullPageCodec(options.compression ?? 'adaptive', readies[target]!.codecs),
-        onVerdict: (done, total) => progress({ phase: 'migrate', done, total, unit: 'vms' }),
-        ...(options.downtimeLimitMs === undefined ? {} : { downtimeLimitMs: options.downtimeLimitMs }),
-        dirtyRates,
-        // By default every running VM at once, sharing the source link.
-        ...(options.maxParallel === undefined ? {} : { maxParallel: options.maxParallel }),
-        ...(options.timeoutPerGiB === undefined ? {} : { timeoutPerGiB: options.timeoutPerGiB }),
-        ...(options.signal === undefined ? {} : { signal: options.signal }),
-      });
-      seconds.migrate = (performance.now() - t) / 1000;
+      // The migrate phase: from its start, which may precede the seeding's confirmations.
+      const migrated = await migrating;
+      seconds.migrate = (performance.now() - migrateStarted) / 1000;
       for (const [v, result] of migrated) {
         if (result.ok) outcome.verified.add(v);
         else outcome.errors.set(v, result.error ?? 'not migrated');

@@ -42,6 +42,8 @@ export async function scanJob(
     readonly secret: Uint8Array;
     readonly runDir: string;
     readonly onProgress?: (done: number, total: number) => void;
+    /** Running VM v's monitor answers and the guest runs: before its memory is read. */
+    readonly onReached?: (v: number, monitor: QemuMonitor) => void;
     /** Ctrl-C: a scan under way stops (the guest never noticed it). */
     readonly signal?: AbortSignal;
     /** Running VMs that moved in an earlier job (they run at a target): not read, all zero pages. */
@@ -114,6 +116,7 @@ export async function scanJob(
           () => options.mayResumeStopped?.(v) ?? false,
           options.onWarning,
         );
+      options.onReached?.(v, reached.monitor);
       const scanned = await scanRunningVm({
         vm: vm.name,
         qmp: reached.monitor,

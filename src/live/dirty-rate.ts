@@ -1,9 +1,8 @@
 import type { QemuMonitor } from '../qemu/qmp.js';
 
 /**
- * Each running VM's dirty rate (bytes/s), measured by QEMU over one second, all VMs at once, started
- * early (before seeding) and read when the migrations need it, so the measurement costs no time of
- * its own when there is anything to seed.
+ * Each running VM's dirty rate (bytes/s), measured by QEMU over one second, started early (as the scan
+ * reaches the VM) and read when the migrations need it, so the measurement costs no time of its own.
  *
  * QEMU samples pages and hashes them twice; with its default of 512 pages per GiB a guest writing
  * ~3 MiB/s read as 0 B/s in 5 of 7 runs here, so the sample is the largest QEMU takes (SAMPLE_PAGES
@@ -22,25 +21,26 @@ export interface DirtyRateProbe {
 }
 
 export function startDirtyRates(clients: readonly QemuMonitor[]): DirtyRateProbe {
+  const each = clients.map(startDirtyRate);
+  return { rates: () => Promise.all(each) };
+}
+
+/**
+ * One VM's dirty rate, measured from now (a job starts it as soon as it reached the VM's monitor, so
+ * the second it takes passes during the scan); 0 where QEMU measures nothing. Never rejects.
+ */
+export async function startDirtyRate(qmp: QemuMonitor): Promise<number> {
   const startedAt = Date.now();
-  const started = Promise.all(
-    clients.map((qmp) =>
-      qmp.execute('calc-dirty-rate', { 'calc-time': DIRTY_RATE_SECONDS, 'sample-pages': SAMPLE_PAGES }).then(
-        () => true,
-        () => false,
-      ),
-    ),
-  );
-  let result: Promise<number[]> | undefined;
-  return {
-    rates: () =>
-      (result ??= (async () => {
-        const ok = await started;
-        const wait = startedAt + DIRTY_RATE_SECONDS * 1000 + 100 - Date.now();
-        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-        return Promise.all(clients.map((qmp, i) => (ok[i] ? measured(qmp) : 0)));
-      })()),
-  };
+  const ok = await qmp
+    .execute('calc-dirty-rate', { 'calc-time': DIRTY_RATE_SECONDS, 'sample-pages': SAMPLE_PAGES })
+    .then(
+      () => true,
+      () => false,
+    );
+  if (!ok) return 0;
+  const wait = startedAt + DIRTY_RATE_SECONDS * 1000 + 100 - Date.now();
+  if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  return measured(qmp);
 }
 
 async function measured(qmp: QemuMonitor): Promise<number> {

@@ -139,6 +139,8 @@ export async function settledRound(
   stats: SessionResult['stats'];
   finalRateBytesPerSecond: number;
   seconds: number;
+  /** The targets that received the whole round (their agents then store it and say so: `confirmed`). */
+  delivered: readonly number[];
   /**
    * Once every receiver answered: those that stored the whole round, and the datagrams each (by
    * target) dropped as forged, replayed, stale or malformed.
@@ -167,6 +169,7 @@ export async function settledRound(
   if (!result)
     return {
       ...figures,
+      delivered: [],
       confirmed: Promise.resolve({ completed: [], dropped: new Map<number, number>() }),
       aborted: true,
     };
@@ -189,5 +192,7 @@ export async function settledRound(
     ),
   ).then(() => ({ completed, dropped }));
   confirmed.catch(() => undefined); // awaited by the caller, after later rounds went out
-  return { ...figures, payloadBytes: open.payloadBytes, confirmed, aborted: false };
+  // Receiver i + 1 is open.receivers[i] (openRound).
+  const delivered = result.completed.map((id) => open.receivers[id - 1]!);
+  return { ...figures, payloadBytes: open.payloadBytes, delivered, confirmed, aborted: false };
 }

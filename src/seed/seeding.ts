@@ -40,6 +40,14 @@ export interface SeedOptions {
    * signal, and what t holds is not to be built on. Called once per target, by the end at the latest.
    */
   readonly onTargetDone?: (target: number, seeded: boolean) => void;
+  /**
+   * Every round is out: `delivered[r]` the targets that received all of round r (at the transport:
+   * their agents may still be storing it; their 'seeded' comes later), `changed[r]` the pages round r
+   * left out. Called once, before the confirmations are awaited, and not when seeding failed or was
+   * stopped: what a running VM's stream may refer to from then on (its agent holds the stream back
+   * until it stored what it received).
+   */
+  readonly onDelivered?: (delivered: readonly (readonly number[])[], changed: readonly Uint32Array[]) => void;
   /** The network the rounds go out on (default: the host's, DgramSocket). */
   readonly openSocket?: OpenDatagramSocket;
   /**
@@ -162,6 +170,7 @@ export async function seedRounds(
   const packets = { data: 0, parity: 0, repair: 0 };
   const roundWireBytes: number[] = work.rounds.map(() => 0);
   const roundCompleted: number[][] = work.rounds.map(() => []);
+  const roundDelivered: number[][] = work.rounds.map(() => []);
   const roundChanged: Uint32Array[] = work.rounds.map(() => new Uint32Array(0));
   const droppedByTarget = links.map(() => 0);
   const openSocket = options.openSocket ?? DgramSocket.open;
@@ -199,6 +208,7 @@ export async function seedRounds(
     payloadBytes += result.payloadBytes;
     wireBytes += result.wireBytes;
     roundWireBytes[r] = result.wireBytes;
+    roundDelivered[r] = [...result.delivered];
     confirmations.push(
       result.confirmed.then(({ completed, dropped }) => {
         roundCompleted[r] = completed;
@@ -293,6 +303,7 @@ export async function seedRounds(
       open.releaseData();
     }
     if (onWire) await settle(onWire);
+    if (!interrupted) options.onDelivered?.(roundDelivered, roundChanged);
     await Promise.all(confirmations);
     failed = false;
   } finally {
