@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { VmscatterError } from '../errors.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import { LiveTarget, type HeldPages } from '../live/target.js';
+import { HeldBack } from './held-back.js';
 import { attachLibvirtDestination } from '../live/destination-libvirt.js';
 import type { LiveToAgent } from '../live/messages.js';
 import { defaultEmulators, refuseCommand } from '../qemu/command-policy.js';
@@ -37,7 +38,7 @@ export class JobLiveTargets {
   /** Why a live VM's stream failed at this end, reported when the coordinator asks for the verdict. */
   private readonly failures = new Map<string, string>();
   /** A VM's stream messages held back until delivered pages are stored, in order. */
-  private readonly held = new Map<string, Promise<void>>();
+  private readonly heldBack = new HeldBack();
 
   constructor(private readonly job: LiveJob) {}
 
@@ -46,7 +47,7 @@ export class JobLiveTargets {
     if (!VM_NAME.test(vm)) throw new VmscatterError('VMS_PROTOCOL', `bad VM name '${vm}'`);
     if (message.t === 'live-stream') return this.stream(vm, message.records);
     // What follows a stream comes after it: its held-back messages are written first.
-    await this.held.get(vm);
+    await this.heldBack.drained(vm);
     const target = this.targets.get(vm);
     switch (message.t) {
       case 'live-incoming': {
@@ -158,14 +159,7 @@ export class JobLiveTargets {
    * until the pages rounds delivered are stored, since it may refer to them.
    */
   private stream(vm: string, records: Extract<LiveToAgent, { t: 'live-stream' }>['records']): void {
-    const stored = this.job.storesSettled();
-    const before = this.held.get(vm);
-    if (!stored && !before) return this.write(vm, records);
-    const next = (before ?? Promise.resolve()).then(() => stored).then(() => this.write(vm, records));
-    this.held.set(vm, next);
-    void next.finally(() => {
-      if (this.held.get(vm) === next) this.held.delete(vm);
-    });
+    this.heldBack.run(vm, this.job.storesSettled(), () => this.write(vm, records));
   }
 
   private write(vm: string, records: Extract<LiveToAgent, { t: 'live-stream' }>['records']): void {
