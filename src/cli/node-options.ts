@@ -1,7 +1,7 @@
 /**
  * Node's options the `vmscatter` command runs with: its first line (`#!/usr/bin/env -S node ...`,
- * src/cli/main.ts) says them to the system, `npm start` and the benchmarks' spawns say these
- * (test/unit/node-options.test.ts keeps the three equal).
+ * src/cli/main.ts) says them to the system, `npm start` and the spawns of the benchmarks that time a
+ * job say these (test/unit/node-options.test.ts keeps the first two equal to this).
  *
  * `--initial-old-space-size`: a live scatter keeps a heap of 15-20 MiB of objects but passes a
  * gigabyte through it, and V8 sizes its old generation from that small heap, so it ran a full
