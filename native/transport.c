@@ -195,22 +195,37 @@ static napi_value force_socket_buffer(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* The one argument of a call taking a descriptor: 1 with *fd set, or 0 with a TypeError thrown. */
+static int descriptor_argument(napi_env env, napi_callback_info info, const char *usage, int *fd) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int64_t value;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || !int_of(env, argv[0], &value) || value < 0 || value > 0x7fffffff) {
+    fail(env, usage);
+    return 0;
+  }
+  *fd = (int)value;
+  return 1;
+}
+
+static napi_value int32_result(napi_env env, int32_t value) {
+  napi_value result;
+  napi_create_int32(env, value, &result);
+  return result;
+}
+
 /*
  * onlyJoinedGroups(fd): the socket receives multicast only for groups it joined itself
  * (IP_MULTICAST_ALL off). Linux otherwise hands a socket bound to the wildcard address the datagrams
  * of every group any socket of the host joined on its port. 0, or the errno.
  */
 static napi_value only_joined_groups(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  int64_t fd;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || !int_of(env, argv[0], &fd) || fd < 0) return fail(env, "onlyJoinedGroups(fd)");
+  int fd;
+  if (!descriptor_argument(env, info, "onlyJoinedGroups(fd)", &fd)) return NULL;
   int off = 0;
-  int rc = setsockopt((int)fd, IPPROTO_IP, IP_MULTICAST_ALL, &off, sizeof(off));
-  napi_value result;
-  napi_create_int32(env, rc == 0 ? 0 : errno, &result);
-  return result;
+  int rc = setsockopt(fd, IPPROTO_IP, IP_MULTICAST_ALL, &off, sizeof(off));
+  return int32_result(env, rc == 0 ? 0 : errno);
 }
 
 /*
@@ -218,16 +233,11 @@ static napi_value only_joined_groups(napi_env env, napi_callback_info info) {
  * (SIOCOUTQ; on a unix socket they leave the count once the peer's read consumed them), or -errno.
  */
 static napi_value socket_unread(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  int64_t fd;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || !int_of(env, argv[0], &fd) || fd < 0) return fail(env, "socketUnread(fd)");
+  int fd;
+  if (!descriptor_argument(env, info, "socketUnread(fd)", &fd)) return NULL;
   int pending = 0;
-  int rc = ioctl((int)fd, SIOCOUTQ, &pending);
-  napi_value result;
-  napi_create_int32(env, rc == 0 ? pending : -errno, &result);
-  return result;
+  int rc = ioctl(fd, SIOCOUTQ, &pending);
+  return int32_result(env, rc == 0 ? pending : -errno);
 }
 
 /*
@@ -235,15 +245,10 @@ static napi_value socket_unread(napi_env env, napi_callback_info info) {
  * is read again through a net.Socket of its own, with a reused read buffer (src/live/stream-socket.ts).
  */
 static napi_value duplicate_descriptor(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  int64_t fd;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || !int_of(env, argv[0], &fd) || fd < 0) return fail(env, "duplicateDescriptor(fd)");
-  int copy = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
-  napi_value result;
-  napi_create_int32(env, copy >= 0 ? copy : -errno, &result);
-  return result;
+  int fd;
+  if (!descriptor_argument(env, info, "duplicateDescriptor(fd)", &fd)) return NULL;
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  return int32_result(env, copy >= 0 ? copy : -errno);
 }
 
 #define MAX_SLOTS 256
