@@ -153,7 +153,6 @@ export class JobLiveTargets {
     }
   }
 
-  /** Where a live stream's referenced pages are read: the agent's store. */
   /**
    * A message of a VM's stream, written into its destination, or held back (with those after it)
    * until the pages rounds delivered are stored, since it may refer to them.
@@ -180,6 +179,7 @@ export class JobLiveTargets {
     }
   }
 
+  /** Where a live stream's referenced pages are read: the agent's store. */
   private heldPages(): HeldPages {
     return {
       pageOf: (digest, into) => this.job.store.get(digest, into),

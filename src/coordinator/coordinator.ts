@@ -301,6 +301,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
           ...(options.signal === undefined ? {} : { signal: options.signal }),
         });
       });
+      migrating.catch(() => undefined); // awaited below, also when seeding fails
       let seeded: Awaited<ReturnType<typeof seedRounds>>;
       try {
         seeded = await seedRounds(work, plan, links, pages, source, {
@@ -320,8 +321,8 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         await migrating.catch(() => undefined);
         throw error;
       }
-      // Seeding without a delivery (nothing multicast, or stopped): the migrations start now, on what
-      // the rounds' confirmations say.
+      // Seeding that never said its rounds were out (it stopped, or had none to send): the migrations
+      // start now, on what the rounds' confirmations say.
       delivered.resolve(seeded);
       // Interrupted: rebuilds already under way finish (their images verified, or not), none starts,
       // and fetches from peers are not waited for: the job's end makes each agent close its channel,
