@@ -6,7 +6,7 @@
  * `--initial-old-space-size`: a live scatter keeps a heap of 15-20 MiB of objects but passes a
  * gigabyte through it, and V8 sizes its old generation from that small heap, so it ran a full
  * collection every few MiB promoted: 20-30 per agent and 40 in the coordinator in one
- * `npm run bench:qemu -- --methods c`. Started at 256 MiB, 3-5 each, and the job took 10.4 s
+ * `npm run bench:qemu -- --methods c`. Started at 256 MiB, 3-6 each, and the job took 10.4-10.6 s
  * against 11.3-13.1 s (docs/ARCHITECTURE.md). V8 reads it only at start-up (set from inside the
  * process, it changed nothing), hence the command line. Memory it lets accumulate as garbage
  * before a collection: up to 256 MiB per process.

@@ -4,8 +4,8 @@ import { native } from '../native/native.js';
 /**
  * QEMU's outgoing stream, read into one buffer that every read reuses. node:net reads a connection
  * it accepted into a fresh 64 KiB buffer per read: a gigabyte of guest memory is 16,000 of them, and
- * V8 answers that much new external memory with a full garbage collection per 64 MiB or so (71 of
- * them in one bench:qemu job, where the coordinator's heap held 18 MiB). A net.Socket built with
+ * the coordinator ran 71 full garbage collections in one bench:qemu job with a heap of 18 MiB (42
+ * once the stream was read into one buffer). A net.Socket built with
  * `onread` reads into a buffer of its own, but only one made from a descriptor: so the accepted
  * connection (paused before its first read: streamListener accepts with pauseOnConnect) is
  * duplicated and read, and written back to, through a socket of its own, and the accepted one closes.
@@ -22,6 +22,7 @@ export interface StreamSocket {
 export const READ_BUFFER_BYTES = 256 << 10;
 
 export function adoptStream(accepted: net.Socket): StreamSocket {
+  // node:net has no public accessor for an accepted connection's descriptor.
   const fd = (accepted as unknown as { _handle?: { fd?: number } })._handle?.fd;
   const copy = native && typeof fd === 'number' && fd >= 0 ? native.duplicateDescriptor(fd) : -1;
   if (copy < 0) {
