@@ -17,7 +17,7 @@ import {
 import { jobReport, plannedReport, type ScatterReport } from './job-report.js';
 import { scanJob } from './job-scan.js';
 import { planJobWork } from '../plan/job-work.js';
-import { startDirtyRate } from '../live/dirty-rate.js';
+import { DirtyRatesAsReached } from '../live/dirty-rate.js';
 import { ensurePrivateDir } from '../store/file-io.js';
 import { fullPageCodec, heldForLive, migrateLiveVms } from './live-phase.js';
 import type { CompressionMode } from '../memory/page-codec.js';
@@ -113,11 +113,11 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
     ensurePrivateDir(runDir);
     // Each running VM's dirty rate is measured from the moment the scan reaches it (a second of QEMU's
     // own sampling, over by the time the migrations need it).
-    const dirtyRateOf = new Map<number, Promise<number>>();
+    const dirtyRatesAsReached = new DirtyRatesAsReached();
     const scan = await scanJob(topology, {
       secret: options.secret,
       runDir,
-      onReached: (v, monitor) => dirtyRateOf.set(v, startDirtyRate(monitor)),
+      onReached: (v, monitor) => dirtyRatesAsReached.start(v, monitor),
       onProgress: (done, total) => progress({ phase: 'scan', done, total, unit: 'pages' }),
       moved: movedEarlier,
       mayResumeStopped: (v) => everyTargetAnswered && !runningAt.has(topology.vms[v]!.name),
@@ -228,10 +228,7 @@ export async function runScatter(options: ScatterOptions): Promise<ScatterReport
         liveReferenceCandidates(scan.vms, livePlanned, assignment, held, scan.table),
       );
       confirming.catch(() => undefined); // awaited below; a seeding failure must not leave it unhandled
-      const dirtyRates = {
-        rates: () =>
-          Promise.all(livePlanned.map((v) => dirtyRateOf.get(v) ?? startDirtyRate(scan.qmp.get(v)!))),
-      };
+      const dirtyRates = dirtyRatesAsReached.probe(livePlanned, (v) => scan.qmp.get(v)!);
       // Site peers serve over their own links while the source multicasts over its own.
       const fetching = fetchFromPeers(work.peerFetches, links, pages);
       fetching.catch(() => undefined); // awaited below; a seeding failure must not leave it unhandled

@@ -53,8 +53,8 @@ export async function migrateLiveVms(options: {
   /** Migrations at once (default: all; they share the source's link). */
   readonly maxParallel?: number;
   /**
-   * Dirty rates measured since before seeding (started with startDirtyRates on `pending`'s QEMUs in
-   * that order); measured here otherwise.
+   * Dirty rates of `pending`'s VMs in that order, measured since the scan reached them
+   * (DirtyRatesAsReached); measured here otherwise.
    */
   readonly dirtyRates?: DirtyRateProbe;
   /** Seconds allowed per GiB of guest memory, and what happens on expiry. */

@@ -26,6 +26,22 @@ export function startDirtyRates(clients: readonly QemuMonitor[]): DirtyRateProbe
 }
 
 /**
+ * Dirty rates started VM by VM as a job reaches each one (`start`), read later for the VMs that
+ * migrate (`probe`: one not started yet starts then).
+ */
+export class DirtyRatesAsReached {
+  private readonly started = new Map<number, Promise<number>>();
+
+  start(vm: number, qmp: QemuMonitor): void {
+    this.started.set(vm, startDirtyRate(qmp));
+  }
+
+  probe(vms: readonly number[], monitorOf: (vm: number) => QemuMonitor): DirtyRateProbe {
+    return { rates: () => Promise.all(vms.map((v) => this.started.get(v) ?? startDirtyRate(monitorOf(v)))) };
+  }
+}
+
+/**
  * One VM's dirty rate, measured from now (a job starts it as soon as it reached the VM's monitor, so
  * the second it takes passes during the scan); 0 where QEMU measures nothing. Never rejects.
  */
