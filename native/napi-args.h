@@ -1,6 +1,6 @@
 /*
- * Argument helpers the addon's sources share: a Uint8Array's bytes, a whole number, and a TypeError
- * thrown with a message (the JavaScript side checks types; these only refuse what would be unsafe).
+ * Argument helpers the addon's sources share: a Uint8Array's bytes, a whole number (in and out), and a
+ * TypeError thrown with a message (the JavaScript side checks types; these only refuse what would be unsafe).
  */
 #ifndef VMSCATTER_NAPI_ARGS_H
 #define VMSCATTER_NAPI_ARGS_H
@@ -26,6 +26,13 @@ static inline int bytes_of(napi_env env, napi_value value, uint8_t **data, size_
 
 static inline int int_of(napi_env env, napi_value value, int64_t *out) {
   return napi_get_value_int64(env, value, out) == napi_ok;
+}
+
+/* A whole number as a JavaScript number. */
+static inline napi_value int_result(napi_env env, int64_t value) {
+  napi_value result;
+  napi_create_int64(env, value, &result);
+  return result;
 }
 
 #endif

@@ -209,12 +209,6 @@ static int descriptor_argument(napi_env env, napi_callback_info info, const char
   return 1;
 }
 
-static napi_value int32_result(napi_env env, int32_t value) {
-  napi_value result;
-  napi_create_int32(env, value, &result);
-  return result;
-}
-
 /*
  * onlyJoinedGroups(fd): the socket receives multicast only for groups it joined itself
  * (IP_MULTICAST_ALL off). Linux otherwise hands a socket bound to the wildcard address the datagrams
@@ -225,7 +219,7 @@ static napi_value only_joined_groups(napi_env env, napi_callback_info info) {
   if (!descriptor_argument(env, info, "onlyJoinedGroups(fd)", &fd)) return NULL;
   int off = 0;
   int rc = setsockopt(fd, IPPROTO_IP, IP_MULTICAST_ALL, &off, sizeof(off));
-  return int32_result(env, rc == 0 ? 0 : errno);
+  return int_result(env, rc == 0 ? 0 : errno);
 }
 
 /*
@@ -237,7 +231,7 @@ static napi_value socket_unread(napi_env env, napi_callback_info info) {
   if (!descriptor_argument(env, info, "socketUnread(fd)", &fd)) return NULL;
   int pending = 0;
   int rc = ioctl(fd, SIOCOUTQ, &pending);
-  return int32_result(env, rc == 0 ? pending : -errno);
+  return int_result(env, rc == 0 ? pending : -errno);
 }
 
 /*
@@ -248,7 +242,7 @@ static napi_value duplicate_descriptor(napi_env env, napi_callback_info info) {
   int fd;
   if (!descriptor_argument(env, info, "duplicateDescriptor(fd)", &fd)) return NULL;
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  return int32_result(env, copy >= 0 ? copy : -errno);
+  return int_result(env, copy >= 0 ? copy : -errno);
 }
 
 #define MAX_SLOTS 256

@@ -115,12 +115,6 @@ static int context_args(napi_env env, napi_callback_info info, zstd_context **co
   return 1;
 }
 
-static napi_value int_value(napi_env env, int64_t value) {
-  napi_value result;
-  napi_create_int64(env, value, &result);
-  return result;
-}
-
 /* zstdCompress(context, src, dst): the frame's length in dst, or 0 when it does not fit there. */
 static napi_value zstd_compress(napi_env env, napi_callback_info info) {
   zstd_context *context;
@@ -129,7 +123,7 @@ static napi_value zstd_compress(napi_env env, napi_callback_info info) {
   if (!context_args(env, info, &context, &src, &src_length, &dst, &dst_length))
     return fail(env, "zstdCompress(context, src: Uint8Array, dst: Uint8Array)");
   size_t length = api.compress_cctx(context->cctx, dst, dst_length, src, src_length, context->level);
-  return int_value(env, api.is_error(length) ? 0 : (int64_t)length);
+  return int_result(env, api.is_error(length) ? 0 : (int64_t)length);
 }
 
 /* zstdDecompress(context, src, dst): the length decoded into dst, or -1 when src is not zstd frames
@@ -141,7 +135,7 @@ static napi_value zstd_decompress(napi_env env, napi_callback_info info) {
   if (!context_args(env, info, &context, &src, &src_length, &dst, &dst_length))
     return fail(env, "zstdDecompress(context, src: Uint8Array, dst: Uint8Array)");
   size_t length = api.decompress_dctx(context->dctx, dst, dst_length, src, src_length);
-  return int_value(env, api.is_error(length) ? -1 : (int64_t)length);
+  return int_result(env, api.is_error(length) ? -1 : (int64_t)length);
 }
 
 napi_value zstd_batch_exports(napi_env env, napi_value exports) {
