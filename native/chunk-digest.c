@@ -1,9 +1,7 @@
 /*
- * Memory-check digests of guest RAM chunks: eight 32-bit lanes, each an xxHash32-style accumulator
- * (acc = rotl(acc + word * P2, 13) * P1) over every eighth little-endian word, seeded per migration,
- * then avalanched; 32 bytes per chunk. The check guards against pages QEMU failed to send, not against
- * a forger (the guest can only corrupt itself), so it needs speed more than collision resistance: every
- * step is a bijection of its lane for a fixed input, so one changed word always changes the digest.
+ * Memory-check digests of guest RAM chunks: lane-digest.h's eight lanes, seeded per migration, 32 bytes
+ * per chunk. The check guards against pages QEMU failed to send, not against a forger (the guest can
+ * only corrupt itself), so it needs speed more than collision resistance.
  * src/live/memory-check.ts holds the same function in TypeScript for builds without this addon.
  *
  * digestFileChunks reads and digests in libuv's thread pool (pread on a file descriptor: a guest's
@@ -13,53 +11,15 @@
 #include <node_api.h>
 #include "file-read.h"
 #include "napi-args.h"
+#include "lane-digest.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define LANES 8
-#define BLOCK_BYTES (LANES * 4)
-#define DIGEST_BYTES (LANES * 4)
+#define DIGEST_BYTES LANE_DIGEST_BYTES
 #define MAX_CHUNK_BYTES (1 << 20)
-
-static const uint32_t P1 = 2654435761u, P2 = 2246822519u, P3 = 3266489917u;
-
-static inline uint32_t rotl(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
-
-static inline uint32_t le32(const uint8_t *p) {
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-/* Eight lanes fit one AVX2 register: where GCC can, a second build of the loop uses it when the CPU has it. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-static void lane_digest(const uint8_t *bytes, size_t length, const uint32_t seed[LANES], uint8_t *out) {
-  uint32_t acc[LANES];
-  memcpy(acc, seed, sizeof(acc));
-  size_t whole = length - length % BLOCK_BYTES;
-  for (size_t at = 0; at < whole; at += BLOCK_BYTES)
-    for (int i = 0; i < LANES; i++) acc[i] = rotl(acc[i] + le32(bytes + at + 4 * i) * P2, 13) * P1;
-  if (whole < length) {
-    uint8_t tail[BLOCK_BYTES] = {0};
-    memcpy(tail, bytes + whole, length - whole);
-    for (int i = 0; i < LANES; i++) acc[i] = rotl(acc[i] + le32(tail + 4 * i) * P2, 13) * P1;
-  }
-  for (int i = 0; i < LANES; i++) {
-    uint32_t h = acc[i] ^ (uint32_t)length;
-    h ^= h >> 15;
-    h *= P2;
-    h ^= h >> 13;
-    h *= P3;
-    h ^= h >> 16;
-    out[4 * i] = (uint8_t)h;
-    out[4 * i + 1] = (uint8_t)(h >> 8);
-    out[4 * i + 2] = (uint8_t)(h >> 16);
-    out[4 * i + 3] = (uint8_t)(h >> 24);
-  }
-}
 
 static int seed_of(napi_env env, napi_value value, uint32_t seed[LANES]) {
   uint8_t *bytes;

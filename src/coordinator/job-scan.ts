@@ -11,7 +11,7 @@ import { isRunning, sourceHostOf, type Topology } from '../topology/model.js';
 import { ContentStore } from '../store/content-store.js';
 import { imageSha256 } from '../memory/image-hash.js';
 import { scanRunningVm } from '../live/scan.js';
-import { reachRunningVm, type ScannedLiveVm } from '../live/source.js';
+import { reachRunningVm, type ScannedChecks, type ScannedLiveVm } from '../live/source.js';
 import { SourcePages, type PageFile } from '../store/source-pages.js';
 
 /**
@@ -29,6 +29,8 @@ export interface JobScan {
   readonly qmp: Map<number, QemuMonitor>;
   /** How each running VM was scanned, by VM index. */
   readonly liveScans: Map<number, ScannedLiveVm['method']>;
+  /** Each running VM's page checks from its scan, where the addon made them, by VM index. */
+  readonly liveChecks: Map<number, ScannedChecks>;
   readonly pages: SourcePages;
   close(): Promise<void>;
 }
@@ -86,6 +88,7 @@ export async function scanJob(
   });
   const qmp = new Map<number, QemuMonitor>();
   const liveScans = new Map<number, ScannedLiveVm['method']>();
+  const liveChecks = new Map<number, ScannedChecks>();
   const memoryFiles = new Map<number, PageFile>();
   // The running VMs' pages of this job only: what an earlier job kept is of no use now.
   const storeDir = join(options.runDir, 'source-pages');
@@ -129,6 +132,7 @@ export async function scanJob(
       });
       vms[v] = scanned.pages;
       liveScans.set(v, scanned.method);
+      if (scanned.checks) liveChecks.set(v, scanned.checks);
       if (scanned.memory) memoryFiles.set(v, { ...scanned.memory, changing: true });
     };
     // Two at a time: each keeps a thread of the pool reading and digesting its memory while the
@@ -170,6 +174,7 @@ export async function scanJob(
     sha256,
     qmp,
     liveScans,
+    liveChecks,
     pages,
     close: async () => {
       pages.close();

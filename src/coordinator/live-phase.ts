@@ -19,6 +19,7 @@ import type { MigrationSource } from '../live/migration-source.js';
 import { qemuMigrationSource } from '../live/source-qemu.js';
 import { libvirtMigrationSource } from '../live/source-libvirt.js';
 import type { CopyStrategy } from '../live/copy-strategy.js';
+import type { ScanKnowledge } from '../live/encoder.js';
 import type { QemuMonitor } from '../qemu/qmp.js';
 import { SwitchoverGate, WireBudget } from '../live/flow.js';
 import type { FullPageCodec } from '../live/batch.js';
@@ -121,6 +122,7 @@ export async function migrateLiveVms(options: {
                 link,
                 runDir: options.runDir,
                 digester,
+                ...scanKnowledge(options.scan, v),
                 holds: (digest) => options.holds(target, digest),
                 onSentInFull: (digest) => newContent.sent(v, target, digest),
                 wire,
@@ -322,6 +324,7 @@ export function liveSummary(result: LiveVmResult) {
     switchoverMs: result.switchoverMs,
     switchoverSteps: result.switchoverSteps ?? null,
     referencedPages: result.referencedPages,
+    scanDigests: result.scanDigests,
     sentPages: result.sentPages,
     compressedPages: result.compressedPages,
     codec: result.codec,
@@ -332,4 +335,10 @@ export function liveSummary(result: LiveVmResult) {
     sentBytes: result.sentBytes,
     seconds: result.seconds,
   };
+}
+
+/** What the scan knew of VM v's pages for its stream (one hash per page), where it made checks. */
+function scanKnowledge(scan: JobScan, v: number): { scanned?: ScanKnowledge } {
+  const checks = scan.liveChecks.get(v);
+  return checks ? { scanned: { ...checks, ids: scan.vms[v]!.pages, table: scan.table } } : {};
 }

@@ -1,4 +1,5 @@
-import { DIGEST_BYTES, isZeroPage, PAGE_SIZE } from '../memory/page.js';
+import { DIGEST_BYTES, isZeroPage, PAGE_SIZE, ZERO_PAGE_ID } from '../memory/page.js';
+import type { DigestTable } from '../memory/digest-table.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import type { PageSink, StreamRecord } from '../qemu/migration-stream.js';
 import { EntryWriter, type FullPageCodec } from './batch.js';
@@ -19,6 +20,20 @@ export interface LiveEncoderCounts {
   sentPages: number;
   compressedPages: number;
   zeroPages: number;
+  /** Pages whose digest came from the scan (their check held), not hashed again. */
+  scanDigests: number;
+}
+
+/**
+ * What the scan saw of the VM's main RAM block (`block`): page i's check at checks[8 i..] (0: none)
+ * and its digest's id in `ids` (the scan's page table, ids of `table`). A page whose check still
+ * holds has the scan's digest: it is not hashed again to be referred to.
+ */
+export interface ScanKnowledge {
+  readonly block: string;
+  readonly checks: Uint8Array;
+  readonly ids: Uint32Array;
+  readonly table: DigestTable;
 }
 
 /** A message goes once it holds this many bytes for the wire... */
@@ -30,7 +45,13 @@ export const MESSAGE_BYTES = 1 << 20;
 export const MESSAGE_STREAM_BYTES = 4 << 20;
 
 export class LiveStreamEncoder implements PageSink {
-  readonly counts: LiveEncoderCounts = { referencedPages: 0, sentPages: 0, compressedPages: 0, zeroPages: 0 };
+  readonly counts: LiveEncoderCounts = {
+    referencedPages: 0,
+    sentPages: 0,
+    compressedPages: 0,
+    zeroPages: 0,
+    scanDigests: 0,
+  };
   readonly digest = new StreamDigest();
   private readonly sentBefore = new StreamPageMemory();
   private readonly hash = new Uint8Array(DIGEST_BYTES);
@@ -52,6 +73,8 @@ export class LiveStreamEncoder implements PageSink {
       readonly holds: (digest: Uint8Array) => boolean;
       /** Told of every page sent as data (not held at the target), by its digest. */
       readonly onSentInFull?: (digest: Uint8Array) => void;
+      /** The scan's checks and digests, where it made checks (PageDigester.digestChecked). */
+      readonly scanned?: ScanKnowledge;
       /**
        * How pages sent in full are compressed (uniform pages always go as one word); 'zstd' where this
        * process has no libzstd is 'lz4'.
@@ -97,9 +120,15 @@ export class LiveStreamEncoder implements PageSink {
       return;
     }
     const { hash } = this;
-    this.options.digester.digestInto(bytes, at, hash, 0);
+    const fromScan = this.scanDigest(block, offset, bytes, at);
+    let reference = this.options.holds(hash) || this.sentBefore.has(hash);
+    if (fromScan && !reference) {
+      // A page sent in full goes with its own digest: the agent digests what it receives.
+      this.options.digester.digestInto(bytes, at, hash, 0);
+      reference = this.options.holds(hash) || this.sentBefore.has(hash);
+    } else if (fromScan) this.counts.scanDigests++;
     this.digest.page(block, offset, hash);
-    if (this.options.holds(hash) || this.sentBefore.has(hash)) {
+    if (reference) {
       this.counts.referencedPages++;
       this.entries.ref(page, hash);
       return;
@@ -109,6 +138,26 @@ export class LiveStreamEncoder implements PageSink {
     this.options.onSentInFull?.(hash);
     if (this.entries.full(page, bytes, this.perPage, at) !== PageEncoding.Raw) this.counts.compressedPages++;
     else this.rawInRun++;
+  }
+
+  /**
+   * Puts the page's digest in `hash`: the scan's when its check still holds (true), else its own.
+   */
+  private scanDigest(block: string, offset: number, bytes: Uint8Array, at: number): boolean {
+    const { scanned, digester } = this.options;
+    const index = offset / PAGE_SIZE;
+    if (scanned === undefined || block !== scanned.block || index >= scanned.ids.length) {
+      digester.digestInto(bytes, at, this.hash, 0);
+      return false;
+    }
+    if (!digester.digestChecked(bytes, at, scanned.checks, index, this.hash)) return false;
+    const id = scanned.ids[index]!;
+    if (id > ZERO_PAGE_ID) {
+      scanned.table.copyDigest(id, this.hash);
+      return true;
+    }
+    digester.digestInto(bytes, at, this.hash, 0); // a check without a digest: never made so
+    return false;
   }
 
   /** The page number of a page record, in a run of its block. */

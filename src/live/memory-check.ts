@@ -143,7 +143,7 @@ const P2 = 2246822519;
 const P3 = 3266489917;
 const LANES = 8;
 
-/** native/chunk-digest.c's lane_digest, word for word: eight xxHash32 lanes, avalanched, little-endian. */
+/** native/lane-digest.h's lane_digest, word for word: eight xxHash32 lanes, avalanched, little-endian. */
 export function laneDigest(bytes: Uint8Array, seed: Uint8Array, out: Uint8Array): void {
   if (seed.length !== MEMORY_SEED_BYTES) throw new RangeError(`a memory seed is ${MEMORY_SEED_BYTES} bytes`);
   const seeds = new DataView(seed.buffer, seed.byteOffset, seed.byteLength);

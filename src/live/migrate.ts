@@ -9,7 +9,7 @@ import { AckWindow, type SwitchoverGate, type WireBudget } from './flow.js';
 import type { CopyStrategy } from './copy-strategy.js';
 import { decodeMemoryDigests, digestGuestRam, newMemorySeed } from './memory-check.js';
 import { MAX_REPAIR_BYTES, MemoryMismatch, reconcileMemory } from './memory-repair.js';
-import { LiveStreamEncoder } from './encoder.js';
+import { LiveStreamEncoder, type ScanKnowledge } from './encoder.js';
 import type { FullPageCodec } from './batch.js';
 import { streamListener, withTimeout } from './source-qemu.js';
 import { adoptStream, type StreamSocket } from './stream-socket.js';
@@ -51,6 +51,8 @@ export interface LiveMigrationResult {
   readonly sentPages: number;
   readonly compressedPages: number;
   readonly zeroPages: number;
+  /** Pages referred to by the scan's digest, their check holding (not hashed again). */
+  readonly scanDigests: number;
   /** Bytes of stream QEMU produced, and bytes sent to the agent (records, before channel framing). */
   readonly streamBytes: number;
   readonly sentBytes: number;
@@ -81,6 +83,7 @@ export const NOTHING_MOVED = {
   sentPages: 0,
   compressedPages: 0,
   zeroPages: 0,
+  scanDigests: 0,
   streamBytes: 0,
   sentBytes: 0,
   downtimeMs: 0,
@@ -99,6 +102,8 @@ export async function migrateLiveVm(options: {
   readonly link: LiveLink;
   readonly runDir: string;
   readonly digester: PageDigester;
+  /** The scan's checks and digests of the VM's pages (one hash per page), where it made checks. */
+  readonly scanned?: ScanKnowledge;
   /** Whether the target holds the page with this digest. */
   readonly holds: (digest: Uint8Array) => boolean;
   /** Told of every page sent as data (not held at the target), by its digest. */
@@ -211,6 +216,7 @@ export async function migrateLiveVm(options: {
       digester: options.digester,
       holds: options.holds,
       ...(options.onSentInFull ? { onSentInFull: options.onSentInFull } : {}),
+      ...(options.scanned ? { scanned: options.scanned } : {}),
       codec: options.codec,
     });
     encoder = streamEncoder;

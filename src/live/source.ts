@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { VmscatterError } from '../errors.js';
 import type { DigestTable } from '../memory/digest-table.js';
 import { DIGEST_BYTES, isZeroPage, PAGE_SIZE, ZERO_PAGE_ID, type VmPages } from '../memory/page.js';
-import type { PageDigester } from '../memory/page-digest.js';
+import { PAGE_CHECK_BYTES, type PageDigester } from '../memory/page-digest.js';
 import type { GuestRamMethod } from '../qemu/guest-ram.js';
 import { connectQmp, type QemuMonitor, type QmpClient } from '../qemu/qmp.js';
 import { LibvirtMonitor } from '../libvirt/monitor.js';
@@ -31,6 +31,18 @@ export interface ScannedLiveVm {
    * whose pages were kept in the store instead. What is read there later may have changed since.
    */
   readonly memory?: GuestMemoryFile;
+  /** Each page's check as the scan read it (PageDigester.digestChecked), where the addon made them. */
+  readonly checks?: ScannedChecks;
+}
+
+/**
+ * The checks of a scanned VM's main RAM block (`block`, as QEMU's stream names it): page i's at
+ * checks[8 i..], 0 where there is none (a zero page, or one the stream found changed). With the scan's
+ * page table they give a page's digest without hashing it again while its check holds.
+ */
+export interface ScannedChecks {
+  readonly block: string;
+  readonly checks: Uint8Array;
 }
 
 /** A running guest's RAM block as a file: page i at byte `base + i * PAGE_SIZE` of `path`. */
@@ -80,6 +92,8 @@ export async function reachRunningVm(
  */
 export class LivePageCollector {
   private pageTable = new Uint32Array(0);
+  /** Page i's check at [8 i..] (PageDigester.scanPages), 0 where none was made. */
+  private pageChecks = new Uint8Array(0);
   private readonly digest = new Uint8Array(DIGEST_BYTES);
   private readonly batchDigests: Uint8Array[] = [];
   private readonly batchPages: Uint8Array[] = [];
@@ -93,6 +107,12 @@ export class LivePageCollector {
   /** Sizes the page table: a page never given to `page` stays a zero page. */
   reset(pageCount: number): void {
     this.pageTable = new Uint32Array(pageCount);
+    this.pageChecks = new Uint8Array(pageCount * PAGE_CHECK_BYTES);
+  }
+
+  /** The checks of `count` pages from page `first` on, as scanPages wrote them. */
+  checked(first: number, checks: Uint8Array, count: number): void {
+    this.pageChecks.set(checks.subarray(0, count * PAGE_CHECK_BYTES), first * PAGE_CHECK_BYTES);
   }
 
   /** Page `index` holds `data[offset..offset+PAGE_SIZE)`; a zero page may be given as `undefined`. */
@@ -131,6 +151,10 @@ export class LivePageCollector {
 
   pages(vm: string): VmPages {
     return { name: vm, pages: this.pageTable };
+  }
+
+  checks(block: string): ScannedChecks {
+    return { block, checks: this.pageChecks };
   }
 }
 

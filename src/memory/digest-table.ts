@@ -66,6 +66,14 @@ export class DigestTable {
     return this.digests.subarray(id * DIGEST_BYTES, (id + 1) * DIGEST_BYTES);
   }
 
+  /** Copies the digest of `id` to out[outOffset..+16) (no view made: for paths run per page). */
+  copyDigest(id: number, out: Uint8Array, outOffset = 0): void {
+    if (id <= ZERO_PAGE_ID || id > this.count) throw new RangeError(`digest id ${id} out of range`);
+    const { digests } = this;
+    const from = id * DIGEST_BYTES;
+    for (let i = 0; i < DIGEST_BYTES; i++) out[outOffset + i] = digests[from + i]!;
+  }
+
   /** Releases spare capacity once interning is over. */
   trim(): void {
     this.digests = this.digests.slice(0, (this.count + 1) * DIGEST_BYTES);

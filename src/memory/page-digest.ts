@@ -19,6 +19,9 @@ import { DIGEST_BYTES, isZeroPage, PAGE_SIZE } from './page.js';
 
 export const DIGEST_KEY_BYTES = 64;
 
+/** A page check's size (PageDigester.digestChecked): a fast 64-bit lane digest kept beside a digest. */
+export const PAGE_CHECK_BYTES = 8;
+
 /** Derives the page-digest key from a deployment secret (every host of a deployment derives the same). */
 export function deriveDigestKey(secret: Uint8Array | string): Uint8Array {
   return new Uint8Array(hkdfSync('sha256', secret, 'vmscatter', 'page-digest v1', DIGEST_KEY_BYTES));
@@ -69,9 +72,30 @@ export class PageDigester {
   }
 
   /**
+   * Whether the page at pages[offset..] still has the check `checks` holds for it at `index` (from
+   * `scanPages`): then the digest known with that check is its digest, and `out` is left alone.
+   * Otherwise its digest is written to out[0..16) and that check is cleared. Without the addon there
+   * are no checks (all zero), so this always digests.
+   */
+  digestChecked(
+    pages: Uint8Array,
+    offset: number,
+    checks: Uint8Array,
+    index: number,
+    out: Uint8Array,
+  ): boolean {
+    if (this.nativeState !== undefined)
+      return native!.digestPageChecked(this.nativeState, pages, offset, checks, index, out);
+    this.digestInto(pages, offset, out, 0);
+    return false;
+  }
+
+  /**
    * A scan's step, in libuv's thread pool where the addon is built: reads `count` pages from `file`
    * (when given; only where `isNative`) into `pages`, then marks each page zero (zeros[i] = 1) or
-   * writes its digest to `digests`. The event loop meanwhile handles what the previous step found.
+   * writes its digest to `digests`, and its check to checks[8 i..] when `checks` is given (only where
+   * `isNative`: a check is the addon's lane digest, 0 for none). The event loop meanwhile handles what
+   * the previous step found.
    */
   async scanPages(
     file: { readonly fd: number; readonly position: number } | undefined,
@@ -79,6 +103,7 @@ export class PageDigester {
     count: number,
     digests: Uint8Array,
     zeros: Uint8Array,
+    checks?: Uint8Array,
   ): Promise<void> {
     if (this.nativeState !== undefined)
       return native!.scanPages(
@@ -89,8 +114,10 @@ export class PageDigester {
         count,
         digests,
         zeros,
+        checks,
       );
     if (file) throw new Error('PageDigester.scanPages: reading a file needs the native addon');
+    checks?.fill(0, 0, count * PAGE_CHECK_BYTES);
     for (let i = 0; i < count; i++) {
       zeros[i] = isZeroPage(pages, i * PAGE_SIZE) ? 1 : 0;
       if (zeros[i] === 0) this.digestInto(pages, i * PAGE_SIZE, digests, i * DIGEST_BYTES);

@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
  * fails when an install did not build it.
  */
 export interface NativeAddon {
-  /** The SHA-256 state after a 64-byte key, for digestPages. */
+  /** The SHA-256 state after a 64-byte key and the page checks' seed, for digestPages and the like. */
   keyedState(key: Uint8Array): object;
   /** Writes the first 16 bytes of SHA-256(key || page) of `count` 4 KiB pages to `out`. */
   digestPages(
@@ -19,8 +19,21 @@ export interface NativeAddon {
     outOffset: number,
   ): void;
   /**
+   * Whether the page at pages[offset..] still has the 8-byte check checks[8 index..]; where it has
+   * not, writes its digest to out[0..16) and zeroes that check.
+   */
+  digestPageChecked(
+    state: object,
+    pages: Uint8Array,
+    offset: number,
+    checks: Uint8Array,
+    index: number,
+    out: Uint8Array,
+  ): boolean;
+  /**
    * In the thread pool: pread `count` pages from `fd` at `position` into `pages` (fd -1: they are
-   * there already), then set zeros[i] = 1 for a zero page or write its digest to digests[16 i..].
+   * there already), then set zeros[i] = 1 for a zero page or write its digest to digests[16 i..],
+   * and with `checks` its check to checks[8 i..] (0 for a zero page).
    */
   scanPages(
     state: object,
@@ -30,6 +43,7 @@ export interface NativeAddon {
     count: number,
     digests: Uint8Array,
     zeros: Uint8Array,
+    checks?: Uint8Array,
   ): Promise<void>;
   /** The memory check's digest of one chunk (native/chunk-digest.c), 32 bytes into `out`. */
   chunkDigest(bytes: Uint8Array, seed: Uint8Array, out: Uint8Array): void;

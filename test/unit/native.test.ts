@@ -45,6 +45,48 @@ test('native: keyed page digests equal SHA-256(key || page), one page or many', 
   );
 });
 
+test("native: a scan's page checks say whether a page is unchanged; a changed page is digested and its check cleared", async () => {
+  const key = new Uint8Array(64).fill(9);
+  const digester = new PageDigester(key);
+  const pages = new Uint8Array(3 * 4096);
+  pages.fill(5, 0, 4096); // page 0: fives; page 1: zero; page 2: one byte set
+  pages[2 * 4096 + 100] = 1;
+  const checks = new Uint8Array(3 * 8).fill(0xee);
+  await digester.scanPages(undefined, pages, 3, new Uint8Array(3 * 16), new Uint8Array(3), checks);
+  assert.deepEqual([...checks.subarray(8, 16)], [0, 0, 0, 0, 0, 0, 0, 0], 'a zero page has no check');
+  assert.notDeepEqual([...checks.subarray(0, 8)], [0, 0, 0, 0, 0, 0, 0, 0]);
+  const out = new Uint8Array(16).fill(0xaa);
+  assert.equal(digester.digestChecked(pages, 0, checks, 0, out), true);
+  assert.deepEqual(out, new Uint8Array(16).fill(0xaa), 'an unchanged page is not digested');
+  // One bit anywhere in the page changes its check (checked at its first and last word, and between).
+  for (const at of [2 * 4096, 2 * 4096 + 100, 3 * 4096 - 1]) {
+    const before = checks.slice(16, 24);
+    pages[at]! ^= 0x80;
+    assert.equal(digester.digestChecked(pages, 2 * 4096, checks, 2, out), false);
+    const expected = new Uint8Array(16);
+    digester.digestInto(pages, 2 * 4096, expected, 0);
+    assert.deepEqual(out, expected);
+    assert.deepEqual([...checks.subarray(16, 24)], [0, 0, 0, 0, 0, 0, 0, 0], 'its check no longer holds');
+    pages[at]! ^= 0x80;
+    checks.set(before, 16);
+  }
+  // Checks are seeded by the key: another key's check of the same page differs.
+  const other = new Uint8Array(8);
+  await new PageDigester(new Uint8Array(64).fill(8)).scanPages(
+    undefined,
+    pages,
+    1,
+    new Uint8Array(16),
+    new Uint8Array(1),
+    other,
+  );
+  assert.notDeepEqual(other, checks.subarray(0, 8));
+  assert.throws(
+    () => native!.digestPageChecked(native!.keyedState(key), pages, 0, checks, 3, out),
+    TypeError,
+  );
+});
+
 test('native: ranges outside their arrays are refused, not read', () => {
   const state = native!.keyedState(new Uint8Array(64));
   const pages = new Uint8Array(4096);
