@@ -20,6 +20,9 @@ import {
  *   Raw      4096 bytes                    a page sent in full
  *   Packed   encoding u8, length u16 LE,   a page sent in full, encoded smaller (page-codec.ts)
  *            payload
+ *
+ * The type byte of a Raw or Packed entry may carry KEEP: both ends remember that page, so the stream
+ * may refer to it later (StreamPageMemory in records.ts).
  */
 export const enum EntryType {
   Zero = 0,
@@ -28,6 +31,9 @@ export const enum EntryType {
   Raw = 3,
   Packed = 4,
 }
+
+/** In a Raw or Packed entry's type byte: the page is one both ends remember (StreamPageMemory). */
+export const KEEP = 0x80;
 
 /**
  * How a stream's pages sent in full travel: as they are, LZ4-compressed each (Packed entries), or raw
@@ -73,9 +79,9 @@ export class EntryWriter {
     this.at += DIGEST_BYTES;
   }
 
-  /** The page at data[from..] as it is. */
-  raw(page: number, data: Uint8Array, from = 0): void {
-    this.head(EntryType.Raw, page, PAGE_SIZE);
+  /** The page at data[from..] as it is; `keep`: both ends remember it. */
+  raw(page: number, data: Uint8Array, from = 0, keep = false): void {
+    this.head(EntryType.Raw, page, PAGE_SIZE, keep);
     this.buffer.set(data.subarray(from, from + PAGE_SIZE), this.at);
     this.at += PAGE_SIZE;
   }
@@ -83,9 +89,10 @@ export class EntryWriter {
   /**
    * A page sent in full (the one at data[from..]), encoded as page-codec.ts's encodePage would: its
    * word when uniform, LZ4 (with `compress`) when that saves an eighth, else raw; compressed straight
-   * into this buffer. Returns the encoding.
+   * into this buffer. Returns the encoding. `keep`: both ends remember the page, unless it is uniform
+   * (its entry is smaller than a reference to it).
    */
-  full(page: number, data: Uint8Array, compress: boolean, from = 0): PageEncoding {
+  full(page: number, data: Uint8Array, compress: boolean, from = 0, keep = false): PageEncoding {
     if (isUniformPage(data, from)) {
       this.packed(page, PageEncoding.Uniform, data.subarray(from, from + UNIFORM_WORD_BYTES));
       return PageEncoding.Uniform;
@@ -95,19 +102,19 @@ export class EntryWriter {
       this.room(5 + 3 + MAX_COMPRESSED_BYTES);
       const length = compressPageInto(data, from, this.buffer, this.at + 5 + 3);
       if (length > 0) {
-        this.head(EntryType.Packed, page, 3 + length);
+        this.head(EntryType.Packed, page, 3 + length, keep);
         this.buffer[this.at] = PageEncoding.Lz4;
         this.view.setUint16(this.at + 1, length, true);
         this.at += 3 + length;
         return PageEncoding.Lz4;
       }
     }
-    this.raw(page, data, from);
+    this.raw(page, data, from, keep);
     return PageEncoding.Raw;
   }
 
-  packed(page: number, encoding: number, payload: Uint8Array): void {
-    this.head(EntryType.Packed, page, 3 + payload.length);
+  packed(page: number, encoding: number, payload: Uint8Array, keep = false): void {
+    this.head(EntryType.Packed, page, 3 + payload.length, keep);
     this.buffer[this.at] = encoding;
     this.view.setUint16(this.at + 1, payload.length, true);
     this.buffer.set(payload, this.at + 3);
@@ -132,9 +139,9 @@ export class EntryWriter {
     this.count = 0;
   }
 
-  private head(type: EntryType, page: number, bodyBytes: number): void {
+  private head(type: EntryType, page: number, bodyBytes: number, keep = false): void {
     this.room(5 + bodyBytes);
-    this.buffer[this.at] = type;
+    this.buffer[this.at] = keep ? type | KEEP : type;
     this.view.setUint32(this.at + 1, page, true);
     this.at += 5;
     this.count++;
@@ -159,6 +166,8 @@ export interface Entry {
   readonly value: number;
   /** Ref: the digest; Raw: the page; Packed: the payload; else empty. */
   readonly body: Uint8Array;
+  /** Raw and Packed: both ends remember the page (KEEP). */
+  readonly keep: boolean;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -172,25 +181,28 @@ export function* readEntries(bytes: Uint8Array): Generator<Entry> {
   };
   while (at < bytes.length) {
     need(5);
-    const type = bytes[at]!;
+    const keep = (bytes[at]! & KEEP) !== 0;
+    const type = bytes[at]! & ~KEEP;
     const page = view.getUint32(at + 1, true);
     at += 5;
+    if (keep && type !== EntryType.Raw && type !== EntryType.Packed)
+      throw new LiveBatchError(`a kept entry of type ${type} at byte ${at - 5}`);
     switch (type) {
       case EntryType.Zero:
         need(1);
-        yield { type, page, value: bytes[at++]!, body: EMPTY };
+        yield { type, page, value: bytes[at++]!, body: EMPTY, keep };
         break;
       case EntryType.ZeroData:
-        yield { type, page, value: 0, body: EMPTY };
+        yield { type, page, value: 0, body: EMPTY, keep };
         break;
       case EntryType.Ref:
         need(DIGEST_BYTES);
-        yield { type, page, value: 0, body: bytes.subarray(at, at + DIGEST_BYTES) };
+        yield { type, page, value: 0, body: bytes.subarray(at, at + DIGEST_BYTES), keep };
         at += DIGEST_BYTES;
         break;
       case EntryType.Raw:
         need(PAGE_SIZE);
-        yield { type, page, value: 0, body: bytes.subarray(at, at + PAGE_SIZE) };
+        yield { type, page, value: 0, body: bytes.subarray(at, at + PAGE_SIZE), keep };
         at += PAGE_SIZE;
         break;
       case EntryType.Packed: {
@@ -200,7 +212,7 @@ export function* readEntries(bytes: Uint8Array): Generator<Entry> {
         at += 3;
         if (length >= PAGE_SIZE) throw new LiveBatchError(`a packed page of ${length} bytes`);
         need(length);
-        yield { type, page, value: encoding, body: bytes.subarray(at, at + length) };
+        yield { type, page, value: encoding, body: bytes.subarray(at, at + length), keep };
         at += length;
         break;
       }

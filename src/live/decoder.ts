@@ -1,5 +1,5 @@
 import { VmscatterError } from '../errors.js';
-import { DIGEST_BYTES, isZeroPage, PAGE_SIZE } from '../memory/page.js';
+import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import type { StreamRecord } from '../qemu/migration-stream.js';
 import { EntryType, readEntries } from './batch.js';
@@ -104,13 +104,13 @@ export class LiveStreamDecoder {
             continue;
           }
           case EntryType.Raw:
-            this.page(block, offset, entry.body, true);
+            this.page(block, offset, entry.body, entry.keep);
             continue;
           case EntryType.Packed: {
             const data = decodePage(entry.value, entry.body, this.decoded);
             if (!data)
               throw new LiveDecodeError(`VM ${this.vm}: a packed page at ${block}+${offset} does not decode`);
-            this.page(block, offset, data, true);
+            this.page(block, offset, data, entry.keep);
             continue;
           }
         }
@@ -156,12 +156,12 @@ export class LiveStreamDecoder {
     return true;
   }
 
-  private page(block: string, offset: number, data: Uint8Array, inFull: boolean): void {
+  /** A page put back from the store (a ROM's) or sent in full; `keep`: the coordinator remembers it too. */
+  private page(block: string, offset: number, data: Uint8Array, keep: boolean): void {
     const { hash } = this;
     this.options.digester.digestInto(data, 0, hash, 0);
     this.digest.page(block, offset, hash);
-    // Remembered as the coordinator does (StreamPageMemory): pages sent in full, not zero.
-    if (inFull && !isZeroPage(data, 0)) this.sentBefore.remember(hash, data);
+    if (keep) this.sentBefore.remember(hash, data);
     this.options.sink({ kind: 'page', block, offset, data });
   }
 }

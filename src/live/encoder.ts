@@ -54,6 +54,8 @@ export class LiveStreamEncoder implements PageSink {
   };
   readonly digest = new StreamDigest();
   private readonly sentBefore = new StreamPageMemory();
+  /** How often (0, 1, 2 for more) the scan saw each digest id in this VM, made at the first need. */
+  private scanRepeats: Uint8Array | undefined;
   private readonly hash = new Uint8Array(DIGEST_BYTES);
   private readonly entries = new EntryWriter();
   private records: LiveRecord[] = [];
@@ -120,13 +122,13 @@ export class LiveStreamEncoder implements PageSink {
       return;
     }
     const { hash } = this;
-    const fromScan = this.scanDigest(block, offset, bytes, at);
+    const scanId = this.scanDigest(block, offset, bytes, at);
     let reference = this.options.holds(hash) || this.sentBefore.has(hash);
-    if (fromScan && !reference) {
+    if (scanId > 0 && !reference) {
       // A page sent in full goes with its own digest: the agent digests what it receives.
       this.options.digester.digestInto(bytes, at, hash, 0);
       reference = this.options.holds(hash) || this.sentBefore.has(hash);
-    } else if (fromScan) this.counts.scanDigests++;
+    } else if (scanId > 0) this.counts.scanDigests++;
     this.digest.page(block, offset, hash);
     if (reference) {
       this.counts.referencedPages++;
@@ -134,30 +136,50 @@ export class LiveStreamEncoder implements PageSink {
       return;
     }
     this.counts.sentPages++;
-    this.sentBefore.remember(hash);
     this.options.onSentInFull?.(hash);
-    if (this.entries.full(page, bytes, this.perPage, at) !== PageEncoding.Raw) this.counts.compressedPages++;
+    const keep = this.mayRepeat(scanId);
+    const encoding = this.entries.full(page, bytes, this.perPage, at, keep);
+    if (keep && encoding !== PageEncoding.Uniform) this.sentBefore.remember(hash);
+    if (encoding !== PageEncoding.Raw) this.counts.compressedPages++;
     else this.rawInRun++;
   }
 
   /**
-   * Puts the page's digest in `hash`: the scan's when its check still holds (true), else its own.
+   * Puts the page's digest in `hash`: the scan's when its check still holds (returns the scan's id
+   * of it), else its own (returns 0).
    */
-  private scanDigest(block: string, offset: number, bytes: Uint8Array, at: number): boolean {
+  private scanDigest(block: string, offset: number, bytes: Uint8Array, at: number): number {
     const { scanned, digester } = this.options;
     const index = offset / PAGE_SIZE;
     if (scanned === undefined || block !== scanned.block || index >= scanned.ids.length) {
       digester.digestInto(bytes, at, this.hash, 0);
-      return false;
+      return 0;
     }
-    if (!digester.digestChecked(bytes, at, scanned.checks, index, this.hash)) return false;
+    if (!digester.digestChecked(bytes, at, scanned.checks, index, this.hash)) return 0;
     const id = scanned.ids[index]!;
     if (id > ZERO_PAGE_ID) {
       scanned.table.copyDigest(id, this.hash);
-      return true;
+      return id;
     }
     digester.digestInto(bytes, at, this.hash, 0); // a check without a digest: never made so
-    return false;
+    return 0;
+  }
+
+  /**
+   * Whether a page sent in full may come again in this stream, so both ends remember it: unless the
+   * scan saw its content (scanId) at no other page of the VM, it may (a page written since the scan
+   * can be written again, or copied). Remembering only these keeps the agent's memory of a stream
+   * to the pages a reference can want.
+   */
+  private mayRepeat(scanId: number): boolean {
+    const { scanned } = this.options;
+    if (scanId === 0 || scanned === undefined) return true;
+    if (this.scanRepeats === undefined) {
+      const repeats = new Uint8Array(scanned.table.size + 1);
+      for (const id of scanned.ids) if (repeats[id]! < 2) repeats[id]!++;
+      this.scanRepeats = repeats;
+    }
+    return (this.scanRepeats[scanId] ?? 2) >= 2;
   }
 
   /** The page number of a page record, in a run of its block. */

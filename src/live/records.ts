@@ -173,9 +173,9 @@ export const STREAM_MEMORY_PAGES = 16_384;
 /**
  * The pages a VM's stream has carried in full, remembered alike at both ends, so that a later page
  * with the same content (a guest rewriting what it wrote, or a page written twice) goes as a reference
- * too. Both ends remember the first STREAM_MEMORY_PAGES distinct non-zero pages sent in full, in
- * stream order, so they agree on what is remembered without telling each other; the coordinator keeps
- * only the digests, the agent the pages as well.
+ * too. The coordinator marks which pages sent in full to remember (KEEP in batch.ts: those that may
+ * come again, not uniform ones), and both ends remember the first STREAM_MEMORY_PAGES distinct ones,
+ * in stream order; the coordinator keeps only the digests, the agent the pages as well.
  */
 export class StreamPageMemory {
   private readonly ids = new DigestTable(1024);

@@ -25,8 +25,9 @@ import { DIGEST_BYTES } from '../memory/page.js';
  * 2: several jobs per agent, with guest memory reserved per job ('reserve', 'ready'.reserved).
  * 3: agents name the codecs they decode beyond LZ4 ('ready'.codecs: 'zstd' for live page runs).
  * 4: agents confirm exactly the announced pages a live stream will refer to ('confirm-held').
+ * 5: live page runs mark the pages sent in full that both ends remember (KEEP in live/batch.ts).
  */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 
 /** A VM's name as the job protocol carries it (agents name files and sockets after it). */
 export const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

@@ -10,7 +10,13 @@ import {
   writeStream,
   type StreamRecord,
 } from '../../src/qemu/migration-stream.js';
-import { EntryWriter, LiveBatchError, readEntries, type FullPageCodec } from '../../src/live/batch.js';
+import {
+  EntryType,
+  EntryWriter,
+  LiveBatchError,
+  readEntries,
+  type FullPageCodec,
+} from '../../src/live/batch.js';
 import { LiveDecodeError, LiveStreamDecoder } from '../../src/live/decoder.js';
 import { LiveStreamEncoder, type ScanKnowledge } from '../../src/live/encoder.js';
 import { DigestTable } from '../../src/memory/digest-table.js';
@@ -36,12 +42,15 @@ const DESCRIPTION = '{"page_size": 4096, "devices": []}';
 const TAIL = Buffer.concat([Buffer.from([0x00, 0x06]), be32(DESCRIPTION.length), latin1(DESCRIPTION)]);
 const CONFIG = Buffer.concat([Buffer.from([0x07]), be32(13), latin1('pc-i440fx-7.2')]);
 
-/** Page i of a guest: zero, uniform, random-ish or a copy of another, by `kinds[i]`. */
+/**
+ * Page i of a guest by `kinds[i]`: 0 zero, 1 uniform, 2 random-ish, 3 a copy of every other kind-3
+ * page, 4 a zero record, 5 random-ish content of its own unlike kind 2's (a page rewritten).
+ */
 function page(kind: number, i: number): Uint8Array {
   const data = new Uint8Array(PAGE_SIZE);
-  if (kind === 0) return data;
+  if (kind === 0 || kind === 4) return data;
   if (kind === 1) return data.fill(7);
-  const seed = kind === 2 ? i : 1000; // kind 3: the same content as every other kind-3 page
+  const seed = kind === 2 ? i : kind === 5 ? i + 5000 : 1000;
   for (let b = 0; b < PAGE_SIZE; b += 4) data[b] = (seed * 2654435761 + b * 40503) >>> 24;
   return data;
 }
@@ -218,6 +227,43 @@ test("live stream: with the scan's checks, pages unchanged since the scan are no
   );
 });
 
+test('live stream: of the pages sent in full, both ends remember those that may come again, and only those', async () => {
+  // Scanned: a unique page, two copies of one content, a unique page, a uniform page. Since then page
+  // 3 was rewritten. Nothing is held at the target.
+  const scannedKinds = [2, 3, 3, 2, 1];
+  const bytes = stream([2, 3, 3, 5, 1]);
+  const { written, encoder, decoder, messages } = carry(
+    bytes,
+    () => false,
+    undefined,
+    false,
+    'lz4',
+    await scanOf(scannedKinds),
+  );
+  assert.deepEqual(contents(written), contents(bytes));
+  assert.equal(decoder.digest.hex(), encoder.digest.hex());
+  const entries = messages
+    .flat()
+    .filter((r) => r.kind === 'pages' && r.block === 'pc.ram')
+    .flatMap((r) => [...readEntries((r as { entries: Uint8Array }).entries)])
+    .map((e) => ({ page: e.page, type: e.type, keep: e.keep }));
+  assert.deepEqual(entries, [
+    { page: 0, type: EntryType.Packed, keep: false }, // seen once by the scan, unchanged: not again
+    { page: 1, type: EntryType.Packed, keep: true }, // the scan saw its content twice
+    { page: 2, type: EntryType.Ref, keep: false }, // ...and here it is again
+    { page: 3, type: EntryType.Packed, keep: true }, // written since the scan: may be again
+    { page: 4, type: EntryType.Packed, keep: false }, // uniform: its entry is smaller than a reference
+  ]);
+  // Without the scan's knowledge every page sent in full but the uniform one is remembered.
+  const plain = carry(bytes, () => false, undefined, false, 'lz4');
+  const kept = plain.messages
+    .flat()
+    .filter((r) => r.kind === 'pages' && r.block === 'pc.ram')
+    .flatMap((r) => [...readEntries((r as { entries: Uint8Array }).entries)])
+    .map((e) => e.keep);
+  assert.deepEqual(kept, [true, true, false, true, false]);
+});
+
 test('live stream: a held ROM page that differs from what QEMU sent makes the digests differ', () => {
   const bad = (data: Uint8Array) => {
     const copy = Uint8Array.from(data);
@@ -290,15 +336,27 @@ test('live batch: every entry kind round-trips; cut or unknown entries are refus
   w.packed(5, 1, new Uint8Array(8).fill(3));
   const bytes = w.take();
   assert.deepEqual(
-    [...readEntries(bytes)].map((e) => [e.type, e.page, e.value, e.body.length]),
+    [...readEntries(bytes)].map((e) => [e.type, e.page, e.value, e.body.length, e.keep]),
     [
-      [0, 1, 0, 0],
-      [1, 2, 0, 0],
-      [2, 3, 0, 16],
-      [3, 4, 0, 4096],
-      [4, 5, 1, 8],
+      [0, 1, 0, 0, false],
+      [1, 2, 0, 0, false],
+      [2, 3, 0, 16, false],
+      [3, 4, 0, 4096, false],
+      [4, 5, 1, 8, false],
     ],
   );
+  w.raw(6, new Uint8Array(PAGE_SIZE).fill(2), 0, true);
+  w.packed(7, 1, new Uint8Array(8).fill(3), true);
+  assert.deepEqual(
+    [...readEntries(w.take())].map((e) => [e.type, e.page, e.keep]),
+    [
+      [3, 6, true],
+      [4, 7, true],
+    ],
+  );
+  // Only a page sent in full may be kept.
+  for (const type of [0, 1, 2])
+    assert.throws(() => [...readEntries(Uint8Array.of(type | 0x80, 0, 0, 0, 0, 0))], /a kept entry/);
   for (let cut = 1; cut < bytes.length; cut += 97)
     if (cut !== 6 && cut !== 11 && cut !== 32 && cut !== 4133)
       assert.throws(() => [...readEntries(bytes.subarray(0, cut))], LiveBatchError);
