@@ -5,6 +5,7 @@ import { startIncomingQemu, type IncomingQemu } from '../qemu/incoming.js';
 import { StreamWriter } from '../qemu/migration-stream.js';
 import { LiveStreamDecoder, type LiveDecoderOptions } from './decoder.js';
 import type { LiveRecord } from './records.js';
+import { MESSAGE_STREAM_BYTES } from './encoder.js';
 import { STREAM_PAGE_SIZE, type StreamRecord } from '../qemu/stream-records.js';
 import type { PageDigester } from '../memory/page-digest.js';
 import { openGuestRam, type GuestRam } from '../qemu/guest-ram.js';
@@ -34,6 +35,12 @@ export class LiveTargetError extends VmscatterError {
 export const LOAD_TIMEOUT_MS = 120_000;
 /** Pages of the main RAM kept as last written, where the destination's RAM is found by them. */
 const KNOWN_PAGES = 16;
+
+/**
+ * How much expanded stream may wait in the destination socket's queue before the next message is
+ * expanded: two messages' worth (MESSAGE_STREAM_BYTES each), so one is ready when the other is taken.
+ */
+const EXPANDED_AHEAD_BYTES = 2 * MESSAGE_STREAM_BYTES;
 
 /** Where referenced pages are read (the decoder's `pageOf`, and `readMany` where the store has it). */
 export type HeldPages = Pick<LiveDecoderOptions, 'pageOf' | 'readMany'>;
@@ -120,8 +127,14 @@ export class LiveTarget {
   private readonly decoder: LiveStreamDecoder;
   /** A message's stream bytes, written to the destination in one go. */
   private readonly output = new OutputBuffer();
-  private readonly writes: CountedWrites;
   private readonly writer: StreamWriter;
+  /** Messages received and not yet expanded (see `expand`), and how many were received in all. */
+  private readonly queued: (readonly LiveRecord[])[] = [];
+  private received = 0;
+  /** Messages expanded so far, and of those, up to which one the socket has taken. */
+  private expanded = 0;
+  private done = 0;
+  private readonly waiting: { readonly at: number; readonly resolve: () => void }[] = [];
   /** The stream's tail, held back until resume where the destination holds it (copies). */
   private readonly tail: StreamRecord[] = [];
   /** A few pages of the main RAM as the stream wrote them last (Destination.knownBlock). */
@@ -146,7 +159,6 @@ export class LiveTarget {
     digester: PageDigester,
     private readonly scratchDir: string,
   ) {
-    this.writes = new CountedWrites(socket);
     socket.on('error', (error) => (this.failure ??= error));
     this.early = this.openRam(true).catch(() => undefined);
     const writer = (this.writer = new StreamWriter((bytes) => this.output.append(bytes), {
@@ -202,20 +214,53 @@ export class LiveTarget {
    */
   write(records: readonly LiveRecord[]): void {
     if (this.failure) throw new LiveTargetError(`VM ${this.vm}: destination stream: ${this.failure.message}`);
-    try {
-      this.decoder.write(records);
-    } finally {
-      const bytes = this.output.take();
-      if (bytes.length > 0) this.writes.write(bytes, () => this.output.recycle(bytes));
-    }
+    this.queued.push(records);
+    this.received++;
+    this.expand();
   }
 
   /**
-   * Resolves once the destination's socket took every byte written so far: the destination QEMU is
-   * then at most a socket buffer behind (an error resolves too; the stream's failure is kept).
+   * Expands queued messages into QEMU's stream while the socket holds less than EXPANDED_AHEAD_BYTES
+   * not yet handed to the kernel: what waits for the destination waits compact (references and
+   * compressed runs, not 4 KiB a page), and a few output buffers serve the whole stream. A message
+   * that cannot be expanded fails the stream (`failure`), and the rest are dropped.
+   */
+  private expand(): void {
+    while (this.queued.length > 0 && this.socket.writableLength < EXPANDED_AHEAD_BYTES) {
+      const records = this.queued.shift()!;
+      const message = ++this.expanded;
+      try {
+        if (!this.failure) this.decoder.write(records);
+      } catch (error) {
+        this.failure ??= error as Error;
+      } finally {
+        const bytes = this.output.take();
+        // A write's callback runs once the socket no longer needs the bytes, in order, and also (with
+        // an error) once the socket is destroyed: so a waiter never outlives the destination.
+        if (bytes.length > 0 && !this.failure)
+          this.socket.write(bytes, () => {
+            this.output.recycle(bytes);
+            this.handedOn(message);
+          });
+        else this.handedOn(message);
+      }
+    }
+  }
+
+  /** Message `message` is with the kernel (or will never be): waiters up to it resolve, more expand. */
+  private handedOn(message: number): void {
+    this.done = Math.max(this.done, message);
+    while (this.waiting.length > 0 && this.waiting[0]!.at <= this.done) this.waiting.shift()!.resolve();
+    this.expand();
+  }
+
+  /**
+   * Resolves once the destination's socket took every message written so far: the destination QEMU
+   * is then at most a socket buffer behind (a failure resolves too; the stream's failure is kept).
    */
   taken(): Promise<void> {
-    return this.writes.taken();
+    if (this.done === this.received) return Promise.resolve();
+    return new Promise((resolve) => this.waiting.push({ at: this.received, resolve }));
   }
 
   /**
@@ -319,7 +364,7 @@ export class LiveTarget {
     if (this.destination.holdsTail) {
       for (const record of this.tail.splice(0)) this.writer.write(record);
       const bytes = this.output.take();
-      if (bytes.length > 0) this.writes.write(bytes, () => undefined);
+      if (bytes.length > 0) this.socket.write(bytes);
       await new Promise<void>((resolve) => this.socket.end(() => resolve()));
       const failed = this.streamFailure();
       if (failed) throw new LiveTargetError(`VM ${this.vm}: ${failed}`);
@@ -328,6 +373,7 @@ export class LiveTarget {
   }
 
   async abort(): Promise<void> {
+    this.queued.length = 0;
     this.socket.destroy();
     await this.destination.kill();
     // Its monitor gone, a search still under way ends too.
@@ -335,34 +381,6 @@ export class LiveTarget {
     if (early && early !== this.ram) early.close();
     this.ram?.close();
     this.ram = undefined;
-  }
-}
-
-/**
- * Writes to a socket, counting those the socket has handed on (their callbacks run in order, also with
- * an error once it is destroyed), so a caller can wait until everything written so far was taken
- * without writing anything more itself: after the stream's end the destination closes its side.
- */
-class CountedWrites {
-  private written = 0;
-  private handedOn = 0;
-  private readonly waiting: { readonly at: number; readonly resolve: () => void }[] = [];
-
-  constructor(private readonly socket: net.Socket) {}
-
-  /** `done` runs once the socket no longer needs `bytes`. */
-  write(bytes: Uint8Array, done: () => void): void {
-    this.written++;
-    this.socket.write(bytes, () => {
-      done();
-      this.handedOn++;
-      while (this.waiting.length > 0 && this.waiting[0]!.at <= this.handedOn) this.waiting.shift()!.resolve();
-    });
-  }
-
-  taken(): Promise<void> {
-    if (this.handedOn === this.written) return Promise.resolve();
-    return new Promise((resolve) => this.waiting.push({ at: this.written, resolve }));
   }
 }
 
