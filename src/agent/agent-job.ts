@@ -15,7 +15,7 @@ import { heldBitmap } from '../announce/held-confirmation.js';
 import { rebuildImage } from './image-rebuild.js';
 import { JobLiveTargets } from './live-targets.js';
 import { decodeManifest } from '../wire/manifest.js';
-import { decodeRecords, sliceBatch } from '../memory/page-batches.js';
+import { decodeRecords, DecodeScratch, sliceBatch } from '../memory/page-batches.js';
 import {
   PROTOCOL_VERSION,
   VM_NAME,
@@ -84,6 +84,9 @@ export class AgentJob {
    */
   private storing: Promise<void> = Promise.resolve();
   private batchesToStore = 0;
+  /** What storeRecords decodes and digests into, reused batch after batch (it is synchronous). */
+  private readonly decodeScratch = new DecodeScratch();
+  private checkScratch = new Uint8Array(0);
 
   constructor(
     private readonly agent: AgentHost,
@@ -322,8 +325,10 @@ export class AgentJob {
 
   /** Stores a batch's pages that match their digests; a page that does not is dropped and counted. */
   private storeRecords(bytes: Uint8Array): { stored: number; rejected: number } {
-    const { digests, pages, count, rejected: undecodable } = decodeRecords(bytes);
-    const checks = new Uint8Array(count * DIGEST_BYTES);
+    const { digests, pages, count, rejected: undecodable } = decodeRecords(bytes, this.decodeScratch);
+    if (this.checkScratch.length < count * DIGEST_BYTES)
+      this.checkScratch = new Uint8Array(count * DIGEST_BYTES);
+    const checks = this.checkScratch;
     this.digester.digestMany(pages, 0, count, checks, 0);
     // The pages whose digest matches move up over those that do not, in place.
     let valid = 0;

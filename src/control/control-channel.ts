@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { Packr } from 'msgpackr';
+import { Packr, RESET_BUFFER_MODE } from 'msgpackr';
 import { VmscatterError } from '../errors.js';
 import { encodeFrame, FrameDecoder, frameHeader, FrameTooLargeError } from './frame-decoder.js';
 import {
@@ -117,7 +117,10 @@ export class ControlChannel {
 
   /** Sends a message; false when the socket's buffer is full (wait for drain() before sending more). */
   send(message: unknown): boolean {
-    return this.sendFrame(KIND_MESSAGE, packr.pack(message));
+    // Packed into msgpackr's one buffer from its start each time (RESET_BUFFER_MODE): sendFrame
+    // encrypts the bytes before it returns, so nothing reads them after the next pack, and a stream
+    // of large messages reuses that buffer instead of filling fresh memory.
+    return this.sendFrame(KIND_MESSAGE, packr.pack(message, RESET_BUFFER_MODE));
   }
 
   /**

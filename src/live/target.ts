@@ -393,7 +393,8 @@ export class OutputBuffer {
   /** Buffers kept for reuse at most (one per message in flight is all a stream needs). */
   static readonly POOL = 16;
   private readonly free: Buffer[] = [];
-  private buffer: Buffer = Buffer.allocUnsafe(1 << 20);
+  /** A message's expanded stream: up to MESSAGE_STREAM_BYTES of pages with their records' heads. */
+  private buffer: Buffer = Buffer.allocUnsafe(MESSAGE_STREAM_BYTES + (64 << 10));
   private at = 0;
 
   append(bytes: Uint8Array): void {

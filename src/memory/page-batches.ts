@@ -168,14 +168,33 @@ export interface DecodedRecords {
 }
 
 /**
- * decodeBatch's pages in two arrays instead of an object per record: by one call into the addon where
- * it is built (native/page-records.c), else through decodeBatch. Never throws: batches come off the
- * network.
+ * Arrays that decodeRecords decodes into, reused from batch to batch by a receiver that is done with
+ * one batch's pages before it decodes the next: memory faulted in once, not once per batch.
  */
-export function decodeRecords(bytes: Uint8Array): DecodedRecords {
+export class DecodeScratch {
+  digests = new Uint8Array(0);
+  pages = new Uint8Array(0);
+
+  /** Room for `records` records (growing only). */
+  fit(records: number): this {
+    if (this.pages.length < records * PAGE_SIZE) {
+      this.digests = new Uint8Array(records * DIGEST_BYTES);
+      this.pages = new Uint8Array(records * PAGE_SIZE);
+    }
+    return this;
+  }
+}
+
+/**
+ * decodeBatch's pages in two arrays instead of an object per record: by one call into the addon where
+ * it is built (native/page-records.c), else through decodeBatch. Into `scratch` when given (the
+ * result is then valid until its next use). Never throws: batches come off the network.
+ */
+export function decodeRecords(bytes: Uint8Array, scratch?: DecodeScratch): DecodedRecords {
   const records = countRecords(bytes);
-  const digests = new Uint8Array(records * DIGEST_BYTES);
-  const pages = new Uint8Array(records * PAGE_SIZE);
+  const { digests, pages } = scratch
+    ? scratch.fit(records)
+    : { digests: new Uint8Array(records * DIGEST_BYTES), pages: new Uint8Array(records * PAGE_SIZE) };
   const addon = native;
   if (typeof addon?.decodePageRecords === 'function') {
     const tally = new Int32Array(2);

@@ -30,6 +30,9 @@ export class DiskFullError extends VmscatterError {
 
 export class ContentStore {
   private readonly index: DigestTable;
+  /** Where putMany gathers a batch's new pages when some are held already (grown, reused). */
+  private scratchPages = new Uint8Array(0);
+  private scratchDigests = new Uint8Array(0);
   private count: number;
 
   private constructor(
@@ -170,7 +173,8 @@ export class ContentStore {
   /**
    * Stores the pages of a batch (`digests`: 16 bytes each, `pages`: 4096 bytes each, same order) that
    * are not held yet, with one write per file: a batch of a thousand pages costs two system calls, not
-   * two thousand. Returns the digests newly stored (16 bytes each, in store order). Throws
+   * two thousand. Returns the digests newly stored (16 bytes each, in store order: `digests` itself or
+   * a view of this store's scratch, valid until the next putMany). Throws
    * DiskFullError when the disk is full, having stored none of the batch.
    */
   putMany(digests: Uint8Array, pages: Uint8Array): Uint8Array {
@@ -187,12 +191,22 @@ export class ContentStore {
       fresh.push(i);
     }
     if (fresh.length === 0) return new Uint8Array(0);
-    const newPages = new Uint8Array(fresh.length * PAGE_SIZE);
-    const newDigests = new Uint8Array(fresh.length * DIGEST_BYTES);
-    fresh.forEach((i, k) => {
-      newPages.set(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), k * PAGE_SIZE);
-      newDigests.set(digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), k * DIGEST_BYTES);
-    });
+    // All new (the common case): written as given. Else the new ones gathered into this store's
+    // scratch arrays, reused from batch to batch.
+    let newPages = pages;
+    let newDigests = digests;
+    if (fresh.length < n) {
+      if (this.scratchPages.length < fresh.length * PAGE_SIZE) {
+        this.scratchPages = new Uint8Array(n * PAGE_SIZE);
+        this.scratchDigests = new Uint8Array(n * DIGEST_BYTES);
+      }
+      newPages = this.scratchPages.subarray(0, fresh.length * PAGE_SIZE);
+      newDigests = this.scratchDigests.subarray(0, fresh.length * DIGEST_BYTES);
+      fresh.forEach((i, k) => {
+        newPages.set(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), k * PAGE_SIZE);
+        newDigests.set(digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES), k * DIGEST_BYTES);
+      });
+    }
     try {
       writeFully(this.pagesFd, newPages, this.count * PAGE_SIZE);
       writeFully(this.digestsFd, newDigests, this.count * DIGEST_BYTES);

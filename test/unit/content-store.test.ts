@@ -104,6 +104,17 @@ test('putMany stores a batch in one write: held pages and repeats within the bat
   for (const e of [...entries, held]) assert.deepEqual(store.get(e.d), e.p);
   assert.equal(store.putMany(digests, pages).length, 0, 'a second time stores nothing');
   assert.throws(() => store.putMany(digests, new Uint8Array(10)), RangeError);
+  // Another batch with a held page gathers its new pages where the first did; an all-new batch is
+  // written as given. What each stored reads back whole.
+  const more = Array.from({ length: 20 }, () => ({ d: digest(), p: page() }));
+  for (const part of [[held, ...more.slice(0, 10)], more.slice(10)]) {
+    const d = new Uint8Array(part.length * DIGEST_BYTES);
+    const p = new Uint8Array(part.length * PAGE_SIZE);
+    part.forEach((e, i) => (d.set(e.d, i * DIGEST_BYTES), p.set(e.p, i * PAGE_SIZE)));
+    assert.equal(store.putMany(d, p).length, 10 * DIGEST_BYTES);
+  }
+  assert.equal(store.size, 71);
+  for (const e of [...entries, held, ...more]) assert.deepEqual(store.get(e.d), e.p);
 });
 
 test('readMany reads held pages into their slots, marks the rest, across runs and gaps', (t) => {
