@@ -157,19 +157,18 @@ export class ControlChannel {
     return room;
   }
 
+  /** Each frame is opened before the next is read: a frame joined from reads reuses one buffer. */
   private receive(chunk: Uint8Array): void {
-    let frames: Uint8Array[];
-    try {
-      frames = this.decoder.push(chunk);
-    } catch (error) {
-      return this.fail(error instanceof FrameTooLargeError ? error.message : String(error));
-    }
-    this.handleFrames(frames);
-  }
-
-  private handleFrames(frames: readonly Uint8Array[]): void {
-    for (const frame of frames) {
+    this.decoder.append(chunk);
+    for (;;) {
       if (this.closedWith) return;
+      let frame: Uint8Array | undefined;
+      try {
+        frame = this.decoder.nextReusing();
+      } catch (error) {
+        return this.fail(error instanceof FrameTooLargeError ? error.message : String(error));
+      }
+      if (!frame) return;
       const plain = this.opener.open(frame);
       if (!plain || plain.length === 0) return this.fail('frame failed authentication');
       this.touch();

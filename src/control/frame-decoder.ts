@@ -31,6 +31,8 @@ export function encodeFrame(payload: Uint8Array): Uint8Array {
 export class FrameDecoder {
   private chunks: Uint8Array[] = [];
   private buffered = 0;
+  /** Where nextReusing joins a frame that spans reads (grown, reused). */
+  private scratch = new Uint8Array(0);
 
   constructor(private limit: number) {}
 
@@ -71,15 +73,31 @@ export class FrameDecoder {
     return this.take(length);
   }
 
+  /**
+   * As `next`, but a frame that spans reads is joined into this decoder's own buffer, reused by the
+   * next call: for a caller done with each frame before it asks for the next (a stream of large
+   * frames then fills one buffer, not fresh memory per frame).
+   */
+  nextReusing(): Uint8Array | undefined {
+    if (this.buffered < FRAME_HEADER_BYTES) return undefined;
+    const length = this.peekLength();
+    if (length > this.limit) throw new FrameTooLargeError(length, this.limit);
+    if (this.buffered < FRAME_HEADER_BYTES + length) return undefined;
+    this.take(FRAME_HEADER_BYTES);
+    if (length === 0 || this.chunks[0]!.length >= length) return this.take(length);
+    if (this.scratch.length < length) this.scratch = new Uint8Array(Math.max(length, 2 * this.scratch.length));
+    return this.take(length, this.scratch);
+  }
+
   private peekLength(): number {
     const head =
       this.chunks[0]!.length >= FRAME_HEADER_BYTES ? this.chunks[0]! : this.gather(FRAME_HEADER_BYTES);
     return new DataView(head.buffer, head.byteOffset, FRAME_HEADER_BYTES).getUint32(0);
   }
 
-  /** Joins the first chunks so the first one holds at least n bytes. */
-  private gather(n: number): Uint8Array {
-    const joined = new Uint8Array(n);
+  /** Joins the first chunks (into `into` when given) so the first one holds at least n bytes. */
+  private gather(n: number, into?: Uint8Array): Uint8Array {
+    const joined = into ? into.subarray(0, n) : new Uint8Array(n);
     let filled = 0;
     while (filled < n) {
       const chunk = this.chunks.shift()!;
@@ -97,9 +115,9 @@ export class FrameDecoder {
    * chunk that holds them all, or one fresh buffer joining those that do. The chunks are the socket's
    * reads, which nothing writes to again, so a view stays as it was.
    */
-  private take(n: number): Uint8Array {
+  private take(n: number, into?: Uint8Array): Uint8Array {
     if (n === 0) return new Uint8Array(0);
-    const first = this.chunks[0]!.length >= n ? this.chunks[0]! : this.gather(n);
+    const first = this.chunks[0]!.length >= n ? this.chunks[0]! : this.gather(n, into);
     const out = first.subarray(0, n);
     if (first.length === n) this.chunks.shift();
     else this.chunks[0] = first.subarray(n);

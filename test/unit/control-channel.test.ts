@@ -27,16 +27,27 @@ test('property: frames split at any points decode to the same frames', () => {
         const points = [...new Set(cuts.map((c) => c % (stream.length + 1)))].sort((a, b) => a - b);
         const decoder = new FrameDecoder(1000);
         const frames: Uint8Array[] = [];
+        // nextReusing's frames are valid until its next call: each is copied before that.
+        const reusing = new FrameDecoder(1000);
+        const copied: Uint8Array[] = [];
         let last = 0;
         for (const p of [...points, stream.length]) {
           frames.push(...decoder.push(stream.subarray(last, p)));
+          reusing.append(stream.subarray(last, p));
+          for (let f = reusing.nextReusing(); f; f = reusing.nextReusing()) copied.push(Uint8Array.from(f));
           last = p;
         }
+        const expected = payloads.map((p) => Buffer.from(p));
         assert.deepEqual(
           frames.map((f) => Buffer.from(f)),
-          payloads.map((p) => Buffer.from(p)),
+          expected,
+        );
+        assert.deepEqual(
+          copied.map((f) => Buffer.from(f)),
+          expected,
         );
         assert.equal(decoder.pendingBytes, 0);
+        assert.equal(reusing.pendingBytes, 0);
       },
     ),
   );
