@@ -17,9 +17,13 @@ import {
  *   Zero     fill byte                     QEMU's zero record
  *   ZeroData -                             a page record whose 4096 bytes are all zero
  *   Ref      digest (16 bytes)             a page the target holds, or that this stream carried before
- *   Raw      4096 bytes                    a page sent in full
- *   Packed   encoding u8, length u16 LE,   a page sent in full, encoded smaller (page-codec.ts)
- *            payload
+ *   Raw      digest, 4096 bytes            a page sent in full
+ *   Packed   digest, encoding u8,          a page sent in full, encoded smaller (page-codec.ts)
+ *            length u16 LE, payload
+ *
+ * A page sent in full travels with its keyed digest (the one the coordinator decided by), so the agent
+ * need not hash it again: it serves the stream memory and the canonical stream digest there too, and
+ * the memory check before resume proves the bytes.
  *
  * The type byte of a Raw or Packed entry may carry KEEP: both ends remember that page, so the stream
  * may refer to it later (StreamPageMemory in records.ts).
@@ -79,9 +83,10 @@ export class EntryWriter {
     this.at += DIGEST_BYTES;
   }
 
-  /** The page at data[from..] as it is; `keep`: both ends remember it. */
-  raw(page: number, data: Uint8Array, from = 0, keep = false): void {
-    this.head(EntryType.Raw, page, PAGE_SIZE, keep);
+  /** The page at data[from..] as it is, with its digest; `keep`: both ends remember it. */
+  raw(page: number, digest: Uint8Array, data: Uint8Array, from = 0, keep = false): void {
+    this.head(EntryType.Raw, page, DIGEST_BYTES + PAGE_SIZE, keep);
+    this.digest(digest);
     this.buffer.set(data.subarray(from, from + PAGE_SIZE), this.at);
     this.at += PAGE_SIZE;
   }
@@ -92,29 +97,39 @@ export class EntryWriter {
    * into this buffer. Returns the encoding. `keep`: both ends remember the page, unless it is uniform
    * (its entry is smaller than a reference to it).
    */
-  full(page: number, data: Uint8Array, compress: boolean, from = 0, keep = false): PageEncoding {
+  full(
+    page: number,
+    digest: Uint8Array,
+    data: Uint8Array,
+    compress: boolean,
+    from = 0,
+    keep = false,
+  ): PageEncoding {
     if (isUniformPage(data, from)) {
-      this.packed(page, PageEncoding.Uniform, data.subarray(from, from + UNIFORM_WORD_BYTES));
+      this.packed(page, digest, PageEncoding.Uniform, data.subarray(from, from + UNIFORM_WORD_BYTES));
       return PageEncoding.Uniform;
     }
     if (compress) {
       // Compressed where its entry's body will be; the head is written only once it paid.
-      this.room(5 + 3 + MAX_COMPRESSED_BYTES);
-      const length = compressPageInto(data, from, this.buffer, this.at + 5 + 3);
+      const body = 5 + DIGEST_BYTES + 3;
+      this.room(body + MAX_COMPRESSED_BYTES);
+      const length = compressPageInto(data, from, this.buffer, this.at + body);
       if (length > 0) {
-        this.head(EntryType.Packed, page, 3 + length, keep);
+        this.head(EntryType.Packed, page, DIGEST_BYTES + 3 + length, keep);
+        this.digest(digest);
         this.buffer[this.at] = PageEncoding.Lz4;
         this.view.setUint16(this.at + 1, length, true);
         this.at += 3 + length;
         return PageEncoding.Lz4;
       }
     }
-    this.raw(page, data, from, keep);
+    this.raw(page, digest, data, from, keep);
     return PageEncoding.Raw;
   }
 
-  packed(page: number, encoding: number, payload: Uint8Array, keep = false): void {
-    this.head(EntryType.Packed, page, 3 + payload.length, keep);
+  packed(page: number, digest: Uint8Array, encoding: number, payload: Uint8Array, keep = false): void {
+    this.head(EntryType.Packed, page, DIGEST_BYTES + 3 + payload.length, keep);
+    this.digest(digest);
     this.buffer[this.at] = encoding;
     this.view.setUint16(this.at + 1, payload.length, true);
     this.buffer.set(payload, this.at + 3);
@@ -147,6 +162,11 @@ export class EntryWriter {
     this.count++;
   }
 
+  private digest(digest: Uint8Array): void {
+    for (let i = 0; i < DIGEST_BYTES; i++) this.buffer[this.at + i] = digest[i]!;
+    this.at += DIGEST_BYTES;
+  }
+
   /** Grows the buffer, keeping what is written, to hold `bytes` more. */
   private room(bytes: number): void {
     const needed = this.at + bytes;
@@ -166,6 +186,8 @@ export interface Entry {
   readonly value: number;
   /** Ref: the digest; Raw: the page; Packed: the payload; else empty. */
   readonly body: Uint8Array;
+  /** Raw and Packed: the page's digest as the coordinator sent it; else empty. */
+  readonly digest: Uint8Array;
   /** Raw and Packed: both ends remember the page (KEEP). */
   readonly keep: boolean;
 }
@@ -190,29 +212,34 @@ export function* readEntries(bytes: Uint8Array): Generator<Entry> {
     switch (type) {
       case EntryType.Zero:
         need(1);
-        yield { type, page, value: bytes[at++]!, body: EMPTY, keep };
+        yield { type, page, value: bytes[at++]!, body: EMPTY, digest: EMPTY, keep };
         break;
       case EntryType.ZeroData:
-        yield { type, page, value: 0, body: EMPTY, keep };
+        yield { type, page, value: 0, body: EMPTY, digest: EMPTY, keep };
         break;
       case EntryType.Ref:
         need(DIGEST_BYTES);
-        yield { type, page, value: 0, body: bytes.subarray(at, at + DIGEST_BYTES), keep };
+        yield { type, page, value: 0, body: bytes.subarray(at, at + DIGEST_BYTES), digest: EMPTY, keep };
         at += DIGEST_BYTES;
         break;
-      case EntryType.Raw:
-        need(PAGE_SIZE);
-        yield { type, page, value: 0, body: bytes.subarray(at, at + PAGE_SIZE), keep };
+      case EntryType.Raw: {
+        need(DIGEST_BYTES + PAGE_SIZE);
+        const digest = bytes.subarray(at, at + DIGEST_BYTES);
+        at += DIGEST_BYTES;
+        yield { type, page, value: 0, body: bytes.subarray(at, at + PAGE_SIZE), digest, keep };
         at += PAGE_SIZE;
         break;
+      }
       case EntryType.Packed: {
-        need(3);
+        need(DIGEST_BYTES + 3);
+        const digest = bytes.subarray(at, at + DIGEST_BYTES);
+        at += DIGEST_BYTES;
         const encoding = bytes[at]!;
         const length = view.getUint16(at + 1, true);
         at += 3;
         if (length >= PAGE_SIZE) throw new LiveBatchError(`a packed page of ${length} bytes`);
         need(length);
-        yield { type, page, value: encoding, body: bytes.subarray(at, at + length), keep };
+        yield { type, page, value: encoding, body: bytes.subarray(at, at + length), digest, keep };
         at += length;
         break;
       }

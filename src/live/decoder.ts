@@ -10,12 +10,11 @@ import { ZstdRuns } from '../memory/batch-zstd.js';
 /**
  * The agent's half of a live stream, without I/O: LiveRecords in, QEMU's records out (to `sink`, which
  * writes them into the destination), with references put back from the store or from what the stream
- * carried before. Pages sent in full are digested from the bytes written (they are remembered by
- * digest, and a packed page that decodes wrong shows as a stream digest mismatch); a referenced page
- * of the guest's main RAM enters the canonical digest by its reference, unhashed, because the memory
- * check (memory-check.ts) compares that RAM itself before the guest may run; a referenced page of
- * any other block (ROMs, which the memory check does not read) is hashed from the store's bytes, so a
- * store page gone bad on disk shows there.
+ * carried before. A page of the guest's main RAM, referenced or sent in full with its digest, enters
+ * the canonical digest (and the stream's memory) by that digest, unhashed, because the memory check
+ * (memory-check.ts) compares that RAM itself before the guest may run; a page of any other block
+ * (ROMs, which the memory check does not read) is hashed from the bytes written (the store's, or
+ * those sent), so a store page gone bad on disk or a page decoded wrong shows there.
  */
 export class LiveDecodeError extends VmscatterError {
   constructor(message: string) {
@@ -96,7 +95,7 @@ export class LiveStreamDecoder {
                 : this.options.pageOf(entry.body, this.scratch)) ?? this.sentBefore.get(entry.body);
             if (!data)
               throw new LiveDecodeError(`VM ${this.vm}: a page referenced at ${block}+${offset} is not held`);
-            if (block !== this.mainBlock) this.page(block, offset, data, false);
+            if (block !== this.mainBlock) this.page(block, offset, data, false, undefined);
             else {
               this.digest.page(block, offset, entry.body);
               this.options.sink({ kind: 'page', block, offset, data });
@@ -104,13 +103,13 @@ export class LiveStreamDecoder {
             continue;
           }
           case EntryType.Raw:
-            this.page(block, offset, entry.body, entry.keep);
+            this.page(block, offset, entry.body, entry.keep, entry.digest);
             continue;
           case EntryType.Packed: {
             const data = decodePage(entry.value, entry.body, this.decoded);
             if (!data)
               throw new LiveDecodeError(`VM ${this.vm}: a packed page at ${block}+${offset} does not decode`);
-            this.page(block, offset, data, entry.keep);
+            this.page(block, offset, data, entry.keep, entry.digest);
             continue;
           }
         }
@@ -156,10 +155,22 @@ export class LiveStreamDecoder {
     return true;
   }
 
-  /** A page put back from the store (a ROM's) or sent in full; `keep`: the coordinator remembers it too. */
-  private page(block: string, offset: number, data: Uint8Array, keep: boolean): void {
-    const { hash } = this;
-    this.options.digester.digestInto(data, 0, hash, 0);
+  /**
+   * A page put back from the store (a ROM's) or sent in full with its digest (`sent`); `keep`: the
+   * coordinator remembers it too. A page of the main RAM enters the stream digest and the stream's
+   * memory by the digest it came with, since the memory check proves that RAM's bytes; any other page
+   * is hashed here, so a page decoded wrong there shows as a stream digest mismatch.
+   */
+  private page(
+    block: string,
+    offset: number,
+    data: Uint8Array,
+    keep: boolean,
+    sent: Uint8Array | undefined,
+  ): void {
+    let hash: Uint8Array = this.hash;
+    if (sent !== undefined && block === this.mainBlock) hash = sent;
+    else this.options.digester.digestInto(data, 0, hash, 0);
     this.digest.page(block, offset, hash);
     if (keep) this.sentBefore.remember(hash, data);
     this.options.sink({ kind: 'page', block, offset, data });

@@ -11,9 +11,10 @@ import { copyBytes } from '../copy-bytes.js';
 /**
  * The coordinator's half of a live stream, without I/O: QEMU's records in, messages of LiveRecords
  * out. A page the target holds, or one this stream already carried in full (StreamPageMemory), goes as
- * its digest; any other page in full, compressed as the target's codec allows (LZ4 per page, or zstd
- * over the whole run: FullPageCodec) where that shrinks it. One keyed digest per page,
- * which serves the reference decision and the canonical stream digest alike.
+ * its digest; any other page in full with its digest, compressed as the target's codec allows (LZ4
+ * per page, or zstd over the whole run: FullPageCodec) where that shrinks it. One keyed digest per
+ * page (the scan's where the page's check held), which serves the reference decision, the agent's
+ * stream memory and the canonical stream digest alike.
  */
 export interface LiveEncoderCounts {
   referencedPages: number;
@@ -123,14 +124,9 @@ export class LiveStreamEncoder implements PageSink {
     }
     const { hash } = this;
     const scanId = this.scanDigest(block, offset, bytes, at);
-    let reference = this.options.holds(hash) || this.sentBefore.has(hash);
-    if (scanId > 0 && !reference) {
-      // A page sent in full goes with its own digest: the agent digests what it receives.
-      this.options.digester.digestInto(bytes, at, hash, 0);
-      reference = this.options.holds(hash) || this.sentBefore.has(hash);
-    } else if (scanId > 0) this.counts.scanDigests++;
+    if (scanId > 0) this.counts.scanDigests++;
     this.digest.page(block, offset, hash);
-    if (reference) {
+    if (this.options.holds(hash) || this.sentBefore.has(hash)) {
       this.counts.referencedPages++;
       this.entries.ref(page, hash);
       return;
@@ -138,7 +134,7 @@ export class LiveStreamEncoder implements PageSink {
     this.counts.sentPages++;
     this.options.onSentInFull?.(hash);
     const keep = this.mayRepeat(scanId);
-    const encoding = this.entries.full(page, bytes, this.perPage, at, keep);
+    const encoding = this.entries.full(page, hash, bytes, this.perPage, at, keep);
     if (keep && encoding !== PageEncoding.Uniform) this.sentBefore.remember(hash);
     if (encoding !== PageEncoding.Raw) this.counts.compressedPages++;
     else this.rawInRun++;

@@ -51,7 +51,7 @@ export interface LiveMigrationResult {
   readonly sentPages: number;
   readonly compressedPages: number;
   readonly zeroPages: number;
-  /** Pages referred to by the scan's digest, their check holding (not hashed again). */
+  /** Pages that went by the scan's digest, their check holding (not hashed again). */
   readonly scanDigests: number;
   /** Bytes of stream QEMU produced, and bytes sent to the agent (records, before channel framing). */
   readonly streamBytes: number;

@@ -124,7 +124,7 @@ export class StreamDigest {
   }
 }
 
-/** The most a page run may hold: a message stands for at most 4 MiB of stream, a page at most 4101 bytes. */
+/** The most a page run may hold: a message stands for at most 4 MiB of stream, a page at most 4117 bytes. */
 export const MAX_BATCH_BYTES = 8 << 20;
 
 /** Whether a value off the network is a record this codec could write; refuses anything else. */

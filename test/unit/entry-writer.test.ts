@@ -22,7 +22,8 @@ test('entry writer: pages in full, uniform, compressed or raw, read back as writ
   const pages = [texts[0]!, random(), uniform, texts[1]!, random(), random(), texts[2]!];
   for (const compress of [true, false]) {
     const writer = new EntryWriter(1024); // small: the writer grows while compressing into itself
-    const encodings = pages.map((page, i) => writer.full(100 + i, page, compress));
+    const digestOf = (i: number) => new Uint8Array(16).fill(i + 1);
+    const encodings = pages.map((page, i) => writer.full(100 + i, digestOf(i), page, compress));
     assert.deepEqual(
       encodings,
       pages.map((page) =>
@@ -38,6 +39,7 @@ test('entry writer: pages in full, uniform, compressed or raw, read back as writ
     assert.equal(entries.length, pages.length);
     entries.forEach((entry, i) => {
       assert.equal(entry.page, 100 + i);
+      assert.deepEqual(entry.digest, digestOf(i));
       const page = entry.type === EntryType.Raw ? entry.body : decodePage(entry.value, entry.body);
       if (entry.type === EntryType.Packed) assert.ok(entry.body.length <= MAX_COMPRESSED_BYTES);
       assert.deepEqual(Buffer.from(page!), Buffer.from(pages[i]!), `page ${i}`);

@@ -81,6 +81,7 @@ function carry(
   codec: FullPageCodec = 'lz4',
   scanned?: ScanKnowledge,
   alsoHeld: readonly Uint8Array[] = [],
+  onTheWire?: (records: LiveRecord[]) => void,
 ) {
   const store = new Map<string, Uint8Array>();
   for (const data of alsoHeld) {
@@ -129,6 +130,7 @@ function carry(
     sink: (r: StreamRecord) => writer.write(r),
   });
   for (const records of messages) {
+    onTheWire?.(records);
     // Across the wire: msgpack both ways, then the agent's field-by-field checks.
     const message = parseToAgent(unpack(pack({ t: 'live-stream', vm: 'g1', records })));
     assert.ok(message && message.t === 'live-stream', 'a live-stream message passes the checks');
@@ -281,6 +283,20 @@ test('live stream: a held ROM page that differs from what QEMU sent makes the di
   assert.notDeepEqual(contents(ram.written), contents(stream([2, 2, 2, 2])));
 });
 
+test('live stream: a page sent in full enters the digest by the digest it came with in the main RAM, and hashed elsewhere', () => {
+  // One byte of a page changed on its way (as a page decoded wrong would be), digest left as sent.
+  const flipIn = (block: string) => (records: LiveRecord[]) => {
+    for (const r of records) if (r.kind === 'pages' && r.block === block) r.entries[5 + 16 + 100]! ^= 1; // first entry's body
+  };
+  const bytes = stream([2, 2, 2]);
+  const rom = carry(bytes, () => false, undefined, false, 'none', undefined, [], flipIn('rom'));
+  assert.notEqual(rom.decoder.digest.hex(), rom.encoder.digest.hex(), 'a ROM page is hashed as received');
+  // In the main RAM the digest it came with stands: the memory check compares that RAM instead.
+  const ram = carry(bytes, () => false, undefined, false, 'none', undefined, [], flipIn('pc.ram'));
+  assert.equal(ram.decoder.digest.hex(), ram.encoder.digest.hex());
+  assert.notDeepEqual(contents(ram.written), contents(bytes));
+});
+
 test('live stream: with zstd, a run of pages sent in full crosses as one smaller frame, and a forged one is refused', () => {
   const kinds = Array.from({ length: 200 }, (_, i) => (i % 5 === 0 ? 1 : 2));
   const bytes = stream(kinds);
@@ -332,21 +348,21 @@ test('live batch: every entry kind round-trips; cut or unknown entries are refus
   w.zero(1, 0);
   w.zeroData(2);
   w.ref(3, new Uint8Array(16).fill(1));
-  w.raw(4, new Uint8Array(PAGE_SIZE).fill(2));
-  w.packed(5, 1, new Uint8Array(8).fill(3));
+  w.raw(4, new Uint8Array(16).fill(4), new Uint8Array(PAGE_SIZE).fill(2));
+  w.packed(5, new Uint8Array(16).fill(5), 1, new Uint8Array(8).fill(3));
   const bytes = w.take();
   assert.deepEqual(
-    [...readEntries(bytes)].map((e) => [e.type, e.page, e.value, e.body.length, e.keep]),
+    [...readEntries(bytes)].map((e) => [e.type, e.page, e.value, e.body.length, e.keep, [...e.digest]]),
     [
-      [0, 1, 0, 0, false],
-      [1, 2, 0, 0, false],
-      [2, 3, 0, 16, false],
-      [3, 4, 0, 4096, false],
-      [4, 5, 1, 8, false],
+      [0, 1, 0, 0, false, []],
+      [1, 2, 0, 0, false, []],
+      [2, 3, 0, 16, false, []],
+      [3, 4, 0, 4096, false, Array(16).fill(4)], // a page sent in full travels with its digest
+      [4, 5, 1, 8, false, Array(16).fill(5)],
     ],
   );
-  w.raw(6, new Uint8Array(PAGE_SIZE).fill(2), 0, true);
-  w.packed(7, 1, new Uint8Array(8).fill(3), true);
+  w.raw(6, new Uint8Array(16), new Uint8Array(PAGE_SIZE).fill(2), 0, true);
+  w.packed(7, new Uint8Array(16), 1, new Uint8Array(8).fill(3), true);
   assert.deepEqual(
     [...readEntries(w.take())].map((e) => [e.type, e.page, e.keep]),
     [
@@ -358,7 +374,7 @@ test('live batch: every entry kind round-trips; cut or unknown entries are refus
   for (const type of [0, 1, 2])
     assert.throws(() => [...readEntries(Uint8Array.of(type | 0x80, 0, 0, 0, 0, 0))], /a kept entry/);
   for (let cut = 1; cut < bytes.length; cut += 97)
-    if (cut !== 6 && cut !== 11 && cut !== 32 && cut !== 4133)
+    if (cut !== 6 && cut !== 11 && cut !== 32 && cut !== 4149)
       assert.throws(() => [...readEntries(bytes.subarray(0, cut))], LiveBatchError);
   assert.throws(() => [...readEntries(Uint8Array.of(9, 0, 0, 0, 0))], LiveBatchError);
   assert.ok(!isLiveRecord({ kind: 'page', block: 'pc.ram', offset: 0, data: new Uint8Array(4096) }));
