@@ -393,13 +393,27 @@ export class OutputBuffer {
   /** Buffers kept for reuse at most (one per message in flight is all a stream needs). */
   static readonly POOL = 16;
   private readonly free: Buffer[] = [];
-  /** A message's expanded stream: up to MESSAGE_STREAM_BYTES of pages with their records' heads. */
-  private buffer: Buffer = Buffer.allocUnsafe(MESSAGE_STREAM_BYTES + (64 << 10));
+  private buffer: Buffer;
   private at = 0;
+  private made = 1;
+
+  /**
+   * `size`: a message's expanded stream, up to MESSAGE_STREAM_BYTES of pages with their records'
+   * heads, and the pages of the last socket read the coordinator's encoder took into the message.
+   */
+  constructor(private readonly size = MESSAGE_STREAM_BYTES + (512 << 10)) {
+    this.buffer = Buffer.allocUnsafe(size);
+  }
+
+  /** Buffers made so far (grown ones included): a stream's first few, then only reused ones. */
+  get buffersMade(): number {
+    return this.made;
+  }
 
   append(bytes: Uint8Array): void {
     if (this.at + bytes.length > this.buffer.length) {
       const grown = Buffer.allocUnsafe(Math.max(this.buffer.length * 2, this.at + bytes.length));
+      this.made++;
       this.buffer.copy(grown, 0, 0, this.at);
       this.buffer = grown;
     }
@@ -411,16 +425,23 @@ export class OutputBuffer {
   take(): Buffer {
     if (this.at === 0) return Buffer.alloc(0);
     const bytes = this.buffer.subarray(0, this.at);
-    const size = this.buffer.length;
-    this.buffer = this.free.pop() ?? Buffer.allocUnsafe(size);
+    this.buffer = this.free.pop() ?? this.make();
     this.at = 0;
     return bytes;
   }
 
-  /** Gives back what `take` returned, once nothing reads it any more. */
+  /**
+   * Gives back what `take` returned, once nothing reads it any more. Any buffer of at least the base
+   * size is kept, a grown one too: a message that outgrew the base once does not retire the others.
+   */
   recycle(taken: Buffer): void {
     const whole = Buffer.from(taken.buffer, taken.byteOffset, taken.buffer.byteLength - taken.byteOffset);
-    if (taken.byteOffset !== 0 || whole.length < this.buffer.length) return; // outgrown: left to the GC
+    if (taken.byteOffset !== 0 || whole.length < this.size) return;
     if (this.free.length < OutputBuffer.POOL) this.free.push(whole);
+  }
+
+  private make(): Buffer {
+    this.made++;
+    return Buffer.allocUnsafe(this.size);
   }
 }
