@@ -3,13 +3,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Packr } from 'msgpackr';
+import { Packr, RESET_BUFFER_MODE } from 'msgpackr';
 import { frameParts, KIND_MESSAGE } from '../src/control/control-channel.js';
 import { FrameDecoder } from '../src/control/frame-decoder.js';
 import { FrameCipher } from '../src/control/secure-channel.js';
 import { DigestTable } from '../src/memory/digest-table.js';
 import { PAGE_SIZE } from '../src/memory/page.js';
-import { PageDigester } from '../src/memory/page-digest.js';
+import { PAGE_CHECK_BYTES, PageDigester } from '../src/memory/page-digest.js';
 import { StreamParser, StreamWriter, writeStream, type StreamRecord } from '../src/qemu/migration-stream.js';
 import { ContentStore } from '../src/store/content-store.js';
 import { LiveStreamDecoder } from '../src/live/decoder.js';
@@ -21,16 +21,18 @@ import { parseToAgent } from '../src/wire/protocol.js';
  * `npm run bench:live-path`: CPU per 4 KiB page of QEMU's stream on the live path, each end in one
  * process, beside a memcpy of the same bytes measured in the same run:
  *
- *   coordinator  parse QEMU's stream (64 KiB reads, as its socket gives them), digest each page once,
+ *   coordinator  parse QEMU's stream (64 KiB reads, as its socket gives them), check each page
+ *                against the scan's check and take the scan's digest where it holds (hash the rest),
  *                decide (held at the target, carried before, or sent in full), encode page runs (zstd
- *                over a run's pages sent in full), msgpack, AES-256-GCM (sealed as a frame's parts, as
- *                the control channel writes them)
+ *                over a run's pages sent in full, each with its digest), msgpack, AES-256-GCM (sealed
+ *                as a frame's parts, as the control channel writes them)
  *   agent        frames reassembled from 64 KiB reads, AES-256-GCM open, msgpack, the protocol's
- *                field checks, expand references from a store, digest each page once, write QEMU's
- *                stream (into a sink that keeps nothing)
+ *                field checks, expand references from a store, take the digests pages sent in full
+ *                came with, write QEMU's stream (into output buffers recycled as the socket's are)
  *
- * The stream is a 256 MiB guest as the live lab sees one: 35% zero records, 55% pages the target holds,
- * 5% pages the guest wrote since the scan (half of them compressible), 5% repeats of those.
+ * The stream is a 256 MiB guest as the live lab sees one: 35% zero records, 55% pages the target holds
+ * (unchanged since the scan), 5% pages the guest wrote since the scan (half of them compressible), 5%
+ * repeats of those.
  * Target (issue: live path at native speed): at most 5 us of CPU per page at each end.
  * Writes docs/bench/live-path.json.
  */
@@ -95,6 +97,29 @@ for (let i = 0; i < pageCount; i++) {
   }
   pages.push({ kind: 'page', block: 'pc.ram', offset: i * PAGE_SIZE, data });
 }
+// What the scan saw: the held pages as they are, the others before the guest wrote them.
+const scanned = new Uint8Array(pageCount * PAGE_SIZE);
+for (let i = 0; i < pageCount; i++) {
+  const kind = kindOf(i);
+  if (kind !== 0) scanned.set(guestPage(kind === 1 ? i : i + pageCount, 1), i * PAGE_SIZE);
+}
+const scanTable = new DigestTable(1 << 16);
+const scanIds = new Uint32Array(pageCount);
+const scanChecks = new Uint8Array(pageCount * PAGE_CHECK_BYTES);
+{
+  const step = 1024;
+  const digests = new Uint8Array(step * 16);
+  const zeros = new Uint8Array(step);
+  for (let first = 0; first < pageCount; first += step) {
+    const count = Math.min(step, pageCount - first);
+    const checks = scanChecks.subarray(first * PAGE_CHECK_BYTES);
+    const at = scanned.subarray(first * PAGE_SIZE, (first + count) * PAGE_SIZE);
+    await digester.scanPages(undefined, at, count, digests, zeros, checks);
+    for (let k = 0; k < count; k++)
+      if (zeros[k] === 0) scanIds[first + k] = scanTable.intern(digests, k * 16);
+  }
+}
+
 const tailDescription = '{"page_size": 4096, "devices": []}';
 const tail = Buffer.alloc(6 + tailDescription.length);
 tail[1] = 0x06;
@@ -131,6 +156,7 @@ const encoder = new LiveStreamEncoder({
   digester,
   holds: (d) => held.lookup(d) > 0,
   codec: 'zstd',
+  scanned: { block: 'pc.ram', checks: scanChecks, ids: scanIds, table: scanTable },
 });
 // As migrate.ts wires them: records to the encoder as the parser reads them, most pages by its sink.
 const parser = new StreamParser({ onRecord: (record) => encoder.add(record), pages: encoder });
@@ -139,7 +165,7 @@ const parser = new StreamParser({ onRecord: (record) => encoder.add(record), pag
 const send = () => {
   const message = encoder.take();
   if (!message) return;
-  const body = packr.pack({ t: 'live-stream', vm: 'g1', records: message.records });
+  const body = packr.pack({ t: 'live-stream', vm: 'g1', records: message.records }, RESET_BUFFER_MODE);
   frames.push(...frameParts(sealer, KIND_MESSAGE, body));
 };
 t = cpu();
@@ -169,12 +195,15 @@ const decoder = new LiveStreamDecoder('g1', {
 const frameDecoder = new FrameDecoder(16 * 2 ** 20);
 t = cpu();
 for (let at = 0; at < wire.length; at += SOCKET_READ) {
-  for (const frame of frameDecoder.push(wire.subarray(at, Math.min(wire.length, at + SOCKET_READ)))) {
+  frameDecoder.append(wire.subarray(at, Math.min(wire.length, at + SOCKET_READ)));
+  for (let frame = frameDecoder.nextReusing(); frame; frame = frameDecoder.nextReusing()) {
     const plain = opener.open(frame)!;
     const message = parseToAgent(packr.unpack(plain.subarray(1)));
     if (!message || message.t !== 'live-stream') throw new Error('a frame did not decode');
     decoder.write(message.records);
-    written += output.take().length;
+    const bytes = output.take();
+    written += bytes.length;
+    output.recycle(bytes);
   }
 }
 const agentSeconds = cpu() - t;

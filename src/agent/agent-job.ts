@@ -16,6 +16,7 @@ import { rebuildImage } from './image-rebuild.js';
 import { JobLiveTargets } from './live-targets.js';
 import { decodeManifest } from '../wire/manifest.js';
 import { decodeRecords, DecodeScratch, sliceBatch } from '../memory/page-batches.js';
+import { ObjectMemory } from '../transport/object-memory.js';
 import {
   PROTOCOL_VERSION,
   VM_NAME,
@@ -84,6 +85,8 @@ export class AgentJob {
    */
   private storing: Promise<void> = Promise.resolve();
   private batchesToStore = 0;
+  /** Memory for the objects rounds deliver, given back once each is stored. */
+  private readonly objectMemory = new ObjectMemory();
   /** What storeRecords decodes and digests into, reused batch after batch (it is synchronous). */
   private readonly decodeScratch = new DecodeScratch();
   private checkScratch = new Uint8Array(0);
@@ -259,11 +262,13 @@ export class AgentJob {
             controller.abort(error);
           } finally {
             this.batchesToStore--;
+            this.objectMemory.give(bytes); // stored (or never to be): its memory serves the next
           }
         });
       },
       Math.random,
       this.knownSessions,
+      this.objectMemory,
     );
     let state: 'complete' | 'failed' = 'failed';
     try {

@@ -1,7 +1,7 @@
-import { native } from '../native/native.js';
 import type { DatagramSocket, Scheduler } from './datagram.js';
 import { MessageType, type Message } from './messages.js';
 import { MulticastReceiver, type ReceiverOptions, type ReceiverState } from './multicast-receiver.js';
+import { freshObjectMemory, type ObjectMemory } from './object-memory.js';
 import {
   MulticastSender,
   type SendObject,
@@ -72,30 +72,6 @@ function openMessage(
     return undefined;
   }
   return { opened, message };
-}
-
-/**
- * Objects from 1 to 64 MiB get their memory populated at once (see objectMemory); larger ones fault in
- * as they fill, so the event loop never stalls long on one allocation.
- */
-const POPULATE_MIN_BYTES = 2 ** 20;
-const POPULATE_MAX_BYTES = 64 * 2 ** 20;
-
-/**
- * Memory for a received object: every byte of it is written once, so its pages are backed in one call
- * through the addon (MADV_POPULATE_WRITE) instead of a page fault per 4 KiB as symbols land (about a
- * third of that cost here).
- */
-function objectMemory(length: number): Uint8Array {
-  const bytes = new Uint8Array(length);
-  if (
-    length >= POPULATE_MIN_BYTES &&
-    length <= POPULATE_MAX_BYTES &&
-    typeof native?.populate === 'function'
-  ) {
-    native.populate(bytes);
-  }
-  return bytes;
 }
 
 /** Most buffers held for sends the kernel has not taken yet; past it, each send gets a new one. */
@@ -314,12 +290,14 @@ export class ReceiverSession {
     random: () => number = Math.random,
     /** Sessions whose datagrams may reach this socket and are not to be counted as drops. */
     private readonly siblingSessions?: ReadonlySet<number>,
+    /** Where objects' memory comes from, given back by `onObject`'s caller once used (else fresh). */
+    memory?: ObjectMemory,
   ) {
     this.senderAddress = senderAddress;
     this.sealer = sealerFor(identity, id);
     this.opener = openerFor(identity, this.drops);
     this.machine = new MulticastReceiver(
-      { allocate: objectMemory, ...options },
+      { allocate: (length) => memory?.take(length) ?? freshObjectMemory(length), ...options },
       {
         now: () => scheduler.now(),
         send: (message) =>

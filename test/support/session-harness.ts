@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { BlockCodec } from '../../src/transport/fec-codec.js';
 import { MemoryNetwork, type NetworkConditions } from '../../src/transport/memory-network.js';
 import { Prng } from '../../src/memory/prng.js';
+import { ObjectMemory } from '../../src/transport/object-memory.js';
 import { ReceiverSession, SenderSession, type SessionIdentity } from '../../src/transport/session.js';
 import type { SessionResult } from '../../src/transport/multicast-sender.js';
 import { VirtualClock } from '../../src/transport/virtual-clock.js';
@@ -15,6 +16,8 @@ export interface HarnessOptions {
   readonly blockSymbols?: number;
   readonly rateBytesPerSecond?: number;
   readonly windowBytes?: number;
+  /** Receivers rebuild objects in memory given back once each was copied out (ObjectMemory). */
+  readonly reuseMemory?: boolean;
 }
 
 /** A sender and receivers on an in-memory network with a virtual clock: one session, end to end. */
@@ -42,6 +45,7 @@ export function sessionHarness(options: HarnessOptions) {
     ...(options.windowBytes === undefined ? {} : { windowBytes: options.windowBytes }),
   });
   const received = ids.map(() => new Map<number, Uint8Array>());
+  const memories = ids.map(() => (options.reuseMemory ? new ObjectMemory() : undefined));
   const receiverSockets = ids.map((id) => network.socket(`10.0.0.${id + 1}:7001`));
   const receivers = ids.map(
     (id, i) =>
@@ -52,8 +56,14 @@ export function sessionHarness(options: HarnessOptions) {
         id,
         '10.0.0.1:7000',
         { decoder: codec, senderTimeoutMs: 1000 },
-        (objectId, bytes) => received[i]!.set(objectId, bytes),
+        (objectId, bytes) => {
+          const memory = memories[i];
+          received[i]!.set(objectId, memory ? Uint8Array.from(bytes) : bytes);
+          memory?.give(bytes);
+        },
         random,
+        undefined,
+        memories[i],
       ),
   );
   /** Receivers join first, as they do in a job (the coordinator starts the sender once they are in). */
@@ -76,6 +86,7 @@ export function sessionHarness(options: HarnessOptions) {
     receivers,
     receiverSockets,
     received,
+    memories,
     start,
     holdsAll,
     /** The sender's result once the session is over (checked synchronously, on the virtual clock). */
