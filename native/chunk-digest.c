@@ -48,6 +48,7 @@ typedef struct {
   napi_async_work work;
   napi_deferred deferred;
   int fd;
+  int pid;
   uint32_t seed[LANES];
   size_t count;
   int64_t *chunks; /* position, length per chunk */
@@ -66,7 +67,7 @@ static void read_and_digest(napi_env env, void *data) {
   }
   for (size_t k = 0; k < job->count && job->error == 0; k++) {
     int64_t position = job->chunks[2 * k], length = job->chunks[2 * k + 1];
-    job->error = pread_fully(job->fd, buffer, length, position, &job->failed_at);
+    job->error = read_fully(job->fd, job->pid, buffer, length, position, &job->failed_at);
     if (job->error == 0) lane_digest(buffer, (size_t)length, job->seed, job->digests + k * DIGEST_BYTES);
   }
   free(buffer);
@@ -89,13 +90,15 @@ static void settle(napi_env env, napi_status status, void *data) {
 }
 
 /*
- * digestFileChunks(fd, chunks: Float64Array [position, length]*, seed: Uint8Array(32)): a promise of
- * the chunks' digests, 32 bytes each, read with pread and digested off the event loop.
+ * digestFileChunks(fd, chunks: Float64Array [position, length]*, seed: Uint8Array(32), pid?): a promise
+ * of the chunks' digests, 32 bytes each, read with pread (or, with a pid > 0 whose /proc/PID/mem `fd`
+ * is, process_vm_readv) and digested off the event loop.
  */
 static napi_value digest_file_chunks(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  int32_t fd;
+  size_t argc = 4;
+  napi_value argv[4];
+  int32_t fd, pid = 0;
+  napi_valuetype last;
   napi_typedarray_type type;
   size_t count;
   void *raw;
@@ -106,7 +109,10 @@ static napi_value digest_file_chunks(napi_env env, napi_callback_info info) {
   if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0 ||
       napi_get_typedarray_info(env, argv[1], &type, &count, &raw, &buffer, &offset) != napi_ok ||
       type != napi_float64_array || count % 2 != 0 || !seed_of(env, argv[2], seed))
-    return fail(env, "digestFileChunks(fd, chunks: Float64Array of [position, length], seed: 32 bytes)");
+    return fail(env, "digestFileChunks(fd, chunks: Float64Array of [position, length], seed: 32 bytes, pid?)");
+  if (argc >= 4 && napi_typeof(env, argv[3], &last) == napi_ok && last != napi_undefined &&
+      napi_get_value_int32(env, argv[3], &pid) != napi_ok)
+    return fail(env, "digestFileChunks: pid must be a number");
   const double *pairs = raw;
   for (size_t i = 0; i < count; i += 2)
     if (!(pairs[i] >= 0 && pairs[i] <= 9007199254740991.0 && pairs[i] == (double)(int64_t)pairs[i] &&
@@ -116,6 +122,7 @@ static napi_value digest_file_chunks(napi_env env, napi_callback_info info) {
   file_job *job = calloc(1, sizeof(file_job));
   if (job == NULL) return fail(env, "digestFileChunks: out of memory");
   job->fd = fd;
+  job->pid = pid;
   memcpy(job->seed, seed, sizeof(seed));
   job->count = count / 2;
   job->chunks = malloc((count ? count : 1) * sizeof(int64_t));

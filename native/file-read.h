@@ -1,6 +1,7 @@
 /*
- * Whole reads of a file descriptor in the thread pool, and the error a promise is rejected with when
- * one stops short: shared by the scan (page-digest.c) and the memory check (chunk-digest.c).
+ * Whole reads of a file descriptor, or of another process's memory, in the thread pool, and the error
+ * a promise is rejected with when one stops short: shared by the scan (page-digest.c) and the memory
+ * check (chunk-digest.c).
  */
 #ifndef VMSCATTER_FILE_READ_H
 #define VMSCATTER_FILE_READ_H
@@ -10,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* Reads `length` bytes at `position`: 0, or errno (-1: the file ended first), *failed_at where it stopped. */
@@ -24,6 +26,39 @@ static inline int pread_fully(int fd, uint8_t *into, int64_t length, int64_t pos
     done += n;
   }
   return 0;
+}
+
+/*
+ * Reads `length` bytes at address `address` of process `pid`'s memory with process_vm_readv: one copy,
+ * where reading /proc/PID/mem copies each page through a kernel page first (a third of the CPU here:
+ * 0.10 s per GiB against 0.27). The same rights as reading /proc/PID/mem. As pread_fully otherwise.
+ */
+static inline int process_read_fully(int pid, uint8_t *into, int64_t length, int64_t address, int64_t *failed_at) {
+  for (int64_t done = 0; done < length;) {
+    struct iovec local = {into + done, (size_t)(length - done)};
+    struct iovec remote = {(void *)(uintptr_t)(address + done), (size_t)(length - done)};
+    ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      *failed_at = address + done;
+      return n < 0 ? errno : -1;
+    }
+    done += n;
+  }
+  return 0;
+}
+
+/*
+ * pread_fully of `fd`, or process_read_fully of `pid` where pid > 0 (`fd` is then its /proc/PID/mem,
+ * read instead where the system call is refused: a seccomp filter, or credentials that allow the one
+ * and not the other).
+ */
+static inline int read_fully(int fd, int pid, uint8_t *into, int64_t length, int64_t position, int64_t *failed_at) {
+  if (pid > 0) {
+    int error = process_read_fully(pid, into, length, position, failed_at);
+    if (error != EPERM && error != ENOSYS) return error;
+  }
+  return pread_fully(fd, into, length, position, failed_at);
 }
 
 /* The Error for a read that failed with pread_fully's `error` at `failed_at` (0: the work was cancelled). */

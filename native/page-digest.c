@@ -171,6 +171,7 @@ typedef struct {
   napi_ref refs[5];
   keyed_state_t *keyed;
   int fd;
+  int pid;
   int64_t position;
   int64_t count;
   uint8_t *pages, *digests, *zeros, *checks;
@@ -182,7 +183,8 @@ static void scan_execute(napi_env env, void *data) {
   (void)env;
   scan_job *job = data;
   if (job->fd >= 0) {
-    job->error = pread_fully(job->fd, job->pages, job->count * PAGE_SIZE, job->position, &job->failed_at);
+    job->error =
+        read_fully(job->fd, job->pid, job->pages, job->count * PAGE_SIZE, job->position, &job->failed_at);
     if (job->error != 0) return;
   }
   for (int64_t i = 0; i < job->count; i++) {
@@ -210,14 +212,15 @@ static void scan_complete(napi_env env, napi_status status, void *data) {
 
 /*
  * scanPages(state, fd, position, pages: Uint8Array, count, digests: Uint8Array, zeros: Uint8Array,
- * checks?: Uint8Array): a promise; fd -1 digests what `pages` already holds. With `checks`, each
- * page's check goes to checks[8 i..] (0 for a zero page).
+ * checks?: Uint8Array, pid?): a promise; fd -1 digests what `pages` already holds. With `checks`, each
+ * page's check goes to checks[8 i..] (0 for a zero page). With a pid > 0, `fd` is that process's
+ * /proc/PID/mem and its memory is read with process_vm_readv instead.
  */
 static napi_value scan_pages(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value argv[8];
+  size_t argc = 9;
+  napi_value argv[9];
   void *state;
-  int32_t fd;
+  int32_t fd, pid = 0;
   int64_t position, count;
   uint8_t *pages, *digests, *zeros, *checks = NULL;
   size_t pages_length, digests_length, zeros_length, checks_length = 0;
@@ -229,10 +232,13 @@ static napi_value scan_pages(napi_env env, napi_callback_info info) {
       !bytes_of(env, argv[3], &pages, &pages_length) ||
       napi_get_value_int64(env, argv[4], &count) != napi_ok ||
       !bytes_of(env, argv[5], &digests, &digests_length) || !bytes_of(env, argv[6], &zeros, &zeros_length))
-    return fail(env, "scanPages(state, fd, position, pages, count, digests, zeros, checks?)");
+    return fail(env, "scanPages(state, fd, position, pages, count, digests, zeros, checks?, pid?)");
   if (argc >= 8 && napi_typeof(env, argv[7], &last) == napi_ok && last != napi_undefined &&
       !bytes_of(env, argv[7], &checks, &checks_length))
     return fail(env, "scanPages: checks must be a Uint8Array");
+  if (argc >= 9 && napi_typeof(env, argv[8], &last) == napi_ok && last != napi_undefined &&
+      napi_get_value_int32(env, argv[8], &pid) != napi_ok)
+    return fail(env, "scanPages: pid must be a number");
   if (fd < -1 || position < 0 || count < 0 || (uint64_t)count * PAGE_SIZE > pages_length ||
       (uint64_t)count * DIGEST_BYTES > digests_length || (uint64_t)count > zeros_length ||
       (checks != NULL && (uint64_t)count * CHECK_BYTES > checks_length))
@@ -241,6 +247,7 @@ static napi_value scan_pages(napi_env env, napi_callback_info info) {
   if (job == NULL) return fail(env, "scanPages: out of memory");
   job->keyed = state;
   job->fd = fd;
+  job->pid = pid;
   job->position = position;
   job->count = count;
   job->pages = pages;

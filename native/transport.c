@@ -30,7 +30,7 @@
  * has AVX2, a byte per table lookup elsewhere. The WebAssembly kernel copies every input into its own
  * memory first.
  */
-#define _GNU_SOURCE /* recvmmsg */
+/* _GNU_SOURCE (recvmmsg, process_vm_readv) comes from binding.gyp, for every source alike. */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <node_api.h>
 #include "napi-args.h"

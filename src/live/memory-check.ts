@@ -69,7 +69,7 @@ export async function digestGuestRam(
         const positions = new Float64Array(
           batch.flatMap(([offset, length]) => [file.position + offset, length]),
         );
-        digests.set(await addon.digestFileChunks(file.fd, positions, seed), first * DIGEST_BYTES);
+        digests.set(await addon.digestFileChunks(file.fd, positions, seed, file.pid), first * DIGEST_BYTES);
       }
     };
     await Promise.all(Array.from({ length: PARALLEL_CALLS }, worker));

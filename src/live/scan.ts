@@ -63,7 +63,7 @@ async function scanGuestRam(ram: GuestRam, options: LiveScanOptions): Promise<Sc
     const { offset, pages } = chunks[k]!;
     const buffer = buffers[k % 2]!;
     if (!file) await ram.read(buffer.pages, offset, pages * PAGE_SIZE);
-    const at = file && { fd: file.fd, position: file.position + offset };
+    const at = file && { fd: file.fd, position: file.position + offset, pid: file.pid };
     await digester.scanPages(at, buffer.pages, pages, buffer.digests, buffer.zeros, buffer.checks);
   };
   let next = chunks.length > 0 ? prepare(0) : undefined;

@@ -33,7 +33,8 @@ export interface NativeAddon {
   /**
    * In the thread pool: pread `count` pages from `fd` at `position` into `pages` (fd -1: they are
    * there already), then set zeros[i] = 1 for a zero page or write its digest to digests[16 i..],
-   * and with `checks` its check to checks[8 i..] (0 for a zero page).
+   * and with `checks` its check to checks[8 i..] (0 for a zero page). With a pid, `fd` is that
+   * process's /proc/PID/mem and its memory is read with process_vm_readv (one copy, not two).
    */
   scanPages(
     state: object,
@@ -44,14 +45,16 @@ export interface NativeAddon {
     digests: Uint8Array,
     zeros: Uint8Array,
     checks?: Uint8Array,
+    pid?: number,
   ): Promise<void>;
   /** The memory check's digest of one chunk (native/chunk-digest.c), 32 bytes into `out`. */
   chunkDigest(bytes: Uint8Array, seed: Uint8Array, out: Uint8Array): void;
   /**
    * The digests of chunks of a file, `chunks` holding [position, length] pairs (lengths up to 1 MiB),
-   * read with pread and digested in libuv's thread pool: 32 bytes per chunk.
+   * read with pread (with a pid, that process's memory with process_vm_readv: `fd` is its
+   * /proc/PID/mem) and digested in libuv's thread pool: 32 bytes per chunk.
    */
-  digestFileChunks(fd: number, chunks: Float64Array, seed: Uint8Array): Promise<Uint8Array>;
+  digestFileChunks(fd: number, chunks: Float64Array, seed: Uint8Array, pid?: number): Promise<Uint8Array>;
   /**
    * AES-256-GCM contexts (one to seal, one to open) keyed once with a 32-byte key, for aeadSeal and
    * aeadOpen (native/transport.c): per packet only the nonce is set.

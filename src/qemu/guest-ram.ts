@@ -50,9 +50,15 @@ export interface GuestRam {
   /**
    * Where the method reads a file (a memory file, process memory): the block's bytes at offset `o` are
    * at `position + o` of `fd` (opened from `path`), so a reader in another thread can pread them
-   * itself, or open the file again later.
+   * itself, or open the file again later. For process memory, `pid` is the process: where the addon
+   * is built, readers take its memory with process_vm_readv, one copy where /proc/PID/mem makes two.
    */
-  readonly file?: { readonly fd: number; readonly position: number; readonly path: string };
+  readonly file?: {
+    readonly fd: number;
+    readonly position: number;
+    readonly path: string;
+    readonly pid?: number;
+  };
   /**
    * Writes `bytes` at block offset `offset`, where the method allows it (a memory file, process memory);
    * undefined for pmemsave. Only for a guest that is not running (a paused destination).
@@ -177,7 +183,7 @@ export async function openGuestRam(
     const pid = options.pid ?? (options.qmpSocket ? pidListeningAt(options.qmpSocket) : undefined);
     const base = pid === undefined ? undefined : await findRamMapping(pid, map, viaPmemsave, options.running);
     if (pid !== undefined && base !== undefined)
-      return fileReader('process-memory', `/proc/${pid}/mem`, base, layout, remap, viaPmemsave.close);
+      return fileReader('process-memory', `/proc/${pid}/mem`, base, layout, remap, viaPmemsave.close, pid);
   }
   if (options.only !== undefined && options.only !== 'pmemsave')
     throw new GuestRamError(`${options.name}: its RAM cannot be read by ${options.only}`);
@@ -191,6 +197,7 @@ function fileReader(
   layout: { readonly map: MainRam },
   remap: () => Promise<void>,
   cleanup: () => void,
+  pid?: number,
 ): GuestRam {
   const fd = openSync(path, 'r');
   let writeFd: number | undefined;
@@ -201,7 +208,7 @@ function fileReader(
       return layout.map;
     },
     remap,
-    file: { fd, position: base, path },
+    file: { fd, position: base, path, ...(pid === undefined ? {} : { pid }) },
     read: (into, offset, length) => {
       const ended = readExactly(fd, into, 0, length, base + offset);
       if (ended !== undefined) throw new GuestRamError(`${path} ended at ${ended}`);

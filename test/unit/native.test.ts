@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
@@ -85,6 +85,47 @@ test("native: a scan's page checks say whether a page is unchanged; a changed pa
     () => native!.digestPageChecked(native!.keyedState(key), pages, 0, checks, 3, out),
     TypeError,
   );
+});
+
+test("native: a process's memory read with process_vm_readv gives what its /proc/PID/mem gives", async () => {
+  // This process's own executable, mapped from its start: stable bytes at a known address.
+  const maps = readFileSync('/proc/self/maps', 'utf8').split('\n');
+  const exe = readlinkSync('/proc/self/exe');
+  const line = maps.find((l) => l.endsWith(exe) && l.split(/\s+/)[2] === '00000000');
+  assert.ok(line, 'the executable is mapped');
+  const address = parseInt(line.split('-')[0]!, 16);
+  const fd = openSync('/proc/self/mem', 'r');
+  try {
+    const digester = new PageDigester(new Uint8Array(64).fill(4));
+    const read = async (pid?: number) => {
+      const pages = new Uint8Array(4 * 4096);
+      const digests = new Uint8Array(4 * 16);
+      await digester.scanPages(
+        { fd, position: address, ...(pid ? { pid } : {}) },
+        pages,
+        4,
+        digests,
+        new Uint8Array(4),
+      );
+      const chunks = await native!.digestFileChunks(
+        fd,
+        Float64Array.of(address, 8192),
+        new Uint8Array(32),
+        pid,
+      );
+      return { pages, digests, chunks };
+    };
+    const viaFile = await read();
+    assert.deepEqual(viaFile.pages.subarray(0, 4), Uint8Array.of(0x7f, 0x45, 0x4c, 0x46)); // ELF
+    assert.deepEqual(await read(process.pid), viaFile);
+    // An address nothing is mapped at fails the read, named, either way.
+    await assert.rejects(
+      native!.digestFileChunks(fd, Float64Array.of(4096, 4096), new Uint8Array(32), process.pid),
+      /read at position 4096/,
+    );
+  } finally {
+    closeSync(fd);
+  }
 });
 
 test('native: ranges outside their arrays are refused, not read', () => {
