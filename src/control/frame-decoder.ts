@@ -65,12 +65,8 @@ export class FrameDecoder {
    * the limit between frames (the handshake's last frame may share a chunk with the first large one).
    */
   next(): Uint8Array | undefined {
-    if (this.buffered < FRAME_HEADER_BYTES) return undefined;
-    const length = this.peekLength();
-    if (length > this.limit) throw new FrameTooLargeError(length, this.limit);
-    if (this.buffered < FRAME_HEADER_BYTES + length) return undefined;
-    this.take(FRAME_HEADER_BYTES);
-    return this.take(length);
+    const length = this.wholeFrameLength();
+    return length === undefined ? undefined : this.take(length);
   }
 
   /**
@@ -79,14 +75,22 @@ export class FrameDecoder {
    * frames then fills one buffer, not fresh memory per frame).
    */
   nextReusing(): Uint8Array | undefined {
+    const length = this.wholeFrameLength();
+    if (length === undefined) return undefined;
+    if (length === 0 || this.chunks[0]!.length >= length) return this.take(length);
+    if (this.scratch.length < length)
+      this.scratch = new Uint8Array(Math.max(length, 2 * this.scratch.length));
+    return this.take(length, this.scratch);
+  }
+
+  /** The next frame's length once all of it is here (its header then taken off), else undefined. */
+  private wholeFrameLength(): number | undefined {
     if (this.buffered < FRAME_HEADER_BYTES) return undefined;
     const length = this.peekLength();
     if (length > this.limit) throw new FrameTooLargeError(length, this.limit);
     if (this.buffered < FRAME_HEADER_BYTES + length) return undefined;
     this.take(FRAME_HEADER_BYTES);
-    if (length === 0 || this.chunks[0]!.length >= length) return this.take(length);
-    if (this.scratch.length < length) this.scratch = new Uint8Array(Math.max(length, 2 * this.scratch.length));
-    return this.take(length, this.scratch);
+    return length;
   }
 
   private peekLength(): number {

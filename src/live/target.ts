@@ -373,7 +373,9 @@ export class LiveTarget {
   }
 
   async abort(): Promise<void> {
+    // Nothing queued will be written: whoever waits for it is answered now.
     this.queued.length = 0;
+    this.handedOn(this.received);
     this.socket.destroy();
     await this.destination.kill();
     // Its monitor gone, a search still under way ends too.
