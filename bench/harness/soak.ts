@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { CLI_NODE_OPTIONS } from '../../src/cli/node-options.js';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -92,7 +93,8 @@ async function aliveAndChecking(read: () => string, afterTick: number): Promise<
 
 function runCli(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, args);
+    // As the command runs itself (its first line gives node these options).
+    const child = spawn(process.execPath, [...CLI_NODE_OPTIONS, ...args]);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk) => (stdout += chunk));
