@@ -28,8 +28,9 @@
  * - data phase: from the first payload on the sender's link (its e0 tx counter, read from
  *   /proc/<pid>/net/dev of a process parked in the sender's namespace every millisecond, passing 1 MiB,
  *   less the time 1 MiB takes at the link rate) to the moment the slowest receiver has all data:
- *   vmscatter: the receiver's {"event":"received"} line (its session complete; it checks every object
- *   against the payload's digests afterwards, as uftp's files are checked afterwards); uftpd: its
+ *   vmscatter: the receiver's {"event":"received"} line (its session complete; it compared every
+ *   object with the payload's as it completed, and gave its memory back, as an agent gives an object
+ *   back once stored; uftp's files are checked afterwards); uftpd: its
  *   "RESULT;…;copied" status line; udp-receiver: its exit less its --exit-wait (it lingers that long
  *   after the last acknowledgement, in case the acknowledgement is lost).
  * - goodput = payload bits / data phase (slowest receiver); "% link" = goodput / --rate; setup = sender
@@ -39,9 +40,9 @@
  *   sender put on its link, Ethernet headers, control and repairs included) over the run / payload.
  * - CPU seconds per GB of payload (10^9 bytes), user and system apart, at the sender and at each
  *   receiver: vmscatter peers report process.cpuUsage() (all threads) of the transport alone, from the
- *   socket's opening to the session's end (the sender makes its payload before, a receiver its objects'
- *   digests before and checks them after; that harness work is reported apart, harnessCpuSeconds in
- *   --json). udpcast and uftp run under `bash -c '"$@"; times'`; the children's user and system from
+ *   socket's opening to the session's end (the sender makes its payload before, a receiver the expected
+ *   objects before and compares each as it completes, timed apart; that harness work is reported
+ *   apart, harnessCpuSeconds in --json). udpcast and uftp run under `bash -c '"$@"; times'`; the children's user and system from
  *   bash's `times` builtin (getrusage of the reaped child, no extra package needed); theirs include
  *   reading and writing their files on tmpfs. Kernel work done in softirq on behalf of a process may
  *   land on whichever process is running; on a 2-core machine the figures are comparable between tools,
@@ -802,7 +803,7 @@ async function runVmscatter(ctx: Context, v: Extract<Variant, { tool: 'vmscatter
         ],
         { env, stdio: ['ignore', 'pipe', 'pipe'] },
       ),
-      // The moment its session completed, before it checks what it received (transport-peer.ts).
+      // The moment its session completed (transport-peer.ts).
       { stream: 'stderr', pattern: /"event":"received","state":"complete"/ },
     ),
   );
@@ -1443,7 +1444,7 @@ export function summaryOf(report: TransportReport, argv: readonly string[]) {
       seconds: Math.round(report.seconds),
       skipped: report.skipped,
       cpuNote:
-        "user+system seconds per GB of payload; vmscatter's exclude its test harness (payload made before, checked after the session)",
+        "user+system seconds per GB of payload; vmscatter's exclude its test harness (payload made before, each object compared as it completes, timed apart)",
     },
     results: report.mtus.flatMap((m) =>
       m.cases.flatMap((c) => {
