@@ -131,8 +131,7 @@ export class LiveTarget {
   /** Messages received and not yet expanded (see `expand`), and how many were received in all. */
   private readonly queued: (readonly LiveRecord[])[] = [];
   private received = 0;
-  /** Messages expanded so far, and of those, up to which one the socket has taken. */
-  private expanded = 0;
+  /** Up to which message (counted as received) the socket has taken. */
   private done = 0;
   private readonly waiting: { readonly at: number; readonly resolve: () => void }[] = [];
   /** The stream's tail, held back until resume where the destination holds it (copies). */
@@ -228,7 +227,7 @@ export class LiveTarget {
   private expand(): void {
     while (this.queued.length > 0 && this.socket.writableLength < EXPANDED_AHEAD_BYTES) {
       const records = this.queued.shift()!;
-      const message = ++this.expanded;
+      const message = this.received - this.queued.length;
       try {
         if (!this.failure) this.decoder.write(records);
       } catch (error) {
