@@ -1,5 +1,4 @@
 import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
-import { PAGE_CHECK_BYTES } from '../memory/page-digest.js';
 import { openGuestRam, type GuestRam } from '../qemu/guest-ram.js';
 import { LivePageCollector, type LiveScanOptions, type ScannedLiveVm } from './source.js';
 
@@ -56,7 +55,6 @@ async function scanGuestRam(ram: GuestRam, options: LiveScanOptions): Promise<Sc
     pages: new Uint8Array(CHUNK_BYTES),
     digests: new Uint8Array((CHUNK_BYTES / PAGE_SIZE) * DIGEST_BYTES),
     zeros: new Uint8Array(CHUNK_BYTES / PAGE_SIZE),
-    checks: new Uint8Array((CHUNK_BYTES / PAGE_SIZE) * PAGE_CHECK_BYTES),
   }));
   const file = digester.isNative ? ram.file : undefined;
   const prepare = async (k: number) => {
@@ -64,7 +62,9 @@ async function scanGuestRam(ram: GuestRam, options: LiveScanOptions): Promise<Sc
     const buffer = buffers[k % 2]!;
     if (!file) await ram.read(buffer.pages, offset, pages * PAGE_SIZE);
     const at = file && { fd: file.fd, position: file.position + offset, pid: file.pid };
-    await digester.scanPages(at, buffer.pages, pages, buffer.digests, buffer.zeros, buffer.checks);
+    // The checks go straight into the collector's table: each chunk writes its own pages' part.
+    const checks = collector.checksFrom(offset / PAGE_SIZE);
+    await digester.scanPages(at, buffer.pages, pages, buffer.digests, buffer.zeros, checks);
   };
   let next = chunks.length > 0 ? prepare(0) : undefined;
   for (let k = 0; k < chunks.length; k++) {
@@ -73,9 +73,8 @@ async function scanGuestRam(ram: GuestRam, options: LiveScanOptions): Promise<Sc
     next = k + 1 < chunks.length ? prepare(k + 1) : undefined;
     next?.catch(() => undefined); // awaited on the next turn
     const { offset, pages } = chunks[k]!;
-    const { pages: bytes, digests, zeros, checks } = buffers[k % 2]!;
+    const { pages: bytes, digests, zeros } = buffers[k % 2]!;
     const first = offset / PAGE_SIZE;
-    if (digester.isNative) collector.checked(first, checks, pages);
     for (let i = 0; i < pages; i++)
       if (zeros[i] === 0)
         collector.digested(

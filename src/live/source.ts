@@ -110,9 +110,9 @@ export class LivePageCollector {
     this.pageChecks = new Uint8Array(pageCount * PAGE_CHECK_BYTES);
   }
 
-  /** The checks of `count` pages from page `first` on, as scanPages wrote them. */
-  checked(first: number, checks: Uint8Array, count: number): void {
-    this.pageChecks.set(checks.subarray(0, count * PAGE_CHECK_BYTES), first * PAGE_CHECK_BYTES);
+  /** Where scanPages writes the checks of the pages from page `first` on (a view of the table). */
+  checksFrom(first: number): Uint8Array {
+    return this.pageChecks.subarray(first * PAGE_CHECK_BYTES);
   }
 
   /** Page `index` holds `data[offset..offset+PAGE_SIZE)`; a zero page may be given as `undefined`. */

@@ -92,10 +92,10 @@ export class PageDigester {
 
   /**
    * A scan's step, in libuv's thread pool where the addon is built: reads `count` pages from `file`
-   * (when given; only where `isNative`; with a pid, that process's memory) into `pages`, then marks each page zero (zeros[i] = 1) or
-   * writes its digest to `digests`, and its check to checks[8 i..] when `checks` is given (only where
-   * `isNative`: a check is the addon's lane digest, 0 for none). The event loop meanwhile handles what
-   * the previous step found.
+   * (when given; only where `isNative`; with a pid, that process's memory) into `pages`, then marks
+   * each page zero (zeros[i] = 1) or writes its digest to `digests`, and its check to checks[8 i..]
+   * when `checks` is given (only where `isNative`: a check is the addon's lane digest, 0 for none).
+   * The event loop meanwhile handles what the previous step found.
    */
   async scanPages(
     file: { readonly fd: number; readonly position: number; readonly pid?: number } | undefined,
