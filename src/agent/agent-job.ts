@@ -69,8 +69,8 @@ export class AgentJob {
   id = '(not started)';
   private readonly sessions = new Map<number, AbortController>();
   /**
-   * Every multicast session this job was told of: one round's session is announced while the one
-   * before it ends, on the same group and port, so each receives the other's datagrams for a moment.
+   * Every multicast session this job was told of: the groups' sessions run side by side, on groups
+   * that may share a port, so each session's socket also receives the others' datagrams.
    */
   private readonly knownSessions = new Set<number>();
   /** Aborted when the job ends: a rebuild still under way (they overlap seeding) stops. */
@@ -218,7 +218,7 @@ export class AgentJob {
     }
     if (message.key.length === 0)
       this.agent.log(
-        `job ${this.id}: WARNING: round ${message.session} arrives UNENCRYPTED (--insecure-plaintext)`,
+        `job ${this.id}: WARNING: multicast session ${message.session} arrives UNENCRYPTED (--insecure-plaintext)`,
       );
     const socket = await (this.options.openSocket ?? DgramSocket.open)({
       port: Number(message.group.slice(message.group.lastIndexOf(':') + 1)),
@@ -229,6 +229,8 @@ export class AgentJob {
     this.knownSessions.add(message.session);
     let stored = 0;
     let rejected = 0;
+    /** Ids of the session's objects stored; the leading run of them is what the reply reports. */
+    const storedObjects = new Set<number>();
     let failure: unknown;
     const session = new ReceiverSession(
       socket,
@@ -245,7 +247,7 @@ export class AgentJob {
         senderTimeoutMs: RECEIVER_GIVE_UP_MS,
         maxObjectBytes: message.maxObjectBytes,
       },
-      (_id, bytes) => {
+      (objectId, bytes) => {
         // Stored in slices between which the event loop drains the socket: done in one go, a batch's
         // decompression, hashing and writing would hold the loop for tens of milliseconds while the
         // kernel's receive buffer overflows and the sender has to repair what it dropped.
@@ -256,6 +258,7 @@ export class AgentJob {
             const counts = await this.storeRecordsInSlices(bytes);
             stored += counts.stored;
             rejected += counts.rejected;
+            storedObjects.add(objectId);
           } catch (error) {
             // A full disk: stop receiving (the sender drops us) and fail the job with the reason.
             failure = error;
@@ -286,14 +289,16 @@ export class AgentJob {
     const dropped = session.drops.total;
     if (dropped > 0)
       this.agent.log(
-        `job ${this.id}: round ${message.session}: dropped ${dropped} datagram(s): ` +
+        `job ${this.id}: multicast session ${message.session}: dropped ${dropped} datagram(s): ` +
           Object.entries(drops)
             .filter(([, n]) => n > 0)
             .map(([why, n]) => `${n} ${why}`)
             .join(', '),
       );
+    let objects = 0;
+    while (storedObjects.has(objects)) objects++;
     if (!this.finished)
-      this.reply({ t: 'seeded', session: message.session, state, stored, rejected, dropped });
+      this.reply({ t: 'seeded', session: message.session, state, stored, rejected, objects, dropped });
   }
 
   private async fetchFrom(message: Extract<ToAgent, { t: 'fetch-from' }>): Promise<void> {

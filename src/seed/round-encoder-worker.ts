@@ -1,7 +1,8 @@
 /**
  * Worker thread of the round encoder: reads a round's unique pages from the source's files itself
- * (images, the scan's store, running guests' memory) and encodes them into batches, so page reads and
- * compression run beside the multicast of the round before, never on the thread that paces packets.
+ * (images, the scan's store, running guests' memory) and encodes them into batches, each posted as
+ * soon as it is made, so page reads and compression run beside the multicast of the batches before,
+ * never on the thread that paces packets.
  * A page read from a running guest is sent only if it still has the digest the scan gave it.
  */
 import { closeSync, openSync } from 'node:fs';
@@ -26,19 +27,20 @@ port.on('message', (message: EncodeRequest | { type: 'close' }) => {
     return;
   }
   try {
-    const reply = encodeRound(message);
-    port.postMessage(
-      reply,
-      reply.batches.map((b) => b.buffer as ArrayBuffer),
+    const reply = encodeRound(message, (bytes) =>
+      port.postMessage({ type: 'batch', id: message.id, bytes }, [bytes.buffer as ArrayBuffer]),
     );
+    port.postMessage(reply);
   } catch (error) {
     port.postMessage({ type: 'error', id: message.id, message: String((error as Error).message) });
   }
 });
 
-function encodeRound(request: EncodeRequest): Extract<EncodeReply, { type: 'done' }> {
+function encodeRound(
+  request: EncodeRequest,
+  emit: (batch: Uint8Array) => void,
+): Extract<EncodeReply, { type: 'done' }> {
   const counts: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
-  const batches: Uint8Array[] = [];
   const changed: number[] = [];
   const n = request.page.length;
   for (let first = 0; first < n; first += request.batchPages) {
@@ -67,9 +69,9 @@ function encodeRound(request: EncodeRequest): Extract<EncodeReply, { type: 'done
       for (let i = 0; i < count; i++) if (kept[i] === 0) changed.push(first + i);
       ({ pages, digests } = compact(kept, pages, digests));
     }
-    if (digests.length > 0) batches.push(encodeRecords(digests, pages, request.compress, counts));
+    if (digests.length > 0) emit(encodeRecords(digests, pages, request.compress, counts));
   }
-  return { type: 'done', id: request.id, batches, counts, changed: Uint32Array.from(changed) };
+  return { type: 'done', id: request.id, counts, changed: Uint32Array.from(changed) };
 }
 
 /**

@@ -5,11 +5,12 @@ import type { BatchCounts } from '../memory/page-batches.js';
 import type { PageFile, SourcePages } from '../store/source-pages.js';
 
 /**
- * Encodes multicast rounds on a worker thread: the coordinator asks for round r+1 while round r is on
- * the wire, so reading and compressing pages overlaps sending them (compression pays only when it runs
- * beside the link, page-codec.ts). A page read from a running guest's memory is digested again and
- * left out when it changed since the scan: its new content goes in the guest's live stream anyway,
- * and a target holds no page of a digest it was not sent.
+ * Encodes multicast rounds on a worker thread, each batch handed over as soon as it is made: the
+ * coordinator's session sends a round's first batches while the worker still reads and compresses
+ * the rest (compression pays only when it runs beside the link, page-codec.ts). A page read from a
+ * running guest's memory is digested again and left out when it changed since the scan: its new
+ * content goes in the guest's live stream anyway, and a target holds no page of a digest it was not
+ * sent.
  */
 export interface EncodeRequest {
   readonly type: 'encode';
@@ -26,10 +27,11 @@ export interface EncodeRequest {
 }
 
 export type EncodeReply =
+  /** One batch of the round, in order: the worker goes on with the next meanwhile. */
+  | { readonly type: 'batch'; readonly id: number; readonly bytes: Uint8Array }
   | {
       readonly type: 'done';
       readonly id: number;
-      readonly batches: Uint8Array[];
       readonly counts: BatchCounts;
       /** Positions in the round of the pages left out: changed since the scan. */
       readonly changed: Uint32Array;
@@ -37,6 +39,7 @@ export type EncodeReply =
   | { readonly type: 'error'; readonly id: number; readonly message: string };
 
 export interface EncodedRound {
+  /** The round's batches, in order (empty when they went to encode()'s onBatch instead). */
   readonly batches: Uint8Array[];
   readonly counts: BatchCounts;
   /** Digest ids of the round not in its batches: their page changed since the scan. */
@@ -47,7 +50,13 @@ export class RoundEncoder {
   private readonly worker = new Worker(new URL('./round-encoder-worker.js', import.meta.url));
   private readonly waiting = new Map<
     number,
-    { ids: Uint32Array; resolve: (r: EncodedRound) => void; reject: (e: Error) => void }
+    {
+      ids: Uint32Array;
+      onBatch: (bytes: Uint8Array) => void;
+      batches: Uint8Array[];
+      resolve: (r: EncodedRound) => void;
+      reject: (e: Error) => void;
+    }
   >();
   private nextId = 1;
 
@@ -57,10 +66,19 @@ export class RoundEncoder {
   ) {
     this.worker.on('message', (reply: EncodeReply) => {
       const waiter = this.waiting.get(reply.id);
+      if (reply.type === 'batch') {
+        try {
+          waiter?.onBatch(reply.bytes);
+        } catch (error) {
+          this.waiting.delete(reply.id);
+          waiter?.reject(error as Error);
+        }
+        return;
+      }
       this.waiting.delete(reply.id);
       if (reply.type === 'done')
         waiter?.resolve({
-          batches: reply.batches,
+          batches: waiter.batches,
           counts: reply.counts,
           changed: Uint32Array.from(reply.changed, (i) => waiter.ids[i]!),
         });
@@ -72,8 +90,11 @@ export class RoundEncoder {
     });
   }
 
-  /** Starts encoding the pages `ids`; resolves with the round's batches. */
-  encode(ids: Uint32Array, compress: boolean): Promise<EncodedRound> {
+  /**
+   * Starts encoding the pages `ids`; resolves once the round is encoded. Each batch goes to `onBatch`
+   * as soon as it is made, or, without it, comes in the result.
+   */
+  encode(ids: Uint32Array, compress: boolean, onBatch?: (bytes: Uint8Array) => void): Promise<EncodedRound> {
     const id = this.nextId++;
     const vm = new Int32Array(ids.length);
     const page = new Uint32Array(ids.length);
@@ -96,7 +117,14 @@ export class RoundEncoder {
       compress,
     };
     return new Promise((resolve, reject) => {
-      this.waiting.set(id, { ids, resolve, reject });
+      const batches: Uint8Array[] = [];
+      this.waiting.set(id, {
+        ids,
+        onBatch: onBatch ?? ((bytes) => batches.push(bytes)),
+        batches,
+        resolve,
+        reject,
+      });
       this.worker.postMessage(request, [vm.buffer, page.buffer, digests.buffer]);
     });
   }

@@ -6,26 +6,34 @@ import { DgramSocket } from '../transport/dgram-socket.js';
 import { maxSymbolSize } from '../transport/wire-codec.js';
 import type { AgentLink } from '../wire/agent-link.js';
 import type { JobWork, SendRound } from '../plan/job-work.js';
-import type { BatchCounts } from '../memory/page-batches.js';
+import { RECORD_HEADER_BYTES, type BatchCounts } from '../memory/page-batches.js';
 import { PAGE_SIZE } from '../memory/page.js';
 import { measureCodec, shouldCompress, type CodecRates, type CompressionMode } from '../memory/page-codec.js';
-import { RoundEncoder, type EncodedRound } from './round-encoder.js';
-import { probeGroups, type Unheard } from './reach-check.js';
-import { openRound, settledRound, type OpenRound, type SendSettings } from './round-session.js';
+import { RoundEncoder } from './round-encoder.js';
+import { openGroupSession, settledGroup, type GroupSession, type SettledGroup } from './group-session.js';
 import type { SourcePages } from '../store/source-pages.js';
 
 /**
- * Phase 5, seeding: every round of the job's work multicast once to the targets that lack its pages,
- * each round a transport session of its own with a fresh key that travels to the receivers over their
- * control channels. Rounds are encoded (pages read, compressed when it pays) on a worker one round
- * ahead of the wire. A round's session is announced while the one before it still sends its last
- * data, so its receivers have joined when that one settles, and its data follows at once (each
- * session on a socket of its own, ending its Done repeats in the background). The receivers'
- * confirmations that they stored a round (their 'seeded') are awaited once all rounds are out.
- * Rounds too small to pay for a session (worthASession) are not multicast: their pages go by unicast.
- * Before the first round, each group is probed (reach-check.ts): a target it does not reach is left
- * out of the group's rounds instead of timing each of them out.
+ * Phase 5, seeding: every round of the job's work multicast once to the targets that lack its pages.
+ * Each multicast group has one transport session for the whole seeding (group-session.ts), opened
+ * before the first round is encoded so its receivers join while the codec is measured and the first
+ * pages are read; a session sends once the one before it has sent everything once, so one session
+ * at a time has the link and the next starts at once. Rounds are encoded on a worker
+ * (round-encoder.ts), each batch offered to its group's session as soon as it is made, and the
+ * worker starts a round once the one before is on the wire (so the source holds about two rounds).
+ * Rounds are ranges of their session's objects: units of progress and of what a target is known to
+ * hold when a session ends early, not of set-up. The agents' answers (what each stored) are awaited
+ * once every session settled. Rounds too small to pay for multicast (worthASession) go by unicast.
+ * A target its group's datagrams never reach (multicast filtered on its path) is dropped from the
+ * session as 'unheard' and gets its pages over the control channel.
  */
+/** A target a group's datagrams did not reach: its pages went over the control channel. */
+export interface Unheard {
+  readonly target: number;
+  readonly group: number;
+  readonly why: string;
+}
+
 export interface SeedOptions {
   /** Path MTU of the multicast network. */
   readonly mtu: number;
@@ -42,8 +50,8 @@ export interface SeedOptions {
   readonly onTargetDone?: (target: number, seeded: boolean) => void;
   /**
    * Every round is out: `delivered[r]` the targets that received all of round r (at the transport:
-   * their agents may still be storing it; their 'seeded' comes later), `changed[r]` the pages round r
-   * left out. Called once, before the confirmations are awaited, and not when seeding failed or was
+   * their agents may still be storing it; their answers come later), `changed[r]` the pages round r
+   * left out. Called once, before the answers are awaited, and not when seeding failed or was
    * stopped: what a running VM's stream may refer to from then on (its agent holds the stream back
    * until it stored what it received).
    */
@@ -51,8 +59,8 @@ export interface SeedOptions {
   /** The network the rounds go out on (default: the host's, DgramSocket). */
   readonly openSocket?: OpenDatagramSocket;
   /**
-   * Ctrl-C: no new round starts, and the round on the wire stops at once. Its receivers keep what
-   * they stored; the job's end (sent by the coordinator) releases them.
+   * Ctrl-C: no new round is encoded, and the sessions stop at once. Their receivers keep what they
+   * stored; the job's end (sent by the coordinator) releases them.
    */
   readonly signal?: AbortSignal;
 }
@@ -76,14 +84,17 @@ export interface SeedResult {
   readonly multicastPayloadBytes: number;
   readonly multicastWireBytes: number;
   readonly rounds: number;
-  /** Rounds too small for a session of their own (worthASession), left to unicast. */
+  /** Rounds too small to pay for multicast (worthASession), left to unicast. */
   readonly unicastRounds: number;
   readonly uniquePagesSent: number;
   readonly encodings: BatchCounts;
   readonly compression: CompressionDecision;
   /** Datagrams of first transmission, proactive parity, and repair (after NAKs). */
   readonly packets: { data: number; parity: number; repair: number };
-  /** Per round: bytes on the wire (0 when all its receivers were lost). */
+  /**
+   * Per round: bytes on the wire, its session's share by the bytes of its batches (0 when none was
+   * multicast).
+   */
   readonly roundWireBytes: number[];
   /** Per round: the receivers that reported every object of it stored. */
   readonly roundCompleted: number[][];
@@ -98,29 +109,26 @@ export interface SeedResult {
   readonly droppedByTarget: number[];
   /** Stopped by the signal before every round was sent (rounds not sent: 0 bytes, no receiver). */
   readonly interrupted: boolean;
-  /** Targets a group's probe did not reach, left out of its rounds (reach-check.ts). */
+  /** Targets a group's datagrams did not reach, dropped from its session. */
   readonly unheard: readonly Unheard[];
 }
 
 /** Pages per transport object: about 4 MiB raw, the object size the transport was tuned with. */
 const BATCH_PAGES = 1024;
+/** The largest batch the encoder makes: every record raw. */
+const MAX_BATCH_BYTES = BATCH_PAGES * (RECORD_HEADER_BYTES + PAGE_SIZE);
 /** Pages sampled to measure the codec on this job's data. */
 const SAMPLE_PAGES = 256;
 /**
- * Time spent measuring the codec on them: it runs before the first round is encoded, so every
- * millisecond of it is one of the phase; 256 pages take 1-2 ms a pass, so this is still 20 passes.
+ * Time spent measuring the codec on them: it runs before the first round is encoded (while the
+ * sessions' receivers join); 256 pages take 1-2 ms a pass, so this is still 20 passes.
  */
 const CODEC_BUDGET_MS = 40;
 /**
- * What a round's session costs besides its data, whatever its size (measured here: 50-70 ms for a
- * round of a few pages, announce and joins to the last confirmation): below it, unicast is cheaper.
+ * What multicast costs a round besides its data, whatever its size (the receivers' last reports and
+ * answers at the end, the pages read back at the target for storing): below it, unicast is cheaper.
  */
 const SESSION_SET_UP_MS = 50;
-/**
- * The next round is announced when the one on the wire has this long left of its first pass: its
- * receivers' joins (10-35 ms measured here) happen meanwhile instead of on an idle wire.
- */
-const ANNOUNCE_AHEAD_MS = 40;
 
 export async function seedRounds(
   work: JobWork,
@@ -130,13 +138,29 @@ export async function seedRounds(
   source: Host,
   options: SeedOptions,
 ): Promise<SeedResult> {
-  const totalPages = work.rounds.reduce((n, r) => n + r.ids.length, 0);
+  const { rounds } = work;
+  const totalPages = rounds.reduce((n, r) => n + r.ids.length, 0);
   const linkBitsPerSecond = Math.min(
     ...[source, ...links.map((l) => l.host)].map((h) => h.linkBitsPerSecond),
   );
-  const compression = decideCompression(work, pages, options.compression, linkBitsPerSecond);
-  // After a round, the rate the transport actually reached is the link compression competes with:
-  // when the hosts' CPUs, not the wire, limit the transport, fewer bytes per page is faster.
+  const multicast = rounds.map((round) =>
+    worthASession(round, linkBitsPerSecond, options.unicastBelowMs ?? SESSION_SET_UP_MS),
+  );
+  // The multicast rounds in send order, and their groups in the order their rounds come (a group's
+  // rounds follow each other: job-work.ts).
+  const order = rounds.map((_, r) => r).filter((r) => multicast[r]);
+  const groups = [...new Set(order.map((r) => rounds[r]!.group))];
+  const lastRoundOf = new Map(order.map((r) => [rounds[r]!.group, r]));
+  const encodings: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
+  const compression: CompressionDecision = {
+    mode: options.compression,
+    linkBitsPerSecond,
+    roundsCompressed: 0,
+    roundBitsPerSecond: [],
+    on: options.compression === 'on',
+  };
+  // When the hosts' CPUs, not the wire, limit the transport, fewer bytes per page is faster: the
+  // rate the last round reached is the link compression competes with.
   const compressNext = (): boolean =>
     compression.measured === undefined
       ? compression.on
@@ -145,39 +169,30 @@ export async function seedRounds(
           Math.min(linkBitsPerSecond, ...compression.roundBitsPerSecond.slice(-1)),
           compression.measured,
         );
-  const multicast = work.rounds.map((round) =>
-    worthASession(round, linkBitsPerSecond, options.unicastBelowMs ?? SESSION_SET_UP_MS),
-  );
-  // Per target, the multicast rounds it has yet to be done with: at 0 it may start building.
-  const roundsLeft = links.map(() => 0);
-  work.rounds.forEach((round, r) => {
-    if (multicast[r]) for (const t of round.receivers) roundsLeft[t]!++;
-  });
+  // Per target, the sessions it has yet to hear the end of: at 0 it may start building.
+  const sessionsLeft = links.map(() => 0);
   const told = links.map(() => false);
   const targetDone = (t: number, seeded: boolean) => {
     if (told[t]) return;
     told[t] = true;
     options.onTargetDone?.(t, seeded);
   };
-  const roundDoneFor = (t: number) => {
-    if (--roundsLeft[t]! === 0) targetDone(t, true);
+  const answered = (t: number) => {
+    if (--sessionsLeft[t]! === 0) targetDone(t, true);
   };
-  const encodings: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
-  let sentPages = 0;
-  let interrupted = false;
-  let payloadBytes = 0;
-  let wireBytes = 0;
-  const packets = { data: 0, parity: 0, repair: 0 };
-  const roundWireBytes: number[] = work.rounds.map(() => 0);
-  const roundCompleted: number[][] = work.rounds.map(() => []);
-  const roundDelivered: number[][] = work.rounds.map(() => []);
-  const roundChanged: Uint32Array[] = work.rounds.map(() => new Uint32Array(0));
+  let progressPages = 0;
+  const progress = (count: number) => {
+    progressPages += count;
+    options.onProgress(progressPages, totalPages);
+  };
+  const roundStart = rounds.map(() => 0);
+  const roundEnd = rounds.map(() => 0);
+  const roundPayload = rounds.map(() => 0);
+  const roundChanged: Uint32Array[] = rounds.map(() => new Uint32Array(0));
+  const roundWireBytes: number[] = rounds.map(() => 0);
+  const roundDelivered: number[][] = rounds.map(() => []);
+  const roundCompleted: number[][] = rounds.map(() => []);
   const droppedByTarget = links.map(() => 0);
-  const openSocket = options.openSocket ?? DgramSocket.open;
-  const socketOptions = {
-    bindAddress: source.address,
-    ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
-  };
   const encoder = new RoundEncoder(pages, BATCH_PAGES);
   // The sessions stop on the caller's signal, or when seeding fails.
   const stop = new AbortController();
@@ -185,126 +200,127 @@ export async function seedRounds(
   if (options.signal?.aborted) stopWithCaller();
   options.signal?.addEventListener('abort', stopWithCaller, { once: true });
   let failed = true;
-  // Receivers confirm a round once they stored it; the next round goes out meanwhile.
-  const confirmations: Promise<void>[] = [];
-  // Each round's session ends (its last Done repeats, its socket closed) while the next one sends.
-  const endings: Promise<unknown>[] = [];
-  const send: SendSettings = {
-    symbolSize: maxSymbolSize(options.mtu),
-    rateBytesPerSecond: linkBitsPerSecond / 8,
-    // The first round starts at the declared link rate (congestion control cuts it where the path
-    // is narrower); each later one where the last arrived.
-    initialRateBytesPerSecond: linkBitsPerSecond / 8,
-  };
-  let unheard: Unheard[] = [];
-  /** The round whose data has the wire, if any. */
-  let onWire: (OpenRound & { releaseData(): void }) | undefined;
-  /** Records a round on the wire once its receivers all completed or were dropped. */
-  const settle = async (open: OpenRound): Promise<void> => {
-    const result = await settledRound(open, links, roundDoneFor);
-    const r = open.index;
-    if (result.aborted) interrupted = true;
-    else sent(r);
-    payloadBytes += result.payloadBytes;
-    wireBytes += result.wireBytes;
-    roundWireBytes[r] = result.wireBytes;
-    roundDelivered[r] = [...result.delivered];
-    confirmations.push(
-      result.confirmed.then(({ completed, dropped }) => {
-        roundCompleted[r] = completed;
-        for (const [t, n] of dropped) droppedByTarget[t]! += n;
-      }),
-    );
-    send.initialRateBytesPerSecond = result.finalRateBytesPerSecond;
-    compression.roundBitsPerSecond.push(Math.round((8 * result.wireBytes) / result.seconds));
-    packets.data += result.stats.dataPackets;
-    packets.parity += result.stats.parityPackets;
-    packets.repair += result.stats.repairPackets;
-  };
-  let progressPages = 0;
-  /** Round r is done with, by multicast (`multicasted`) or left to unicast. */
-  const sent = (r: number, multicasted = true) => {
-    if (multicasted) sentPages += work.rounds[r]!.ids.length - roundChanged[r]!.length;
-    progressPages += work.rounds[r]!.ids.length;
-    options.onProgress(progressPages, totalPages);
-  };
-  const nextMulticast = (after: number): number => {
-    let r = after + 1;
-    while (r < work.rounds.length && !multicast[r]) r++;
-    return r;
+  let interrupted = false;
+  const sessions = new Map<number, GroupSession>();
+  let settled: SettledGroup[] = [];
+  /**
+   * Per group, its session's outcome, watched from the moment it is closed: its receivers' agents
+   * answer then, and a target done with every session it is in starts building while the others send.
+   */
+  const settling = new Map<number, Promise<SettledGroup>>();
+  const settle = (open: GroupSession) => {
+    let watched = settling.get(open.group);
+    if (!watched) settling.set(open.group, (watched = settledGroup(open, links, stop.signal, answered)));
+    return watched;
   };
   try {
-    roundsLeft.forEach((left, t) => left === 0 && targetDone(t, true));
-    let r = nextMulticast(-1);
-    let next: Promise<EncodedRound> | undefined =
-      r < work.rounds.length ? encoder.encode(work.rounds[r]!.ids, compression.on) : undefined;
-    // While the first round is encoded: who hears which group.
-    if (next && !options.signal?.aborted)
-      unheard = await probeGroups({
-        rounds: work.rounds,
-        plan,
-        links,
-        source,
-        mtu: options.mtu,
-        rateBytesPerSecond: linkBitsPerSecond / 8,
-        insecurePlaintext: options.insecurePlaintext,
-        ...(options.openSocket ? { openSocket: options.openSocket } : {}),
-      });
-    const deaf = new Set(unheard.map((u) => `${u.group}:${u.target}`));
-    // Rounds too small for a session of their own go by unicast (see worthASession).
-    for (let u = 0; u < work.rounds.length; u++) if (!multicast[u]) sent(u, false);
-    for (; r < work.rounds.length; r = nextMulticast(r)) {
+    // Every group's session first: its receivers join while the codec is measured and the first
+    // round is read.
+    const opened = await Promise.all(
+      groups.map((group) => {
+        const receivers = rounds[order.find((r) => rounds[r]!.group === group)!]!.receivers.filter(
+          (t) => !links[t]!.lost,
+        );
+        if (receivers.length === 0 || stop.signal.aborted) return undefined;
+        return openGroupSession(group, receivers, {
+          plan,
+          links,
+          openSocket: options.openSocket ?? DgramSocket.open,
+          socketOptions: {
+            bindAddress: source.address,
+            ...(isIPv4(source.address) ? { multicastInterface: source.address } : {}),
+          },
+          insecurePlaintext: options.insecurePlaintext,
+          signal: stop.signal,
+          send: {
+            symbolSize: maxSymbolSize(options.mtu),
+            rateBytesPerSecond: linkBitsPerSecond / 8,
+            // The declared link rate (congestion control cuts it where the path is narrower).
+            initialRateBytesPerSecond: linkBitsPerSecond / 8,
+          },
+          maxObjectBytes: MAX_BATCH_BYTES,
+        });
+      }),
+    );
+    for (const open of opened) {
+      if (!open) continue;
+      sessions.set(open.group, open);
+      for (const t of open.receivers) sessionsLeft[t]!++;
+    }
+    links.forEach((_, t) => sessionsLeft[t] === 0 && targetDone(t, true));
+    // One session at a time has the wire: each sends once the one before it sent everything once.
+    const onWire = [...sessions.values()];
+    onWire.forEach((open, i) => {
+      if (i === 0) open.sender.releaseData();
+      else void onWire[i - 1]!.sender.whenFirstPassDone().then(() => open.sender.releaseData());
+    });
+    Object.assign(compression, decideCompression(work, pages, options.compression, linkBitsPerSecond));
+    // Rounds too small for multicast, and those of a group nobody is left to receive, are done with.
+    for (const [r, round] of rounds.entries())
+      if (!multicast[r] || !sessions.has(round.group)) progress(round.ids.length);
+    for (const r of order) {
+      const round = rounds[r]!;
+      const open = sessions.get(round.group);
+      if (!open) continue;
       if (options.signal?.aborted) {
         interrupted = true;
         break;
       }
-      const round = work.rounds[r]!;
-      const encoded = await next!;
+      const { sender } = open;
+      roundStart[r] = sender.objectCount;
+      const compress = compressNext();
+      const encoded = await encoder.encode(round.ids, compress, (bytes) => {
+        roundPayload[r]! += bytes.length;
+        sender.append([{ bytes }]);
+      });
+      roundEnd[r] = sender.objectCount;
       if (encoded.counts.compressed > 0) compression.roundsCompressed++;
-      const following = nextMulticast(r);
-      next =
-        following < work.rounds.length
-          ? encoder.encode(work.rounds[following]!.ids, compressNext())
-          : undefined;
-      next?.catch(() => undefined); // awaited on the next turn; a failure then is thrown there
       encodings.raw += encoded.counts.raw;
       encodings.uniform += encoded.counts.uniform;
       encodings.compressed += encoded.counts.compressed;
       roundChanged[r] = encoded.changed;
-      const receivers = round.receivers.filter((t) => !links[t]!.lost && !deaf.has(`${round.group}:${t}`));
-      for (const t of round.receivers)
-        if (!receivers.includes(t) || encoded.batches.length === 0) roundDoneFor(t);
-      if (receivers.length === 0 || encoded.batches.length === 0) {
-        sent(r);
+      if (lastRoundOf.get(round.group) === r) {
+        sender.close();
+        settle(open).catch(() => undefined); // awaited below
+      }
+      if (roundEnd[r] === roundStart[r]) {
+        progress(round.ids.length); // every page changed since the scan: nothing to send
         continue;
       }
-      // Announced while the round before still has the wire, so its receivers join meanwhile: its
-      // data starts the moment the wire is free.
-      if (onWire) await onWire.sender.whenFirstPassWithin(ANNOUNCE_AHEAD_MS);
-      // Stopped meanwhile: no receiver is told of a round that will not be sent.
-      if (stop.signal.aborted) {
-        interrupted = true;
-        break;
-      }
-      const open = await openRound(r, round, encoded.batches, receivers, {
-        plan,
-        links,
-        openSocket,
-        socketOptions,
-        insecurePlaintext: options.insecurePlaintext,
-        signal: stop.signal,
-        send,
-        held: onWire !== undefined,
+      // The rate the round went out at, once it did (what the next rounds' compression weighs).
+      const started = sender.whenSending(roundStart[r]!).then(() => performance.now());
+      void Promise.all([started, sender.whenSending(roundEnd[r]!)]).then(([from]) => {
+        const seconds = (performance.now() - from) / 1000;
+        if (seconds > 0) compression.roundBitsPerSecond.push(Math.round((8 * roundPayload[r]!) / seconds));
+        progress(round.ids.length);
       });
-      endings.push(open.ended);
-      if (onWire) await settle(onWire);
-      onWire = open;
-      if (interrupted) break;
-      open.releaseData();
+      // The next round is read once this one has the wire: the source holds about two rounds.
+      await started;
     }
-    if (onWire) await settle(onWire);
+    // Every round is offered: each session ends once its receivers have all of it, or were dropped.
+    settled = await Promise.all(onWire.map(settle));
+    if (settled.some((s) => s.aborted)) interrupted = true;
+    const settledOf = new Map(onWire.map((open, i) => [open.group, settled[i]!]));
+    for (const r of order) {
+      const open = sessions.get(rounds[r]!.group);
+      const result = settledOf.get(rounds[r]!.group);
+      if (!open || !result || roundEnd[r] === roundStart[r]) continue;
+      roundDelivered[r] = open.receivers.filter((_, i) => result.received[i]! >= roundEnd[r]!);
+    }
     if (!interrupted) options.onDelivered?.(roundDelivered, roundChanged);
-    await Promise.all(confirmations);
+    const answers = await Promise.all(settled.map((s) => s.confirmed));
+    onWire.forEach((open, i) => {
+      const { stored, dropped } = answers[i]!;
+      const payload = order.filter((r) => rounds[r]!.group === open.group);
+      const sessionPayload = payload.reduce((n, r) => n + roundPayload[r]!, 0);
+      for (const r of payload) {
+        if (sessionPayload > 0)
+          roundWireBytes[r] = Math.round((settled[i]!.wireBytes * roundPayload[r]!) / sessionPayload);
+        if (roundEnd[r] === roundStart[r]) continue;
+        roundCompleted[r] = open.receivers.filter((_, j) => stored[j]! >= roundEnd[r]!);
+      }
+      open.receivers.forEach((t, j) => (droppedByTarget[t]! += dropped[j]!));
+    });
     failed = false;
   } finally {
     // A failure leaves no session announcing itself forever: those not over yet stop.
@@ -312,20 +328,37 @@ export async function seedRounds(
     // Targets still waiting: not seeded when seeding failed or was stopped (then nothing is built).
     links.forEach((_, t) => targetDone(t, !failed && !interrupted));
     // Settled either way before the sockets go (a failure above leaves none to throw unseen).
-    await Promise.allSettled(confirmations);
-    await Promise.allSettled(endings);
+    for (const watched of settling.values()) await watched.then((s) => s.confirmed).catch(() => undefined);
+    await Promise.allSettled([...sessions.values()].map((s) => s.ended));
     options.signal?.removeEventListener('abort', stopWithCaller);
     await encoder.close();
   }
+  const stats = settled.map((s) => s.stats);
+  const unheard = settled.flatMap((result, i) => {
+    const open = [...sessions.values()][i]!;
+    const group = plan.groups[open.group]!;
+    return result.unheard.map((target) => ({
+      target,
+      group: open.group,
+      why: `multicast group ${group.address}:${group.port} did not reach it (no answer to its datagrams; filtered on its path?): its pages went over the control channel`,
+    }));
+  });
   return {
-    multicastPayloadBytes: payloadBytes,
-    multicastWireBytes: wireBytes,
-    rounds: work.rounds.length,
+    multicastPayloadBytes: settled.reduce((n, s) => n + s.payloadBytes, 0),
+    multicastWireBytes: settled.reduce((n, s) => n + s.wireBytes, 0),
+    rounds: rounds.length,
     unicastRounds: multicast.filter((m) => !m).length,
-    uniquePagesSent: sentPages,
+    uniquePagesSent: order.reduce(
+      (n, r) => n + (roundEnd[r]! > roundStart[r]! ? rounds[r]!.ids.length - roundChanged[r]!.length : 0),
+      0,
+    ),
     encodings,
     compression,
-    packets,
+    packets: {
+      data: stats.reduce((n, s) => n + s.dataPackets, 0),
+      parity: stats.reduce((n, s) => n + s.parityPackets, 0),
+      repair: stats.reduce((n, s) => n + s.repairPackets, 0),
+    },
     roundWireBytes,
     roundCompleted,
     roundChanged,

@@ -9,7 +9,7 @@
  * any k distinct symbols of a block rebuild it.
  */
 
-export const WIRE_VERSION = 1;
+export const WIRE_VERSION = 2;
 
 export enum MessageType {
   /** Sender -> group: session parameters and the objects on offer. */
@@ -42,6 +42,11 @@ export interface AnnounceMessage {
   readonly objectCount: number;
   /** Sum of the objects' lengths in bytes (up to 2^48). */
   readonly totalBytes: number;
+  /**
+   * More objects may follow (an open session: its objects are made while it sends): the counts are
+   * those offered so far, and no receiver is complete before an announce without it.
+   */
+  readonly more?: boolean;
 }
 
 export interface SymbolMessage {

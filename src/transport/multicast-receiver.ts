@@ -77,6 +77,7 @@ export class MulticastReceiver {
   };
   private readonly objects = new Map<number, ObjectState>();
   private symbolSize = 0;
+  /** Objects in the session, once an announce says no more follow (-1 until then: any id is taken). */
   private objectCount = -1;
   private objectsSent = 0;
   /** Leading objects complete. */
@@ -121,9 +122,11 @@ export class MulticastReceiver {
     if (sequence !== undefined) this.countPacket(sequence);
     switch (message.type) {
       case MessageType.Announce:
+        // An open session's count grows until its last announce (without `more`) fixes it; one of
+        // its earlier announces arriving late changes nothing then.
         if (this.symbolSize === 0 || this.symbolSize === message.symbolSize) {
           this.symbolSize = message.symbolSize;
-          this.objectCount = message.objectCount;
+          if (message.more !== true) this.objectCount = message.objectCount;
         }
         // Until data flows, every announce is answered, so a lost join does not stall the start.
         if (this.stats.symbols === 0) this.io.send({ type: MessageType.Join });
@@ -153,7 +156,8 @@ export class MulticastReceiver {
       this.joined = true;
     }
     if (this.stateValue === 'complete') return -1;
-    if (now - this.lastHeardMs > this.options.senderTimeoutMs) {
+    // At the time-out itself, not after it: a wake-up due then would otherwise come back at once.
+    if (now - this.lastHeardMs >= this.options.senderTimeoutMs) {
       this.stateValue = 'failed';
       return -1;
     }

@@ -53,15 +53,24 @@ export interface SenderOptions {
    * another session still has the wire (the join timeout counts from the release).
    */
   readonly startHeld?: boolean;
+  /**
+   * An open session: objects may be appended (append()) while it sends, until close(). Its receivers
+   * learn the count so far from its announces (flagged `more`) and complete only once it is closed.
+   */
+  readonly open?: boolean;
 }
 
-/** An object to deliver; its id on the wire is its index in the list given to the sender. */
+/** An object to deliver; its id on the wire is its index in the session (given, then appended). */
 export interface SendObject {
   readonly bytes: Uint8Array;
 }
 
-/** Why a receiver left the session: silent too long, too slow, it said so, or its owner said it is gone. */
-export type DropReason = 'timeout' | 'too slow' | 'left' | 'lost';
+/**
+ * Why a receiver left the session: silent too long, too slow, it said so, or its owner said it is
+ * gone; 'unheard' when it timed out (or fell behind) without ever answering what the group carries:
+ * its join came, but the group's datagrams do not reach it (multicast filtered on its path).
+ */
+export type DropReason = 'timeout' | 'too slow' | 'left' | 'lost' | 'unheard';
 
 export interface SenderStats {
   dataPackets: number;
@@ -81,6 +90,8 @@ export interface SessionResult {
 
 interface ReceiverState {
   joined: boolean;
+  /** It answered something only the group carries (a heartbeat, a symbol): the group reaches it. */
+  heard: boolean;
   lastHeardMs: number;
   /** Leading objects complete at the receiver. */
   objectsComplete: number;
@@ -97,11 +108,21 @@ const BURST_MS = 8;
 const SYMBOL_OVERHEAD_BYTES = 84;
 
 export class MulticastSender {
-  private readonly objects: { info: SendObject; objectId: number; layout: ObjectLayout; endOffset: number }[];
+  /** Objects offered; `info` is let go once every receiver still in the session has the object. */
+  private readonly objects: {
+    info: SendObject | undefined;
+    objectId: number;
+    layout: ObjectLayout;
+    endOffset: number;
+  }[];
+  /** Objects below this are held by every receiver still in the session: their bytes are let go. */
+  private forgottenBelow = 0;
   private readonly receivers = new Map<number, ReceiverState>();
   private readonly repairs = new RepairQueue();
   private readonly rate: RateController;
-  private readonly options: Required<Omit<SenderOptions, 'initialRateBytesPerSecond' | 'startHeld'>>;
+  private readonly options: Required<Omit<SenderOptions, 'initialRateBytesPerSecond' | 'startHeld' | 'open'>>;
+  /** Objects may still be appended (an open session not closed yet). */
+  private open: boolean;
   private cursor = { object: 0, block: 0, index: 0 };
   private tokens = 0;
   private lastRefillMs: number;
@@ -142,16 +163,19 @@ export class MulticastSender {
       joinTimeoutMs: 2000,
       ...options,
     };
-    let offset = 0;
-    this.objects = objects.map((info, objectId) => {
-      offset += info.bytes.length;
-      const layout = layoutObject(info.bytes.length, options.symbolSize, options.blockSymbols);
-      return { info, objectId, layout, endOffset: offset };
-    });
+    this.objects = [];
+    this.open = options.open === true;
+    this.push(objects);
     const now = io.now();
     this.lastRefillMs = now;
     for (const id of receivers)
-      this.receivers.set(id, { joined: false, lastHeardMs: now, objectsComplete: 0, complete: false });
+      this.receivers.set(id, {
+        joined: false,
+        heard: false,
+        lastHeardMs: now,
+        objectsComplete: 0,
+        complete: false,
+      });
     this.startedMs = now;
     this.held = options.startHeld === true;
     this.rate = new RateController({
@@ -184,10 +208,48 @@ export class MulticastSender {
     return this.doneSent > 0;
   }
 
-  /** Milliseconds the first pass still needs at the current rate (0 once every object went out once). */
-  get firstPassMsLeft(): number {
-    const total = this.objects.length > 0 ? this.objects[this.objects.length - 1]!.endOffset : 0;
-    return (Math.max(0, total - this.firstPassBytes) / this.rate.rate) * 1000;
+  /** Offers more objects (an open session only); announced at the next poll. */
+  append(objects: readonly SendObject[]): void {
+    if (!this.open) throw new Error('objects appended to a session that is not open');
+    this.push(objects);
+    this.lastAnnounceMs = -Infinity;
+  }
+
+  /** An open session offers no more objects: its receivers may complete (announced at the next poll). */
+  close(): void {
+    if (!this.open) return;
+    this.open = false;
+    this.lastAnnounceMs = -Infinity;
+  }
+
+  /** Every object offered went out once and none will be added: the wire is free for another session. */
+  get firstPassDone(): boolean {
+    return !this.open && this.cursor.object >= this.objects.length;
+  }
+
+  /** Data flows and the first pass has reached object `object`: those before it went out once. */
+  sendingFrom(object: number): boolean {
+    return this.dataStarted && !this.held && this.cursor.object >= object;
+  }
+
+  /** Objects offered so far. */
+  get objectCount(): number {
+    return this.objects.length;
+  }
+
+  /** Leading objects receiver `id` has reported complete (all of them once it completed). */
+  objectsCompleteAt(id: number): number {
+    const r = this.receivers.get(id);
+    return r === undefined ? 0 : r.complete ? this.objects.length : r.objectsComplete;
+  }
+
+  private push(objects: readonly SendObject[]): void {
+    let offset = this.objects.length > 0 ? this.objects[this.objects.length - 1]!.endOffset : 0;
+    for (const info of objects) {
+      offset += info.bytes.length;
+      const layout = layoutObject(info.bytes.length, this.options.symbolSize, this.options.blockSymbols);
+      this.objects.push({ info, objectId: this.objects.length, layout, endOffset: offset });
+    }
   }
 
   /** Lets a session created with startHeld send its data (its join wait starts now). */
@@ -217,6 +279,8 @@ export class MulticastSender {
     const now = this.io.now();
     receiver.lastHeardMs = now;
     receiver.joined = true;
+    // A join is sent unasked; these answer the group's datagrams.
+    if (message.type !== MessageType.Join && message.type !== MessageType.Leave) receiver.heard = true;
     switch (message.type) {
       case MessageType.Join:
         return;
@@ -225,12 +289,13 @@ export class MulticastSender {
       case MessageType.Complete:
         receiver.complete = true;
         receiver.objectsComplete = this.objects.length;
-        return;
+        return this.forgetDelivered();
       case MessageType.Status:
         receiver.objectsComplete = Math.max(
           receiver.objectsComplete,
           Math.min(message.objectsComplete, this.objects.length),
         );
+        this.forgetDelivered();
         this.rate.report(
           from,
           rttOf(now, message.echoMicros, message.echoDelayMicros),
@@ -292,8 +357,21 @@ export class MulticastSender {
     return Math.max(0, nextControl - now);
   }
 
+  /**
+   * Lets go of the bytes of objects every receiver still in the session has: an open session may
+   * carry a whole job's pages, and only what some receiver may still ask for is worth keeping.
+   */
+  private forgetDelivered(): void {
+    let below = this.objects.length;
+    for (const r of this.receivers.values()) if (!r.dropped) below = Math.min(below, r.objectsComplete);
+    // Objects not yet sent once stay, whatever the receivers claim.
+    below = Math.min(below, this.cursor.object);
+    for (; this.forgottenBelow < below; this.forgottenBelow++)
+      this.objects[this.forgottenBelow]!.info = undefined;
+  }
+
   private requestRepair(object: number, block: number, missing: number): void {
-    if (!Number.isInteger(object) || object < 0 || object >= this.objects.length) return;
+    if (!Number.isInteger(object) || object < this.forgottenBelow || object >= this.objects.length) return;
     const { layout } = this.objects[object]!;
     if (!Number.isInteger(block) || block < 0 || block >= layout.blockCount) return;
     // Blocks not yet sent on the first pass need no repair: they are on their way.
@@ -315,6 +393,8 @@ export class MulticastSender {
     const repair = this.repairs.next(this.io.now());
     if (!repair) return false;
     const { info, objectId, layout } = this.objects[repair.object]!;
+    // Asked for before every receiver had it, and let go since: nobody needs it any more.
+    if (info === undefined) return this.sendRepair();
     this.sendSymbol(objectId, info, layout, repair.block, repair.index, symbolsInBlock(layout, repair.block));
     this.stats.repairPackets++;
     return true;
@@ -331,7 +411,7 @@ export class MulticastSender {
     if (!this.windowOpen(now)) return false;
     const { info, layout } = this.objects[c.object]!;
     const k = symbolsInBlock(layout, c.block);
-    const bytes = this.sendSymbol(c.object, info, layout, c.block, c.index, k);
+    const bytes = this.sendSymbol(c.object, info!, layout, c.block, c.index, k);
     if (c.index < k) {
       this.stats.dataPackets++;
       this.firstPassBytes += bytes;
@@ -407,7 +487,7 @@ export class MulticastSender {
   }
 
   private finished(): boolean {
-    if (this.hasWork()) return false;
+    if (this.open || this.hasWork()) return false;
     for (const r of this.receivers.values()) if (!r.dropped && !r.complete) return false;
     return true;
   }
@@ -429,7 +509,8 @@ export class MulticastSender {
   }
 
   private drop(id: number, receiver: ReceiverState, reason: DropReason): void {
-    receiver.dropped = reason;
+    const unanswered = reason === 'timeout' || reason === 'too slow';
+    receiver.dropped = unanswered && !receiver.heard ? 'unheard' : reason;
     this.rate.forget(id);
   }
 
@@ -453,6 +534,7 @@ export class MulticastSender {
         blockSymbols: this.options.blockSymbols,
         objectCount: this.objects.length,
         totalBytes: this.objects.length > 0 ? this.objects[this.objects.length - 1]!.endOffset : 0,
+        ...(this.open ? { more: true } : {}),
       },
       'group',
     );

@@ -139,7 +139,10 @@ export class SenderSession {
   /** Runs the machine now (while running): what changed may end the session or free the wire. */
   private wake: (() => void) | undefined;
   private readonly settledResult: Promise<SessionResult>;
-  private firstPassWatch: { ms: number; resolve: () => void } | undefined;
+  /** Each resolved once the first pass reached what it waits for, or the session is over. */
+  private firstPassWatches: { reached: () => boolean; resolve: () => void }[] = [];
+  /** Stopped by run()'s signal: nothing more will be sent, so no watch waits. */
+  private stopped = false;
   private settle!: { resolve: (result: SessionResult) => void; reject: (reason: unknown) => void };
 
   constructor(
@@ -198,16 +201,49 @@ export class SenderSession {
   }
 
   /**
-   * Resolves once the first pass needs at most `ms` more at the current rate (or is over): the
-   * moment to announce the session that follows, so its receivers have joined when the wire is free.
-   * One watcher at a time.
+   * Resolves once every object went out once and none will be added (or the session is over): the
+   * moment the session that follows it on the wire may send.
    */
-  whenFirstPassWithin(ms: number): Promise<void> {
-    if (this.machine.done || this.machine.firstPassMsLeft <= ms) return Promise.resolve();
+  whenFirstPassDone(): Promise<void> {
+    return this.whenFirstPass(() => this.machine.firstPassDone);
+  }
+
+  /**
+   * Resolves once data flows and the first pass has reached object `object` (or the session is
+   * over): what was offered before it is out once.
+   */
+  whenSending(object: number): Promise<void> {
+    return this.whenFirstPass(() => this.machine.sendingFrom(object));
+  }
+
+  private whenFirstPass(reached: () => boolean): Promise<void> {
+    if (this.machine.done || this.stopped || reached()) return Promise.resolve();
     return new Promise((resolve) => {
-      this.firstPassWatch = { ms, resolve };
+      this.firstPassWatches.push({ reached, resolve });
       this.wake?.();
     });
+  }
+
+  /** Offers more objects (a session made `open`): they follow those before at once. */
+  append(objects: readonly SendObject[]): void {
+    this.machine.append(objects);
+    this.wake?.();
+  }
+
+  /** A session made `open` offers no more objects: its receivers complete once they hold them all. */
+  close(): void {
+    this.machine.close();
+    this.wake?.();
+  }
+
+  /** Objects offered so far. */
+  get objectCount(): number {
+    return this.machine.objectCount;
+  }
+
+  /** Leading objects receiver `id` has reported complete. */
+  objectsCompleteAt(id: number): number {
+    return this.machine.objectsCompleteAt(id);
   }
 
   /** A session made with startHeld starts its data now. */
@@ -231,11 +267,14 @@ export class SenderSession {
         resolve(this.machine.result());
       };
       const abort = () => {
+        // Nothing wakes a stopped session again (a release or an append after the stop would
+        // otherwise start its polling anew, with nobody left to end it).
+        this.stopped = true;
+        this.wake = undefined;
         this.cancelTimer?.();
         const reason = signal?.reason ?? new Error('aborted');
         this.settle.reject(reason);
-        this.firstPassWatch?.resolve();
-        this.firstPassWatch = undefined;
+        for (const watch of this.firstPassWatches.splice(0)) watch.resolve();
         reject(reason);
       };
       if (signal?.aborted) return abort();
@@ -247,11 +286,12 @@ export class SenderSession {
       const tick = () => {
         const wait = this.machine.poll();
         if (this.machine.settled) this.settle.resolve(this.machine.result());
-        const watch = this.firstPassWatch;
-        if (watch && (wait < 0 || this.machine.firstPassMsLeft <= watch.ms)) {
-          this.firstPassWatch = undefined;
-          watch.resolve();
-        }
+        if (this.firstPassWatches.length > 0)
+          this.firstPassWatches = this.firstPassWatches.filter((watch) => {
+            if (wait >= 0 && !watch.reached()) return true;
+            watch.resolve();
+            return false;
+          });
         if (wait < 0) {
           this.wake = undefined;
           return finish();

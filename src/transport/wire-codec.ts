@@ -60,7 +60,9 @@ export const MAX_LOSS_PPM = 1_000_000;
 export const MAX_U32 = 0xffff_ffff;
 export const MAX_SEQUENCE = 2n ** 64n - 1n;
 
-const ANNOUNCE_BYTES = 15; // symbolSize u16, blockSymbols u8, objectCount u32, totalBytes u64
+const ANNOUNCE_BYTES = 16; // symbolSize u16, blockSymbols u8, objectCount u32, totalBytes u64, flags u8
+/** Announce flag: more objects may follow. */
+const ANNOUNCE_MORE = 0x01;
 const HEARTBEAT_BYTES = 20; // sentAtMicros u64, objectsSent u32, rate u64
 const NAK_FIXED_BYTES = 20; // echoMicros u64, echoDelayMicros u32, lossPpm u32, gap count u32
 const BLOCK_GAP_BYTES = 9; // objectId u32, block u32, missing u8
@@ -233,6 +235,7 @@ function encodeAnnounce(m: AnnounceMessage): Uint8Array {
     .u8(m.blockSymbols)
     .u32(m.objectCount)
     .u64(m.totalBytes)
+    .u8(m.more === true ? ANNOUNCE_MORE : 0)
     .finish();
 }
 
@@ -242,12 +245,21 @@ function decodeAnnounce(r: BinaryReader): AnnounceMessage | DecodeFailure {
   const blockSymbols = r.u8();
   const objectCount = r.u32();
   const totalBytes = r.u64safe();
+  const flags = r.u8();
   if (symbolSize === 0) return fail('Announce symbolSize 0');
+  if ((flags & ~ANNOUNCE_MORE) !== 0) return fail(`Announce flags 0x${flags.toString(16)}: unknown bits set`);
   if (blockSymbols === 0) return fail('Announce blockSymbols 0');
   if (totalBytes === undefined || totalBytes > MAX_OBJECT_LENGTH) {
     return fail('Announce totalBytes exceeds 2^48-1');
   }
-  return { type: MessageType.Announce, symbolSize, blockSymbols, objectCount, totalBytes };
+  return {
+    type: MessageType.Announce,
+    symbolSize,
+    blockSymbols,
+    objectCount,
+    totalBytes,
+    ...((flags & ANNOUNCE_MORE) !== 0 ? { more: true } : {}),
+  };
 }
 
 function encodeSymbol(m: SymbolMessage): Uint8Array {

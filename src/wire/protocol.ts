@@ -5,7 +5,8 @@
  * A job, as the agent sees it:
  *   job -> ready (what it holds: an announcement of digests, and images already verified)
  *   confirm-held -> held-confirmed (which announced pages its running VMs' streams may refer to)
- *   seed* -> seeded* (one per multicast round it is a receiver of; the session key travels here)
+ *   seed* -> seeded* (one per multicast group it receives: a session for the whole seeding, whose
+ *     key travels here)
  *   fetch-from* -> fetched* (pages a peer of its site holds; the agent fetches them there with 'fetch')
  *   vm -> missing? -> pages* -> rebuild -> rebuilt (one per VM image placed on it)
  *   live-* (one exchange per running VM placed on it: live/messages.ts; each live-stream is acknowledged
@@ -26,8 +27,10 @@ import { DIGEST_BYTES } from '../memory/page.js';
  * 3: agents name the codecs they decode beyond LZ4 ('ready'.codecs: 'zstd' for live page runs).
  * 4: agents confirm exactly the announced pages a live stream will refer to ('confirm-held').
  * 5: live page runs mark the pages sent in full that both ends remember (KEEP in live/batch.ts).
+ * 6: one open multicast session per group for the whole seeding; 'seeded' says how many of its
+ *    leading objects were stored ('objects').
  */
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 
 /** A VM's name as the job protocol carries it (agents name files and sockets after it). */
 export const VM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -110,9 +113,12 @@ export type FromAgent =
       readonly t: 'seeded';
       readonly session: number;
       readonly state: 'complete' | 'failed';
+      /** Pages stored, and pages whose record failed its digest check. */
       readonly stored: number;
       readonly rejected: number;
-      /** Datagrams the round's receiver dropped: forged, replayed, stale, truncated or malformed. */
+      /** Leading objects of the session stored (all of them when complete): the rounds it holds. */
+      readonly objects: number;
+      /** Datagrams the session's receiver dropped: forged, replayed, stale, truncated or malformed. */
       readonly dropped: number;
     }
   /** Indices (u32 LE) into the VM's digest list of pages the agent lacks. */
@@ -221,6 +227,7 @@ const fromAgentShapes: Record<FromAgent['t'], Record<string, Check>> = {
     state: (v) => v === 'complete' || v === 'failed',
     stored: isUint,
     rejected: isUint,
+    objects: isUint,
     dropped: isUint,
   },
   missing: { vm: isString, indices: isBytes },

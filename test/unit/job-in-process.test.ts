@@ -52,7 +52,7 @@ function targets(dir: string, network: MemoryNetwork): Targets {
   };
 }
 
-function writeTopology(dir: string, ports: ReadonlyMap<string, number>): string {
+function writeTopology(dir: string, ports: ReadonlyMap<string, number>, sourceLink = '1Gbit'): string {
   const families = ['debian', 'debian', 'debian', 'alpine', 'alpine', 'debian'];
   const path = join(dir, 'topology.yaml');
   writeFileSync(
@@ -60,7 +60,7 @@ function writeTopology(dir: string, ports: ReadonlyMap<string, number>): string 
     [
       'multicast: { base: 239.255.77.0, size: 8, port: 7777 }',
       'hosts:',
-      '  - { name: src, address: 127.0.0.1, port: 1, role: source, link: 1Gbit }',
+      `  - { name: src, address: 127.0.0.1, port: 1, role: source, link: ${sourceLink} }`,
       ...TARGETS.map(
         (t) =>
           `  - { name: ${t}, address: 127.0.0.1, port: ${ports.get(t)}, role: target, memory: 64MiB, maxVms: 2, link: 1Gbit }`,
@@ -101,6 +101,7 @@ function scatter(
 async function jobWithAgents(
   t: { after: (fn: () => Promise<void>) => void },
   network: MemoryNetwork,
+  sourceLink?: string,
 ): Promise<{ dir: string; hosts: Targets; topology: ScatterOptions['topology'] }> {
   const { dir, cleanup } = tempDir('vms-job-');
   const hosts = targets(dir, network);
@@ -109,7 +110,7 @@ async function jobWithAgents(
     cleanup();
   });
   for (const name of TARGETS) await hosts.start(name);
-  const path = writeTopology(dir, new Map(TARGETS.map((n) => [n, hosts.agents.get(n)!.port])));
+  const path = writeTopology(dir, new Map(TARGETS.map((n) => [n, hosts.agents.get(n)!.port])), sourceLink);
   return { dir, hosts, topology: materialiseSyntheticImages(loadTopology(path), dir) };
 }
 
@@ -202,7 +203,9 @@ test('in-process job: rounds too small to pay for a session go by unicast, and e
 
 test('in-process job: a target whose rounds are all stored starts rebuilding while rounds for others go on', async (t) => {
   const network = new MemoryNetwork(realScheduler, Math.random, {});
-  const { dir, topology } = await jobWithAgents(t, network);
+  // A source link slow enough that the rounds for others are still on the wire when the first
+  // target has what it needs (at 1 Gbit/s, the whole seeding ends within a rebuild's time here).
+  const { dir, topology } = await jobWithAgents(t, network, '200Mbit');
   const phases: string[] = [];
   const report = await scatter(topology, dir, network, {
     onProgress: (event) => phases.push(event.phase),

@@ -5,7 +5,7 @@ import { parseFromAgent, parseToAgent, PROTOCOL_VERSION } from '../../src/wire/p
 test('protocol: well-formed messages parse both ways', () => {
   const job = { t: 'job', version: PROTOCOL_VERSION, job: 'j1', host: 't1' };
   assert.deepEqual(parseToAgent(job), job);
-  const seeded = { t: 'seeded', session: 7, state: 'complete', stored: 3, rejected: 0, dropped: 2 };
+  const seeded = { t: 'seeded', session: 7, state: 'complete', stored: 3, rejected: 0, objects: 1, dropped: 2 };
   assert.deepEqual(parseFromAgent(seeded), seeded);
   const vm = {
     t: 'vm',
@@ -57,7 +57,7 @@ test('protocol: forged or malformed values are refused, never thrown on', () => 
   ];
   for (const value of bad) assert.equal(parseToAgent(value), undefined, JSON.stringify(value));
   const badFromAgent: unknown[] = [
-    { t: 'seeded', session: 1, state: 'maybe', stored: 0, rejected: 0, dropped: 0 },
+    { t: 'seeded', session: 1, state: 'maybe', stored: 0, rejected: 0, objects: 0, dropped: 0 },
     { t: 'ready', job: 'j', host: 'h', held: new Uint8Array(0), heldCount: 0, verified: [{ vm: 1 }] },
     { t: 'missing', vm: 'v', indices: 'x' },
     { t: 'rebuilt', vm: 'v', ok: 'yes', sha256: '', error: '' },

@@ -109,7 +109,7 @@ test('header: golden bytes, big-endian, 20 bytes', () => {
   };
   const bytes = encodeHeader(header);
   assert.equal(HEADER_BYTES, 20);
-  assert.equal(hex(bytes), '5653' + '01' + '02' + '01020304' + '0a0b0c0d' + '1112131415161718');
+  assert.equal(hex(bytes), '5653' + '02' + '02' + '01020304' + '0a0b0c0d' + '1112131415161718');
   assert.equal(hex(encodeHeader(header, 'plaintext')).slice(0, 4), '5650');
   assert.deepEqual(decodeHeader(bytes), { ...header, mode: 'sealed' });
 });
@@ -192,6 +192,7 @@ test('messages: every type round-trips with boundary values', () => {
       objectCount: MAX_U32,
       totalBytes: MAX_OBJECT_LENGTH,
     },
+    { type: MessageType.Announce, symbolSize: 8, blockSymbols: 4, objectCount: 2, totalBytes: 9, more: true },
     symbol({ objectId: 0, objectLength: 0, block: 0, index: 0, blockSymbols: 1, payload: new Uint8Array(0) }),
     symbol({
       objectId: MAX_U32,
@@ -325,6 +326,7 @@ test('messages: out-of-range fields are refused with a reason', () => {
   failure(MessageType.Announce, put(announce, 0, [0, 0]), /symbolSize 0/);
   failure(MessageType.Announce, put(announce, 2, [0]), /blockSymbols 0/);
   failure(MessageType.Announce, put(announce, 7, [0, 1, 0, 0]), /totalBytes exceeds 2\^48-1/);
+  failure(MessageType.Announce, put(announce, 15, [0x02]), /Announce flags 0x2: unknown bits set/);
   // Symbol layout: objectId 0..4, objectLength 4..12, block 12..16, index 16, blockSymbols 17, length 18..20.
   failure(MessageType.Data, put(data, 17, [0]), /blockSymbols 0/);
   failure(MessageType.Data, put(data, 16, [255, 255]), /index 255 exceeds 254/);
