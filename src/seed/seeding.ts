@@ -268,6 +268,8 @@ export async function seedRounds(
       }
       const { sender } = open;
       roundStart[r] = sender.objectCount;
+      // From the moment the wire has sent everything before the round: its batches follow as made.
+      const started = sender.whenSending(roundStart[r]!).then(() => performance.now());
       const compress = compressNext();
       const encoded = await encoder.encode(round.ids, compress, (bytes) => {
         roundPayload[r]! += bytes.length;
@@ -288,7 +290,6 @@ export async function seedRounds(
         continue;
       }
       // The rate the round went out at, once it did (what the next rounds' compression weighs).
-      const started = sender.whenSending(roundStart[r]!).then(() => performance.now());
       void Promise.all([started, sender.whenSending(roundEnd[r]!)]).then(([from]) => {
         const seconds = (performance.now() - from) / 1000;
         if (seconds > 0) compression.roundBitsPerSecond.push(Math.round((8 * roundPayload[r]!) / seconds));
