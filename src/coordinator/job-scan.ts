@@ -133,7 +133,12 @@ export async function scanJob(
       vms[v] = scanned.pages;
       liveScans.set(v, scanned.method);
       if (scanned.checks) liveChecks.set(v, scanned.checks);
-      if (scanned.memory) memoryFiles.set(v, { ...scanned.memory, changing: true });
+      if (scanned.memory)
+        memoryFiles.set(v, {
+          ...scanned.memory,
+          changing: true,
+          ...(scanned.checks ? { checks: scanned.checks.checks } : {}),
+        });
     };
     // Two at a time: each keeps a thread of the pool reading and digesting its memory while the
     // event loop files what the other found, so both cores work (one VM at a time used one).

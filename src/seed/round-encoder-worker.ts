@@ -11,7 +11,7 @@ import { DIGEST_BYTES, PAGE_SIZE } from '../memory/page.js';
 import { encodeRecords, type BatchCounts } from '../memory/page-batches.js';
 import { PageDigester } from '../memory/page-digest.js';
 import type { PageFile } from '../store/source-pages.js';
-import type { EncodeReply, EncodeRequest } from './round-encoder.js';
+import type { ChecksMessage, EncodeReply, EncodeRequest } from './round-encoder.js';
 import { readExactly } from '../read-exactly.js';
 
 if (!parentPort) throw new Error('round-encoder-worker must run as a worker thread');
@@ -19,8 +19,14 @@ const port = parentPort;
 const fds = new Map<string, number>();
 /** Digests pages read from running guests again (one job, one key, per worker). */
 let digester: PageDigester | undefined;
+/** Per file, the scan's page checks (copies: a failed check is cleared here only). */
+let fileChecks: readonly (Uint8Array | undefined)[] = [];
 
-port.on('message', (message: EncodeRequest | { type: 'close' }) => {
+port.on('message', (message: EncodeRequest | ChecksMessage | { type: 'close' }) => {
+  if (message.type === 'checks') {
+    fileChecks = message.checks;
+    return;
+  }
   if (message.type === 'close') {
     for (const fd of fds.values()) closeSync(fd);
     fds.clear();
@@ -76,7 +82,9 @@ function encodeRound(
 
 /**
  * Per page of a batch: 1 when its bytes still have the scanned digest. Only pages read from a file
- * that changes (a running guest) are digested again; the others are kept as read.
+ * that changes (a running guest) are looked at again: one whose scanned check still holds is
+ * unchanged (the check is a keyed 64-bit digest, a tenth of SHA-256's cost), the others are digested
+ * again; pages read from other files are kept as read.
  */
 function unchangedPages(
   request: EncodeRequest,
@@ -89,8 +97,12 @@ function unchangedPages(
   const now = new Uint8Array(DIGEST_BYTES);
   const kept = new Uint8Array(count).fill(1);
   for (let i = 0; i < count; i++) {
-    if (!request.files[request.vm[first + i]!]!.changing) continue;
-    digester.digestInto(pages, i * PAGE_SIZE, now, 0);
+    const file = request.vm[first + i]!;
+    if (!request.files[file]!.changing) continue;
+    const checks = fileChecks[file];
+    if (checks) {
+      if (digester.digestChecked(pages, i * PAGE_SIZE, checks, request.page[first + i]!, now)) continue;
+    } else digester.digestInto(pages, i * PAGE_SIZE, now, 0);
     const at = i * DIGEST_BYTES;
     if (Buffer.compare(now, digests.subarray(at, at + DIGEST_BYTES)) !== 0) kept[i] = 0;
   }

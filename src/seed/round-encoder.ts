@@ -12,9 +12,16 @@ import type { PageFile, SourcePages } from '../store/source-pages.js';
  * content goes in the guest's live stream anyway, and a target holds no page of a digest it was not
  * sent.
  */
+/** Sent once, before any request: each file's page checks (PageFile.checks), by file index. */
+export interface ChecksMessage {
+  readonly type: 'checks';
+  readonly checks: readonly (Uint8Array | undefined)[];
+}
+
 export interface EncodeRequest {
   readonly type: 'encode';
   readonly id: number;
+  /** The files pages are read from, without their checks (sent once, ChecksMessage). */
   readonly files: readonly PageFile[];
   /** The page-digest key, for pages read from files that change. */
   readonly digestKey: Uint8Array;
@@ -59,11 +66,16 @@ export class RoundEncoder {
     }
   >();
   private nextId = 1;
+  /** The source's files without their checks: what each request names (the checks went once). */
+  private readonly files: readonly PageFile[];
 
   constructor(
     private readonly pages: SourcePages,
     private readonly batchPages: number,
   ) {
+    this.files = pages.files.map(({ path, base, changing }) => ({ path, base, changing }));
+    const checks: ChecksMessage = { type: 'checks', checks: pages.files.map((file) => file.checks) };
+    this.worker.postMessage(checks);
     this.worker.on('message', (reply: EncodeReply) => {
       const waiter = this.waiting.get(reply.id);
       if (reply.type === 'batch') {
@@ -108,7 +120,7 @@ export class RoundEncoder {
     const request: EncodeRequest = {
       type: 'encode',
       id,
-      files: this.pages.files,
+      files: this.files,
       digestKey: this.pages.digestKey,
       vm,
       page,

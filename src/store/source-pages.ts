@@ -14,6 +14,11 @@ export interface PageFile {
   readonly path: string;
   readonly base: number;
   readonly changing: boolean;
+  /**
+   * A running guest's page checks from its scan (8 bytes per page, 0 for none; live/source.ts): a
+   * page whose check still holds has its scanned digest without being hashed again.
+   */
+  readonly checks?: Uint8Array;
 }
 
 /**

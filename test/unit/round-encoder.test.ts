@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { decodeBatch } from '../../src/memory/page-batches.js';
 import { DIGEST_BYTES, PAGE_SIZE } from '../../src/memory/page.js';
-import { PageDigester, randomDigestKey } from '../../src/memory/page-digest.js';
+import { PAGE_CHECK_BYTES, PageDigester, randomDigestKey } from '../../src/memory/page-digest.js';
 import { RoundEncoder } from '../../src/seed/round-encoder.js';
 import type { SourcePages } from '../../src/store/source-pages.js';
 import { tempDir } from '../support/fixtures.js';
@@ -132,6 +132,49 @@ test('round encoder: pages a running guest changed since the scan are left out, 
       const expected = id <= 8 ? fill(id - 1) : id === 9 ? fill(100) : image.subarray(PAGE_SIZE);
       assert.deepEqual(Buffer.from(record.page!), Buffer.from(expected), `page of id ${id}`);
     }
+  } finally {
+    await encoder.close();
+  }
+});
+
+/**
+ * With the scan's page checks, a running guest's page whose check still holds is taken as unchanged
+ * without being hashed again, and one whose check fails is hashed and compared as before. Shown by a
+ * scanned digest that is wrong on purpose: trusted where the check holds (the encoder did not hash
+ * that page), caught where the page changed.
+ */
+test('round encoder: a guest page whose scanned check holds is not hashed again', async (t) => {
+  const key = randomDigestKey();
+  const digester = new PageDigester(key);
+  if (!digester.isNative) return t.skip('page checks come from the native addon');
+  const { dir, cleanup } = tempDir('vms-encoder-');
+  t.after(cleanup);
+  const memory = Uint8Array.from({ length: 4 * PAGE_SIZE }, (_, j) => (j * 7 + (j >> 12)) & 0xff);
+  const digests = new Uint8Array(4 * DIGEST_BYTES);
+  const checks = new Uint8Array(4 * PAGE_CHECK_BYTES);
+  await digester.scanPages(undefined, memory, 4, digests, new Uint8Array(4), checks);
+  // The scanned digest of page 0 is made wrong: only a hash of the page could tell.
+  digests.fill(0xab, 0, DIGEST_BYTES);
+  memory[2 * PAGE_SIZE + 5] = memory[2 * PAGE_SIZE + 5]! ^ 1; // page 2 changes after the scan
+  const memoryPath = join(dir, 'guest.mem');
+  writeFileSync(memoryPath, memory);
+  const pages = {
+    files: [{ path: memoryPath, base: 0, changing: true, checks }],
+    digestKey: key,
+    locationOf: (id: number) => ({ vm: 0, page: id - 1 }),
+    digestOf: (id: number) => digests.slice((id - 1) * DIGEST_BYTES, id * DIGEST_BYTES),
+  } as unknown as SourcePages;
+  const encoder = new RoundEncoder(pages, 4);
+  try {
+    const { batches, changed } = await encoder.encode(Uint32Array.from([1, 2, 3, 4]), false);
+    assert.deepEqual([...changed], [3], 'the changed page is caught by its check, then its hash');
+    const records = batches.flatMap((batch) => [...decodeBatch(batch)]);
+    assert.equal(records.length, 3);
+    assert.deepEqual(
+      Buffer.from(records[0]!.digest),
+      Buffer.alloc(DIGEST_BYTES, 0xab),
+      'page 0: check trusted',
+    );
   } finally {
     await encoder.close();
   }

@@ -5,7 +5,15 @@ import { parseFromAgent, parseToAgent, PROTOCOL_VERSION } from '../../src/wire/p
 test('protocol: well-formed messages parse both ways', () => {
   const job = { t: 'job', version: PROTOCOL_VERSION, job: 'j1', host: 't1' };
   assert.deepEqual(parseToAgent(job), job);
-  const seeded = { t: 'seeded', session: 7, state: 'complete', stored: 3, rejected: 0, objects: 1, dropped: 2 };
+  const seeded = {
+    t: 'seeded',
+    session: 7,
+    state: 'complete',
+    stored: 3,
+    rejected: 0,
+    objects: 1,
+    dropped: 2,
+  };
   assert.deepEqual(parseFromAgent(seeded), seeded);
   const vm = {
     t: 'vm',
