@@ -9,7 +9,7 @@ import { pageCountOf } from '../memory/page-source.js';
 import type { QemuMonitor } from '../qemu/qmp.js';
 import { isRunning, sourceHostOf, type Topology } from '../topology/model.js';
 import { ContentStore } from '../store/content-store.js';
-import { imageSha256 } from '../memory/image-hash.js';
+import { imageSha256Beside } from '../memory/image-hash.js';
 import { scanRunningVm } from '../live/scan.js';
 import { reachRunningVm, type ScannedChecks, type ScannedLiveVm } from '../live/source.js';
 import { SourcePages, type PageFile } from '../store/source-pages.js';
@@ -76,15 +76,21 @@ export async function scanJob(
         `VM ${vm.name}: memory is ${vm.memoryBytes} bytes in ${topology.file} but its image holds ${bytes}`,
       );
   }
+  // The whole images' SHA-256s (what each target's rebuild is checked against) beside the pages'.
+  const imageHashes = imageSha256Beside(images.map(({ path }) => path));
+  imageHashes.catch(() => undefined); // awaited below; a failed fingerprint must not leave it unhandled
   const fingerprinted = await fingerprintVms(
     images.map(({ v, path }) => ({ name: topology.vms[v]!.name, source: { kind: 'image', path } })),
     { key, table, ...(options.onProgress ? { onProgress: options.onProgress } : {}) },
   );
   const vms: VmPages[] = new Array(topology.vms.length);
   const sha256 = new Array<string>(topology.vms.length).fill('');
-  images.forEach(({ v, path }, i) => {
+  const hashes = await imageHashes.catch((error: unknown) => {
+    throw new InputError(`hashing the images: ${(error as Error).message}`);
+  });
+  images.forEach(({ v }, i) => {
     vms[v] = fingerprinted.vms[i]!;
-    sha256[v] = imageSha256(path);
+    sha256[v] = hashes[i]!;
   });
   const qmp = new Map<number, QemuMonitor>();
   const liveScans = new Map<number, ScannedLiveVm['method']>();

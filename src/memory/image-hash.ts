@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import { PAGE_SIZE } from './page.js';
 
 /** SHA-256 of an image file, streamed (what the source computes to compare with the target's). */
@@ -13,4 +14,20 @@ export function imageSha256(path: string): string {
     closeSync(fd);
   }
   return hash.digest('hex');
+}
+
+/**
+ * The SHA-256s of `paths`, hashed on a worker thread of their own: started with the scan, they take
+ * the time the page fingerprints leave (one image after another; the scan's pool hashes pages).
+ */
+export function imageSha256Beside(paths: readonly string[]): Promise<string[]> {
+  if (paths.length === 0) return Promise.resolve([]);
+  const worker = new Worker(new URL('./image-hash-worker.js', import.meta.url), { workerData: paths });
+  return new Promise<string[]>((resolve, reject) => {
+    worker.once('message', (reply: { sha256?: string[]; error?: string }) =>
+      reply.sha256 ? resolve(reply.sha256) : reject(new Error(reply.error)),
+    );
+    worker.once('error', reject);
+    worker.once('exit', (code) => reject(new Error(`image hashing stopped (exit ${code})`)));
+  }).finally(() => void worker.terminate());
 }
