@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { PAGE_SIZE } from './page.js';
 
@@ -17,11 +18,33 @@ export function imageSha256(path: string): string {
 }
 
 /**
- * The SHA-256s of `paths`, hashed on a worker thread of their own: started with the scan, they take
- * the time the page fingerprints leave (one image after another; the scan's pool hashes pages).
+ * The SHA-256s of `paths`, hashed on worker threads of their own (one per core at most, the images
+ * shared out by size): started with the scan, they run beside the page fingerprints. A whole-image
+ * hash is one stream, so one image is one thread's work; measured on 8 x 256 MiB real guest images,
+ * the images' SHA-256 took 1.2 s on one thread against 0.5 s for every page's fingerprint.
  */
-export function imageSha256Beside(paths: readonly string[]): Promise<string[]> {
-  if (paths.length === 0) return Promise.resolve([]);
+export async function imageSha256Beside(paths: readonly string[]): Promise<string[]> {
+  const threads = Math.min(paths.length, availableParallelism());
+  // Largest first, each to the thread with the fewest bytes so far.
+  const sizes = paths.map((path) => statSync(path).size);
+  const shares: number[][] = Array.from({ length: threads }, () => []);
+  const load = new Array<number>(threads).fill(0);
+  for (const i of paths.map((_, i) => i).sort((a, b) => sizes[b]! - sizes[a]!)) {
+    const thread = load.indexOf(Math.min(...load));
+    shares[thread]!.push(i);
+    load[thread]! += sizes[i]!;
+  }
+  const hashes = new Array<string>(paths.length);
+  await Promise.all(
+    shares.map(async (share) => {
+      const got = await hashOnWorker(share.map((i) => paths[i]!));
+      share.forEach((i, j) => (hashes[i] = got[j]!));
+    }),
+  );
+  return hashes;
+}
+
+function hashOnWorker(paths: readonly string[]): Promise<string[]> {
   const worker = new Worker(new URL('./image-hash-worker.js', import.meta.url), { workerData: paths });
   return new Promise<string[]>((resolve, reject) => {
     worker.once('message', (reply: { sha256?: string[]; error?: string }) =>
