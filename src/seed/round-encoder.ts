@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { InputError } from '../errors.js';
 import { DIGEST_BYTES } from '../memory/page.js';
@@ -5,12 +6,12 @@ import type { BatchCounts } from '../memory/page-batches.js';
 import type { PageFile, SourcePages } from '../store/source-pages.js';
 
 /**
- * Encodes multicast rounds on a worker thread, each batch handed over as soon as it is made: the
- * coordinator's session sends a round's first batches while the worker still reads and compresses
- * the rest (compression pays only when it runs beside the link, page-codec.ts). A page read from a
- * running guest's memory is digested again and left out when it changed since the scan: its new
- * content goes in the guest's live stream anyway, and a target holds no page of a digest it was not
- * sent.
+ * Encodes multicast rounds on worker threads (two at most), each batch handed over as soon as it and
+ * those before it are made: the coordinator's session sends a round's first batches while the workers
+ * still read and compress the rest (compression pays only when it runs beside the link,
+ * page-codec.ts). A page read from a running guest's memory is left out when it changed since the
+ * scan: its new content goes in the guest's live stream anyway, and a target holds no page of a digest
+ * it was not sent.
  */
 /** Sent once, before any request: each file's page checks (PageFile.checks), by file index. */
 export interface ChecksMessage {
@@ -53,61 +54,114 @@ export interface EncodedRound {
   readonly changed: Uint32Array;
 }
 
+/** Worker threads at most: the source's other work (sending, the guests) needs cores too. */
+const MAX_WORKERS = 2;
+
+/** One batch's part of a round on its way through a worker. */
+interface PartWaiter {
+  /** The part's batch (none when every page of it changed since the scan). */
+  bytes?: Uint8Array;
+  done(reply: Extract<EncodeReply, { type: 'done' }>, bytes: Uint8Array | undefined): void;
+  fail(error: Error): void;
+}
+
 export class RoundEncoder {
-  private readonly worker = new Worker(new URL('./round-encoder-worker.js', import.meta.url));
-  private readonly waiting = new Map<
-    number,
-    {
-      ids: Uint32Array;
-      onBatch: (bytes: Uint8Array) => void;
-      batches: Uint8Array[];
-      resolve: (r: EncodedRound) => void;
-      reject: (e: Error) => void;
-    }
-  >();
+  private readonly workers: Worker[];
+  private readonly waiting = new Map<number, PartWaiter>();
   private nextId = 1;
+  private turn = 0;
   /** The source's files without their checks: what each request names (the checks went once). */
   private readonly files: readonly PageFile[];
 
   constructor(
     private readonly pages: SourcePages,
     private readonly batchPages: number,
+    workers = Math.min(MAX_WORKERS, availableParallelism()),
   ) {
     this.files = pages.files.map(({ path, base, changing }) => ({ path, base, changing }));
     const checks: ChecksMessage = { type: 'checks', checks: pages.files.map((file) => file.checks) };
-    this.worker.postMessage(checks);
-    this.worker.on('message', (reply: EncodeReply) => {
-      const waiter = this.waiting.get(reply.id);
-      if (reply.type === 'batch') {
-        try {
-          waiter?.onBatch(reply.bytes);
-        } catch (error) {
-          this.waiting.delete(reply.id);
-          waiter?.reject(error as Error);
+    this.workers = Array.from({ length: Math.max(1, workers) }, () => {
+      const worker = new Worker(new URL('./round-encoder-worker.js', import.meta.url));
+      worker.postMessage(checks);
+      worker.on('message', (reply: EncodeReply) => {
+        const waiter = this.waiting.get(reply.id);
+        if (!waiter) return;
+        if (reply.type === 'batch') {
+          waiter.bytes = reply.bytes;
+          return;
         }
-        return;
-      }
-      this.waiting.delete(reply.id);
-      if (reply.type === 'done')
-        waiter?.resolve({
-          batches: waiter.batches,
-          counts: reply.counts,
-          changed: Uint32Array.from(reply.changed, (i) => waiter.ids[i]!),
-        });
-      else waiter?.reject(new InputError(reply.message));
-    });
-    this.worker.on('error', (error) => {
-      for (const waiter of this.waiting.values()) waiter.reject(error);
-      this.waiting.clear();
+        this.waiting.delete(reply.id);
+        if (reply.type === 'done') waiter.done(reply, waiter.bytes);
+        else waiter.fail(new InputError(reply.message));
+      });
+      worker.on('error', (error) => {
+        for (const waiter of this.waiting.values()) waiter.fail(error);
+        this.waiting.clear();
+      });
+      return worker;
     });
   }
 
   /**
-   * Starts encoding the pages `ids`; resolves once the round is encoded. Each batch goes to `onBatch`
-   * as soon as it is made, or, without it, comes in the result.
+   * Starts encoding the pages `ids`; resolves once the round is encoded. The round is cut into parts
+   * of one batch each, dealt to the workers in turn; each batch goes to `onBatch` (or, without it,
+   * into the result) in the round's order, as soon as it and those before it are made.
    */
   encode(ids: Uint32Array, compress: boolean, onBatch?: (bytes: Uint8Array) => void): Promise<EncodedRound> {
-    const id = this.nextId++;
+    const batches: Uint8Array[] = [];
+    const handOn = onBatch ?? ((bytes: Uint8Array) => batches.push(bytes));
+    const counts: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
+    const parts = Math.ceil(ids.length / this.batchPages);
+    /** Per part, the digest ids it left out (in the round's order once joined). */
+    const changed: number[][] = Array.from({ length: parts }, () => []);
+    /** Per part: its batch once made (null when it has none), until handed on. */
+    const made: (Uint8Array | null | undefined)[] = new Array(parts);
+    let handedOn = 0;
+    return new Promise((resolve, reject) => {
+      let failed = false;
+      const fail = (error: Error) => {
+        if (failed) return;
+        failed = true;
+        reject(error);
+      };
+      const handOnMade = () => {
+        for (; handedOn < parts && made[handedOn] !== undefined; handedOn++) {
+          const bytes = made[handedOn];
+          made[handedOn] = undefined;
+          if (bytes) handOn(bytes);
+        }
+        if (handedOn === parts) resolve({ batches, counts, changed: Uint32Array.from(changed.flat()) });
+      };
+      if (parts === 0) return handOnMade();
+      for (let part = 0; part < parts; part++) {
+        const first = part * this.batchPages;
+        const partIds = ids.subarray(first, Math.min(ids.length, first + this.batchPages));
+        const id = this.nextId++;
+        this.waiting.set(id, {
+          done: (reply, bytes) => {
+            if (failed) return;
+            counts.raw += reply.counts.raw;
+            counts.uniform += reply.counts.uniform;
+            counts.compressed += reply.counts.compressed;
+            for (const i of reply.changed) changed[part]!.push(partIds[i]!);
+            made[part] = bytes ?? null;
+            try {
+              handOnMade();
+            } catch (error) {
+              fail(error as Error);
+            }
+          },
+          fail,
+        });
+        const worker = this.workers[this.turn++ % this.workers.length]!;
+        const request = this.request(id, partIds, compress);
+        const transfer = [request.vm.buffer, request.page.buffer, request.digests.buffer] as ArrayBuffer[];
+        worker.postMessage(request, transfer);
+      }
+    });
+  }
+
+  private request(id: number, ids: Uint32Array, compress: boolean): EncodeRequest {
     const vm = new Int32Array(ids.length);
     const page = new Uint32Array(ids.length);
     const digests = new Uint8Array(ids.length * DIGEST_BYTES);
@@ -117,7 +171,7 @@ export class RoundEncoder {
       page[i] = where.page;
       digests.set(this.pages.digestOf(digestId), i * DIGEST_BYTES);
     });
-    const request: EncodeRequest = {
+    return {
       type: 'encode',
       id,
       files: this.files,
@@ -128,21 +182,10 @@ export class RoundEncoder {
       batchPages: this.batchPages,
       compress,
     };
-    return new Promise((resolve, reject) => {
-      const batches: Uint8Array[] = [];
-      this.waiting.set(id, {
-        ids,
-        onBatch: onBatch ?? ((bytes) => batches.push(bytes)),
-        batches,
-        resolve,
-        reject,
-      });
-      this.worker.postMessage(request, [vm.buffer, page.buffer, digests.buffer]);
-    });
   }
 
   async close(): Promise<void> {
-    this.worker.postMessage({ type: 'close' });
-    await this.worker.terminate();
+    for (const worker of this.workers) worker.postMessage({ type: 'close' });
+    await Promise.all(this.workers.map((worker) => worker.terminate()));
   }
 }

@@ -179,3 +179,52 @@ test('round encoder: a guest page whose scanned check holds is not hashed again'
     await encoder.close();
   }
 });
+
+/**
+ * A round is cut into one-batch parts dealt to two workers: batches come out in the round's order
+ * whichever worker finishes first, a part whose pages all changed gives no batch, and the changed ids
+ * come in the round's order too.
+ */
+test('round encoder: parts on two workers come out in order, an all-changed part gives no batch', async (t) => {
+  const { dir, cleanup } = tempDir('vms-encoder-');
+  t.after(cleanup);
+  const key = randomDigestKey();
+  const digester = new PageDigester(key);
+  const pagesCount = 40;
+  const fill = (page: number) => Uint8Array.from({ length: PAGE_SIZE }, (_, j) => (page * 13 + j * 5) & 0xff);
+  const memory = new Uint8Array(pagesCount * PAGE_SIZE);
+  for (let p = 0; p < pagesCount; p++) memory.set(fill(p), p * PAGE_SIZE);
+  const scanned = Array.from({ length: pagesCount }, (_, p) => {
+    const d = new Uint8Array(DIGEST_BYTES);
+    digester.digestInto(fill(p), 0, d, 0);
+    return d;
+  });
+  // Pages 4..7 (the second part, whole) and 21 change after the scan.
+  for (const p of [4, 5, 6, 7, 21]) memory[p * PAGE_SIZE + 1] = memory[p * PAGE_SIZE + 1]! ^ 0xff;
+  const path = join(dir, 'guest.mem');
+  writeFileSync(path, memory);
+  const pages = {
+    files: [{ path, base: 0, changing: true }],
+    digestKey: key,
+    locationOf: (id: number) => ({ vm: 0, page: id - 1 }),
+    digestOf: (id: number) => scanned[id - 1]!,
+  } as unknown as SourcePages;
+  const encoder = new RoundEncoder(pages, 4, 2);
+  try {
+    const handed: Uint8Array[] = [];
+    const ids = Uint32Array.from({ length: pagesCount }, (_, i) => i + 1);
+    const { changed, batches } = await encoder.encode(ids, true, (bytes) => handed.push(bytes));
+    assert.equal(batches.length, 0, 'batches went to onBatch');
+    assert.deepEqual([...changed], [5, 6, 7, 8, 22]);
+    assert.equal(handed.length, 9, 'ten parts, one with no page left');
+    const order = handed
+      .flatMap((batch) => [...decodeBatch(batch)])
+      .map((r) => scanned.findIndex((d) => Buffer.from(d).equals(Buffer.from(r.digest))) + 1);
+    assert.deepEqual(
+      order,
+      [...ids].filter((id) => ![5, 6, 7, 8, 22].includes(id)),
+    );
+  } finally {
+    await encoder.close();
+  }
+});
