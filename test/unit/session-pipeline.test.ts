@@ -33,6 +33,7 @@ function sender(
   objects: readonly Uint8Array[],
   receivers: number,
   startHeld = false,
+  open = false,
 ): SenderSession {
   return new SenderSession(
     n.net.socket(address),
@@ -40,7 +41,7 @@ function sender(
     id,
     objects.map((bytes) => ({ bytes })),
     Array.from({ length: receivers }, (_, i) => i + 1),
-    { symbolSize: 1024, blockSymbols: 16, parity: codec, rateCapBytesPerSecond: 20e6, startHeld },
+    { symbolSize: 1024, blockSymbols: 16, parity: codec, rateCapBytesPerSecond: 20e6, startHeld, open },
   );
 }
 
@@ -110,20 +111,7 @@ test('an open session delivers objects offered while it sends, in order, and end
   const n = { clock, random, net: new MemoryNetwork(clock, random, { loss: 0.05 }) };
   const id = identity(13);
   const objects = Array.from({ length: 6 }, () => new Uint8Array(randomBytes(150_000)));
-  const s = new SenderSession(
-    n.net.socket('10.0.0.1:7000'),
-    n.clock,
-    id,
-    objects.slice(0, 1).map((bytes) => ({ bytes })),
-    [1, 2],
-    {
-      symbolSize: 1024,
-      blockSymbols: 16,
-      parity: codec,
-      rateCapBytesPerSecond: 20e6,
-      open: true,
-    },
-  );
+  const s = sender(n, id, '10.0.0.1:7000', objects.slice(0, 1), 2, false, true);
   const got = [new Map<number, Uint8Array>(), new Map<number, Uint8Array>()];
   const receivers = got.map((g, i) => receiver(n, id, i + 1, `10.0.0.${i + 2}:7001`, '10.0.0.1:7000', g));
   const states: string[] = [];
@@ -163,20 +151,7 @@ test('an open receiver that never answers the group is dropped as unheard, the o
   const n = network(5);
   const id = identity(14);
   const objects = [new Uint8Array(randomBytes(50_000))];
-  const s = new SenderSession(
-    n.net.socket('10.0.0.1:7000'),
-    n.clock,
-    id,
-    objects.map((bytes) => ({ bytes })),
-    [1, 2],
-    {
-      symbolSize: 1024,
-      blockSymbols: 16,
-      parity: codec,
-      rateCapBytesPerSecond: 20e6,
-      open: true,
-    },
-  );
+  const s = sender(n, id, '10.0.0.1:7000', objects, 2, false, true);
   n.net.denyMulticast('10.0.0.3');
   const got = [new Map<number, Uint8Array>(), new Map<number, Uint8Array>()];
   got.forEach(
@@ -229,14 +204,7 @@ test("receivers on one group and port skip a sibling session's datagrams without
 test('a session stopped by its signal stays stopped: released or offered objects after it, it sends nothing', async () => {
   const n = network(6);
   const id = identity(15);
-  const s = new SenderSession(n.net.socket('10.0.0.1:7000'), n.clock, id, [], [1], {
-    symbolSize: 1024,
-    blockSymbols: 16,
-    parity: codec,
-    rateCapBytesPerSecond: 20e6,
-    startHeld: true,
-    open: true,
-  });
+  const s = sender(n, id, '10.0.0.1:7000', [], 1, true, true);
   void receiver(n, id, 1, '10.0.0.2:7001', '10.0.0.1:7000', new Map())
     .run()
     .catch(() => undefined);
