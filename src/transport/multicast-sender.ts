@@ -132,8 +132,6 @@ export class MulticastSender {
   private startedMs: number;
   private dataStarted = false;
   private held: boolean;
-  /** Source bytes sent on the first pass so far. */
-  private firstPassBytes = 0;
   readonly stats: SenderStats = {
     dataPackets: 0,
     parityPackets: 0,
@@ -411,11 +409,9 @@ export class MulticastSender {
     if (!this.windowOpen(now)) return false;
     const { info, layout } = this.objects[c.object]!;
     const k = symbolsInBlock(layout, c.block);
-    const bytes = this.sendSymbol(c.object, info!, layout, c.block, c.index, k);
-    if (c.index < k) {
-      this.stats.dataPackets++;
-      this.firstPassBytes += bytes;
-    } else this.stats.parityPackets++;
+    this.sendSymbol(c.object, info!, layout, c.block, c.index, k);
+    if (c.index < k) this.stats.dataPackets++;
+    else this.stats.parityPackets++;
     c.index++;
     if (c.index >= k + this.options.proactiveParity) {
       c.index = 0;
@@ -435,7 +431,7 @@ export class MulticastSender {
     block: number,
     index: number,
     k: number,
-  ): number {
+  ): void {
     const payload =
       index < k
         ? sourceSymbol(info.bytes, layout, block, index)
@@ -456,7 +452,6 @@ export class MulticastSender {
       'group',
     );
     this.stats.payloadBytes += payload.length;
-    return payload.length;
   }
 
   /** Flow control: the first pass may run at most windowBytes ahead of the slowest active receiver. */
