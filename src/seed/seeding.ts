@@ -149,8 +149,13 @@ export async function seedRounds(
   // The multicast rounds in send order, and their groups in the order their rounds come (a group's
   // rounds follow each other: job-work.ts).
   const order = rounds.map((_, r) => r).filter((r) => multicast[r]);
-  const groups = [...new Set(order.map((r) => rounds[r]!.group))];
-  const lastRoundOf = new Map(order.map((r) => [rounds[r]!.group, r]));
+  const roundsOf = new Map<number, number[]>();
+  for (const r of order) {
+    const group = rounds[r]!.group;
+    if (!roundsOf.has(group)) roundsOf.set(group, []);
+    roundsOf.get(group)!.push(r);
+  }
+  const groups = [...roundsOf.keys()];
   const encodings: BatchCounts = { raw: 0, uniform: 0, compressed: 0 };
   const compression: CompressionDecision = {
     mode: options.compression,
@@ -202,6 +207,8 @@ export async function seedRounds(
   let failed = true;
   let interrupted = false;
   const sessions = new Map<number, GroupSession>();
+  /** The sessions in the order they have the wire; settled[i] is onWire[i]'s outcome. */
+  let onWire: GroupSession[] = [];
   let settled: SettledGroup[] = [];
   /**
    * Per group, its session's outcome, watched from the moment it is closed: its receivers' agents
@@ -218,9 +225,7 @@ export async function seedRounds(
     // round is read.
     const opened = await Promise.all(
       groups.map((group) => {
-        const receivers = rounds[order.find((r) => rounds[r]!.group === group)!]!.receivers.filter(
-          (t) => !links[t]!.lost,
-        );
+        const receivers = rounds[roundsOf.get(group)![0]!]!.receivers.filter((t) => !links[t]!.lost);
         if (receivers.length === 0 || stop.signal.aborted) return undefined;
         return openGroupSession(group, receivers, {
           plan,
@@ -249,7 +254,7 @@ export async function seedRounds(
     }
     links.forEach((_, t) => sessionsLeft[t] === 0 && targetDone(t, true));
     // One session at a time has the wire: each sends once the one before it sent everything once.
-    const onWire = [...sessions.values()];
+    onWire = [...sessions.values()];
     onWire.forEach((open, i) => {
       if (i === 0) open.sender.releaseData();
       else void onWire[i - 1]!.sender.whenFirstPassDone().then(() => open.sender.releaseData());
@@ -281,7 +286,7 @@ export async function seedRounds(
       encodings.uniform += encoded.counts.uniform;
       encodings.compressed += encoded.counts.compressed;
       roundChanged[r] = encoded.changed;
-      if (lastRoundOf.get(round.group) === r) {
+      if (roundsOf.get(round.group)!.at(-1) === r) {
         sender.close();
         settle(open).catch(() => undefined); // awaited below
       }
@@ -301,24 +306,23 @@ export async function seedRounds(
     // Every round is offered: each session ends once its receivers have all of it, or were dropped.
     settled = await Promise.all(onWire.map(settle));
     if (settled.some((s) => s.aborted)) interrupted = true;
-    const settledOf = new Map(onWire.map((open, i) => [open.group, settled[i]!]));
-    for (const r of order) {
-      const open = sessions.get(rounds[r]!.group);
-      const result = settledOf.get(rounds[r]!.group);
-      if (!open || !result || roundEnd[r] === roundStart[r]) continue;
-      roundDelivered[r] = open.receivers.filter((_, i) => result.received[i]! >= roundEnd[r]!);
-    }
+    // A receiver holds round r when it has every object up to the round's end (an empty round: none).
+    const holding = (receivers: readonly number[], objects: readonly number[], r: number) =>
+      roundEnd[r] === roundStart[r] ? [] : receivers.filter((_, i) => objects[i]! >= roundEnd[r]!);
+    onWire.forEach((open, i) => {
+      for (const r of roundsOf.get(open.group)!)
+        roundDelivered[r] = holding(open.receivers, settled[i]!.received, r);
+    });
     if (!interrupted) options.onDelivered?.(roundDelivered, roundChanged);
     const answers = await Promise.all(settled.map((s) => s.confirmed));
     onWire.forEach((open, i) => {
       const { stored, dropped } = answers[i]!;
-      const payload = order.filter((r) => rounds[r]!.group === open.group);
-      const sessionPayload = payload.reduce((n, r) => n + roundPayload[r]!, 0);
-      for (const r of payload) {
+      const ofSession = roundsOf.get(open.group)!;
+      const sessionPayload = ofSession.reduce((n, r) => n + roundPayload[r]!, 0);
+      for (const r of ofSession) {
         if (sessionPayload > 0)
           roundWireBytes[r] = Math.round((settled[i]!.wireBytes * roundPayload[r]!) / sessionPayload);
-        if (roundEnd[r] === roundStart[r]) continue;
-        roundCompleted[r] = open.receivers.filter((_, j) => stored[j]! >= roundEnd[r]!);
+        roundCompleted[r] = holding(open.receivers, stored, r);
       }
       open.receivers.forEach((t, j) => (droppedByTarget[t]! += dropped[j]!));
     });
@@ -336,7 +340,7 @@ export async function seedRounds(
   }
   const stats = settled.map((s) => s.stats);
   const unheard = settled.flatMap((result, i) => {
-    const open = [...sessions.values()][i]!;
+    const open = onWire[i]!;
     const group = plan.groups[open.group]!;
     return result.unheard.map((target) => ({
       target,
