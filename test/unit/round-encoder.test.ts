@@ -9,6 +9,18 @@ import { RoundEncoder } from '../../src/seed/round-encoder.js';
 import type { SourcePages } from '../../src/store/source-pages.js';
 import { tempDir } from '../support/fixtures.js';
 
+/** The digest the scan gives `page`. */
+function digestOf(digester: PageDigester, page: Uint8Array): Uint8Array {
+  const digest = new Uint8Array(DIGEST_BYTES);
+  digester.digestInto(page, 0, digest, 0);
+  return digest;
+}
+
+/** The id (1-based index into `scanned`) of the page a record carries. */
+function idOf(scanned: readonly Uint8Array[], digest: Uint8Array): number {
+  return scanned.findIndex((d) => Buffer.from(d).equals(Buffer.from(digest))) + 1;
+}
+
 /**
  * The round encoder's worker reads each page from where the source says it is; pages lying next to
  * each other in one file are read in one call. Whatever the runs, every record holds its own page.
@@ -92,11 +104,9 @@ test('round encoder: pages a running guest changed since the scan are left out, 
   image.set(fill(100), 0);
   image.set(fill(101), PAGE_SIZE);
   // Digests as the scan saw them.
-  const scanned = [...Array.from({ length: 8 }, (_, p) => fill(p)), fill(100), fill(101)].map((page) => {
-    const d = new Uint8Array(DIGEST_BYTES);
-    digester.digestInto(page, 0, d, 0);
-    return d;
-  });
+  const scanned = [...Array.from({ length: 8 }, (_, p) => fill(p)), fill(100), fill(101)].map((page) =>
+    digestOf(digester, page),
+  );
   // The guest rewrites pages 2 and 5 before seeding reads them; the image's second page is "changed"
   // too, which must not matter: an image is not read as changing.
   memory.fill(0xee, base + 2 * PAGE_SIZE, base + 3 * PAGE_SIZE);
@@ -124,11 +134,11 @@ test('round encoder: pages a running guest changed since the scan are left out, 
     assert.deepEqual([...changed], [3, 6]);
     const records = batches.flatMap((batch) => [...decodeBatch(batch)]);
     assert.deepEqual(
-      records.map((r) => scanned.findIndex((d) => Buffer.from(d).equals(Buffer.from(r.digest))) + 1),
+      records.map((r) => idOf(scanned, r.digest)),
       [1, 2, 4, 5, 7, 8, 9, 10],
     );
     for (const record of records) {
-      const id = scanned.findIndex((d) => Buffer.from(d).equals(Buffer.from(record.digest))) + 1;
+      const id = idOf(scanned, record.digest);
       const expected = id <= 8 ? fill(id - 1) : id === 9 ? fill(100) : image.subarray(PAGE_SIZE);
       assert.deepEqual(Buffer.from(record.page!), Buffer.from(expected), `page of id ${id}`);
     }
@@ -194,11 +204,7 @@ test('round encoder: parts on two workers come out in order, an all-changed part
   const fill = (page: number) => Uint8Array.from({ length: PAGE_SIZE }, (_, j) => (page * 13 + j * 5) & 0xff);
   const memory = new Uint8Array(pagesCount * PAGE_SIZE);
   for (let p = 0; p < pagesCount; p++) memory.set(fill(p), p * PAGE_SIZE);
-  const scanned = Array.from({ length: pagesCount }, (_, p) => {
-    const d = new Uint8Array(DIGEST_BYTES);
-    digester.digestInto(fill(p), 0, d, 0);
-    return d;
-  });
+  const scanned = Array.from({ length: pagesCount }, (_, p) => digestOf(digester, fill(p)));
   // Pages 4..7 (the second part, whole) and 21 change after the scan.
   for (const p of [4, 5, 6, 7, 21]) memory[p * PAGE_SIZE + 1] = memory[p * PAGE_SIZE + 1]! ^ 0xff;
   const path = join(dir, 'guest.mem');
@@ -217,9 +223,7 @@ test('round encoder: parts on two workers come out in order, an all-changed part
     assert.equal(batches.length, 0, 'batches went to onBatch');
     assert.deepEqual([...changed], [5, 6, 7, 8, 22]);
     assert.equal(handed.length, 9, 'ten parts, one with no page left');
-    const order = handed
-      .flatMap((batch) => [...decodeBatch(batch)])
-      .map((r) => scanned.findIndex((d) => Buffer.from(d).equals(Buffer.from(r.digest))) + 1);
+    const order = handed.flatMap((batch) => [...decodeBatch(batch)]).map((r) => idOf(scanned, r.digest));
     assert.deepEqual(
       order,
       [...ids].filter((id) => ![5, 6, 7, 8, 22].includes(id)),
